@@ -1,0 +1,285 @@
+"""A chat client: connect, register a name, then send lines while a reader thread receives.
+
+Sending happens in the caller's thread; receiving happens in a reader thread
+(``chatlab-reader-alice``) that blocks in ``recv()``, cuts the bytes into lines and puts each
+line on a queue (read it with :meth:`ChatClient.recv`) and hands it to the optional
+``on_line`` callback. The reader thread never prints: where lines are shown is the caller's
+choice (the terminal client below prints them, the notebook widgets put them in a log).
+
+Run it from a shell with ``python -m chatlab.client --port 5050 --name alice``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import socket
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from . import protocol
+
+RECV_SIZE = 65536
+MAX_SERVER_LINE = 1 << 20
+
+
+class ChatError(Exception):
+    """Something the server refused."""
+
+
+class NameRefused(ChatError):
+    """The server did not accept the name (taken, invalid or reserved)."""
+
+
+class ServerFull(ChatError):
+    """The server has no room for another client."""
+
+
+class ConnectionClosed(ChatError, ConnectionError):
+    """The connection to the server is closed."""
+
+
+_CLOSED = object()  # put on the queue when the connection ends
+
+
+class ChatClient:
+    """One registered connection to a chat server.
+
+    Resource handling: the constructor connects, registers ``name`` and starts the reader
+    thread; :meth:`close` (or leaving a ``with`` block) closes the socket and joins the thread.
+
+    Error handling: a refused name raises :class:`NameRefused`, a full server
+    :class:`ServerFull`, a silent server :class:`TimeoutError`. Once the connection ends,
+    :meth:`recv` raises :class:`ConnectionClosed` after the lines that did arrive.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5050,
+        name: str = "",
+        *,
+        timeout: float = 5.0,
+        on_line: Callable[[str], None] | None = None,
+    ) -> None:
+        if "\n" in name or "\r" in name:
+            raise ValueError("a name is a single line")
+        self.name = name
+        self.on_line = on_line
+        self.online: list[str] = []
+        self._framer = protocol.LineFramer(MAX_SERVER_LINE)
+        self._early: deque[str] = deque()  # lines read while registering, not yet handled
+        self._lines: queue.Queue[object] = queue.Queue()
+        self._send_lock = threading.Lock()
+        self._online_changed = threading.Condition()
+        self._online_version = 0
+        self._closed = False
+        self._sock = socket.create_connection((host, port), timeout=timeout)
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._register()
+        except BaseException:
+            self._sock.close()
+            raise
+        self._sock.settimeout(None)
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"chatlab-reader-{name}", daemon=True
+        )
+        self._reader.start()
+
+    # --- registration, in the caller's thread ---------------------------------------------
+
+    def _read_line(self) -> str:
+        while not self._early:
+            data = self._sock.recv(RECV_SIZE)
+            if not data:
+                raise ConnectionClosed("the server closed the connection")
+            self._early.extend(_decode(line) for line in self._framer.feed(data))
+        return self._early.popleft()
+
+    def _register(self) -> None:
+        first = protocol.parse_server_line(self._read_line())
+        if first.kind == "error":
+            raise ServerFull(first.text) if first.text == "server full" else ChatError(first.text)
+        self._sock.sendall((self.name + "\n").encode(protocol.ENCODING))
+        answer = protocol.parse_server_line(self._read_line())
+        if answer.kind == "error":
+            raise NameRefused(answer.text)
+        if answer.text != f"welcome {self.name}":
+            raise ChatError(f"unexpected answer to registration: {answer.text!r}")
+        online = protocol.parse_online(protocol.parse_server_line(self._read_line()).text)
+        self.online = online if online is not None else []
+
+    # --- the reader thread ---------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        try:
+            while self._early:
+                self._handle(self._early.popleft())
+            while data := self._sock.recv(RECV_SIZE):
+                for line in self._framer.feed(data):
+                    self._handle(_decode(line))
+        except OSError:
+            pass  # closed by close(), or reset by the server
+        finally:
+            self._lines.put(_CLOSED)
+
+    def _handle(self, line: str) -> None:
+        parsed = protocol.parse_server_line(line)
+        names = protocol.parse_online(parsed.text) if parsed.kind == "notice" else None
+        if names is not None:
+            with self._online_changed:
+                self.online = names
+                self._online_version += 1
+                self._online_changed.notify_all()
+        self._lines.put(line)
+        if self.on_line is not None:
+            self.on_line(line)
+
+    # --- what a program calls ------------------------------------------------------------------
+
+    def send_line(self, line: str) -> None:
+        """Send one line exactly as written, e.g. ``"%bob%hi"`` or ``"%server%help"``."""
+        if "\n" in line or "\r" in line:
+            raise ValueError("send one line at a time")
+        self._send((line + "\n").encode(protocol.ENCODING))
+
+    def send(self, to: str, text: str) -> None:
+        """Send ``text`` to the client called ``to``."""
+        self._send(protocol.format_outgoing(to, text))
+
+    def broadcast(self, text: str) -> None:
+        """Send ``text`` to every other client."""
+        self.send("*", text)
+
+    def who(self, timeout: float = 5.0) -> list[str]:
+        """Ask the server who is online and wait for the answer (also queued for recv)."""
+        with self._online_changed:
+            seen = self._online_version
+        self.send(protocol.SERVER_NAME, "who")
+        with self._online_changed:
+            if not self._online_changed.wait_for(lambda: self._online_version > seen, timeout):
+                raise TimeoutError("no answer to %server%who")
+            return list(self.online)
+
+    def recv(self, timeout: float | None = 5.0) -> str:
+        """The next line from the server, waiting at most ``timeout`` seconds."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"nothing arrived within {timeout} s") from None
+        if line is _CLOSED:
+            self._lines.put(_CLOSED)  # every later recv() sees it too
+            raise ConnectionClosed("the connection is closed")
+        return line  # type: ignore[return-value]
+
+    def pending(self) -> list[str]:
+        """Every line that has arrived and not been received yet, without waiting."""
+        lines = []
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                return lines
+            if line is _CLOSED:
+                self._lines.put(_CLOSED)
+                return lines
+            lines.append(line)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or not self._reader.is_alive()
+
+    def close(self) -> None:
+        """Close the connection and join the reader thread."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        if threading.current_thread() is not self._reader:
+            self._reader.join()
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _send(self, data: bytes) -> None:
+        with self._send_lock:
+            try:
+                self._sock.sendall(data)
+            except OSError as exc:
+                raise ConnectionClosed(f"cannot send: {exc.strerror or exc}") from exc
+
+
+def _decode(line: bytes | protocol.LineTooLong) -> str:
+    if isinstance(line, protocol.LineTooLong):
+        return "! (a line from the server was too long to show)"
+    return line.decode(protocol.ENCODING, errors="replace")
+
+
+# --- the terminal client -------------------------------------------------------------------------
+
+
+def _safe(line: str) -> str:
+    """Replace what could garble a terminal, in case the server is not a chatlab one."""
+    return "".join("\ufffd" if protocol.unsafe_character(c) else c for c in line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m chatlab.client``: chat from a terminal; lines you type are sent as written."""
+    parser = argparse.ArgumentParser(prog="chatlab-client", description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5050)
+    parser.add_argument("--name", help="your name (asked for if missing)")
+    args = parser.parse_args(argv)
+    interactive = sys.stdin.isatty()
+    prompt = "> " if interactive else ""
+    if interactive:
+        import readline  # noqa: F401  (line editing and history for input())
+
+    def show(line: str) -> None:
+        # Incoming lines appear above what you are typing, which is drawn again after them.
+        if interactive:
+            import readline
+
+            sys.stdout.write("\r\x1b[K" + _safe(line) + "\n" + prompt + readline.get_line_buffer())
+            sys.stdout.flush()
+        else:
+            print(_safe(line), flush=True)
+
+    name = args.name or input("your name: ").strip()
+    try:
+        client = ChatClient(args.host, args.port, name, on_line=show)
+    except (ChatError, OSError) as exc:
+        print(f"chatlab-client: {exc}", file=sys.stderr)
+        return 1
+    print(f"* you are {name}; online: {', '.join(client.online)}", flush=True)
+    print("* type %name%text to send, %*%text for everyone, %server%help, /quit to leave", flush=True)
+    with client:
+        while True:
+            try:
+                line = input(prompt)
+            except (EOFError, KeyboardInterrupt):
+                break
+            if line.strip() == "/quit":
+                break
+            if not line:
+                continue
+            try:
+                client.send_line(line)
+            except ConnectionClosed:
+                print("* the server closed the connection", flush=True)
+                return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

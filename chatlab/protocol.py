@@ -1,0 +1,298 @@
+"""The chatlab line protocol: bytes in, typed events out, and every line the server says.
+
+This module does no I/O. It never touches a socket, a thread or a clock, so it can be tested
+with plain bytes and reused by every server and client in the kit (the threaded server is
+"this module + sockets + threads").
+
+The wire format is newline-delimited UTF-8 text, so a person can talk to a server with `nc`::
+
+    server: * chatlab: type your name (1-32 of A-Z a-z 0-9 _ . -) and press Enter
+    client: alice
+    server: * welcome alice
+    server: * online: alice, bob
+    client: %bob%hi bob          <- a direct message
+    client: %*%hi everyone       <- a broadcast
+    client: %server%who          <- a command
+    server: %bob%hello alice     <- a message from bob
+    server: ! unknown client 'zed'
+
+Lines the server sends start with a sigil: ``%from%`` for a message, ``* `` for a notice and
+``! `` for an error about the client's last line. ``\\r\\n`` is accepted as a line end.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+ENCODING = "utf-8"
+DEFAULT_MAX_LINE = 4096
+"""Longest line (in bytes, without its line end) a server accepts by default."""
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+RESERVED_NAMES = frozenset({"server", "all", "*"})
+BROADCAST_NAMES = frozenset({"*", "all"})
+SERVER_NAME = "server"
+COMMANDS = ("who", "help")
+
+MESSAGE_SIGIL = "%"
+NOTICE_SIGIL = "* "
+ERROR_SIGIL = "! "
+
+# Characters that could make a terminal or a log show something the server did not frame:
+# a carriage return rewinds the line, ESC starts colour and cursor codes, U+2028 is a line
+# break to some viewers, and the bidi controls reorder what follows them.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+
+# --- framing: bytes -> lines --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LineTooLong:
+    """Marks a line that exceeded the limit; its bytes were dropped up to the next newline."""
+
+
+class LineFramer:
+    """Cut a TCP byte stream into lines.
+
+    TCP delivers bytes, not messages: one ``recv()`` may hold half a line or three lines.
+    ``feed()`` takes whatever arrived and returns the complete lines (without ``\\n`` or a
+    trailing ``\\r``). A line longer than ``max_line`` bytes is reported once as
+    :class:`LineTooLong` and its bytes are thrown away up to the next newline, so the framer
+    never buffers more than ``max_line`` bytes, whatever a client sends.
+    """
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+        if max_line < 1:
+            raise ValueError("max_line must be at least 1")
+        self.max_line = max_line
+        self._buffer = bytearray()
+        self._discarding = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes held for a line that has not ended yet."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes | LineTooLong]:
+        out: list[bytes | LineTooLong] = []
+        start = 0
+        while start < len(data):
+            newline = data.find(b"\n", start)
+            end = len(data) if newline < 0 else newline
+            if not self._discarding:
+                self._buffer += data[start:end]
+                # One byte of grace for the '\r' of a '\r\n' line end.
+                if len(self._buffer) > self.max_line + self._buffer.endswith(b"\r"):
+                    self._buffer.clear()
+                    self._discarding = True
+                    out.append(LineTooLong())
+            if newline < 0:
+                break
+            if not self._discarding:
+                line = bytes(self._buffer)
+                out.append(line[:-1] if line.endswith(b"\r") else line)
+            self._buffer.clear()
+            self._discarding = False
+            start = newline + 1
+        return out
+
+
+# --- parsing: a line -> an event ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Register:
+    """The first line of a session: the name the client wants."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class DirectMessage:
+    """``%to%text``: deliver ``text`` to the client called ``to``."""
+
+    to: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """``%*%text``: deliver ``text`` to every other client."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Command:
+    """``%server%name``: ask the server something (``who``, ``help``)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A line the server refuses; ``reason`` is what the sender is told."""
+
+    reason: str
+
+
+Event = Register | DirectMessage | Broadcast | Command | Malformed
+
+
+def name_error(name: str) -> str | None:
+    """Why ``name`` cannot be used as a client name, or None if it can."""
+    if not NAME_PATTERN.fullmatch(name):
+        return f"invalid name {name!r}: use 1-32 characters from A-Z a-z 0-9 _ . -"
+    if name.lower() in RESERVED_NAMES:
+        return f"invalid name {name!r}: reserved"
+    return None
+
+
+def unsafe_character(text: str) -> str | None:
+    """The first character of ``text`` that could forge or garble a displayed line, if any.
+
+    A tab is allowed; other control characters, line and paragraph separators and the
+    Unicode bidi controls are not.
+    """
+    for char in text:
+        if char == "\t":
+            continue
+        if unicodedata.category(char) in _UNSAFE_CATEGORIES or char in _BIDI_CONTROLS:
+            return char
+    return None
+
+
+def decode_line(raw: bytes) -> str | Malformed:
+    """Decode one framed line, refusing invalid UTF-8 and unsafe characters."""
+    try:
+        text = raw.decode(ENCODING)
+    except UnicodeDecodeError:
+        return Malformed("invalid utf-8")
+    if unsafe_character(text) is not None:
+        return Malformed("control characters are not allowed")
+    return text
+
+
+def parse_line(raw: bytes | LineTooLong, *, registered: bool) -> Event:
+    """Turn one framed line into an event.
+
+    Before registration the line is the wanted name; afterwards it must have the form
+    ``%name%text``. ``text`` may contain ``%`` and may be empty.
+    """
+    if isinstance(raw, LineTooLong):
+        return Malformed("line too long")
+    text = decode_line(raw)
+    if isinstance(text, Malformed):
+        return text
+    if not registered:
+        name = text.strip()
+        error = name_error(name)
+        return Malformed(error) if error else Register(name)
+    if not text.startswith(MESSAGE_SIGIL):
+        return Malformed("expected %name%message")
+    to, separator, body = text[1:].partition(MESSAGE_SIGIL)
+    if not separator or not to:
+        return Malformed("expected %name%message")
+    if to.lower() == SERVER_NAME:
+        return Command(body.strip().lower())
+    if to.lower() in BROADCAST_NAMES:
+        return Broadcast(body)
+    return DirectMessage(to, body)
+
+
+# --- what the server says -------------------------------------------------------------------
+
+
+def _line(text: str) -> bytes:
+    return (text + "\n").encode(ENCODING)
+
+
+def format_message(sender: str, text: str) -> bytes:
+    """The line a receiver gets: ``%sender%text``."""
+    return _line(f"{MESSAGE_SIGIL}{sender}{MESSAGE_SIGIL}{text}")
+
+
+def format_notice(text: str) -> bytes:
+    return _line(NOTICE_SIGIL + text)
+
+
+def format_error(text: str) -> bytes:
+    return _line(ERROR_SIGIL + text)
+
+
+def format_online(names: list[str]) -> bytes:
+    return format_notice("online: " + ", ".join(names))
+
+
+GREETING = format_notice("chatlab: type your name (1-32 of A-Z a-z 0-9 _ . -) and press Enter")
+HELP = b"".join(
+    format_notice(text)
+    for text in (
+        "%name%text sends text to name",
+        "%*%text sends text to everyone else",
+        "%server%who lists who is online",
+        "%server%help shows this help",
+    )
+)
+SERVER_FULL = format_error("server full")
+NAME_TAKEN = format_error("name taken")
+
+
+def format_welcome(name: str, online: list[str]) -> bytes:
+    """The two lines that end a registration: welcome, then who is online."""
+    return format_notice(f"welcome {name}") + format_online(online)
+
+
+def format_unknown_client(to: str) -> bytes:
+    return format_error(f"unknown client {to!r}")
+
+
+def format_unknown_command(command: str) -> bytes:
+    return format_error(f"unknown command {command!r}; try %server%help")
+
+
+# --- what a client sends and reads ------------------------------------------------------------
+
+
+def format_outgoing(to: str, text: str) -> bytes:
+    """The line a client sends to deliver ``text`` to ``to`` (``*`` for everyone)."""
+    if "\n" in text or "\r" in text or "\n" in to or MESSAGE_SIGIL in to:
+        raise ValueError("a message is one line, and a name holds no '%'")
+    return _line(f"{MESSAGE_SIGIL}{to}{MESSAGE_SIGIL}{text}")
+
+
+@dataclass(frozen=True)
+class ServerLine:
+    """One line from the server, sorted by its sigil.
+
+    ``kind`` is ``"message"`` (with ``sender``), ``"notice"``, ``"error"`` or ``"other"``.
+    """
+
+    kind: str
+    text: str
+    sender: str | None = None
+
+
+def parse_server_line(line: str) -> ServerLine:
+    if line.startswith(MESSAGE_SIGIL):
+        sender, separator, text = line[1:].partition(MESSAGE_SIGIL)
+        if separator:
+            return ServerLine("message", text, sender)
+    if line.startswith(NOTICE_SIGIL):
+        return ServerLine("notice", line[len(NOTICE_SIGIL):])
+    if line.startswith(ERROR_SIGIL):
+        return ServerLine("error", line[len(ERROR_SIGIL):])
+    return ServerLine("other", line)
+
+
+def parse_online(notice: str) -> list[str] | None:
+    """The names in an ``online: a, b`` notice, or None for any other notice."""
+    prefix = "online: "
+    if not notice.startswith(prefix):
+        return None
+    rest = notice[len(prefix):]
+    return rest.split(", ") if rest else []
