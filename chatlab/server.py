@@ -27,6 +27,7 @@ import signal
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -153,6 +154,8 @@ class ChatServer:
     disconnects, even mid-line or with a reset, is removed and the others are told it left.
     """
 
+    _running: weakref.WeakSet[ChatServer] = weakref.WeakSet()  # every server started here
+
     def __init__(
         self,
         host: str = "127.0.0.1",
@@ -220,6 +223,7 @@ class ChatServer:
             target=self._accept_loop, args=(listener,), name="chatlab-accept", daemon=True
         )
         self._accept_thread.start()
+        ChatServer._running.add(self)
         log.info("listening on %s:%d (%s delivery)", self.host, self.port, self.delivery)
         return self
 
@@ -242,7 +246,20 @@ class ChatServer:
             if record.thread is not None:
                 record.thread.join(max(0.0, deadline - time.monotonic()))
         log.info("stopped")
+        ChatServer._running.discard(self)
         self._stopped.set()
+
+    @classmethod
+    def stop_all(cls) -> int:
+        """Stop every server running in this process; returns how many there were.
+
+        A notebook cell that starts a server calls this first, so running the cell twice
+        never leaves a forgotten server (and its threads) behind.
+        """
+        servers = list(cls._running)
+        for server in servers:
+            server.stop()
+        return len(servers)
 
     def serve_forever(self) -> None:
         """Start if needed and block until :meth:`stop` or Ctrl-C (which stops the server)."""
