@@ -1,0 +1,48 @@
+"""The set-up files agree with each other: conda users get what pip users get."""
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pip_requirements() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    (dev,) = extras["dev"]
+    wanted = re.fullmatch(r"chatlab\[(.*)\]", dev).group(1).split(",")
+    return {requirement for extra in wanted for requirement in extras[extra]}
+
+
+def conda_requirements() -> set[str]:
+    """The top-level conda dependencies, without python, pip and the pip: block."""
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    start = lines.index("dependencies:")
+    found = set()
+    for line in lines[start + 1:]:
+        match = re.fullmatch(r"  - (\S+)", line)
+        if match and not re.match(r"(python|pip)\b", match.group(1)):
+            found.add(match.group(1))
+    return found
+
+
+def test_dev_extra_covers_the_lessons_and_the_tests():
+    names = {re.match(r"[A-Za-z0-9_.-]+", r).group(0) for r in pip_requirements()}
+    assert {"jupyterlab", "ipywidgets", "matplotlib", "pytest", "nbval", "hypothesis", "playwright"} <= names
+
+
+def test_environment_yml_lists_the_same_requirements_as_the_dev_extra():
+    assert conda_requirements() == pip_requirements()
+
+
+def test_environment_yml_installs_chatlab_itself_and_the_same_python():
+    text = (ROOT / "environment.yml").read_text()
+    assert "      - -e ." in text
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert f"  - python{requires}" in text
+
+
+def test_console_scripts_point_at_the_cli_mains():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"chatlab-server": "chatlab.server:main", "chatlab-client": "chatlab.client:main"}
