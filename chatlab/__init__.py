@@ -5,16 +5,24 @@
 need the ``lessons`` extra (ipywidgets, matplotlib) and are imported on their own.
 """
 
-from .client import ChatClient, ChatError, ConnectionClosed, NameRefused, ServerFull
-from .server import ChatServer, ClientRecord, ServerEvent
+import importlib
+import logging
 
-__all__ = [
-    "ChatClient", "ChatError", "ConnectionClosed", "NameRefused", "ServerFull",
-    "ChatServer", "ClientRecord", "ServerEvent",
-]
 __version__ = "0.1.0"
 
-import logging as _logging
-
 # A library logs; the program decides whether anything is shown (see the CLIs).
-_logging.getLogger("chatlab").addHandler(_logging.NullHandler())
+logging.getLogger("chatlab").addHandler(logging.NullHandler())
+
+_EXPORTS = {
+    "ChatServer": "server", "ClientRecord": "server", "ServerEvent": "server",
+    "ChatClient": "client", "ChatError": "client", "ConnectionClosed": "client",
+    "NameRefused": "client", "ServerFull": "client",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use, so `python -m chatlab.server` runs server.py exactly once.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'chatlab' has no attribute {name!r}")
