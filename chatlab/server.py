@@ -400,17 +400,25 @@ class ChatServer:
 
     def _send(self, record: ClientRecord, data: bytes) -> None:
         """Deliver bytes to one client, by the server's delivery mode."""
-        if record.outbox is None:  # direct delivery: write now, in the calling thread
-            with record.send_lock:
-                try:
-                    record.sock.sendall(data)
-                except OSError:
-                    return  # the receiver's own thread will notice and clean up
-                record.bytes_out += len(data)
-        elif not record.outbox.put(data):
-            log.warning("%s is %d bytes behind; disconnecting it", record.label, self.max_backlog)
-            self._emit("error", record, text="too slow: disconnected")
-            _shutdown(record.sock)
+        if not self._enqueue(record, data):
+            self._drop_slow(record)
+
+    def _enqueue(self, record: ClientRecord, data: bytes) -> bool:
+        """Queue (or, in direct mode, write) bytes; False if the client is too far behind."""
+        if record.outbox is not None:
+            return record.outbox.put(data)
+        with record.send_lock:  # direct delivery: write now, in the calling thread
+            try:
+                record.sock.sendall(data)
+            except OSError:
+                return True  # the receiver's own thread will notice and clean up
+            record.bytes_out += len(data)
+        return True
+
+    def _drop_slow(self, record: ClientRecord) -> None:
+        log.warning("%s is %d bytes behind; disconnecting it", record.label, self.max_backlog)
+        self._emit("error", record, text="too slow: disconnected")
+        _shutdown(record.sock)  # its own thread wakes up, cleans up and tells the others
 
     def _remove(self, record: ClientRecord, reason: str) -> None:
         with self._lock:
@@ -462,8 +470,10 @@ class ChatServer:
             if not taken:
                 record.name = name
                 self._by_name[name.lower()] = record
-                online = self._online_locked()
                 others = [r for r in self._by_name.values() if r is not record]
+                # Welcomed while still holding the lock: once others can find this client,
+                # anything they send it is queued after its welcome, never before.
+                welcomed = self._enqueue(record, protocol.format_welcome(name, self._online_locked()))
         if taken:
             self._refuse(record, "name taken", protocol.NAME_TAKEN)
             return
@@ -472,7 +482,8 @@ class ChatServer:
             record.writer.name = f"chatlab-writer-{name}"
         log.info("%s:%d is %s", record.ip, record.port, name)
         self._emit("registered", record)
-        self._send(record, protocol.format_welcome(name, online))
+        if not welcomed:
+            self._drop_slow(record)
         notice = protocol.format_notice(f"{name} joined")
         for other in others:
             self._send(other, notice)
