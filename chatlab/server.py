@@ -548,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-clients", type=int, default=100)
     parser.add_argument("--max-line", type=int, default=protocol.DEFAULT_MAX_LINE, help="longest line in bytes")
     parser.add_argument("--delivery", choices=DELIVERY_MODES, default="queue")
+    parser.add_argument("--model", choices=("threads",), default="threads",
+                        help="concurrency model: one thread per client")
     parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
     args = parser.parse_args(argv)
     logging.basicConfig(
