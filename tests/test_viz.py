@@ -1,0 +1,349 @@
+"""The pictures of chatlab.viz, drawn from a real session: a server on port 0, real clients.
+
+The session (module fixture) reads like a transcript: alice, bob and carol join, a second
+"alice" is refused, alice and bob talk, alice writes to nobody, carol broadcasts and leaves.
+Every step waits for the line it caused, so the server's log has one possible order. The
+tests then check that each picture shows what the clients themselves saw.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from io import BytesIO
+
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+
+from chatlab import ChatClient, ChatServer, NameRefused, ServerEvent, viz
+
+
+def read_until(client: ChatClient, wanted: str, limit: int = 20) -> list[str]:
+    """Lines the client receives up to and including ``wanted`` (at most ``limit`` lines)."""
+    seen = []
+    for _ in range(limit):
+        seen.append(client.recv(timeout=2))
+        if seen[-1] == wanted:
+            return seen
+    raise AssertionError(f"{client.name} never got {wanted!r}; got {seen}")
+
+
+def wait_until(condition, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+@dataclass
+class Session:
+    server: ChatServer
+    started: float
+    events: list[ServerEvent] = field(default_factory=list)
+    records: list = field(default_factory=list)
+    received: dict[str, list[str]] = field(default_factory=dict)  # every line each client got
+    sent: Counter = field(default_factory=Counter)  # messages each client sent (not errors)
+    live_threads: set[str] = field(default_factory=set)
+
+    def messages_received(self, name: str) -> int:
+        return sum(line.startswith("%") for line in self.received[name])
+
+
+@pytest.fixture(scope="module")
+def session():
+    started = time.time()
+    server = ChatServer().start()
+    clients = []
+    try:
+        alice, bob, carol = (ChatClient(port=server.port, name=n) for n in ("alice", "bob", "carol"))
+        clients += [alice, bob, carol]
+        s = Session(server, started, received={"alice": [], "bob": [], "carol": []})
+        with pytest.raises(NameRefused):
+            ChatClient(port=server.port, name="alice")
+        wait_until(lambda: server.connection_count() == 3)
+
+        alice.send("bob", "hi bob")
+        s.received["bob"] += read_until(bob, "%alice%hi bob")
+        bob.send("alice", "hi alice")
+        s.received["alice"] += read_until(alice, "%bob%hi alice")
+        alice.send("zed", "anyone there?")
+        s.received["alice"] += read_until(alice, "! unknown client 'zed'")
+        carol.broadcast("hello all")
+        s.received["alice"] += read_until(alice, "%carol%hello all")
+        s.received["bob"] += read_until(bob, "%carol%hello all")
+        s.sent.update(alice=1, bob=1, carol=1)
+        s.received["carol"] += carol.pending()
+        carol.close()
+        s.received["alice"] += read_until(alice, "* carol left")
+        s.received["bob"] += read_until(bob, "* carol left")
+
+        s.events = server.events()
+        s.records = server.clients()
+        s.live_threads = {t.name for t in threading.enumerate() if t.name.startswith("chatlab-client")}
+        yield s
+    finally:
+        for client in clients:
+            client.close()
+        server.stop()
+
+
+def texts(fig: Figure) -> list[str]:
+    return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+
+
+def with_gid(fig: Figure, prefix: str) -> list:
+    return [a for a in fig.findobj(lambda a: (a.get_gid() or "").startswith(prefix))]
+
+
+def gids(fig: Figure, prefix: str) -> Counter:
+    return Counter(a.get_gid() for a in with_gid(fig, prefix))
+
+
+def render(fig: Figure) -> None:
+    """Draw the figure to PNG; any matplotlib warning (e.g. a layout problem) fails the test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FigureCanvasAgg(fig)
+        fig.savefig(BytesIO(), format="png")
+
+
+def overlapping_texts(fig: Figure) -> list[tuple[str, str]]:
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer).shrunk(0.98, 0.9))
+             for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    return [(a, b) for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2) if box_a.overlaps(box_b)]
+
+
+# --- the log, read back ----------------------------------------------------------------------
+
+
+def test_deliveries_match_what_the_clients_received(session):
+    delivered = viz.deliveries(session.events)
+    assert [(d.sender, d.receiver, d.text, d.broadcast) for d in delivered] == [
+        ("alice", "bob", "hi bob", False),
+        ("bob", "alice", "hi alice", False),
+        ("carol", "alice", "hello all", True),
+        ("carol", "bob", "hello all", True),
+    ]
+    for name in ("alice", "bob", "carol"):
+        assert sum(d.receiver == name for d in delivered) == session.messages_received(name)
+
+
+# --- topology ---------------------------------------------------------------------------------
+
+
+def test_topology_shows_each_client_its_port_and_message_counts(session):
+    fig = viz.topology(session.records, session.events)
+    render(fig)
+    shown = texts(fig)
+    assert "server" in shown
+    assert fig.get_suptitle() == "2 clients connected to one server (1 left)"
+    for record in session.records:
+        assert record.name in shown
+        assert f"port {record.port}" in shown
+    assert "carol" in shown and "left" in shown  # gone, but part of the story
+    for name in ("alice", "bob", "carol"):
+        (label,) = with_gid(fig, f"edge-label:{name}")
+        assert label.get_text() == f"sent {session.sent[name]}\nreceived {session.messages_received(name)}"
+
+
+def test_topology_edge_width_grows_with_the_messages_on_that_connection(session):
+    fig = viz.topology(session.records, session.events)
+    width = {name: with_gid(fig, f"edge:{name}")[0].get_linewidth() for name in ("alice", "bob", "carol")}
+    traffic = {n: session.sent[n] + session.messages_received(n) for n in width}
+    assert traffic == {"alice": 3, "bob": 3, "carol": 1}
+    assert width["alice"] == width["bob"] > width["carol"]
+
+
+def test_topology_from_records_alone_uses_their_counters(session):
+    fig = viz.topology(session.records)
+    render(fig)
+    assert sorted(a.get_gid() for a in with_gid(fig, "client:")) == ["client:alice", "client:bob"]
+    for name in ("alice", "bob"):
+        (label,) = with_gid(fig, f"edge-label:{name}")
+        assert label.get_text() == f"sent {session.sent[name]}\nreceived {session.messages_received(name)}"
+
+
+def test_topology_from_names_has_no_counts():
+    fig = viz.topology(["carol", "alice", "bob"])
+    render(fig)
+    assert sorted(a.get_gid() for a in with_gid(fig, "client:")) == ["client:alice", "client:bob", "client:carol"]
+    assert with_gid(fig, "edge-label:") == []
+    assert len(with_gid(fig, "edge:")) == 3
+
+
+# --- sequence diagram ------------------------------------------------------------------------
+
+
+def test_sequence_diagram_has_an_arrow_per_line_on_the_wire(session):
+    fig = viz.sequence_diagram(session.events)
+    render(fig)
+    assert gids(fig, "send:") == Counter({f"send:{n}": session.sent[n] for n in ("alice", "bob", "carol")})
+    assert gids(fig, "deliver:") == Counter(
+        ["deliver:alice->bob", "deliver:bob->alice", "deliver:carol->alice", "deliver:carol->bob"]
+    )
+    assert sum(gids(fig, "deliver:").values()) == sum(map(session.messages_received, ("alice", "bob", "carol")))
+    assert gids(fig, "error:") == Counter({"error:alice": 1, "error:": 1})  # 'zed', and the second alice
+    assert gids(fig, "join:") == Counter({"join:alice": 1, "join:bob": 1, "join:carol": 1})
+    assert gids(fig, "leave:") == Counter({"leave:carol": 1})
+
+
+def test_sequence_diagram_labels_show_the_lines_as_typed_and_as_delivered(session):
+    shown = texts(viz.sequence_diagram(session.events))
+    for lane in ("alice", "bob", "carol", "server"):
+        assert lane in shown
+    for line in ("%bob%hi bob", "%alice%hi bob", "%alice%hi alice", "%bob%hi alice",
+                 "%*%hello all", "%carol%hello all", "! unknown client 'zed'"):
+        assert line in shown, line
+    assert "! name taken  (to a connection with no name)" in shown
+    assert shown.count("%carol%hello all") == 2  # one label each side of the server
+
+
+def test_sequence_diagram_keeps_only_the_latest_rows(session):
+    fig = viz.sequence_diagram(session.events, max_rows=4)
+    render(fig)
+    assert "… 6 earlier events not shown" in texts(fig)  # 3 joins, the refusal, 2 messages
+    assert gids(fig, "deliver:") == Counter(["deliver:carol->alice", "deliver:carol->bob"])
+    assert gids(fig, "leave:") == Counter({"leave:carol": 1})
+
+
+def test_empty_pictures_still_render():
+    for fig in (viz.sequence_diagram([]), viz.topology([]), viz.thread_timeline([])):
+        render(fig)
+
+
+# --- threads over time ------------------------------------------------------------------------
+
+
+def test_spans_from_events_follow_each_connection(session):
+    spans = viz.spans_from_events(session.events, session.started)
+    by_thread: dict[str, list[viz.Span]] = {}
+    for span in spans:
+        by_thread.setdefault(span.thread, []).append(span)
+    refused = [t for t in by_thread if t.startswith("chatlab-client-127.0.0.1:")]
+    assert len(refused) == 1  # the second "alice" never got a name
+    assert sorted(set(by_thread) - set(refused)) == [
+        "chatlab-accept", "chatlab-client-alice", "chatlab-client-bob", "chatlab-client-carol",
+    ]
+    assert [s.activity for s in by_thread["chatlab-client-carol"]] == ["waiting for a name", "serving carol"]
+    waiting, serving = by_thread["chatlab-client-carol"]
+    assert waiting.end == serving.start and serving.end is not None  # carol left
+    assert by_thread["chatlab-client-alice"][-1].end is None  # still being served
+    still_running = {s.thread for s in spans if s.end is None and s.thread != "chatlab-accept"}
+    assert still_running == session.live_threads == {"chatlab-client-alice", "chatlab-client-bob"}
+
+
+def test_thread_timeline_draws_a_row_per_thread_and_a_bar_per_span(session):
+    spans = viz.spans_from_events(session.events, session.started, stopped=time.time())
+    fig = viz.thread_timeline(spans)
+    render(fig)
+    (ax,) = fig.axes
+    rows = [label.get_text() for label in ax.get_yticklabels()]
+    assert len(rows) == 5 and rows[1].startswith("chatlab-client-127.0.0.1:")  # digits sort first
+    assert rows[:1] + rows[2:] == [
+        "chatlab-accept", "chatlab-client-alice", "chatlab-client-bob", "chatlab-client-carol",
+    ]
+    assert len(with_gid(fig, "span:")) == len(spans) == 8
+    assert "serving alice" in texts(fig) and "waiting for a name" in texts(fig)
+
+
+def test_thread_recorder_records_each_thread_by_name():
+    recorder = viz.ThreadRecorder()
+    barrier = threading.Barrier(3, timeout=2)
+
+    def work() -> None:
+        with recorder.span("waiting at the barrier"):
+            barrier.wait()
+        with recorder.span("counting"):
+            sum(range(1000))
+
+    threads = [threading.Thread(target=work, name=f"worker-{i}") for i in (1, 2, 10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=2)
+    assert not any(thread.is_alive() for thread in threads)
+
+    spans = recorder.spans
+    assert len(spans) == 6
+    assert Counter((s.thread, s.activity) for s in spans) == Counter(
+        (f"worker-{i}", a) for i in (1, 2, 10) for a in ("waiting at the barrier", "counting")
+    )
+    assert all(s.end is not None and s.end >= s.start for s in spans)
+    assert [s.start for s in spans] == sorted(s.start for s in spans)
+    # Every thread reached the barrier before any left it: the waits overlap in time.
+    waits = [s for s in spans if s.activity == "waiting at the barrier"]
+    assert max(s.start for s in waits) <= min(s.end for s in waits)
+
+    fig = viz.thread_timeline(spans)
+    render(fig)
+    rows = [label.get_text() for label in fig.axes[0].get_yticklabels()]
+    assert rows == ["worker-1", "worker-2", "worker-10"]
+    assert len(with_gid(fig, "span:")) == 6
+    recorder.clear()
+    assert recorder.spans == []
+
+
+# --- good manners -----------------------------------------------------------------------------
+
+
+def test_figures_stay_out_of_pyplot(session):
+    """A figure is shown once, when a cell ends with it: pyplot must not hold on to it."""
+    for fig in (viz.topology(session.records, session.events), viz.sequence_diagram(session.events),
+                viz.thread_timeline(viz.spans_from_events(session.events, session.started))):
+        assert fig.canvas.manager is None
+
+
+def test_no_text_overlaps_with_six_clients():
+    names = ["alice", "bob", "carol", "dave", "eve", "frank"]
+    started = time.time()
+    with ChatServer() as server:
+        clients = [ChatClient(port=server.port, name=name) for name in names]
+        try:
+            for i, client in enumerate(clients):
+                receiver = clients[(i + 1) % len(clients)]
+                client.send(receiver.name, f"hello {receiver.name}, this is a long message from {client.name}")
+                read_until(receiver, f"%{client.name}%hello {receiver.name}, this is a long message from {client.name}")
+            clients[0].broadcast("hi all")
+            for client in clients[1:]:
+                read_until(client, "%alice%hi all")
+            clients[-1].close()
+            read_until(clients[0], "* frank left")
+            events, records = server.events(), server.clients()
+        finally:
+            for client in clients:
+                client.close()
+    figures = {
+        "topology": viz.topology(records, events),
+        "sequence": viz.sequence_diagram(events),
+        "timeline": viz.thread_timeline(viz.spans_from_events(events, started)),
+    }
+    for picture, fig in figures.items():
+        assert overlapping_texts(fig) == [], picture
+    assert len(with_gid(figures["sequence"], "deliver:")) == 6 + 5
+
+
+def test_broadcast_labels_on_both_sides_of_the_server_do_not_meet():
+    """The tightest case: one lane each side next to the server, and labels of the longest size."""
+    with ChatServer() as server:
+        alice, bob, carol = (ChatClient(port=server.port, name=n) for n in ("alice", "bob", "carol"))
+        try:
+            carol.broadcast("x" * 40)
+            read_until(alice, "%carol%" + "x" * 40)
+            read_until(bob, "%carol%" + "x" * 40)
+            events = server.events()
+        finally:
+            for client in (alice, bob, carol):
+                client.close()
+    fig = viz.sequence_diagram(events)
+    assert gids(fig, "deliver:") == Counter(["deliver:carol->alice", "deliver:carol->bob"])
+    assert overlapping_texts(fig) == []
