@@ -12,6 +12,7 @@ Run it from a shell with ``python -m chatlab.client --port 5050 --name alice``.
 from __future__ import annotations
 
 import argparse
+import logging
 import queue
 import socket
 import sys
@@ -20,6 +21,8 @@ from collections import deque
 from collections.abc import Callable
 
 from . import protocol
+
+log = logging.getLogger("chatlab.client")
 
 RECV_SIZE = 65536
 MAX_SERVER_LINE = 1 << 20
@@ -136,7 +139,10 @@ class ChatClient:
                 self._online_changed.notify_all()
         self._lines.put(line)
         if self.on_line is not None:
-            self.on_line(line)
+            try:
+                self.on_line(line)
+            except Exception:  # a broken callback must not end the connection
+                log.exception("on_line callback %r failed", self.on_line)
 
     # --- what a program calls ------------------------------------------------------------------
 
@@ -245,24 +251,30 @@ def main(argv: list[str] | None = None) -> int:
     if interactive:
         import readline  # noqa: F401  (line editing and history for input())
 
+    # Two threads print: the reader shows what arrives, this one its own notices. The lock
+    # keeps every line whole, and the introduction before the first incoming line.
+    output = threading.Lock()
+
     def show(line: str) -> None:
         # Incoming lines appear above what you are typing, which is drawn again after them.
-        if interactive:
-            import readline
+        with output:
+            if interactive:
+                import readline
 
-            sys.stdout.write("\r\x1b[K" + _safe(line) + "\n" + prompt + readline.get_line_buffer())
-            sys.stdout.flush()
-        else:
-            print(_safe(line), flush=True)
+                sys.stdout.write("\r\x1b[K" + _safe(line) + "\n" + prompt + readline.get_line_buffer())
+                sys.stdout.flush()
+            else:
+                print(_safe(line), flush=True)
 
     name = args.name or input("your name: ").strip()
-    try:
-        client = ChatClient(args.host, args.port, name, on_line=show)
-    except (ChatError, OSError) as exc:
-        print(f"chatlab-client: {exc}", file=sys.stderr)
-        return 1
-    print(f"* you are {name}; online: {', '.join(client.online)}", flush=True)
-    print("* type %name%text to send, %*%text for everyone, %server%help, /quit to leave", flush=True)
+    with output:
+        try:
+            client = ChatClient(args.host, args.port, name, on_line=show)
+        except (ChatError, OSError) as exc:
+            print(f"chatlab-client: {exc}", file=sys.stderr)
+            return 1
+        print(f"* you are {name}; online: {', '.join(client.online)}", flush=True)
+        print("* type %name%text to send, %*%text for everyone, %server%help, /quit to leave", flush=True)
     with client:
         while True:
             try:
@@ -276,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 client.send_line(line)
             except ConnectionClosed:
-                print("* the server closed the connection", flush=True)
+                with output:
+                    print("* the server closed the connection", flush=True)
                 return 1
     return 0
 

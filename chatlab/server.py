@@ -37,6 +37,7 @@ from . import protocol
 log = logging.getLogger("chatlab.server")
 
 RECV_SIZE = 65536
+DRAIN_TIMEOUT = 1.0  # how long a leaving client's writer may take to send what is queued
 DEFAULT_PORT = 5050
 DELIVERY_MODES = ("queue", "direct")
 
@@ -63,8 +64,8 @@ class Outbox:
 
     Any thread may :meth:`put`; the client's writer thread :meth:`take`s everything queued in
     one go (so a burst of lines becomes one ``sendall``). ``put`` never blocks: when the
-    receiver has fallen ``limit`` bytes behind it returns False and the server drops that
-    client instead of waiting for it.
+    receiver has fallen ``limit`` bytes behind it returns False, once, and the outbox closes;
+    the server then drops that client instead of waiting for it.
     """
 
     def __init__(self, limit: int) -> None:
@@ -72,6 +73,7 @@ class Outbox:
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self._closed = False
+        self.overflowed = False
         self._ready = threading.Condition()
 
     def put(self, data: bytes) -> bool:
@@ -79,6 +81,8 @@ class Outbox:
             if self._closed:
                 return True  # the client is leaving; there is nobody to write to
             if self._size + len(data) > self.limit:
+                self.overflowed = self._closed = True  # refuse once; ignore what follows
+                self._ready.notify()
                 return False
             self._chunks.append(data)
             self._size += len(data)
@@ -108,7 +112,8 @@ class ClientRecord:
     """What the server keeps about one connection (the report's name, IP, port, socket).
 
     The client's own thread updates ``messages_in``/``bytes_in``; ``messages_out`` is counted
-    under the server's lock and ``bytes_out`` by whichever thread writes to the socket.
+    under the server's lock and ``bytes_out`` by whichever thread writes to the socket. Every
+    thread that queues or writes bytes for this client holds its ``send_lock`` meanwhile.
     """
 
     ip: str
@@ -124,7 +129,7 @@ class ClientRecord:
     thread: threading.Thread | None = field(default=None, repr=False)
     writer: threading.Thread | None = field(default=None, repr=False)
     outbox: Outbox | None = field(default=None, repr=False)
-    send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    send_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
     def label(self) -> str:
@@ -176,8 +181,11 @@ class ChatServer:
         self.delivery = delivery
         self.max_backlog = max_backlog
         self._requested_port = port
-        self._lock = threading.Lock()  # guards _connections and _by_name
+        self._lock = threading.Lock()  # guards _connections, _by_name and _client_threads
         self._connections: set[ClientRecord] = set()
+        # Every client's threads until they end, also while the client is leaving (when it is
+        # no longer among the connections), so that stop() can join them all.
+        self._client_threads: list[threading.Thread] = []
         self._by_name: dict[str, ClientRecord] = {}  # lower-case name -> record
         self._events: deque[ServerEvent] = deque(maxlen=history)
         self._events_lock = threading.Lock()
@@ -239,12 +247,12 @@ class ChatServer:
         self._accept_thread.join(timeout)
         with self._lock:
             records = list(self._connections)
+            threads = list(self._client_threads)
         for record in records:
             _shutdown(record.sock)
         deadline = time.monotonic() + timeout
-        for record in records:
-            if record.thread is not None:
-                record.thread.join(max(0.0, deadline - time.monotonic()))
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         log.info("stopped")
         ChatServer._running.discard(self)
         self._stopped.set()
@@ -299,8 +307,7 @@ class ChatServer:
     def threads(self) -> list[threading.Thread]:
         """The threads this server started that are still alive."""
         with self._lock:
-            records = list(self._connections)
-        threads = [self._accept_thread] + [t for r in records for t in (r.thread, r.writer)]
+            threads = [self._accept_thread, *self._client_threads]
         return [t for t in threads if t is not None and t.is_alive()]
 
     def events(self) -> list[ServerEvent]:
@@ -358,6 +365,9 @@ class ChatServer:
                 target=self._serve, args=(record,), daemon=True,
                 name=f"chatlab-client-{record.label}",
             )
+            with self._lock:
+                alive = [t for t in self._client_threads if t.is_alive()]
+                self._client_threads = alive + [t for t in (record.thread, record.writer) if t]
             record.thread.start()
 
     def _refuse_full(self, record: ClientRecord) -> None:
@@ -383,6 +393,8 @@ class ChatServer:
                     self._handle(record, line)
         except OSError as exc:
             reason = f"connection error: {exc.strerror or exc}"
+        if record.outbox is not None and record.outbox.overflowed:
+            reason = "too slow"
         if framer.pending:
             log.info("%s left mid-line; dropped %d bytes", record.label, framer.pending)
         self._remove(record, "server stopped" if self._stopping else reason)
@@ -405,15 +417,15 @@ class ChatServer:
 
     def _enqueue(self, record: ClientRecord, data: bytes) -> bool:
         """Queue (or, in direct mode, write) bytes; False if the client is too far behind."""
-        if record.outbox is not None:
-            return record.outbox.put(data)
-        with record.send_lock:  # direct delivery: write now, in the calling thread
-            try:
+        with record.send_lock:
+            if record.outbox is not None:
+                return record.outbox.put(data)
+            try:  # direct delivery: write now, in the calling thread
                 record.sock.sendall(data)
             except OSError:
                 return True  # the receiver's own thread will notice and clean up
             record.bytes_out += len(data)
-        return True
+            return True
 
     def _drop_slow(self, record: ClientRecord) -> None:
         log.warning("%s is %d bytes behind; disconnecting it", record.label, self.max_backlog)
@@ -428,7 +440,11 @@ class ChatServer:
                 del self._by_name[record.name.lower()]
             others = list(self._by_name.values())
         if record.outbox is not None:
-            record.outbox.close()
+            record.outbox.close()  # its writer sends what is still queued, then ends
+        if record.writer is not None and not self._stopping:
+            # A client that only closed its sending side (`nc -N`) still reads the replies to
+            # its last lines; one that reads nothing more is not waited for long.
+            record.writer.join(DRAIN_TIMEOUT)
         _shutdown(record.sock)
         if record.writer is not None:
             record.writer.join()
@@ -457,7 +473,7 @@ class ChatServer:
                 self._refuse(record, reason)
 
     def _refuse(self, record: ClientRecord, reason: str, reply: bytes | None = None) -> None:
-        log.warning("%s: %s", record.label, reason)
+        log.warning("%s:%d %s: %s", record.ip, record.port, record.name or "(no name yet)", reason)
         self._emit("error", record, text=reason)
         self._send(record, reply or protocol.format_error(reason))
 
@@ -465,21 +481,26 @@ class ChatServer:
         return sorted((r.name for r in self._by_name.values()), key=str.lower)
 
     def _register(self, record: ClientRecord, name: str) -> None:
-        with self._lock:
-            taken = name.lower() in self._by_name
-            if not taken:
-                record.name = name
-                self._by_name[name.lower()] = record
-                others = [r for r in self._by_name.values() if r is not record]
-                # Welcomed while still holding the lock: once others can find this client,
-                # anything they send it is queued after its welcome, never before.
-                welcomed = self._enqueue(record, protocol.format_welcome(name, self._online_locked()))
+        # Holding the client's send lock from before others can find it until its welcome is
+        # out means that whatever they send it comes after the welcome, never before. The
+        # registry lock is not held while writing: in direct mode a client that does not read
+        # would block the write, and with it every thread of the server.
+        with record.send_lock:
+            with self._lock:
+                taken = name.lower() in self._by_name
+                if not taken:
+                    record.name = name
+                    self._by_name[name.lower()] = record
+                    others = [r for r in self._by_name.values() if r is not record]
+                    welcome = protocol.format_welcome(name, self._online_locked())
+            if not taken:  # renamed before the welcome, so the client never sees old names
+                threading.current_thread().name = f"chatlab-client-{name}"
+                if record.writer is not None:
+                    record.writer.name = f"chatlab-writer-{name}"
+            welcomed = taken or self._enqueue(record, welcome)
         if taken:
             self._refuse(record, "name taken", protocol.NAME_TAKEN)
             return
-        threading.current_thread().name = f"chatlab-client-{name}"
-        if record.writer is not None:
-            record.writer.name = f"chatlab-writer-{name}"
         log.info("%s:%d is %s", record.ip, record.port, name)
         self._emit("registered", record)
         if not welcomed:
@@ -559,17 +580,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     server = ChatServer(args.host, args.port, max_clients=args.max_clients,
                         max_line=args.max_line, delivery=args.delivery)
-    try:
-        server.start()
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
-        return 1
-    log.info("press Ctrl-C to stop")
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
     try:
+        try:
+            server.start()
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+            return 1
+        log.info("press Ctrl-C to stop")
         server.serve_forever()
     except KeyboardInterrupt:
-        pass
+        server.stop()  # in case it came before serve_forever() was there to stop the server
     return 0
 
 
