@@ -8,7 +8,7 @@ STAMP := $(VENV)/.chatlab-installed
 # JupyterLab refuses to run as root unless told to (containers, CI machines).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install lab test notebooks clean
+.PHONY: install lab test notebooks bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ test: $(STAMP)
 # Re-run every lesson in place to refresh its stored outputs; read `git diff notebooks/` after.
 notebooks: $(STAMP)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
-		--ExecutePreprocessor.timeout=120 notebooks/[0-9]*.ipynb
+		--ExecutePreprocessor.timeout=120 --ExecutePreprocessor.record_timing=False \
+		notebooks/[0-9]*.ipynb
+
+# Measure every server model (ring, latency, churn, capacity); the table is printed, the JSON
+# and the plots go to benchmarks/results/. Long: run it on a quiet machine.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info tests/browser/screenshots
