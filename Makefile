@@ -28,6 +28,7 @@ test: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.timeout=120 --ExecutePreprocessor.record_timing=False \
+		--ExecutePreprocessor.store_widget_state=False \
 		notebooks/[0-9]*.ipynb
 
 # Measure every server model (ring, latency, churn, capacity); the table is printed, the JSON

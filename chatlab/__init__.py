@@ -7,6 +7,7 @@ need the ``lessons`` extra (ipywidgets, matplotlib) and are imported on their ow
 
 import importlib
 import logging
+import threading
 
 __version__ = "0.1.0"
 
@@ -18,7 +19,16 @@ _EXPORTS = {
     "ChatClient": "client", "ChatError": "client", "ConnectionClosed": "client",
     "NameRefused": "client", "ServerFull": "client",
 }
-__all__ = list(_EXPORTS)
+__all__ = [*_EXPORTS, "kit_threads"]
+
+
+def kit_threads() -> list[str]:
+    """The names of the kit's threads alive now (they all start with "chatlab"), sorted.
+
+    Lessons and tests list these instead of every thread: a Jupyter kernel or pytest runs
+    threads of its own, and which ones differs from one runner to the next.
+    """
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("chatlab"))
 
 
 def __getattr__(name: str) -> object:

@@ -753,3 +753,17 @@ def test_nothing_is_printed_during_a_session(server, connect, capfd):
     alice.reset()
     server.stop()
     assert capfd.readouterr() == ("", "")
+
+
+def test_kit_threads_lists_the_kits_threads_by_name(start_server, connect):
+    import chatlab
+
+    before = chatlab.kit_threads()
+    server = start_server()
+    alice = connect(server, "alice")
+    alice.send("%server%who")
+    alice.expect("* online: alice")
+    started = sorted(set(chatlab.kit_threads()) - set(before))
+    assert started == ["chatlab-accept", "chatlab-client-alice", "chatlab-writer-alice"]
+    server.stop()
+    assert chatlab.kit_threads() == before
