@@ -1,0 +1,597 @@
+"""Benchmark chatlab's server models against each other, and print what was measured.
+
+Usage::
+
+    python benchmarks/run.py                      # every model that exists, default sizes
+    python benchmarks/run.py --models threads --quick --repeat 1
+
+Every cell (one scenario, one size, one model, one repeat) gets a fresh server process,
+``python -m chatlab.server --model MODEL --port 0 --quiet``, so no cell inherits another's
+threads or memory. The load generator (``loadgen.py``) runs in this process. Where the
+machine has two cores or more, the server and the generator are pinned to different ones.
+Before the first cell the runner waits (a bounded time) for the load average to drop, and the
+report says whether the machine was quiet. Each cell runs ``--repeat`` times, interleaving
+the models, and the table shows medians, with each model's ratio to ``asyncio`` (or, without
+it, to the first model). Results go to ``benchmarks/results/bench-TIME.json`` and ``.png``.
+
+From a notebook, call :func:`run_benchmarks` (it runs in the caller's thread, prints
+nothing unless given ``progress=print``, and returns the results as a dict).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loadgen.py sits next to this file
+import loadgen  # noqa: E402
+
+HOST = loadgen.HOST
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_MODELS = ("threads", "selectors", "asyncio")
+BASELINE_MODEL = "asyncio"
+SCENARIOS = ("ring", "latency", "churn", "capacity")
+DEFAULT_SIZES = {"ring": [5, 50, 200, 1000], "latency": [5, 200], "churn": [2000], "capacity": [1000, 5000]}
+QUICK_SIZES = {"ring": [3, 10], "latency": [3, 10], "churn": [40], "capacity": [20]}
+RING_SECONDS = 2.0  # how long a ring cell should take; M is chosen from a calibration run
+QUICK_RING_MESSAGES = 20
+LATENCY_ROUND_TRIPS = 2000
+QUICK_LATENCY_ROUND_TRIPS = 50
+SERVER_START_TIMEOUT = 15.0
+SERVER_STOP_TIMEOUT = 15.0
+SUMMED = {"lost", "duplicated", "reordered", "misdelivered", "errors", "hangups", "left_notices"}
+
+
+# --- a server process ------------------------------------------------------------------------
+
+
+class ServerStartError(RuntimeError):
+    """The server process exited, or never listened, within the start timeout."""
+
+
+@dataclass
+class ServerProcess:
+    """One ``python -m chatlab.server`` child process and the file its log goes to.
+
+    The log goes to a temporary file, not a pipe: a pipe nobody reads fills up and freezes
+    the server at its next warning.
+    """
+
+    model: str
+    process: subprocess.Popen
+    log: object  # a binary temporary file
+    port: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (HOST, self.port)
+
+    def log_text(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self) -> dict:
+        """SIGTERM (which chatlab's CLI turns into a clean stop), then SIGKILL if it hangs.
+
+        Returns the exit code, whether it stopped in time, and the warnings and errors the
+        server logged.
+        """
+        in_time = True
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(SERVER_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                in_time = False
+                self.process.kill()
+                self.process.wait(5.0)
+        problems = [line for line in self.log_text().splitlines() if re.search(r"WARNING|ERROR|Traceback", line)]
+        self.log.close()
+        return {"server_exit": self.process.returncode, "server_stopped_in_time": in_time,
+                "server_warnings": len(problems),
+                "server_log": problems[:5]}
+
+
+def listening_port(pid: int) -> int | None:
+    """The port of a socket that process ``pid`` listens on, read from /proc (Linux).
+
+    With ``--quiet`` the server does not log its "listening on" line, so the runner finds
+    the port the way ``ss -ltnp`` does: the process's socket inodes, matched against the
+    kernel's table of TCP sockets in state 0A (LISTEN).
+    """
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        with open(f"/proc/{pid}/net/tcp") as table:
+            rows = table.read().splitlines()[1:]
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    for row in rows:
+        fields = row.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and f"socket:[{inode}]" in inodes:
+            return int(local.rpartition(":")[2], 16)
+    return None
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Pin every thread of process ``pid`` (new threads inherit it) to one CPU."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except (ProcessLookupError, OSError):
+            pass  # that thread has just ended
+
+
+def start_server(model: str, *, max_clients: int, cpu: int | None = None,
+                 fd_limit: int | None = None) -> ServerProcess:
+    """Start a server of ``model`` on 127.0.0.1 (a free port) and return once it listens.
+
+    The file-descriptor limit and the CPU are set from here right after the start
+    (``prlimit``, ``sched_setaffinity``) rather than in a ``preexec_fn``, which is unsafe in a
+    process with threads, such as a Jupyter kernel. Raises :class:`ServerStartError`.
+    """
+    command = [sys.executable, "-m", "chatlab.server", "--model", model, "--host", HOST,
+               "--port", "0", "--max-clients", str(max_clients), "--quiet"]
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    server = ServerProcess(model, process, log)
+    try:
+        if fd_limit is not None:
+            hard = resource.prlimit(process.pid, resource.RLIMIT_NOFILE)[1]
+            resource.prlimit(process.pid, resource.RLIMIT_NOFILE, (fd_limit, hard))
+        if cpu is not None:
+            pin(process.pid, cpu)
+    except (ProcessLookupError, OSError):
+        pass  # it exited already; the loop below says why
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            text = server.log_text().strip().splitlines()
+            server.stop()
+            raise ServerStartError(f"model {model!r}: the server exited ({process.returncode}): "
+                                   + (text[-1] if text else "no output"))
+        logged = re.search(r"listening on [\d.]+:(\d+)", server.log_text())
+        port = int(logged.group(1)) if logged else listening_port(process.pid)
+        if port:
+            server.port = port
+            if cpu is not None:
+                pin(process.pid, cpu)  # again, for threads started meanwhile
+            return server
+        time.sleep(0.02)
+    server.stop()
+    raise ServerStartError(f"model {model!r}: not listening after {SERVER_START_TIMEOUT} s")
+
+
+# --- the machine -------------------------------------------------------------------------------
+
+
+def wait_for_quiet(threshold: float, max_wait: float, progress: Callable[[str], None]) -> dict:
+    """Wait until the 1-minute load average is below ``threshold``, at most ``max_wait`` s."""
+    first = load = os.getloadavg()[0]
+    start = time.monotonic()
+    if load >= threshold and max_wait > 0:
+        progress(f"load average {load:.2f} >= {threshold}: waiting up to {max_wait:.0f} s for a quiet machine")
+    while load >= threshold and time.monotonic() - start < max_wait:
+        time.sleep(min(5.0, max(0.0, max_wait - (time.monotonic() - start))))
+        load = os.getloadavg()[0]
+    quiet = load < threshold
+    if not quiet:
+        progress(f"the machine is not quiet (load average {load:.2f}); measuring anyway")
+    return {"threshold": threshold, "load_at_start": round(first, 2), "load_when_started": round(load, 2),
+            "waited_s": round(time.monotonic() - start, 1), "quiet": quiet}
+
+
+def plan_cpus(want: bool) -> dict:
+    """Which CPU the server gets and which the generator gets (different ones), if possible."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if want and len(cpus) >= 2:
+        return {"pinned": True, "server_cpu": cpus[-1], "loadgen_cpu": cpus[0], "cpus": len(cpus)}
+    reason = "not asked" if not want else f"only {len(cpus)} CPU available"
+    return {"pinned": False, "why_not": reason, "cpus": len(cpus)}
+
+
+# --- cells ----------------------------------------------------------------------------------------
+
+
+def time_budget(scenario: str, size: int) -> float:
+    """The longest one run of a cell may take (registering N clients grows with N, and
+    every join is announced to everyone online, so with N squared for some models)."""
+    return 60.0 + size * (0.05 if scenario == "churn" else 0.1)
+
+
+def _fd_needed(scenario: str, size: int) -> int:
+    return size + 64 if scenario in ("ring", "latency", "capacity") else 64
+
+
+def run_cell(scenario: str, size: int, model: str, params: dict, cpus: dict) -> dict:
+    """Run one scenario once against a fresh server of ``model``; never raises for a failed run."""
+    needed = _fd_needed(scenario, size)
+    try:
+        loadgen.raise_fd_limit(needed)
+    except loadgen.LoadError as exc:
+        return {"error": f"skipped: {exc}"}
+    try:
+        server = start_server(model, max_clients=size + 16 if scenario != "churn" else 64,
+                              cpu=cpus.get("server_cpu"), fd_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    except ServerStartError as exc:
+        return {"error": str(exc)}
+    try:
+        timeout = params.get("timeout") or time_budget(scenario, size)
+        if scenario == "ring":
+            result = loadgen.ring(server.address, size, params["m"], timeout=timeout, server_pid=server.pid)
+        elif scenario == "latency":
+            result = loadgen.latency(server.address, size, params["k"], timeout=timeout, server_pid=server.pid)
+        elif scenario == "churn":
+            result = loadgen.churn(server.address, size, timeout=timeout, server_pid=server.pid)
+        else:
+            result = loadgen.capacity(server.address, size, timeout=timeout, server_pid=server.pid)
+    except (loadgen.LoadError, OSError) as exc:
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    result.update(server.stop())
+    return result
+
+
+def calibrate_ring(model: str, n: int, cpus: dict) -> int:
+    """M for a ring of N clients so that a cell takes about RING_SECONDS (from a short run)."""
+    trial = run_cell("ring", n, model, {"m": max(10, 4000 // n)}, cpus)
+    rate = trial.get("msgs_per_s")
+    if not rate:
+        return max(10, 4000 // n)
+    return int(min(200_000, max(10, round(RING_SECONDS * rate / n, -1))))
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians of the numbers, sums of the fault counts, and() of the yes/no answers."""
+    ok = [run for run in runs if "error" not in run]
+    summary: dict = {"runs": len(runs), "runs_ok": len(ok)}
+    failures = [run["error"] for run in runs if "error" in run]
+    if failures:
+        summary["failures"] = failures
+    keys = dict.fromkeys(key for run in ok for key in run)
+    for key in keys:
+        values = [run[key] for run in ok if run.get(key) is not None]
+        if not values:
+            summary[key] = None
+        elif all(isinstance(v, bool) for v in values):
+            summary[key] = all(values)
+        elif all(isinstance(v, (int, float)) for v in values):
+            summary[key] = sum(values) if key in SUMMED else round(statistics.median(values), 3)
+        else:
+            summary[key] = values[-1]
+    return summary
+
+
+# --- the table and the plots ----------------------------------------------------------------------
+
+# (scenario, key in the summary, what the row shows, how to format it)
+ROWS = [
+    ("ring", "msgs_per_s", "messages/s (higher is better)", "{:,.0f}"),
+    ("ring", "faults", "lost/duplicated/reordered/misdelivered", None),
+    ("ring", "server_cpu", "server CPU (cores busy)", "{:.2f}"),
+    ("ring", "loadgen_cpu", "load generator CPU (cores busy)", "{:.2f}"),
+    ("latency", "p50_us", "round trip p50 (µs)", "{:,.0f}"),
+    ("latency", "p95_us", "round trip p95 (µs)", "{:,.0f}"),
+    ("latency", "p99_us", "round trip p99 (µs)", "{:,.0f}"),
+    ("churn", "sessions_per_s", "connect+register+leave per s (higher is better)", "{:,.0f}"),
+    ("churn", "empty_after_ms", "who-list back to empty after (ms)", "{:,.1f}"),
+    ("capacity", "kib_per_client", "server memory per idle client (KiB)", "{:,.1f}"),
+    ("capacity", "threads_with", "server threads with N clients", "{:,.0f}"),
+    ("capacity", "setup_s", "time to register N clients (s)", "{:,.2f}"),
+    ("capacity", "empty_after_s", "who-list back to empty after all leave (s)", "{:,.2f}"),
+]
+
+
+def baseline_of(models: Sequence[str]) -> str:
+    return BASELINE_MODEL if BASELINE_MODEL in models else models[0]
+
+
+def _size_label(cell: dict) -> str:
+    letter = "K" if cell["scenario"] == "churn" else "N"
+    label = f"{letter}={cell['size']}"
+    if cell["scenario"] == "ring":
+        label += f", M={cell['params']['m']}"
+    return label
+
+
+def _value(summary: dict, key: str, fmt: str | None) -> tuple[str, float | None]:
+    if summary.get("runs_ok", 0) == 0:
+        failures = summary.get("failures") or ["failed"]
+        return ("skipped" if failures[0].startswith("skipped") else "failed"), None
+    if key == "faults":
+        counts = [summary.get(k) or 0 for k in ("lost", "duplicated", "reordered", "misdelivered")]
+        return "/".join(str(c) for c in counts), None
+    value = summary.get(key)
+    if value is None:
+        return "-", None
+    return fmt.format(value), float(value)
+
+
+def markdown_table(cells: list[dict], models: Sequence[str]) -> str:
+    """One row per (scenario, size, metric), one column per model, then the ratios."""
+    baseline = baseline_of(models)
+    others = [m for m in models if m != baseline]
+    header = ["scenario", "size", "metric", *models, *(f"{m}/{baseline}" for m in others)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    by_key = {(c["scenario"], c["size"], c["model"]): c for c in cells}
+    sizes = list(dict.fromkeys((c["scenario"], c["size"]) for c in cells))
+    for scenario, key, label, fmt in ROWS:
+        for cell_scenario, size in sizes:
+            if cell_scenario != scenario:
+                continue
+            shown, numbers = [], {}
+            for model in models:
+                cell = by_key.get((scenario, size, model))
+                text, number = _value(cell["summary"], key, fmt) if cell else ("-", None)
+                shown.append(text)
+                numbers[model] = number
+            ratios = []
+            for model in others:
+                a, b = numbers.get(model), numbers.get(baseline)
+                ratios.append(f"{a / b:.2f}" if a is not None and b else "-")
+            first = next(by_key[(scenario, size, m)] for m in models if (scenario, size, m) in by_key)
+            lines.append("| " + " | ".join([scenario, _size_label(first), label, *shown, *ratios]) + " |")
+    return "\n".join(lines)
+
+
+def draw_plots(results: dict, path: Path) -> str:
+    """Four small charts in one PNG; returns a message (matplotlib is optional)."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
+    except ImportError:
+        return "matplotlib is not installed: no plots"
+    models, cells = results["meta"]["models"], results["cells"]
+
+    def series(scenario: str, key: str, model: str) -> tuple[list[int], list[float]]:
+        points = [(c["size"], c["summary"].get(key)) for c in cells
+                  if c["scenario"] == scenario and c["model"] == model]
+        points = [(size, value) for size, value in points if value is not None]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    figure = Figure(figsize=(11, 7.5), layout="constrained")
+    axes = figure.subplots(2, 2)
+    charts = [
+        (axes[0][0], "ring", "msgs_per_s", "ring: messages/s"),
+        (axes[0][1], "latency", "p99_us", "latency: round trip (µs), p99 solid, p50 dashed"),
+        (axes[1][0], "capacity", "kib_per_client", "capacity: server KiB per idle client"),
+        (axes[1][1], "capacity", "threads_with", "capacity: server threads with N clients"),
+    ]
+    for ax, scenario, key, title in charts:
+        sizes: set[int] = set()
+        for model in models:
+            xs, ys = series(scenario, key, model)
+            if not xs:
+                continue
+            sizes.update(xs)
+            line, = ax.plot(xs, ys, marker="o", label=model)
+            if scenario == "latency":
+                xs50, ys50 = series(scenario, "p50_us", model)
+                ax.plot(xs50, ys50, marker="o", linestyle="--", color=line.get_color())
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("N clients")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(sorted(sizes), labels=[str(size) for size in sorted(sizes)])
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+    figure.suptitle(f"chatlab server models ({results['meta']['date']}, medians of {results['meta']['repeat']})")
+    figure.savefig(path, dpi=100)
+    return f"plots: {path}"
+
+
+# --- the whole run ------------------------------------------------------------------------------------
+
+
+def run_benchmarks(
+    models: Sequence[str] = DEFAULT_MODELS,
+    *,
+    quick: bool = False,
+    repeat: int = 3,
+    scenarios: Sequence[str] = SCENARIOS,
+    sizes: dict[str, list[int]] | None = None,
+    ring_messages: int | None = None,
+    latency_round_trips: int | None = None,
+    out: str | Path | None = RESULTS_DIR,
+    plots: bool = True,
+    pin_cpus: bool = True,
+    load_threshold: float = 1.0,
+    max_wait: float | None = None,
+    capacity_timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Run every scenario at every size against every model, ``repeat`` times, in this thread.
+
+    ``quick`` uses tiny sizes (seconds in all) and does not wait for a quiet machine.
+    ``sizes`` overrides the sizes per scenario, e.g. ``{"ring": [5, 50]}``; ``ring_messages``
+    fixes M (else it is calibrated so a ring cell takes about RING_SECONDS). A run that
+    takes longer than its budget (:func:`time_budget`, or ``capacity_timeout`` for capacity)
+    fails, and that cell is not run again in later rounds. Models whose
+    server does not start are left out, and said so. Writes ``bench-TIME.json`` (and ``.png``)
+    into ``out`` unless it is None. Returns ``{"meta", "cells", "table", ...}``.
+
+    Resource handling: every server process is stopped before the next cell starts; this
+    thread's CPU affinity is restored on return.
+    """
+    say = progress or (lambda text: None)
+    if repeat < 1:
+        raise ValueError("repeat must be at least 1")
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        raise ValueError(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
+    plan = {name: list((sizes or {}).get(name) or (QUICK_SIZES if quick else DEFAULT_SIZES)[name])
+            for name in scenarios}
+    quiet = wait_for_quiet(load_threshold, 0.0 if quick and max_wait is None else
+                           (120.0 if max_wait is None else max_wait), say)
+    cpus = plan_cpus(pin_cpus)
+    say("pinned: server on CPU {server_cpu}, load generator on CPU {loadgen_cpu}".format(**cpus)
+        if cpus["pinned"] else f"not pinned ({cpus['why_not']})")
+    own_affinity = os.sched_getaffinity(0)
+    if cpus["pinned"]:
+        os.sched_setaffinity(0, {cpus["loadgen_cpu"]})
+    try:
+        available, missing = [], {}
+        for model in models:
+            try:
+                start_server(model, max_clients=4).stop()
+                available.append(model)
+            except ServerStartError as exc:
+                missing[model] = str(exc)
+                say(f"skipping model {model!r}: {exc}")
+        if not available:
+            raise ServerStartError("no model could be started: " + "; ".join(missing.values()))
+
+        cells: dict[tuple[str, int, str], dict] = {}
+        for scenario, scenario_sizes in plan.items():
+            for size in scenario_sizes:
+                params: dict = {}
+                if scenario == "ring":
+                    m = ring_messages or (QUICK_RING_MESSAGES if quick else None)
+                    if m is None:
+                        m = calibrate_ring(available[0], size, cpus)
+                        say(f"ring N={size}: M={m} (calibrated on {available[0]})")
+                    params["m"] = m
+                elif scenario == "latency":
+                    params["k"] = latency_round_trips or (QUICK_LATENCY_ROUND_TRIPS if quick else LATENCY_ROUND_TRIPS)
+                elif scenario == "capacity" and capacity_timeout:
+                    params["timeout"] = capacity_timeout
+                for model in available:
+                    cells[(scenario, size, model)] = {"scenario": scenario, "size": size, "model": model,
+                                                      "params": params, "runs": []}
+        for round_number in range(1, repeat + 1):  # the models take turns inside every round
+            for cell in cells.values():
+                if any("timed out" in run.get("error", "") for run in cell["runs"]):
+                    run = {"error": "skipped: an earlier round timed out"}  # keep the run bounded
+                else:
+                    run = run_cell(cell["scenario"], cell["size"], cell["model"], cell["params"], cpus)
+                cell["runs"].append(run)
+                say(f"[{round_number}/{repeat}] {cell['model']:>10} {cell['scenario']:>8} "
+                    f"{cell['size']:>5}: {_brief(run)}")
+    finally:
+        os.sched_setaffinity(0, own_affinity)
+
+    for cell in cells.values():
+        cell["summary"] = summarize(cell["runs"])
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "models": available, "models_missing": missing, "baseline": baseline_of(available),
+        "repeat": repeat, "quick": quick, "sizes": plan,
+        "python": platform.python_version(), "machine": platform.machine(),
+        "cpus": cpus, "quiet": quiet, "load_at_end": round(os.getloadavg()[0], 2),
+    }
+    results = {"meta": meta, "cells": list(cells.values())}
+    results["table"] = markdown_table(results["cells"], available)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        results["json_path"] = str(out / f"bench-{stamp}.json")
+        if plots:
+            results["plots"] = draw_plots(results, out / f"bench-{stamp}.png")
+            say(results["plots"])
+        Path(results["json_path"]).write_text(json.dumps(results, indent=1) + "\n")
+        say(f"results: {results['json_path']}")
+    return results
+
+
+def _brief(run: dict) -> str:
+    """One line about one run, for the progress log."""
+    if "error" in run:
+        return run["error"]
+    keys = ("msgs_per_s", "lost", "p50_us", "p99_us", "sessions_per_s", "kib_per_client",
+            "threads_with", "empty_after_ms", "empty_after_s", "server_cpu", "loadgen_cpu")
+    return ", ".join(f"{k}={run[k]}" for k in keys if k in run)
+
+
+def notes(results: dict) -> str:
+    """The lines under the table: how the numbers were taken."""
+    meta = results["meta"]
+    cpus, quiet = meta["cpus"], meta["quiet"]
+    pinned = (f"server pinned to CPU {cpus['server_cpu']}, load generator to CPU {cpus['loadgen_cpu']}"
+              if cpus["pinned"] else f"not pinned ({cpus['why_not']})")
+    calm = ("quiet" if quiet["quiet"] else "NOT quiet") + (
+        f" (1-min load {quiet['load_when_started']} at the start, threshold {quiet['threshold']}, "
+        f"{meta['load_at_end']} at the end)")
+    lines = [f"Medians of {meta['repeat']} runs; Python {meta['python']}, {cpus['cpus']} CPUs; {pinned}; "
+             f"machine {calm}; ratios are model/{meta['baseline']}."]
+    if meta["models_missing"]:
+        lines.append("Not measured: " + ", ".join(meta["models_missing"])
+                     + " (their server did not start: see models_missing in the JSON).")
+    for cell in results["cells"]:
+        summary = cell["summary"]
+        trouble = [f"{k}={summary[k]}" for k in ("duplicated", "reordered", "misdelivered", "lost",
+                                                 "errors", "hangups") if summary.get(k)]
+        if summary.get("server_warnings"):
+            first = (summary.get("server_log") or [""])[0]
+            trouble.append(f"{summary['server_warnings']} server warnings, e.g. {first!r}")
+        if summary.get("back_to_empty") is False:
+            trouble.append("never back to empty")
+        if summary.get("server_stopped_in_time") is False:
+            trouble.append(f"the server did not stop within {SERVER_STOP_TIMEOUT:.0f} s of SIGTERM and was killed")
+        trouble += summary.get("failures", [])
+        if trouble:
+            lines.append(f"{cell['model']} {cell['scenario']} {_size_label(cell)}: " + "; ".join(map(str, trouble)))
+    return "\n".join(lines)
+
+
+def _sizes_option(text: str) -> tuple[str, list[int]]:
+    scenario, _, numbers = text.partition("=")
+    if scenario not in SCENARIOS or not numbers:
+        raise argparse.ArgumentTypeError(f"expected SCENARIO=N[,N...] with SCENARIO one of {SCENARIOS}")
+    return scenario, [int(n) for n in numbers.split(",")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark chatlab's server models.")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help="comma-separated models (default: %(default)s; missing ones are skipped)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of a few seconds")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per cell; the table shows medians (default 3)")
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="where the JSON and PNG go (default: %(default)s)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of %(default)s")
+    parser.add_argument("--size", action="append", type=_sizes_option, default=[], metavar="SCENARIO=N,N",
+                        help="sizes for one scenario, e.g. ring=5,50 (repeatable)")
+    parser.add_argument("--ring-messages", type=int, help="M for every ring cell (default: calibrated)")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin server and generator to CPUs")
+    parser.add_argument("--load-threshold", type=float, default=1.0, help="quiet means a load average below this")
+    parser.add_argument("--max-wait", type=float, help="longest wait for a quiet machine, s (default 120; --quick 0)")
+    parser.add_argument("--capacity-timeout", type=float, help="longest capacity run, s (default 60 + N/10)")
+    args = parser.parse_args(argv)
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    results = run_benchmarks(
+        [m for m in args.models.split(",") if m], quick=args.quick, repeat=args.repeat,
+        scenarios=[s for s in args.scenarios.split(",") if s], sizes=dict(args.size) or None,
+        ring_messages=args.ring_messages, out=args.out, plots=not args.no_plots,
+        pin_cpus=not args.no_pin, load_threshold=args.load_threshold, max_wait=args.max_wait,
+        capacity_timeout=args.capacity_timeout,
+        progress=progress,
+    )
+    print(results["table"])
+    print()
+    print(notes(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
