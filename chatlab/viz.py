@@ -17,6 +17,7 @@ what was drawn with ``fig.findobj(lambda a: a.get_gid() == ...)``.
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 import sys
@@ -32,6 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, FancyBboxPatch, Patch
 
+from . import protocol
 from .server import ClientRecord, ServerEvent
 
 SERVER_COLOR = "#2F3E4E"
@@ -42,8 +44,9 @@ TEXT_COLOR = "#263238"
 # Seaborn's "deep" colours without its red (red means an error here).
 PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#8172B3", "#937860", "#DA8BC3", "#CCB974", "#64B5CD")
 MONO = "DejaVu Sans Mono"
-MAX_LABEL = 30  # characters of wire text on an arrow
+MAX_LABEL = 60  # characters of wire text on an arrow, at most
 LABEL_SIZE = 8.5
+MONO_ADVANCE = 0.602  # width of a DejaVu Sans Mono character, in font sizes
 
 
 def _enable_inline_display() -> None:
@@ -229,6 +232,39 @@ def _tint(color: str, amount: float = 0.82) -> tuple[float, float, float]:
 
 # --- sequence diagram --------------------------------------------------------------------------
 
+# What a refused line was, as far as the log tells: an error event keeps the reason, not the line.
+_REFUSED_LINES = {
+    "expected %name%message": "(a line without %name%)",
+    "line too long": "(a line that is too long)",
+    "invalid utf-8": "(bytes that are not UTF-8)",
+    "control characters are not allowed": "(a line with control characters)",
+}
+
+
+def _refusal(reason: str) -> tuple[str, bool, str]:
+    """A refused line as drawn: (the line that came in, whether that is wire text, the reply).
+
+    The log keeps why a line was refused, not the line: ``unknown client 'zed'`` came from a
+    line ``%zed%...`` whose text is not known. The server quotes names with ``repr``.
+    """
+    if reason.startswith("unknown client "):
+        name = ast.literal_eval(reason.removeprefix("unknown client "))
+        return f"%{name}%…", True, _as_text(protocol.format_unknown_client(name))
+    if reason.startswith("unknown command "):
+        command = ast.literal_eval(reason.removeprefix("unknown command "))
+        return f"%server%{command}", True, _as_text(protocol.format_unknown_command(command))
+    return _REFUSED_LINES.get(reason, "(a line)"), False, _as_text(protocol.format_error(reason))
+
+
+def _as_text(line: bytes) -> str:
+    """A line the server sends, as text without its newline."""
+    return line.decode().removesuffix("\n")
+
+
+def _dropped(event: ServerEvent) -> bool:
+    """An error the server raised about a client without being sent a line (it fell too far behind)."""
+    return event.kind == "error" and event.text.startswith("too slow")
+
 
 @dataclass(frozen=True)
 class _Step:
@@ -240,7 +276,11 @@ class _Step:
 
     @property
     def rows(self) -> int:
-        return 2 if self.event.kind == "message" else 1
+        if self.event.kind == "message":  # the line in, then a row per receiver
+            return 1 + max(len(self.receivers), 1)
+        if self.event.kind == "error" and self.event.client and not _dropped(self.event):
+            return 2  # the refused line in, the error line back
+        return 1
 
 
 def _steps(log: list[ServerEvent]) -> list[_Step]:
@@ -252,26 +292,42 @@ def _steps(log: list[ServerEvent]) -> list[_Step]:
     ]
 
 
+@dataclass(frozen=True)
+class _Lanes:
+    """Where things go: each client's lane (the server's is at x = 0) and how much text fits."""
+
+    x: dict[str, float]
+    colors: dict[str, str]
+    x_min: float
+    x_max: float
+    chars_per_unit: float  # label characters that fit in one unit of x
+
+
 def sequence_diagram(
     events: Iterable[ServerEvent],
     *,
     max_rows: int = 30,
-    title: str = "Every line goes through the server (time runs down)",
+    title: str = "Messages and errors through the server (time runs down)",
     figsize: tuple[float, float] = (10.0, 7.0),
 ) -> Figure:
     """Who said what, in order: a lane per client and one for the server, time running down.
 
     Each message is two arrows: the line its sender wrote to the server (``%bob%hi``) and,
-    a row below, the line the server wrote to each receiver (``%alice%hi``); a broadcast fans
-    out to every other client online then. An error is a red ``x`` on the server's lane and
-    the ``! ...`` line sent back. Joins and leaves are marked on the client's lane, which is
-    solid while the client is online. When the log needs more than ``max_rows`` rows only the
-    latest events are drawn. Arrows carry gids ``send:alice``, ``deliver:alice->bob`` and
-    ``error:alice``.
+    a row below, the line the server wrote to the receiver (``%alice%hi``). A broadcast has
+    one such arrow per receiver (every other client online then), each on its own row, in the
+    order of their names. A refused line is an arrow that ends at a red ``x`` on the server's
+    lane, then the ``! ...`` line sent back. The log keeps why a line was refused, not the line
+    itself, so ``! unknown client 'zed'`` is drawn coming from ``%zed%…``. Joins and leaves are
+    marked on the client's lane, which is solid while the client is online.
+
+    Not drawn, because the server's log does not record them: commands such as
+    ``%server%who`` and their answers, and the ``* alice joined`` / ``* alice left`` notices
+    the server sends to the others. When the log needs more than ``max_rows`` rows only the
+    latest events are drawn. Arrows carry gids ``send:alice``, ``deliver:alice->bob``,
+    ``refused:alice`` (a refused line) and ``error:alice`` (the error line back).
     """
     log = list(events)
     names = sorted(_names_in(log), key=str.lower)
-    colors = client_colors(names)
     steps = _steps(log)
     hidden = 0
     while sum(step.rows for step in steps) > max_rows:
@@ -284,12 +340,16 @@ def sequence_diagram(
     lane_x.update({name: float(i + 1) for i, name in enumerate(right)})
 
     fig = Figure(figsize=figsize)
-    ax = fig.add_axes((0.02, 0.1, 0.96, 0.76))
+    axes_box = (0.02, 0.1, 0.96, 0.76)
+    ax = fig.add_axes(axes_box)
     x_min, x_max = min(-1.0, -len(left)) - 0.7, max(1.0, len(right)) + 0.7
     top, bottom = 0.8, -rows + 0.3
     ax.set_xlim(x_min, x_max)
     ax.set_ylim(bottom, top)
     ax.axis("off")
+    points_per_unit = figsize[0] * axes_box[2] * 72 / (x_max - x_min)
+    lanes = _Lanes(lane_x, client_colors(names), x_min, x_max,
+                   chars_per_unit=points_per_unit / (MONO_ADVANCE * LABEL_SIZE))
     fig.suptitle(title, fontsize=13, color=TEXT_COLOR, y=0.97)
     if hidden:
         fig.text(0.5, 0.925, f"… {hidden} earlier event{'s' if hidden != 1 else ''} not shown",
@@ -303,7 +363,7 @@ def sequence_diagram(
             bbox=dict(boxstyle="round,pad=0.4", facecolor=SERVER_COLOR, edgecolor="none"))
     ax.plot([0, 0], [top, bottom], color=SERVER_COLOR, linewidth=2.5, zorder=1)
     for name in names:
-        x, color = lane_x[name], colors[name]
+        x, color = lane_x[name], lanes.colors[name]
         ax.text(x, 1.035, _short(name, 14), transform=heads, ha="center", va="center", fontsize=11,
                 fontweight="bold", color=TEXT_COLOR, zorder=4, gid=f"lane:{name}",
                 bbox=dict(boxstyle="round,pad=0.4", facecolor=_tint(color), edgecolor=color, linewidth=1.8))
@@ -314,7 +374,7 @@ def sequence_diagram(
 
     y = 0.0
     for step in steps:
-        _draw_step(ax, step, y, lane_x, colors)
+        _draw_step(ax, step, y, lanes)
         y -= step.rows
 
     if not steps:
@@ -343,17 +403,37 @@ def _online_rows(name: str, steps: list[_Step], top: float, bottom: float) -> li
 
 
 def _arrow(ax, x_from: float, x_to: float, y: float, color: str, gid: str, dashed: bool = False) -> None:
-    ax.annotate("", xy=(x_to, y), xytext=(x_from, y), zorder=3, gid=gid,
+    # Above the labels: a long label may touch the arrow a row above, but never hides it.
+    ax.annotate("", xy=(x_to, y), xytext=(x_from, y), zorder=5, gid=gid,
                 arrowprops=dict(arrowstyle="-|>", color=color, linewidth=1.8, mutation_scale=15,
                                 shrinkA=0, shrinkB=1, linestyle="--" if dashed else "-"))
 
 
-def _label(ax, x: float, y: float, text: str, color: str = TEXT_COLOR, ha: str = "center",
-           va: str = "bottom", limit: int = MAX_LABEL) -> None:
-    """Wire text (monospace) just above an arrow at height y, on a white patch over the lanes."""
-    lift = 3 if va == "bottom" else 0  # points: clear of the arrow, whatever the row height
-    ax.annotate(_short(text, limit), (x, y), xytext=(0, lift), textcoords="offset points", ha=ha, va=va,
-                fontsize=LABEL_SIZE, family=MONO, color=color, zorder=4,
+def _arrow_label(ax, lanes: _Lanes, x_from: float, x_to: float, y: float, text: str,
+                 color: str = TEXT_COLOR, wire: bool = True) -> None:
+    """Text just above an arrow: wire text in monospace, a description in italics.
+
+    Centred on the arrow, and moved sideways if it would run off the picture; every arrow has
+    a row of its own, so a label may be wider than its arrow. Only a label wider than the whole
+    picture is cut short.
+    """
+    room = int((lanes.x_max - lanes.x_min) * lanes.chars_per_unit) - 2
+    text = _short(text, min(room, MAX_LABEL))
+    half = (len(text) + 1) / lanes.chars_per_unit / 2  # +1: the white patch's padding
+    x = min(max((x_from + x_to) / 2, lanes.x_min + half), lanes.x_max - half)
+    ax.annotate(text, (x, y), xytext=(0, 1.5), textcoords="offset points", ha="center", va="bottom",
+                fontsize=LABEL_SIZE, family=MONO if wire else None, style="normal" if wire else "italic",
+                color=color, zorder=4,
+                bbox=dict(boxstyle="round,pad=0.05", facecolor="white", edgecolor="none", alpha=0.85))
+
+
+def _server_note(ax, y: float, text: str, color: str, gid: str | None = None, wire: bool = True) -> None:
+    """A note beside the server's lane; with a ``gid``, after a red x (something went wrong)."""
+    if gid is not None:
+        ax.plot([0], [y], marker="X", markersize=10, color=ERROR_COLOR, markeredgecolor="white",
+                zorder=5, gid=gid)
+    ax.annotate(_short(text, MAX_LABEL), (0.15, y), ha="left", va="center", fontsize=LABEL_SIZE,
+                family=MONO if wire else None, style="normal" if wire else "italic", color=color, zorder=4,
                 bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none"))
 
 
@@ -363,45 +443,43 @@ def _lane_note(ax, x: float, y: float, text: str, marker: str, color: str, gid: 
             zorder=4, bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.9))
 
 
-def _draw_step(ax, step: _Step, y: float, lane_x: dict[str, float], colors: dict[str, str]) -> None:
+def _draw_step(ax, step: _Step, y: float, lanes: _Lanes) -> None:
     event = step.event
     sender = event.client
     if event.kind == "registered":
-        _lane_note(ax, lane_x[sender], y, "joins", "o", colors[sender], f"join:{sender}")
+        _lane_note(ax, lanes.x[sender], y, "joins", "o", lanes.colors[sender], f"join:{sender}")
     elif event.kind == "left":
         reason = "" if event.text == "disconnected" else f" ({_short(event.text, 24)})"
-        _lane_note(ax, lane_x[sender], y, "leaves" + reason, "s", colors[sender], f"leave:{sender}")
-    elif event.kind == "error" and sender:
-        x = lane_x[sender]
+        _lane_note(ax, lanes.x[sender], y, "leaves" + reason, "s", lanes.colors[sender], f"leave:{sender}")
+    elif event.kind == "error" and not sender:  # a connection with no name yet, e.g. "name taken"
+        _server_note(ax, y, f"! {event.text}  (to a connection with no name)", ERROR_COLOR, "error:")
+    elif _dropped(event):  # nothing was sent or answered: the server let go of the client
+        _server_note(ax, y, f"{sender}: {event.text}", ERROR_COLOR, f"error:{sender}", wire=False)
+    elif event.kind == "error":  # a refused line: it comes in, the error goes back
+        x = lanes.x[sender]
+        line, wire, reply = _refusal(event.text)
+        _arrow(ax, x, 0, y, lanes.colors[sender], f"refused:{sender}")
+        _arrow_label(ax, lanes, x, 0, y, line, wire=wire)
         ax.plot([0], [y], marker="X", markersize=10, color=ERROR_COLOR, markeredgecolor="white", zorder=5)
-        _arrow(ax, 0, x, y, ERROR_COLOR, f"error:{sender}", dashed=True)
-        _label(ax, x / 2, y, f"! {event.text}", ERROR_COLOR)
-    elif event.kind == "error":  # a connection that has no name yet, e.g. "name taken"
-        ax.plot([0], [y], marker="X", markersize=10, color=ERROR_COLOR, markeredgecolor="white", zorder=5,
-                gid="error:")
-        _label(ax, 0.15, y, f"! {event.text}  (to a connection with no name)", ERROR_COLOR,
-               ha="left", va="center", limit=56)
+        _arrow(ax, 0, x, y - 1, ERROR_COLOR, f"error:{sender}", dashed=True)
+        _arrow_label(ax, lanes, 0, x, y - 1, reply, ERROR_COLOR)
     elif event.kind == "message":
-        color = colors[sender]
-        _arrow(ax, lane_x[sender], 0, y, color, f"send:{sender}")
-        _label(ax, lane_x[sender] / 2, y, f"%{event.to}%{event.text}")
-        delivered = f"%{sender}%{event.text}"
-        for side in (-1, 1):  # receivers left of the server, then right of it
-            on_this_side = [r for r in step.receivers if lane_x[r] * side > 0]
-            for receiver in on_this_side:  # collinear arrows: one line, an arrowhead per receiver
-                _arrow(ax, 0, lane_x[receiver], y - 1, color, f"deliver:{sender}->{receiver}")
-            if on_this_side:  # one label per side, centred on the longest arrow
-                farthest = max((lane_x[r] for r in on_this_side), key=abs)
-                _label(ax, farthest / 2, y - 1, delivered)
+        color = lanes.colors[sender]
+        _arrow(ax, lanes.x[sender], 0, y, color, f"send:{sender}")
+        _arrow_label(ax, lanes, lanes.x[sender], 0, y, f"%{event.to}%{event.text}")
+        for row, receiver in enumerate(step.receivers, start=1):  # a row each: one arrow per line sent
+            _arrow(ax, 0, lanes.x[receiver], y - row, color, f"deliver:{sender}->{receiver}")
+            _arrow_label(ax, lanes, 0, lanes.x[receiver], y - row, f"%{sender}%{event.text}")
         if not step.receivers:
-            _label(ax, 0.15, y - 1, "(nobody else is online)", GONE_COLOR, ha="left", va="center")
+            _server_note(ax, y - 1, "(nobody else is online)", GONE_COLOR, wire=False)
 
 
 def _sequence_legend() -> list:
     return [
         Line2D([], [], color=TEXT_COLOR, marker=">", markersize=6, linewidth=1.8,
                label="a line on the wire (as typed / as delivered)"),
-        Line2D([], [], color=ERROR_COLOR, marker="X", linestyle="--", markersize=8, label="refused: error line"),
+        Line2D([], [], color=ERROR_COLOR, marker="X", linestyle="--", markersize=8,
+               label="refused, and the error line back"),
         Line2D([], [], color=GONE_COLOR, marker="o", linestyle="", markersize=8, label="joins"),
         Line2D([], [], color=GONE_COLOR, marker="s", linestyle="", markersize=8, label="leaves"),
     ]

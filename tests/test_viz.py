@@ -9,6 +9,7 @@ tests then check that each picture shows what the clients themselves saw.
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import time
 import warnings
@@ -192,7 +193,8 @@ def test_sequence_diagram_has_an_arrow_per_line_on_the_wire(session):
         ["deliver:alice->bob", "deliver:bob->alice", "deliver:carol->alice", "deliver:carol->bob"]
     )
     assert sum(gids(fig, "deliver:").values()) == sum(map(session.messages_received, ("alice", "bob", "carol")))
-    assert gids(fig, "error:") == Counter({"error:alice": 1, "error:": 1})  # 'zed', and the second alice
+    assert gids(fig, "refused:") == Counter({"refused:alice": 1})  # the line to 'zed' came in...
+    assert gids(fig, "error:") == Counter({"error:alice": 1, "error:": 1})  # ...and its error; the second alice
     assert gids(fig, "join:") == Counter({"join:alice": 1, "join:bob": 1, "join:carol": 1})
     assert gids(fig, "leave:") == Counter({"leave:carol": 1})
 
@@ -202,18 +204,94 @@ def test_sequence_diagram_labels_show_the_lines_as_typed_and_as_delivered(sessio
     for lane in ("alice", "bob", "carol", "server"):
         assert lane in shown
     for line in ("%bob%hi bob", "%alice%hi bob", "%alice%hi alice", "%bob%hi alice",
-                 "%*%hello all", "%carol%hello all", "! unknown client 'zed'"):
+                 "%*%hello all", "%carol%hello all", "%zed%…", "! unknown client 'zed'"):
         assert line in shown, line
     assert "! name taken  (to a connection with no name)" in shown
-    assert shown.count("%carol%hello all") == 2  # one label each side of the server
+    assert shown.count("%carol%hello all") == 2  # one label per receiver
+    assert not any(text.endswith("…") for text in shown if text != "%zed%…")  # nothing cut short
 
 
 def test_sequence_diagram_keeps_only_the_latest_rows(session):
-    fig = viz.sequence_diagram(session.events, max_rows=4)
+    # The last 6 rows: the line to zed and its error (2), carol's broadcast (1 + 2), carol leaves.
+    fig = viz.sequence_diagram(session.events, max_rows=6)
     render(fig)
     assert "… 6 earlier events not shown" in texts(fig)  # 3 joins, the refusal, 2 messages
+    assert gids(fig, "send:") == Counter({"send:carol": 1})
+    assert gids(fig, "refused:") == Counter({"refused:alice": 1})
     assert gids(fig, "deliver:") == Counter(["deliver:carol->alice", "deliver:carol->bob"])
     assert gids(fig, "leave:") == Counter({"leave:carol": 1})
+
+
+def arrow(fig: Figure, gid: str) -> tuple[float, float, float]:
+    """The one arrow with this gid, as (x it starts at, x it points to, y)."""
+    (drawn,) = with_gid(fig, gid)
+    (x_from, y_from), (x_to, y_to) = drawn.xyann, drawn.xy
+    assert y_from == y_to  # arrows are level: a line takes no time on the wire, in this picture
+    return x_from, x_to, y_to
+
+
+def test_a_refused_line_comes_in_and_its_error_goes_back(session):
+    fig = viz.sequence_diagram(session.events)
+    alice_lane = arrow(fig, "send:alice")[0]
+    in_from, in_to, in_y = arrow(fig, "refused:alice")
+    back_from, back_to, back_y = arrow(fig, "error:alice")
+    assert (in_from, in_to) == (alice_lane, 0)  # from alice's lane to the server's
+    assert (back_from, back_to) == (0, alice_lane)  # and back
+    assert back_y == in_y - 1  # the answer comes a row later
+
+
+def test_each_receiver_of_a_broadcast_has_its_own_arrow_row(session):
+    fig = viz.sequence_diagram(session.events)
+    _, _, sent_y = arrow(fig, "send:carol")
+    rows = {receiver: arrow(fig, f"deliver:carol->{receiver}")[2] for receiver in ("alice", "bob")}
+    assert sorted(rows.values(), reverse=True) == [sent_y - 1, sent_y - 2]  # rows below, not one
+
+
+def test_other_refused_lines_are_described():
+    """Lines the log cannot quote: it keeps why a line was refused, not the line."""
+    with ChatServer() as server, ChatClient(port=server.port, name="ada") as ada:
+        for line, error in (("hello?", "! expected %name%message"),
+                            ("%server%dance", "! unknown command 'dance'; try %server%help")):
+            ada.send_line(line)
+            read_until(ada, error)
+        events = server.events()
+    fig = viz.sequence_diagram(events)
+    render(fig)
+    shown = texts(fig)
+    assert gids(fig, "refused:") == Counter({"refused:ada": 2})
+    assert gids(fig, "error:") == Counter({"error:ada": 2})
+    for label in ("(a line without %name%)", "! expected %name%message", "%server%dance",
+                  "! unknown command 'dance'; try %server%help"):
+        assert label in shown, label
+
+
+def test_a_dropped_client_is_not_drawn_as_a_refused_line():
+    """The server lets go of a client that stops reading: no line came in, no error went out."""
+    with ChatServer(max_backlog=64 * 1024) as server:
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # full after a few lines
+        slow.settimeout(2)
+        try:
+            slow.connect(server.address)
+            slow.sendall(b"slow\n")  # registers, then never reads
+            wait_until(lambda: "slow" in server.online())
+            with ChatClient(port=server.port, name="ada") as ada:
+                for _ in range(2000):  # at most 8 MB; the buffers fill up long before
+                    if "slow" not in server.online():
+                        break
+                    ada.send("slow", "x" * 4000)
+                wait_until(lambda: any(e.kind == "left" and e.client == "slow" for e in server.events()))
+                events = [e for e in server.events() if e.client == "slow"]
+        finally:
+            slow.close()
+    assert [(e.kind, e.text) for e in events if e.kind != "connected"] == [
+        ("registered", ""), ("error", "too slow: disconnected"), ("left", "too slow")]
+    fig = viz.sequence_diagram(events)
+    render(fig)
+    assert gids(fig, "refused:") == Counter() and gids(fig, "send:") == Counter()
+    assert gids(fig, "error:") == Counter({"error:slow": 1})  # a red x on the server's lane
+    assert "slow: too slow: disconnected" in texts(fig)
+    assert "leaves (too slow)" in texts(fig)
 
 
 def test_empty_pictures_still_render():
