@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 logging.getLogger("chatlab").addHandler(logging.NullHandler())
 
 _EXPORTS = {
-    "ChatServer": "server", "ClientRecord": "server", "ServerEvent": "server",
+    "ChatServer": "server", "ClientRecord": "room", "ServerEvent": "room",
     "ChatClient": "client", "ChatError": "client", "ConnectionClosed": "client",
     "NameRefused": "client", "ServerFull": "client",
 }

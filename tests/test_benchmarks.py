@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from chatlab.room import ChatRoom
 from chatlab.server import ChatServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,8 +123,8 @@ def test_medians_and_sums_over_repeats(bench):
     assert summary["failures"] == ["LoadError: registration timed out"]
 
 
-class FaultyServer(ChatServer):
-    """A real server that mishandles ring0's messages to ring1 on purpose: it drops "3",
+class FaultyRoom(ChatRoom):
+    """A real room that mishandles ring0's messages to ring1 on purpose: it drops "3",
     delivers "5" twice, holds "2" back until after "4", and sends "6" to ring2 instead."""
 
     def _direct(self, record, to, text):
@@ -144,7 +145,9 @@ class FaultyServer(ChatServer):
 
 
 def test_the_ring_counts_what_a_faulty_server_gets_wrong(bench):
-    with FaultyServer("127.0.0.1", 0) as server:
+    server = ChatServer("127.0.0.1", 0)
+    server.room = FaultyRoom()
+    with server:
         result = bench.loadgen.ring(server.address, 3, 10, timeout=2.0)
     assert result["timed_out"] is True and result["msgs_per_s"] is None
     faults = {k: result[k] for k in ("lost", "duplicated", "reordered", "misdelivered")}

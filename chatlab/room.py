@@ -1,0 +1,296 @@
+"""The chat room: who is connected, what each line means, and who receives what.
+
+Every server in the kit is "sockets + a concurrency model" around one :class:`ChatRoom`. The
+room does no I/O: a server hands it each complete line a client sent (:meth:`ChatRoom.handle`)
+and gives every client a :class:`Transport`, the one thing the room calls to send bytes. So
+the rules of the chat (registration, routing, errors, notices, the event log) are written
+once, and a server model only decides how bytes move: a thread per client
+(:mod:`chatlab.server`), or one event loop for all of them.
+
+The room is thread-safe: the registry sits behind one lock, the event log behind another,
+and every write to one client happens under that client's ``send_lock``, so lines sent to a
+client by several threads arrive whole and in the order they were handed over. Nothing here
+prints; it logs to the ``chatlab.server`` logger and tells subscribers of every event.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from . import protocol
+
+log = logging.getLogger("chatlab.server")
+
+
+class Transport(Protocol):
+    """How bytes reach one client; each server model provides one per connection."""
+
+    def write(self, data: bytes) -> bool:
+        """Send or queue ``data`` without waiting on a slow client (the "direct" delivery of
+        the threaded server is the exception, on purpose). False if the client has fallen too
+        far behind: the room then drops it."""
+
+    def abort(self) -> None:
+        """Disconnect the client now; its server model then calls :meth:`ChatRoom.remove`."""
+
+    def registered(self, name: str) -> None:
+        """The client is now called ``name`` (threads are renamed after it)."""
+
+
+@dataclass(frozen=True)
+class ServerEvent:
+    """Something that happened on the server, as kept in its log and sent to subscribers.
+
+    ``kind`` is one of ``connected``, ``registered``, ``message``, ``error``, ``left``.
+    ``client`` is the name (None before registration); for a message ``to`` is the receiver's
+    name, or ``"*"`` for a broadcast; ``text`` is the message, the error or why a client left.
+    """
+
+    kind: str
+    client: str | None
+    address: tuple[str, int]
+    to: str | None = None
+    text: str = ""
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(eq=False)
+class ClientRecord:
+    """What the server keeps about one connection (the report's name, IP, port, socket).
+
+    ``thread`` is the thread that reads this client's lines (its own, in the threaded server)
+    and ``writer`` the one that writes to it, if it has one. ``messages_out`` is counted under
+    the room's lock, ``bytes_out`` by whoever writes to the socket, the rest by the reader.
+    """
+
+    ip: str
+    port: int
+    sock: socket.socket = field(repr=False)
+    fd: int
+    name: str | None = None
+    connected_at: float = field(default_factory=time.time)
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    thread: threading.Thread | None = field(default=None, repr=False)
+    writer: threading.Thread | None = field(default=None, repr=False)
+    transport: Transport | None = field(default=None, repr=False)
+    send_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    too_slow: bool = field(default=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        """The name once registered, the address before."""
+        return self.name or f"{self.ip}:{self.port}"
+
+
+class ChatRoom:
+    """The registry of clients, the routing of their lines, and the event log."""
+
+    def __init__(self, *, max_clients: int = 100, history: int = 1000) -> None:
+        self.max_clients = max_clients
+        self._lock = threading.Lock()  # guards _connections, _by_name and messages_out
+        self._connections: set[ClientRecord] = set()
+        self._by_name: dict[str, ClientRecord] = {}  # lower-case name -> record
+        self._events: deque[ServerEvent] = deque(maxlen=history)
+        self._events_lock = threading.Lock()
+        self._subscribers: list[Callable[[ServerEvent], None]] = []
+
+    # --- what a server model calls ---------------------------------------------------------
+
+    def admit(self, record: ClientRecord) -> bool:
+        """Take in a new connection and greet it; False (and nothing kept) if the room is full.
+
+        A refused connection is the caller's to answer with ``protocol.SERVER_FULL`` and close.
+        """
+        with self._lock:
+            full = len(self._connections) >= self.max_clients
+            if not full:
+                self._connections.add(record)
+        if full:
+            log.warning("%s:%d refused: server full", record.ip, record.port)
+            self._emit("error", record, text="server full")
+            return False
+        log.info("%s:%d connected", record.ip, record.port)
+        self._emit("connected", record)
+        self.send(record, protocol.GREETING)
+        return True
+
+    def handle(self, record: ClientRecord, line: bytes | protocol.LineTooLong) -> None:
+        """Act on one line from ``record``'s client (called by whoever reads its socket)."""
+        match protocol.parse_line(line, registered=record.name is not None):
+            case protocol.Register(name):
+                self._register(record, name)
+            case protocol.DirectMessage(to, text):
+                self._direct(record, to, text)
+            case protocol.Broadcast(text):
+                self._broadcast(record, text)
+            case protocol.Command(name):
+                self._command(record, name)
+            case protocol.Malformed(reason):
+                self._refuse(record, reason)
+
+    def remove(self, record: ClientRecord) -> list[ClientRecord]:
+        """Forget a connection, so nothing is routed to it any more.
+
+        Returns who was online with it (none if it had no name): the ones to tell it left.
+        """
+        with self._lock:
+            self._connections.discard(record)
+            if record.name is None or self._by_name.get(record.name.lower()) is not record:
+                return []
+            del self._by_name[record.name.lower()]
+            return list(self._by_name.values())
+
+    def departed(self, record: ClientRecord, reason: str, tell: list[ClientRecord]) -> None:
+        """Log and record that a removed client left, and tell ``tell`` so."""
+        log.info("%s left (%s)", record.label, reason)
+        self._emit("left", record, text=reason)
+        notice = protocol.format_notice(f"{record.name} left")
+        for other in tell:
+            self.send(other, notice)
+
+    def send(self, record: ClientRecord, data: bytes) -> None:
+        """Hand bytes to one client's transport; drop the client if it is too far behind."""
+        with record.send_lock:
+            ok = record.transport.write(data)
+        if not ok:
+            self._drop_slow(record)
+
+    # --- what the dashboards read -------------------------------------------------------------
+
+    def clients(self) -> list[ClientRecord]:
+        """A snapshot (copies) of the registered clients' records, sorted by name."""
+        with self._lock:
+            records = [copy.copy(record) for record in self._by_name.values()]
+        return sorted(records, key=lambda record: record.name.lower())
+
+    def connections(self) -> list[ClientRecord]:
+        """Every open connection's record (not copies), registered or not."""
+        with self._lock:
+            return list(self._connections)
+
+    def connection_count(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    def online(self) -> list[str]:
+        with self._lock:
+            return self._online_locked()
+
+    def events(self) -> list[ServerEvent]:
+        """The most recent events, oldest first (at most ``history`` of them)."""
+        with self._events_lock:
+            return list(self._events)
+
+    def subscribe(self, callback: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every future event; returns a function that unsubscribes.
+
+        The callback runs in the server thread where the event happened: keep it short, and
+        do not print from it (in a notebook, set a widget's value instead).
+        """
+        with self._events_lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._events_lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    # --- the rules ---------------------------------------------------------------------------------
+
+    def _online_locked(self) -> list[str]:
+        return sorted((r.name for r in self._by_name.values()), key=str.lower)
+
+    def _refuse(self, record: ClientRecord, reason: str, reply: bytes | None = None) -> None:
+        log.warning("%s:%d %s: %s", record.ip, record.port, record.name or "(no name yet)", reason)
+        self._emit("error", record, text=reason)
+        self.send(record, reply or protocol.format_error(reason))
+
+    def _drop_slow(self, record: ClientRecord) -> None:
+        record.too_slow = True
+        log.warning("%s is too far behind; disconnecting it", record.label)
+        self._emit("error", record, text="too slow: disconnected")
+        record.transport.abort()
+
+    def _register(self, record: ClientRecord, name: str) -> None:
+        # Holding the client's send lock from before others can find it until its welcome is
+        # out means that whatever they send it comes after the welcome, never before. The
+        # registry lock is not held while writing: in direct mode a client that does not read
+        # would block the write, and with it every thread of the server.
+        with record.send_lock:
+            with self._lock:
+                taken = name.lower() in self._by_name
+                if not taken:
+                    record.name = name
+                    self._by_name[name.lower()] = record
+                    others = [r for r in self._by_name.values() if r is not record]
+                    welcome = protocol.format_welcome(name, self._online_locked())
+            if not taken:  # renamed before the welcome, so the client never sees old names
+                record.transport.registered(name)
+            welcomed = taken or record.transport.write(welcome)
+        if taken:
+            self._refuse(record, "name taken", protocol.NAME_TAKEN)
+            return
+        log.info("%s:%d is %s", record.ip, record.port, name)
+        self._emit("registered", record)
+        if not welcomed:
+            self._drop_slow(record)
+        notice = protocol.format_notice(f"{name} joined")
+        for other in others:
+            self.send(other, notice)
+
+    def _direct(self, record: ClientRecord, to: str, text: str) -> None:
+        with self._lock:
+            target = self._by_name.get(to.lower())
+            if target is not None:
+                target.messages_out += 1
+        if target is None:
+            self._refuse(record, f"unknown client {to!r}", protocol.format_unknown_client(to))
+            return
+        record.messages_in += 1
+        log.info("%s -> %s: %r", record.name, target.name, text)
+        self._emit("message", record, to=target.name, text=text)
+        self.send(target, protocol.format_message(record.name, text))
+
+    def _broadcast(self, record: ClientRecord, text: str) -> None:
+        with self._lock:
+            others = [r for r in self._by_name.values() if r is not record]
+            for other in others:
+                other.messages_out += 1
+        record.messages_in += 1
+        log.info("%s -> *: %r", record.name, text)
+        self._emit("message", record, to="*", text=text)
+        line = protocol.format_message(record.name, text)
+        for other in others:
+            self.send(other, line)
+
+    def _command(self, record: ClientRecord, command: str) -> None:
+        if command == "who":
+            self.send(record, protocol.format_online(self.online()))
+        elif command == "help":
+            self.send(record, protocol.HELP)
+        else:
+            self._refuse(record, f"unknown command {command!r}", protocol.format_unknown_command(command))
+
+    def _emit(self, kind: str, record: ClientRecord, *, to: str | None = None, text: str = "") -> None:
+        event = ServerEvent(kind, record.name, (record.ip, record.port), to, text)
+        with self._events_lock:
+            self._events.append(event)
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("event subscriber %r failed", callback)
