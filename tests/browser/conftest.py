@@ -54,7 +54,7 @@ def lesson_names() -> list[str]:
     return sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # ended before other tests: Playwright runs an event loop
 def chromium() -> Iterator[Any]:
     """A headless Chromium (Debian's) with a fresh profile, as one Playwright context."""
     if not CHROMIUM.exists():
@@ -77,13 +77,13 @@ def chromium() -> Iterator[Any]:
             context.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # ended before other tests: Playwright runs an event loop
 def stored_lessons() -> dict[str, nbformat.NotebookNode]:
     """The lessons as stored in notebooks/, outputs included, read once for the session."""
     return {name: nbformat.read(NOTEBOOKS / name, as_version=4) for name in lesson_names()}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # ended before other tests: Playwright runs an event loop
 def jupyterlab(
     chromium: Any, stored_lessons: dict[str, nbformat.NotebookNode], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[JupyterLabServer]:
@@ -119,7 +119,7 @@ def open_notebook(chromium: Any, jupyterlab: JupyterLabServer) -> Iterator[Any]:
         jupyterlab.shutdown_kernels(notebook.name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # ended before other tests: Playwright runs an event loop
 def chat_lesson(chromium: Any, jupyterlab: JupyterLabServer) -> Iterator[NotebookPage]:
     """Lesson 5 open and run down to (not including) its cell tagged ``cleanup``.
 
