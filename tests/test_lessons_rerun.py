@@ -1,0 +1,32 @@
+"""Every lesson can be run twice in one kernel, as a student re-running cells will.
+
+nbval and the browser tests run each lesson once, from a fresh kernel. Here each lesson runs
+top to bottom, and then again in the same kernel: no cell may fail the second time (no
+"address already in use", no name taken by a leftover client), and nothing of the kit is
+left running at the end.
+"""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[path.stem for path in LESSONS])
+def test_a_lesson_runs_twice_in_one_kernel(path: Path) -> None:
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    code_cells = [(index, cell) for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
+    with client.setup_kernel():
+        for _ in range(2):
+            for index, cell in code_cells:
+                client.execute_cell(cell, index)  # raises CellExecutionError if the cell fails
+        probe = nbformat.v4.new_code_cell("import chatlab; print(chatlab.kit_threads())")
+        notebook.cells.append(probe)
+        client.execute_cell(probe, len(notebook.cells) - 1)
+    assert probe.outputs[-1]["text"] == "[]\n"
