@@ -271,9 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             client = ChatClient(args.host, args.port, name, on_line=show)
         except (ChatError, OSError) as exc:
-            print(f"chatlab-client: {exc}", file=sys.stderr)
+            print(f"chatlab-client: {_safe(str(exc))}", file=sys.stderr)
             return 1
-        print(f"* you are {name}; online: {', '.join(client.online)}", flush=True)
+        print(_safe(f"* you are {name}; online: {', '.join(client.online)}"), flush=True)
         print("* type %name%text to send, %*%text for everyone, %server%help, /quit to leave", flush=True)
     with client:
         while True:

@@ -108,9 +108,10 @@ class ChatRoom:
     # --- what a server model calls ---------------------------------------------------------
 
     def admit(self, record: ClientRecord) -> bool:
-        """Take in a new connection and greet it; False (and nothing kept) if the room is full.
+        """Take in a new connection; False (and nothing kept) if the room is full.
 
-        A refused connection is the caller's to answer with ``protocol.SERVER_FULL`` and close.
+        The caller then sends the new client ``protocol.GREETING``, or, if it was refused,
+        ``protocol.SERVER_FULL`` before closing the connection.
         """
         with self._lock:
             full = len(self._connections) >= self.max_clients
@@ -122,7 +123,6 @@ class ChatRoom:
             return False
         log.info("%s:%d connected", record.ip, record.port)
         self._emit("connected", record)
-        self.send(record, protocol.GREETING)
         return True
 
     def handle(self, record: ClientRecord, line: bytes | protocol.LineTooLong) -> None:
@@ -137,7 +137,7 @@ class ChatRoom:
             case protocol.Command(name):
                 self._command(record, name)
             case protocol.Malformed(reason):
-                self._refuse(record, reason)
+                self.refuse(record, reason)
 
     def remove(self, record: ClientRecord) -> list[ClientRecord]:
         """Forget a connection, so nothing is routed to it any more.
@@ -213,7 +213,8 @@ class ChatRoom:
     def _online_locked(self) -> list[str]:
         return sorted((r.name for r in self._by_name.values()), key=str.lower)
 
-    def _refuse(self, record: ClientRecord, reason: str, reply: bytes | None = None) -> None:
+    def refuse(self, record: ClientRecord, reason: str, reply: bytes | None = None) -> None:
+        """Tell a client, the log and the subscribers that something of its was refused."""
         log.warning("%s:%d %s: %s", record.ip, record.port, record.name or "(no name yet)", reason)
         self._emit("error", record, text=reason)
         self.send(record, reply or protocol.format_error(reason))
@@ -241,7 +242,7 @@ class ChatRoom:
                 record.transport.registered(name)
             welcomed = taken or record.transport.write(welcome)
         if taken:
-            self._refuse(record, "name taken", protocol.NAME_TAKEN)
+            self.refuse(record, "name taken", protocol.NAME_TAKEN)
             return
         log.info("%s:%d is %s", record.ip, record.port, name)
         self._emit("registered", record)
@@ -257,7 +258,7 @@ class ChatRoom:
             if target is not None:
                 target.messages_out += 1
         if target is None:
-            self._refuse(record, f"unknown client {to!r}", protocol.format_unknown_client(to))
+            self.refuse(record, f"unknown client {to!r}", protocol.format_unknown_client(to))
             return
         record.messages_in += 1
         log.info("%s -> %s: %r", record.name, target.name, text)
@@ -282,7 +283,7 @@ class ChatRoom:
         elif command == "help":
             self.send(record, protocol.HELP)
         else:
-            self._refuse(record, f"unknown command {command!r}", protocol.format_unknown_command(command))
+            self.refuse(record, f"unknown command {command!r}", protocol.format_unknown_command(command))
 
     def _emit(self, kind: str, record: ClientRecord, *, to: str | None = None, text: str = "") -> None:
         event = ServerEvent(kind, record.name, (record.ip, record.port), to, text)

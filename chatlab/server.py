@@ -124,16 +124,18 @@ class ServerBase:
         max_clients: int = 100,
         max_line: int = protocol.DEFAULT_MAX_LINE,
         max_backlog: int = 1 << 20,
+        name_timeout: float | None = 60.0,
         history: int = 1000,
     ) -> None:
         self.host = host
         self.port = port
-        self.max_clients = max_clients
         self.max_line = max_line
         self.max_backlog = max_backlog
+        self.name_timeout = name_timeout  # seconds a new connection has to send its name
         self.room = ChatRoom(max_clients=max_clients, history=history)
         self._requested_port = port
         self._listener: socket.socket | None = None
+        self._stop_lock = threading.Lock()
         self._stopping = False
         self._stopped = threading.Event()
         self._stopped.set()
@@ -143,6 +145,10 @@ class ServerBase:
     @property
     def running(self) -> bool:
         return not self._stopped.is_set()
+
+    @property
+    def max_clients(self) -> int:
+        return self.room.max_clients
 
     @property
     def address(self) -> tuple[str, int]:
@@ -175,16 +181,24 @@ class ServerBase:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Close the listening socket and every client socket, and join every thread."""
-        if not self.running:
-            return
-        self._stopping = True
-        listener, self._listener = self._listener, None
-        assert listener is not None
-        self._halt(listener, timeout)
-        log.info("stopped")
-        ServerBase._running.discard(self)
-        self._stopped.set()
+        """Close the listening socket and every client socket, and join every thread.
+
+        Waits at most ``timeout`` seconds for the threads and logs any still running then.
+        Calling it again, also from another thread or after a Ctrl-C cut it short, is safe.
+        """
+        with self._stop_lock:
+            if not self.running:
+                return
+            self._stopping = True
+            assert self._listener is not None
+            self._halt(self._listener, timeout)
+            self._listener = None
+            if lingering := [thread.name for thread in self.threads()]:
+                log.warning("stopped, but these threads still run: %s", ", ".join(lingering))
+            else:
+                log.info("stopped")
+            ServerBase._running.discard(self)
+            self._stopped.set()
 
     @classmethod
     def stop_all(cls) -> int:
@@ -350,30 +364,43 @@ class ChatServer(ServerBase):
                 log.warning("accept failed: %s", exc)  # e.g. out of file descriptors
                 time.sleep(0.05)
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            record = ClientRecord(ip=address[0], port=address[1], sock=sock, fd=sock.fileno())
-            transport_class = _QueuedTransport if self.delivery == "queue" else _DirectTransport
-            record.transport = transport_class(record, self.max_backlog)
-            record.thread = threading.Thread(
-                target=self._serve, args=(record,), daemon=True,
-                name=f"chatlab-client-{record.label}",
+            try:
+                self._take_in(sock, address)
+            except Exception:  # e.g. "can't start new thread": refuse this one, keep accepting
+                log.exception("could not take in %s:%d", address[0], address[1])
+                sock.close()
+
+    def _take_in(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Make a record for a new connection, admit it to the room and start its threads."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        record = ClientRecord(ip=address[0], port=address[1], sock=sock, fd=sock.fileno())
+        transport_class = _QueuedTransport if self.delivery == "queue" else _DirectTransport
+        record.transport = transport_class(record, self.max_backlog)
+        record.thread = threading.Thread(
+            target=self._serve, args=(record,), daemon=True,
+            name=f"chatlab-client-{record.label}",
+        )
+        if self.delivery == "queue":
+            record.writer = threading.Thread(
+                target=self._write_loop, args=(record,), daemon=True,
+                name=f"chatlab-writer-{record.label}",
             )
-            if self.delivery == "queue":
-                record.writer = threading.Thread(
-                    target=self._write_loop, args=(record,), daemon=True,
-                    name=f"chatlab-writer-{record.label}",
-                )
-            if not self.room.admit(record):  # greets it, unless the server is full
-                _refuse_full(sock)
-                continue
-            with self._threads_lock:
-                if len(self._client_threads) >= self._prune_at:  # now and then, not every time
-                    self._client_threads = [t for t in self._client_threads if t.is_alive()]
-                    self._prune_at = 2 * len(self._client_threads) + 64
-                self._client_threads += [t for t in (record.thread, record.writer) if t]
+        if not self.room.admit(record):
+            _refuse_full(sock)
+            return
+        with self._threads_lock:
+            if len(self._client_threads) >= self._prune_at:  # now and then, not every time
+                self._client_threads = [t for t in self._client_threads if t.is_alive()]
+                self._prune_at = 2 * len(self._client_threads) + 64
+            self._client_threads += [t for t in (record.thread, record.writer) if t]
+        try:
             if record.writer is not None:
                 record.writer.start()
             record.thread.start()
+        except BaseException:
+            self.room.remove(record)
+            record.transport.outbox.close()  # ends the writer, if it started
+            raise
 
     # --- a client's threads ---------------------------------------------------------------------
 
@@ -381,13 +408,23 @@ class ChatServer(ServerBase):
         """The client's own thread: read bytes, cut them into lines, hand each to the room."""
         framer = protocol.LineFramer(self.max_line)
         reason = "disconnected"
+        record.sock.settimeout(self.name_timeout)  # a connection that never registers ends
         try:
+            self.room.send(record, protocol.GREETING)
             while data := record.sock.recv(RECV_SIZE):
                 record.bytes_in += len(data)
                 for line in framer.feed(data):
                     self.room.handle(record, line)
+                if record.name is not None and record.sock.gettimeout() is not None:
+                    record.sock.settimeout(None)  # registered: wait for it as long as it likes
+        except TimeoutError:
+            reason = "no name in time"
+            self.room.refuse(record, reason)
         except OSError as exc:
             reason = f"connection error: {exc.strerror or exc}"
+        except Exception:  # a bug: say so, and still clean up after this client
+            log.exception("%s: unexpected error", record.label)
+            reason = "server error"
         if record.too_slow:
             reason = "too slow"
         if framer.pending:
@@ -441,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks a free port")
     parser.add_argument("--max-clients", type=int, default=100)
     parser.add_argument("--max-line", type=int, default=protocol.DEFAULT_MAX_LINE, help="longest line in bytes")
+    parser.add_argument("--name-timeout", type=float, default=60.0,
+                        help="seconds a new connection has to send its name (default 60)")
     parser.add_argument("--delivery", choices=DELIVERY_MODES, default="queue")
     parser.add_argument("--model", choices=("threads",), default="threads",
                         help="concurrency model: one thread per client")
@@ -452,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     server = ChatServer(args.host, args.port, max_clients=args.max_clients,
-                        max_line=args.max_line, delivery=args.delivery)
+                        max_line=args.max_line, delivery=args.delivery, name_timeout=args.name_timeout)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
     try:
         try:

@@ -10,8 +10,9 @@ click and Enter key press (the browser's messages are handled there), so sending
 the main thread. Everything that *arrives* happens in other threads, and those threads never
 print (output printed from a thread lands in whatever cell happens to be running): they only
 set trait values such as ``HTML.value`` and ``Dropdown.options``, which reach the browser on
-their own. Each ChatWidget has one thread, ``chatlab-widget-alice``, that takes lines from its
-client's queue (``client.recv()``) and writes them into the log; it ends when the connection
+their own. Each ChatWidget has a thread of its own, ``chatlab-widget-alice``, that takes the
+lines its client's reader thread (``chatlab-reader-alice``) queued (``client.recv()``) and
+writes them into the log; it ends when the connection
 ends, and the widget then shows that and disables Send. A dashboard has one thread,
 ``chatlab-dashboard``: the server's threads only mark the dashboard "dirty" when an event
 happens, and that thread redraws at most :attr:`ServerDashboard.max_redraws_per_second` times

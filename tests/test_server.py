@@ -767,3 +767,41 @@ def test_kit_threads_lists_the_kits_threads_by_name(start_server, connect):
     assert started == ["chatlab-accept", "chatlab-client-alice", "chatlab-writer-alice"]
     server.stop()
     assert chatlab.kit_threads() == before
+
+
+def test_stop_is_safe_from_two_threads_at_once(server, connect, kit_threads):
+    connect(server, "alice")
+    errors = []
+
+    def stop() -> None:
+        try:
+            server.stop()
+        except Exception as exc:  # the second caller used to trip over the first
+            errors.append(exc)
+
+    stoppers = [threading.Thread(target=stop) for _ in range(2)]
+    for stopper in stoppers:
+        stopper.start()
+    for stopper in stoppers:
+        stopper.join(5)
+    assert errors == [] and not server.running and server.threads() == []
+
+
+def test_stop_says_which_threads_outlived_its_timeout(server, connect, caplog):
+    release = threading.Event()
+    server.subscribe(lambda event: event.kind == "left" and release.wait(2))  # holds bob's thread
+    connect(server, "bob").close()
+    wait_until(lambda: not release.is_set() and any(
+        e.kind == "left" for e in server.events()))
+    server.stop(timeout=0.2)
+    release.set()
+    assert "stopped, but these threads still run: chatlab-client-bob" in server_log(caplog)
+
+
+def test_a_connection_that_sends_no_name_in_time_is_told_and_closed(start_server, connect):
+    server = start_server(max_clients=1, name_timeout=0.3)
+    idle = connect(server)  # says nothing
+    assert idle.read_to_eof() == [GREETING, "! no name in time"]
+    wait_until(lambda: server.connection_count() == 0)
+    connect(server, "alice")  # the slot is free again
+    assert [e.text for e in server.events() if e.kind == "left"] == ["no name in time"]
