@@ -5,13 +5,12 @@ clients, real ipywidgets; every wait is bounded."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from chatlab import ChatClient, ChatServer, NameRefused
+from chatlab import ChatClient, ChatServer, NameRefused, kit_threads
 from chatlab.widgets import ENTER_GRACE, ChatWidget, ServerDashboard, chat_row, close_all
 
 # --- helpers and fixtures (local to this file) ----------------------------------------------
@@ -24,10 +23,6 @@ def eventually(condition: Callable[[], object], timeout: float = 3.0, what: str 
         if time.monotonic() > deadline:
             pytest.fail(f"still not true after {timeout} s: {what or condition}")
         time.sleep(0.02)
-
-
-def kit_threads() -> list[str]:
-    return sorted(t.name for t in threading.enumerate() if t.name.startswith("chatlab"))
 
 
 def type_and_send(widget: ChatWidget, text: str, to: str | None = None) -> None:
