@@ -49,7 +49,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import ipywidgets as widgets
-import traitlets
 
 from . import protocol
 from .client import ChatClient, ConnectionClosed, NameRefused
@@ -163,6 +162,9 @@ class ChatWidget(widgets.VBox):
     - ``* bob joined``   a notice from the server, ``! unknown client 'zed'`` an error
     - ``(connection closed)`` the connection ended
 
+    Its parts: ``.to`` (the recipient picker), ``.chat_log`` (an HTML widget; ``.log`` is
+    ipywidgets' own logger), ``.text`` and ``.send_button``.
+
     The log starts with the ``* welcome alice`` and ``* online: ...`` lines the client read
     while it registered.
 
@@ -175,9 +177,6 @@ class ChatWidget(widgets.VBox):
 
     log_height = "170px"
     max_entries = 200
-    # ipywidgets gives every widget a ``log`` trait holding a logging.Logger; here ``.log`` is
-    # the chat log (an HTML widget), so the trait is redeclared to hold that instead.
-    log = traitlets.Instance(widgets.HTML)
 
     def __init__(self, host: str = "127.0.0.1", port: int = 5050, name: str = "", *,
                  timeout: float = 5.0, client: ChatClient | None = None) -> None:
@@ -201,19 +200,19 @@ class ChatWidget(widgets.VBox):
         self.to = widgets.Dropdown(options=[EVERYONE], value=EVERYONE, description="to",
                                    style={"description_width": "initial"},
                                    layout=widgets.Layout(width="auto", flex="1 1 auto"))
-        self.log = widgets.HTML(layout=widgets.Layout(width="100%"))
+        self.chat_log = widgets.HTML(layout=widgets.Layout(width="100%"))
         self.text = widgets.Text(placeholder="message, or %name%message", continuous_update=False,
                                  layout=widgets.Layout(width="auto", flex="1 1 auto"))
         self.send_button = widgets.Button(description="Send", button_style="primary",
                                           tooltip="send (or press Enter)",
                                           layout=widgets.Layout(width="60px", flex="0 0 60px"))
         for part, suffix in ((self.text, "text"), (self.to, "to"), (self.send_button, "send"),
-                             (self.log, "log"), (self.header, "header")):
+                             (self.chat_log, "log"), (self.header, "header")):
             part.add_class(f"chatlab-{name}-{suffix}")
         super().__init__(
             children=[
                 widgets.HBox([self.header, self.to], layout=widgets.Layout(align_items="center")),
-                self.log,
+                self.chat_log,
                 widgets.HBox([self.text, self.send_button]),
             ],
             # Alone it is at most 360px wide; in a chat_row three share a notebook's width.
@@ -357,7 +356,7 @@ class ChatWidget(widgets.VBox):
             rows = "".join(
                 f'<div style="{_ENTRY_STYLES[e.kind]}">{_escape(e.text)}</div>' for e in self._entries
             )
-            self.log.value = _scroll_box(rows, self.log_height)
+            self.chat_log.value = _scroll_box(rows, self.log_height)
             self._changed.notify_all()
 
     def _draw_header(self) -> None:
@@ -401,7 +400,7 @@ class ChatWidget(widgets.VBox):
         self.client.close()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
-        for part in (self.header, self.to, self.log, self.text, self.send_button, *self.children):
+        for part in (self.header, self.to, self.chat_log, self.text, self.send_button, *self.children):
             part.close()
         super().close()
 

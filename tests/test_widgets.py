@@ -138,7 +138,7 @@ def test_an_unknown_recipient_is_an_error_entry_in_the_senders_log_only(trio):
     type_and_send(alice, "%zed%anyone there?")
     assert alice.wait_for("unknown client") == "! unknown client 'zed'"
     assert alice.transcript()[-2:] == ["→ %zed%anyone there?", "! unknown client 'zed'"]
-    assert 'color:var(--jp-error-color1' in alice.log.value, "errors have their own colour"
+    assert 'color:var(--jp-error-color1' in alice.chat_log.value, "errors have their own colour"
     type_and_send(alice, "barrier", to="everyone")
     bob.wait_for("barrier")
     carol.wait_for("barrier")
@@ -156,8 +156,8 @@ def test_text_is_escaped_in_the_html_log(trio):
     alice, bob, carol = trio
     type_and_send(alice, "<b>not bold</b> & more", to="bob")
     bob.wait_for("not bold")
-    assert "&lt;b&gt;not bold&lt;/b&gt; &amp; more" in bob.log.value
-    assert "<b>not bold</b>" not in bob.log.value
+    assert "&lt;b&gt;not bold&lt;/b&gt; &amp; more" in bob.chat_log.value
+    assert "<b>not bold</b>" not in bob.chat_log.value
 
 
 # --- Enter, as the browser reports it ------------------------------------------------------------
@@ -299,7 +299,7 @@ def test_widgets_show_a_stable_text_repr_and_sit_side_by_side(trio):
     assert repr(row).startswith("HBox(children=(ChatWidget(name='alice', connected), ")
     assert "chatlab-chat" in alice._dom_classes
     assert "chatlab-alice-text" in alice.text._dom_classes
-    assert "chatlab-alice-log" in alice.log._dom_classes
+    assert "chatlab-alice-log" in alice.chat_log._dom_classes
 
 
 # --- the dashboard --------------------------------------------------------------------------------------
