@@ -41,8 +41,7 @@ import loadgen  # noqa: E402
 
 HOST = loadgen.HOST
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-# The models that exist today; the event-loop models (selectors, asyncio) join when written.
-DEFAULT_MODELS = ("threads",)
+DEFAULT_MODELS = ("threads", "selectors", "asyncio")
 BASELINE_MODEL = "asyncio"
 SCENARIOS = ("ring", "latency", "churn", "capacity")
 DEFAULT_SIZES = {"ring": [5, 50, 200, 1000], "latency": [5, 200], "churn": [2000], "capacity": [1000, 5000]}

@@ -22,6 +22,7 @@ logger. Run one from a shell with ``python -m chatlab.server``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import socket
@@ -42,6 +43,11 @@ RECV_SIZE = 65536
 DRAIN_TIMEOUT = 1.0  # how long a leaving client's writer may take to send what is queued
 DEFAULT_PORT = 5050
 DELIVERY_MODES = ("queue", "direct")
+MODELS = {  # --model NAME: where its server class lives
+    "threads": ("chatlab.server", "ChatServer"),
+    "selectors": ("chatlab.selectors_server", "SelectorsChatServer"),
+    "asyncio": ("chatlab.asyncio_server", "AsyncioChatServer"),
+}
 
 
 class Outbox:
@@ -175,7 +181,13 @@ class ServerBase:
         self._listener = listener
         self._stopping = False
         self._stopped.clear()
-        self._run(listener)
+        try:
+            self._run(listener)
+        except BaseException:
+            self._listener = None
+            listener.close()
+            self._stopped.set()
+            raise
         ServerBase._running.add(self)
         log.info("listening on %s:%d (%s)", self.host, self.port, self.describe())
         return self
@@ -386,7 +398,7 @@ class ChatServer(ServerBase):
                 name=f"chatlab-writer-{record.label}",
             )
         if not self.room.admit(record):
-            _refuse_full(sock)
+            refuse_full(sock)
             return
         with self._threads_lock:
             if len(self._client_threads) >= self._prune_at:  # now and then, not every time
@@ -458,12 +470,19 @@ class ChatServer(ServerBase):
         self.room.departed(record, reason, [] if self._stopping else online_with_it)
 
 
-def _refuse_full(sock: socket.socket) -> None:
+def refuse_full(sock: socket.socket) -> None:
+    """Tell a new connection that the server is full, and close it."""
     try:
         sock.sendall(protocol.SERVER_FULL)
     except OSError:
         pass
     sock.close()
+
+
+def server_class(model: str) -> type[ServerBase]:
+    """The server class of a concurrency model: ``threads``, ``selectors`` or ``asyncio``."""
+    module, name = MODELS[model]
+    return getattr(importlib.import_module(module), name)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -481,17 +500,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name-timeout", type=float, default=60.0,
                         help="seconds a new connection has to send its name (default 60)")
     parser.add_argument("--delivery", choices=DELIVERY_MODES, default="queue")
-    parser.add_argument("--model", choices=("threads",), default="threads",
-                        help="concurrency model: one thread per client")
+    parser.add_argument("--model", choices=list(MODELS), default="threads",
+                        help="threads: one thread per client (default); selectors or asyncio: "
+                             "one event loop for all clients")
     parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
     args = parser.parse_args(argv)
+    if args.model != "threads" and args.delivery != "queue":
+        parser.error("--delivery is a choice of --model threads")
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)-7s %(message)s",
         datefmt="%H:%M:%S",
     )
-    server = ChatServer(args.host, args.port, max_clients=args.max_clients,
-                        max_line=args.max_line, delivery=args.delivery, name_timeout=args.name_timeout)
+    options = {"delivery": args.delivery} if args.model == "threads" else {}
+    server = server_class(args.model)(args.host, args.port, max_clients=args.max_clients,
+                                      max_line=args.max_line, name_timeout=args.name_timeout, **options)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
     try:
         try:

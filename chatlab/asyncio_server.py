@@ -1,0 +1,215 @@
+"""An asyncio chat server: the chat room of :mod:`chatlab.room`, served by one event loop.
+
+One thread (``chatlab-asyncio``) runs an asyncio event loop of its own and serves every client.
+The loop watches all the sockets at once and calls a :class:`_Connection` (an
+:class:`asyncio.Protocol`) when something happens: ``connection_made`` for a new client,
+``data_received`` with whatever bytes arrived (cut into lines by the same
+:class:`~chatlab.protocol.LineFramer` as the threaded server), ``connection_lost`` when it is
+gone. There are no locks to think about, because only this thread touches the room; the rule
+in exchange is that nothing may block: one slow call would freeze every client.
+
+So a write never waits. ``transport.write()`` sends what the kernel takes at once and keeps
+the rest in the transport's buffer, which the loop sends later, when the socket can take more.
+A client that stops reading makes only its own buffer grow; once more than ``max_backlog``
+bytes wait for it, the room drops it. The loop is not the notebook kernel's loop: it is made
+with :func:`asyncio.new_event_loop` and lives and dies with the server's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+
+from . import protocol
+from .room import ClientRecord
+from .server import ServerBase
+
+__all__ = ["AsyncioChatServer"]
+
+log = logging.getLogger("chatlab.server")
+
+START_TIMEOUT = 5.0  # how long start() waits for the loop thread to begin serving
+# Linux grows a socket's send buffer up to 4 MB by itself, and a client that never reads would
+# fill all of that before max_backlog is even looked at. A fixed size (Linux doubles it) keeps
+# "how far behind may a client fall" the server's decision.
+SEND_BUFFER = 64 * 1024
+
+
+class _LoopTransport:
+    """How the room writes to one client: into its asyncio transport's buffer.
+
+    Only the loop thread calls these (the room is only ever called from it).
+    """
+
+    def __init__(self, transport: asyncio.Transport, record: ClientRecord, limit: int) -> None:
+        self.transport = transport
+        self.record = record
+        self.limit = limit
+
+    def write(self, data: bytes) -> bool:
+        if self.transport.is_closing():
+            return True  # the client is leaving; there is nobody to write to
+        if self.transport.get_write_buffer_size() + len(data) > self.limit:
+            return False  # too far behind: the room drops this client
+        self.transport.write(data)  # sends what it can now, buffers the rest; never blocks
+        self.record.bytes_out += len(data)
+        return True
+
+    def abort(self) -> None:
+        self.transport.abort()  # drops the buffer; the loop calls connection_lost soon
+
+    def registered(self, name: str) -> None:
+        pass  # one thread serves everyone: there is no thread to rename
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection; the event loop calls these methods, all in the loop thread."""
+
+    def __init__(self, server: AsyncioChatServer) -> None:
+        self.server = server
+        self.room = server.room
+        self.framer = protocol.LineFramer(server.max_line)
+        self.record: ClientRecord | None = None  # None if the room was full
+        self.reason = "disconnected"
+        self.name_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server._connections.add(self)
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # send short lines at once
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        ip, port = transport.get_extra_info("peername")[:2]
+        record = ClientRecord(ip=ip, port=port, sock=sock, fd=sock.fileno())
+        record.thread = threading.current_thread()
+        record.transport = _LoopTransport(transport, record, self.server.max_backlog)
+        if not self.room.admit(record):
+            transport.write(protocol.SERVER_FULL)
+            transport.close()  # closes once the line is sent
+            return
+        self.record = record
+        self.room.send(record, protocol.GREETING)
+        if self.server.name_timeout is not None:
+            loop = asyncio.get_running_loop()
+            self.name_timer = loop.call_later(self.server.name_timeout, self.name_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        record = self.record
+        if record is None:
+            return
+        record.bytes_in += len(data)
+        try:
+            for line in self.framer.feed(data):
+                if self.transport.is_closing():
+                    break  # dropped or timed out: its remaining lines are not handled
+                self.room.handle(record, line)
+        except Exception:  # a bug: say so, and still clean up after this client
+            log.exception("%s: unexpected error", record.label)
+            self.reason = "server error"
+            self.transport.abort()
+
+    def name_timed_out(self) -> None:
+        if self.record is not None and self.record.name is None and not self.transport.is_closing():
+            self.reason = "no name in time"
+            self.room.refuse(self.record, self.reason)
+            self.transport.close()  # sends the refusal first (best effort), then closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection is closed (by the client, an error, or us); asyncio closes the socket."""
+        self.server._connections.discard(self)
+        if self.name_timer is not None:
+            self.name_timer.cancel()
+        record = self.record
+        if record is None:
+            return
+        if exc is not None and self.reason == "disconnected":
+            self.reason = f"connection error: {getattr(exc, 'strerror', None) or exc}"
+        if record.too_slow:
+            self.reason = "too slow"
+        if self.framer.pending:
+            log.info("%s left mid-line; dropped %d bytes", record.label, self.framer.pending)
+        online_with_it = self.room.remove(record)
+        stopping = self.server._stopping
+        self.room.departed(record, "server stopped" if stopping else self.reason,
+                           [] if stopping else online_with_it)
+
+
+class AsyncioChatServer(ServerBase):
+    """A chat server with one asyncio event loop, in one thread, for all clients.
+
+    Resource handling: :meth:`start` returns once the loop thread serves the listening socket;
+    :meth:`stop` asks the loop (``call_soon_threadsafe``, the one safe way in from another
+    thread) to close the listener and every connection, then joins the thread.
+
+    Error handling: as in the threaded server, bad input gets its sender a ``! ...`` line, and
+    a client that disconnects, even mid-line or with a reset, is removed and announced.
+    """
+
+    model = "asyncio"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: object) -> None:
+        super().__init__(host, port, **options)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._connections: set[_Connection] = set()  # touched only in the loop thread
+
+    def describe(self) -> str:
+        return "one asyncio event loop"
+
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread] if self._thread is not None and self._thread.is_alive() else []
+
+    def _run(self, listener: socket.socket) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._start_error: BaseException | None = None
+        serving = threading.Event()
+        self._thread = threading.Thread(target=self._loop_thread, args=(listener, serving),
+                                        name="chatlab-asyncio", daemon=True)
+        self._thread.start()
+        if not serving.wait(START_TIMEOUT):
+            raise RuntimeError("the asyncio loop thread did not start serving")
+        if self._start_error is not None:
+            raise self._start_error
+
+    def _halt(self, listener: socket.socket, timeout: float) -> None:
+        assert self._loop is not None and self._thread is not None
+        try:
+            self._loop.call_soon_threadsafe(self._stop_requested.set)
+        except RuntimeError:
+            pass  # the loop has already ended
+        self._thread.join(timeout)
+        listener.close()  # asyncio closed it already, unless the loop never got that far
+
+    # --- the loop thread ------------------------------------------------------------------------
+
+    def _loop_thread(self, listener: socket.socket, serving: threading.Event) -> None:
+        try:
+            self._loop.run_until_complete(self._serve(listener, serving))
+        except Exception:
+            log.exception("the asyncio loop failed")
+        finally:
+            self._loop.close()
+
+    async def _serve(self, listener: socket.socket, serving: threading.Event) -> None:
+        """Serve until stop() sets ``_stop_requested``, then close everything."""
+        loop = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
+        try:
+            server = await loop.create_server(lambda: _Connection(self), sock=listener)
+        except BaseException as exc:
+            self._start_error = exc
+            raise
+        finally:
+            serving.set()
+        await self._stop_requested.wait()
+        server.close()  # stop accepting, close the listening socket
+        for connection in list(self._connections):
+            connection.transport.abort()  # connection_lost follows in a later loop turn
+        for _ in range(100):  # a bounded wait for every connection_lost to run
+            if not self._connections:
+                break
+            await asyncio.sleep(0.01)

@@ -1,0 +1,269 @@
+"""A chat server with one thread for everything: a ``selectors`` event loop.
+
+One thread (``chatlab-selectors``) serves every client. All sockets are non-blocking, and the
+loop asks the operating system "which of these sockets can I read or write right now?"
+(``selector.select()``), then does exactly that much: accept a connection, ``recv`` what has
+arrived and hand each complete line to the room, or ``send`` what the socket will take. Nothing
+in the loop may ever wait for one client, or every client would wait with it. In exchange there
+is one thread however many clients there are, and no two threads ever route lines at once.
+
+Writes are buffered: the room's ``write()`` only appends bytes to the client's ``outgoing``
+buffer, and the loop sends them when that socket is writable. A client whose buffer grows past
+``max_backlog`` bytes is too slow and is disconnected. Another thread that wants to write (or
+:meth:`stop`) wakes the sleeping loop through a socket pair: one byte in, and ``select`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+import time
+
+from . import protocol
+from .room import ClientRecord
+from .server import DRAIN_TIMEOUT, RECV_SIZE, ServerBase, refuse_full, shutdown
+
+__all__ = ["SelectorsChatServer"]
+
+log = logging.getLogger("chatlab.server")
+
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+# The kernel's own send buffer for a client. Left to itself Linux grows it to megabytes, which
+# would hide a client that stopped reading long before our ``max_backlog`` noticed it.
+SEND_BUFFER = 64 * 1024
+
+
+class _Connection:
+    """One client as the loop sees it; also the :class:`~chatlab.room.Transport` of its record.
+
+    ``write`` and ``abort`` may be called from any thread (the room calls ``write`` with the
+    record's ``send_lock`` held); everything else runs in the loop thread.
+    """
+
+    def __init__(self, server: SelectorsChatServer, record: ClientRecord) -> None:
+        self.server, self.record = server, record
+        self.framer = protocol.LineFramer(server.max_line)
+        self.outgoing = bytearray()  # written by the room, not sent yet
+        self.events = READ  # what the selector watches the socket for
+        # When the loop must act: the end of the time to send a name, then, once the client is
+        # leaving, the end of the time it has to take our last bytes.
+        timeout = server.name_timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.overflowed = self.aborted = False
+        self.ending: str | None = None  # why it leaves, once it does
+        self.tell: list[ClientRecord] = []  # who was online with it when it left
+
+    def write(self, data: bytes) -> bool:
+        if self.overflowed or self.ending is not None:
+            return True  # it is leaving; there is nobody to write to
+        if len(self.outgoing) + len(data) > self.server.max_backlog:
+            self.overflowed = True  # refuse once; the room then aborts it
+            return False
+        self.outgoing += data
+        self.server._call_soon(self)
+        return True
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.server._call_soon(self)
+
+    def registered(self, name: str) -> None:
+        self.deadline = None  # in time; and with one thread for all, there is nothing to rename
+
+
+class SelectorsChatServer(ServerBase):
+    """A chat server whose one thread runs a ``selectors`` loop over all its sockets.
+
+    Error handling is the threaded server's: bad input gets its sender a ``! ...`` line; a
+    client that disconnects, resets, falls ``max_backlog`` bytes behind or sends no name in
+    ``name_timeout`` seconds is closed, and the others are told it left.
+    """
+
+    model = "selectors"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: object) -> None:
+        super().__init__(host, port, **options)
+        self._thread: threading.Thread | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._waker: socket.socket | None = None  # a byte written here wakes the loop
+        self._connections: set[_Connection] = set()
+        self._soon: set[_Connection] = set()  # to flush or abort at the end of this turn
+        self._soon_lock = threading.Lock()
+
+    def threads(self) -> list[threading.Thread]:
+        thread = self._thread
+        return [thread] if thread is not None and thread.is_alive() else []
+
+    def _run(self, listener: socket.socket) -> None:
+        self._selector = selectors.DefaultSelector()
+        wake_up, self._waker = socket.socketpair()
+        for sock in (listener, wake_up, self._waker):
+            sock.setblocking(False)
+        self._selector.register(listener, READ, "accept")
+        self._selector.register(wake_up, READ, "wake")
+        self._thread = threading.Thread(target=self._loop, args=(listener, wake_up),
+                                        name="chatlab-selectors", daemon=True)
+        self._thread.start()
+
+    def _halt(self, listener: socket.socket, timeout: float) -> None:
+        self._wake()  # the loop sees _stopping, closes every socket and ends
+        self._thread.join(timeout)
+        if self._thread.is_alive():  # stuck (in a subscriber?): at least cut the connections
+            listener.close()
+            for connection in list(self._connections):
+                shutdown(connection.record.sock)
+
+    def _wake(self) -> None:
+        try:
+            self._waker.send(b"\0")
+        except OSError:
+            pass  # its buffer is full, so the loop is awake already; or the loop has ended
+
+    def _call_soon(self, connection: _Connection) -> None:
+        """Have the loop flush or abort ``connection`` at the end of its turn (any thread)."""
+        with self._soon_lock:
+            self._soon.add(connection)
+        if threading.current_thread() is not self._thread:
+            self._wake()
+
+    # --- the loop thread -------------------------------------------------------------------------
+
+    def _loop(self, listener: socket.socket, wake_up: socket.socket) -> None:
+        try:
+            while not self._stopping:
+                for key, events in self._selector.select(self._next_timeout()):
+                    if key.data == "accept":
+                        self._accept(listener)
+                    elif key.data == "wake":
+                        wake_up.recv(RECV_SIZE)  # the bytes mean nothing: waking was the point
+                    else:
+                        if events & WRITE and key.data in self._connections:
+                            self._flush(key.data)
+                        if events & READ and key.data.ending is None:
+                            self._read(key.data)
+                self._end_of_turn()
+        except Exception:
+            log.exception("the selectors loop failed")  # a bug: still close everything below
+        finally:
+            for connection in list(self._connections):
+                self._end(connection, "server stopped", drain=False)
+            for sock in (listener, wake_up, self._waker):
+                sock.close()
+            self._selector.close()
+
+    def _next_timeout(self) -> float | None:
+        """Seconds until the nearest deadline, so that select() returns in time for it."""
+        if self._soon:
+            return 0.0  # the last turn wrote more (a "left" notice, say): no sleeping yet
+        deadlines = [c.deadline for c in self._connections if c.deadline is not None]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            sock, (ip, port) = listener.accept()
+        except BlockingIOError:
+            return  # the client gave up before we got to it
+        except OSError as exc:  # e.g. out of file descriptors
+            log.warning("accept failed: %s", exc)
+            return
+        record = ClientRecord(ip=ip, port=port, sock=sock, fd=sock.fileno(), thread=self._thread)
+        record.transport = connection = _Connection(self, record)
+        if not self.room.admit(record):
+            refuse_full(sock)  # a few bytes into an empty buffer: that does not block
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        self._connections.add(connection)
+        self._selector.register(sock, READ, connection)
+        self.room.send(record, protocol.GREETING)
+
+    def _read(self, connection: _Connection) -> None:
+        record = connection.record
+        try:
+            data = record.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._end(connection, f"connection error: {exc.strerror or exc}", drain=False)
+            return
+        if not data:
+            if connection.framer.pending:
+                log.info("%s left mid-line; dropped %d bytes", record.label, connection.framer.pending)
+            self._end(connection, "disconnected", drain=True)  # it may still read our replies
+            return
+        record.bytes_in += len(data)
+        try:
+            for line in connection.framer.feed(data):
+                self.room.handle(record, line)
+                if connection.aborted:
+                    break
+        except Exception:  # a bug: say so, and still clean up after this client
+            log.exception("%s: unexpected error", record.label)
+            self._end(connection, "server error", drain=False)
+
+    def _flush(self, connection: _Connection) -> None:
+        """Send what the socket takes now; watch for writability while anything is left."""
+        record = connection.record
+        with record.send_lock:
+            try:
+                sent = record.sock.send(connection.outgoing) if connection.outgoing else 0
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._end(connection, f"connection error: {exc.strerror or exc}", drain=False)
+                return
+            del connection.outgoing[:sent]
+            record.bytes_out += sent
+            pending = bool(connection.outgoing)
+        if connection.ending is not None and not pending:
+            self._close(connection)  # a leaving client got its last bytes
+            return
+        events = (READ if connection.ending is None else 0) | (WRITE if pending else 0)
+        if events != connection.events:
+            self._selector.modify(record.sock, events, connection)
+            connection.events = events
+
+    def _end_of_turn(self) -> None:
+        """Flush or abort what this turn asked for, then act on the deadlines that passed."""
+        with self._soon_lock:
+            soon, self._soon = self._soon, set()
+        for connection in soon:
+            if connection in self._connections:
+                if connection.aborted:
+                    self._end(connection, "too slow", drain=False)
+                else:
+                    self._flush(connection)
+        now = time.monotonic()
+        for connection in [c for c in self._connections if c.deadline and now >= c.deadline]:
+            if connection.ending is None:
+                self.room.refuse(connection.record, "no name in time")
+                self._end(connection, "no name in time", drain=True)
+            else:
+                self._close(connection)  # it did not take its last bytes in time
+
+    def _end(self, connection: _Connection, reason: str, *, drain: bool) -> None:
+        """The connection is over: the room forgets it now, and it closes once drained."""
+        if connection.ending is not None:
+            if not drain:
+                self._close(connection)
+            return
+        connection.ending = "too slow" if connection.record.too_slow else reason
+        connection.tell = self.room.remove(connection.record)
+        if drain and connection.outgoing and not self._stopping:
+            connection.deadline = time.monotonic() + DRAIN_TIMEOUT
+            self._flush(connection)  # closes it at once if everything goes out
+        else:
+            self._close(connection)
+
+    def _close(self, connection: _Connection) -> None:
+        if connection not in self._connections:
+            return
+        self._connections.discard(connection)
+        record = connection.record
+        self._selector.unregister(record.sock)
+        with record.send_lock:
+            record.sock.close()
+        self.room.departed(record, connection.ending, [] if self._stopping else connection.tell)
