@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from chatlab.client import ChatClient
-from chatlab.server import ChatServer
+from chatlab.server import ChatServer, ServerBase
 from transcript import Peer, wait_until
 
 
@@ -66,8 +66,8 @@ def connect() -> Iterator[Callable[..., Peer]]:
     the test. Safe to call from threads."""
     peers: list[Peer] = []
 
-    def open_peer(server: ChatServer | tuple[str, int], name: str | None = None, **options: object) -> Peer:
-        peer = Peer(server.address if isinstance(server, ChatServer) else server, **options)
+    def open_peer(server: ServerBase | tuple[str, int], name: str | None = None, **options: object) -> Peer:
+        peer = Peer(server.address if isinstance(server, ServerBase) else server, **options)
         peers.append(peer)
         if name is not None:
             peer.register(name)

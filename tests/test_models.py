@@ -42,26 +42,10 @@ def start(request):
     wait_until(lambda: set(kit_threads()) <= before, message="the model's threads ended")
 
 
-@pytest.fixture
-def peers():
-    opened: list[Peer] = []
-
-    def connect(server: ServerBase, name: str | None = None, **options: object) -> Peer:
-        peer = Peer(server.address, **options)
-        opened.append(peer)
-        if name is not None:
-            peer.register(name)
-        return peer
-
-    yield connect
-    for peer in opened:
-        peer.close()
-
-
-def test_registration(start, peers):
+def test_registration(start, connect):
     server = start()
-    alice = peers(server, "alice")
-    newcomer = peers(server)
+    alice = connect(server, "alice")
+    newcomer = connect(server)
     newcomer.expect(GREETING)
     for refused, answer in [("ALICE", "! name taken"), ("server", "! invalid name 'server': reserved"),
                             ("a b", "! invalid name 'a b': use 1-32 characters from A-Z a-z 0-9 _ . -")]:
@@ -72,9 +56,9 @@ def test_registration(start, peers):
     alice.expect("* bob joined")
 
 
-def test_messages_broadcasts_and_commands(start, peers, caplog):
+def test_messages_broadcasts_and_commands(start, connect, caplog):
     server = start()
-    alice, bob, carol = peers(server, "alice"), peers(server, "bob"), peers(server, "carol")
+    alice, bob, carol = connect(server, "alice"), connect(server, "bob"), connect(server, "carol")
     alice.expect("* bob joined", "* carol joined")
     bob.expect("* carol joined")
     alice.send("%BOB%50% done%")
@@ -97,9 +81,9 @@ def test_messages_broadcasts_and_commands(start, peers, caplog):
     assert bob.who() == ["alice", "bob", "carol"]  # nothing else reached bob
 
 
-def test_bad_lines_get_an_error_and_the_connection_stays(start, peers):
+def test_bad_lines_get_an_error_and_the_connection_stays(start, connect):
     server = start(max_line=64)
-    alice, bob = peers(server, "alice"), peers(server, "bob")
+    alice, bob = connect(server, "alice"), connect(server, "bob")
     alice.expect("* bob joined")
     alice.send_raw(b"%bob%" + b"x" * 1000 + b"\n")
     alice.expect("! line too long")
@@ -111,9 +95,9 @@ def test_bad_lines_get_an_error_and_the_connection_stays(start, peers):
     bob.expect("%alice%still here")
 
 
-def test_leaving_mid_line_or_by_reset_is_announced(start, peers):
+def test_leaving_mid_line_or_by_reset_is_announced(start, connect):
     server = start()
-    alice, bob, carol = peers(server, "alice"), peers(server, "bob"), peers(server, "carol")
+    alice, bob, carol = connect(server, "alice"), connect(server, "bob"), connect(server, "carol")
     alice.expect("* bob joined", "* carol joined")
     bob.send_raw(b"%alice%half a li")
     bob.close()
@@ -124,10 +108,10 @@ def test_leaving_mid_line_or_by_reset_is_announced(start, peers):
     assert alice.who() == ["alice"]
 
 
-def test_a_full_server_and_a_silent_connection(start, peers):
+def test_a_full_server_and_a_silent_connection(start, connect):
     server = start(max_clients=2, name_timeout=0.3)
-    alice = peers(server, "alice")
-    silent = peers(server)
+    alice = connect(server, "alice")
+    silent = connect(server)
     with pytest.raises(ServerFull):
         ChatClient(*server.address, "carol")
     assert silent.read_to_eof() == [GREETING, "! no name in time"]
@@ -136,14 +120,14 @@ def test_a_full_server_and_a_silent_connection(start, peers):
         alice.expect("* carol joined")
 
 
-def test_a_receiver_that_never_reads_is_dropped_and_the_others_go_on(start, peers, caplog):
+def test_a_receiver_that_never_reads_is_dropped_and_the_others_go_on(start, connect, caplog):
     caplog.set_level(logging.INFO, logger="chatlab.server")
     server = start(max_backlog=64 * 1024)
     # Small kernel buffers for the sockets it accepts (they inherit them from the listener),
     # so that the backlog, not the kernel, is what fills up.
     server.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-    alice, carol = peers(server, "alice"), peers(server, "carol")
-    stalled = peers(server, "stalled", rcvbuf=4096)  # registers, then never reads again
+    alice, carol = connect(server, "alice"), connect(server, "carol")
+    stalled = connect(server, "stalled", rcvbuf=4096)  # registers, then never reads again
     alice.expect("* carol joined", "* stalled joined")
     carol.expect("* stalled joined")
     count = 400  # 400 kB for the stalled client: more than buffers and backlog hold
@@ -186,9 +170,9 @@ def test_a_ring_of_50_gets_every_message_once_and_in_order(start):
             client.close()
 
 
-def test_records_events_and_a_restart(start, peers):
+def test_records_events_and_a_restart(start, connect):
     server = start()
-    alice, bob = peers(server, "alice"), peers(server, "bob")
+    alice, bob = connect(server, "alice"), connect(server, "bob")
     alice.send("%bob%hi")
     bob.expect("%alice%hi")
     records = {r.name: r for r in server.clients()}
