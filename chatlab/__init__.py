@@ -1,7 +1,9 @@
 """chatlab: a teaching kit for socket programming and multithreading.
 
-``chatlab.protocol`` is the line protocol (no I/O), ``chatlab.server`` the threaded server,
-``chatlab.client`` the client. The notebook parts, ``chatlab.widgets`` and ``chatlab.viz``,
+``chatlab.protocol`` is the line protocol and ``chatlab.room`` the chat's rules (neither does
+I/O); ``chatlab.server`` is the threaded server, ``chatlab.selectors_server`` and
+``chatlab.asyncio_server`` serve the same room from one event loop; ``chatlab.client`` is the
+client. The notebook parts, ``chatlab.widgets`` and ``chatlab.viz``,
 need the ``lessons`` extra (ipywidgets, matplotlib) and are imported on their own.
 """
 
