@@ -24,17 +24,13 @@ import threading
 
 from . import protocol
 from .room import ClientRecord
-from .server import ServerBase
+from .server import SEND_BUFFER, ServerBase
 
 __all__ = ["AsyncioChatServer"]
 
 log = logging.getLogger("chatlab.server")
 
 START_TIMEOUT = 5.0  # how long start() waits for the loop thread to begin serving
-# Linux grows a socket's send buffer up to 4 MB by itself, and a client that never reads would
-# fill all of that before max_backlog is even looked at. A fixed size (Linux doubles it) keeps
-# "how far behind may a client fall" the server's decision.
-SEND_BUFFER = 64 * 1024
 
 
 class _LoopTransport:
@@ -131,10 +127,10 @@ class _Connection(asyncio.Protocol):
             self.reason = "too slow"
         if self.framer.pending:
             log.info("%s left mid-line; dropped %d bytes", record.label, self.framer.pending)
-        online_with_it = self.room.remove(record)
+        was_online = self.room.remove(record)
         stopping = self.server._stopping
         self.room.departed(record, "server stopped" if stopping else self.reason,
-                           [] if stopping else online_with_it)
+                           was_online and not stopping)
 
 
 class AsyncioChatServer(ServerBase):

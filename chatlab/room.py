@@ -11,6 +11,12 @@ The room is thread-safe: the registry sits behind one lock, the event log behind
 and every write to one client happens under that client's ``send_lock``, so lines sent to a
 client by several threads arrive whole and in the order they were handed over. Nothing here
 prints; it logs to the ``chatlab.server`` logger and tells subscribers of every event.
+
+Two things keep a big room cheap. "joined" and "left" notices wait in one shared list, and
+every client gets all it has not seen in one write: before anything else is sent to it, and
+from whichever thread announces next. So a thousand clients leaving at once cost a few rounds
+of one write per client, not a million writes. And sends made inside :meth:`ChatRoom.batch`
+(a server wraps the lines of one read in it) reach each receiver as one write.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -86,6 +93,8 @@ class ClientRecord:
     transport: Transport | None = field(default=None, repr=False)
     send_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     too_slow: bool = field(default=False, repr=False)
+    order: int = field(default=0, repr=False)  # 1 for the first client to register, and so on
+    notices_seen: int | None = field(default=None, repr=False)  # None unless online
 
     @property
     def label(self) -> str:
@@ -104,6 +113,14 @@ class ChatRoom:
         self._events: deque[ServerEvent] = deque(maxlen=history)
         self._events_lock = threading.Lock()
         self._subscribers: list[Callable[[ServerEvent], None]] = []
+        # Notices not yet written to everyone: notice number k is _notices[k - _notices_base],
+        # a pair (audience, line) for the clients whose ``order`` is below ``audience``.
+        self._notices: list[tuple[int, bytes]] = []
+        self._registrations = 0  # how many clients have registered so far
+        self._leaving: dict[ClientRecord, int] = {}  # removed, not yet departed: its audience
+        self._notices_base = self._notices_end = self._notices_delivered = 0
+        self._announcing = threading.Lock()  # held by the one thread delivering notices
+        self._batch = threading.local()  # .pending: receiver -> chunks, inside batch()
 
     # --- what a server model calls ---------------------------------------------------------
 
@@ -139,32 +156,63 @@ class ChatRoom:
             case protocol.Malformed(reason):
                 self.refuse(record, reason)
 
-    def remove(self, record: ClientRecord) -> list[ClientRecord]:
+    def remove(self, record: ClientRecord) -> bool:
         """Forget a connection, so nothing is routed to it any more.
 
-        Returns who was online with it (none if it had no name): the ones to tell it left.
+        Returns whether it was online (registered): whether the others should hear it left.
         """
         with self._lock:
             self._connections.discard(record)
+            record.notices_seen = None
             if record.name is None or self._by_name.get(record.name.lower()) is not record:
-                return []
+                return False
             del self._by_name[record.name.lower()]
-            return list(self._by_name.values())
+            self._leaving[record] = self._registrations + 1  # who saw it online: all so far
+            return True
 
-    def departed(self, record: ClientRecord, reason: str, tell: list[ClientRecord]) -> None:
-        """Log and record that a removed client left, and tell ``tell`` so."""
+    def departed(self, record: ClientRecord, reason: str, announce: bool) -> None:
+        """Log and record that a removed client left; with ``announce``, tell everyone online."""
         log.info("%s left (%s)", record.label, reason)
         self._emit("left", record, text=reason)
-        notice = protocol.format_notice(f"{record.name} left")
-        for other in tell:
-            self.send(other, notice)
+        with self._lock:
+            audience = self._leaving.pop(record, 0)
+        if announce and audience:
+            self._announce(audience, protocol.format_notice(f"{record.name} left"))
 
     def send(self, record: ClientRecord, data: bytes) -> None:
-        """Hand bytes to one client's transport; drop the client if it is too far behind."""
+        """Hand bytes to one client's transport; drop the client if it is too far behind.
+
+        The notices it has not seen yet go first, in the same write. Inside :meth:`batch`,
+        the bytes wait for the end of the block instead.
+        """
+        pending = getattr(self._batch, "pending", None)
+        if pending is not None:
+            pending.setdefault(record, []).append(data)
+        else:
+            self._deliver(record, data)
+
+    def _deliver(self, record: ClientRecord, data: bytes) -> None:
         with record.send_lock:
-            ok = record.transport.write(data)
+            if record.notices_seen is not None and record.notices_seen < self._notices_end:
+                data = self._unseen_notices(record) + data
+            ok = record.transport.write(data) if data else True
         if not ok:
             self._drop_slow(record)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Collect what this thread sends inside the block; deliver it at the end, one write per
+        receiver (in the order it was sent). A server wraps the lines of one read in it."""
+        if getattr(self._batch, "pending", None) is not None:
+            yield  # already inside a batch
+            return
+        self._batch.pending = pending = {}
+        try:
+            yield
+        finally:
+            self._batch.pending = None
+            for record, chunks in pending.items():
+                self._deliver(record, b"".join(chunks))
 
     # --- what the dashboards read -------------------------------------------------------------
 
@@ -219,6 +267,50 @@ class ChatRoom:
         self._emit("error", record, text=reason)
         self.send(record, reply or protocol.format_error(reason))
 
+    def _announce(self, audience: int, notice: bytes) -> None:
+        """Tell ``notice`` to every client online whose ``order`` is below ``audience``: for
+        "* bob joined" those that registered before bob, for "* bob left" those that registered
+        before bob left (the others never saw bob). Coalesces a burst of notices.
+
+        One thread at a time delivers: it writes every waiting notice to every client behind,
+        and goes round again while more arrive. Any other thread only adds its notice to the
+        list and goes on; the delivering thread, or the next send to a client, takes it along.
+        """
+        with self._lock:
+            self._add_notice(audience, notice)
+        self._deliver_notices()
+
+    def _add_notice(self, audience: int, notice: bytes) -> None:
+        self._notices.append((audience, notice))
+        self._notices_end += 1
+
+    def _deliver_notices(self) -> None:
+        while self._notices_delivered < self._notices_end and self._announcing.acquire(blocking=False):
+            try:
+                while True:
+                    with self._lock:
+                        end = self._notices_end
+                        behind = [r for r in self._by_name.values()
+                                  if r.notices_seen is not None and r.notices_seen < end]
+                        if not behind:  # every client online has every notice
+                            self._notices.clear()
+                            self._notices_base = self._notices_delivered = end
+                            break
+                    for record in behind:
+                        self._deliver(record, b"")
+            finally:
+                self._announcing.release()
+            # A notice added just before the release found the flag taken: look once more.
+
+    def _unseen_notices(self, record: ClientRecord) -> bytes:
+        """The notices ``record`` has not been sent yet, marked as sent (under its send_lock)."""
+        with self._lock:
+            if record.notices_seen is None:
+                return b""
+            unseen = self._notices[record.notices_seen - self._notices_base:]
+            record.notices_seen = self._notices_end
+        return b"".join(notice for audience, notice in unseen if record.order < audience)
+
     def _drop_slow(self, record: ClientRecord) -> None:
         record.too_slow = True
         log.warning("%s is too far behind; disconnecting it", record.label)
@@ -236,21 +328,25 @@ class ChatRoom:
                 if not taken:
                     record.name = name
                     self._by_name[name.lower()] = record
-                    others = [r for r in self._by_name.values() if r is not record]
                     welcome = protocol.format_welcome(name, self._online_locked())
-            if not taken:  # renamed before the welcome, so the client never sees old names
-                record.transport.registered(name)
-            welcomed = taken or record.transport.write(welcome)
+                    self._registrations += 1
+                    record.order = self._registrations
+                    record.notices_seen = self._notices_end  # older notices are not news to it
+            if not taken:
+                record.transport.registered(name)  # renamed first: the client never sees old names
+                log.info("%s:%d is %s", record.ip, record.port, name)
+                self._emit("registered", record)
+                # Its "joined" notice (for those who came before it) is queued before its welcome
+                # goes out: once it is welcomed, the others hear of it before anything it says.
+                with self._lock:
+                    self._add_notice(record.order, protocol.format_notice(f"{name} joined"))
+                welcomed = record.transport.write(welcome)
         if taken:
             self.refuse(record, "name taken", protocol.NAME_TAKEN)
             return
-        log.info("%s:%d is %s", record.ip, record.port, name)
-        self._emit("registered", record)
         if not welcomed:
             self._drop_slow(record)
-        notice = protocol.format_notice(f"{name} joined")
-        for other in others:
-            self.send(other, notice)
+        self._deliver_notices()
 
     def _direct(self, record: ClientRecord, to: str, text: str) -> None:
         with self._lock:

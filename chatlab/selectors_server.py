@@ -23,16 +23,13 @@ import time
 
 from . import protocol
 from .room import ClientRecord
-from .server import DRAIN_TIMEOUT, RECV_SIZE, ServerBase, refuse_full, shutdown
+from .server import DRAIN_TIMEOUT, RECV_SIZE, SEND_BUFFER, ServerBase, refuse_full, shutdown
 
 __all__ = ["SelectorsChatServer"]
 
 log = logging.getLogger("chatlab.server")
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-# The kernel's own send buffer for a client. Left to itself Linux grows it to megabytes, which
-# would hide a client that stopped reading long before our ``max_backlog`` noticed it.
-SEND_BUFFER = 64 * 1024
 
 
 class _Connection:
@@ -53,7 +50,7 @@ class _Connection:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.overflowed = self.aborted = False
         self.ending: str | None = None  # why it leaves, once it does
-        self.tell: list[ClientRecord] = []  # who was online with it when it left
+        self.announce = False  # whether the others are to hear that it left
 
     def write(self, data: bytes) -> bool:
         if self.overflowed or self.ending is not None:
@@ -251,7 +248,7 @@ class SelectorsChatServer(ServerBase):
                 self._close(connection)
             return
         connection.ending = "too slow" if connection.record.too_slow else reason
-        connection.tell = self.room.remove(connection.record)
+        connection.announce = self.room.remove(connection.record)
         if drain and connection.outgoing and not self._stopping:
             connection.deadline = time.monotonic() + DRAIN_TIMEOUT
             self._flush(connection)  # closes it at once if everything goes out
@@ -266,4 +263,4 @@ class SelectorsChatServer(ServerBase):
         self._selector.unregister(record.sock)
         with record.send_lock:
             record.sock.close()
-        self.room.departed(record, connection.ending, [] if self._stopping else connection.tell)
+        self.room.departed(record, connection.ending, connection.announce and not self._stopping)

@@ -7,12 +7,14 @@ a straight line you can read top to bottom; the price is one thread (and its mem
 client, and locks around what the threads share (the room's registry and event log).
 
 How a message reaches its receiver is the one design choice worth a lesson, so it is a
-parameter. With ``delivery="queue"`` (the default) the sender's thread only appends the line to
-the receiver's bounded :class:`Outbox`, and the receiver's own writer thread
-(``chatlab-writer-bob``) writes it to the socket: a receiver that stops reading can only stall
-its own writer, and once its outbox overflows it is disconnected. With ``delivery="direct"`` the
-sender's thread writes into the receiver's socket itself, as in the report: simple, and one
-client that stops reading freezes every client that writes to it (lesson 7 shows it).
+parameter. With ``delivery="queue"`` (the default) the sender's thread writes the line into the
+receiver's socket without waiting: the kernel takes it at once while the receiver keeps up.
+When the receiver's socket is full, the line waits in its bounded :class:`Outbox`, and a writer
+thread (``chatlab-writer-bob``) starts that alone waits for bob and ends once bob has caught up.
+A receiver that stops reading stalls nobody, and once its outbox overflows it is disconnected.
+With ``delivery="direct"`` the sender's thread writes into the receiver's socket and waits
+until it is taken, as in the report: simple, and one client that stops reading freezes every
+client that writes to it (lesson 7 shows it).
 
 :class:`ServerBase` is what every server model shares: the listening socket, start and stop,
 and the read-only view of the room. Nothing here prints: servers log to the ``chatlab.server``
@@ -40,6 +42,9 @@ __all__ = ["ChatServer", "ClientRecord", "Outbox", "ServerBase", "ServerEvent"]
 log = logging.getLogger("chatlab.server")
 
 RECV_SIZE = 65536
+# The kernel's own send buffer for a client. Left to itself Linux grows it to megabytes, which
+# would hide a client that stopped reading long before ``max_backlog`` noticed it.
+SEND_BUFFER = 64 * 1024
 DRAIN_TIMEOUT = 1.0  # how long a leaving client's writer may take to send what is queued
 DEFAULT_PORT = 5050
 DELIVERY_MODES = ("queue", "direct")
@@ -51,51 +56,39 @@ MODELS = {  # --model NAME: where its server class lives
 
 
 class Outbox:
-    """The bytes waiting to be written to one client, at most ``limit`` of them.
+    """The bytes waiting for a client that is behind: its socket would not take them yet.
 
-    Any thread may :meth:`put`; the client's writer thread :meth:`take`s everything queued in
-    one go (so a burst of lines becomes one ``sendall``). ``put`` never blocks: when the
-    receiver has fallen ``limit`` bytes behind it returns False, once, and the outbox closes;
-    the server then drops that client instead of waiting for it.
+    It holds at most ``limit`` bytes. When more would not fit, :meth:`put` returns False, once,
+    and the outbox closes: the server then drops that client instead of waiting for it. It has
+    no lock of its own: whoever calls it holds the client's ``send_lock``.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._chunks: deque[bytes] = deque()
-        self._size = 0
-        self._closed = False
+        self.size = 0
+        self.closed = False
         self.overflowed = False
-        self._ready = threading.Condition()
 
     def put(self, data: bytes) -> bool:
-        with self._ready:
-            if self._closed:
-                return True  # the client is leaving; there is nobody to write to
-            if self._size + len(data) > self.limit:
-                self.overflowed = self._closed = True  # refuse once; ignore what follows
-                self._ready.notify()
-                return False
-            self._chunks.append(data)
-            self._size += len(data)
-            self._ready.notify()
-            return True
+        if self.closed:
+            return True  # the client is leaving; there is nobody to write to
+        if self.size + len(data) > self.limit:
+            self.overflowed = self.closed = True  # refuse once; ignore what follows
+            return False
+        self._chunks.append(data)
+        self.size += len(data)
+        return True
 
-    def take(self) -> bytes | None:
-        """Wait for queued bytes and return them all; None once closed and empty."""
-        with self._ready:
-            while not self._chunks and not self._closed:
-                self._ready.wait()
-            if not self._chunks:
-                return None
-            data = b"".join(self._chunks)
-            self._chunks.clear()
-            self._size = 0
-            return data
+    def take(self) -> bytes:
+        """Everything queued, in one piece (b"" if nothing is)."""
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self.size = 0
+        return data
 
     def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify()
+        self.closed = True
 
 
 def shutdown(sock: socket.socket) -> None:
@@ -281,19 +274,46 @@ class ServerBase:
 
 
 class _QueuedTransport:
-    """Queue-mode delivery: bytes wait in the client's outbox for its writer thread."""
+    """Queue delivery: write into the socket without waiting; queue what it will not take.
 
-    def __init__(self, record: ClientRecord, limit: int) -> None:
+    ``write`` runs in the sender's thread with the receiver's ``send_lock`` held. While the
+    receiver keeps up, the kernel takes every line at once and nothing else happens. When its
+    socket is full, the rest goes to its :class:`Outbox` and a writer thread
+    (``chatlab-writer-bob``) starts: it alone waits for the slow receiver, and it ends as soon as
+    the outbox is empty again.
+    """
+
+    def __init__(self, server: ChatServer, record: ClientRecord) -> None:
+        self.server = server
         self.record = record
-        self.outbox = Outbox(limit)
+        self.outbox = Outbox(server.max_backlog)
 
     def write(self, data: bytes) -> bool:
-        return self.outbox.put(data)
+        record = self.record
+        if self.outbox.closed:
+            return True  # the client is leaving; there is nobody to write to
+        if record.writer is not None:  # it is behind: keep the order, queue behind the rest
+            return self.outbox.put(data)
+        try:
+            sent = record.sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return True  # the connection is gone: the client's own thread cleans up
+        record.bytes_out += sent
+        if sent == len(data):
+            return True
+        if not self.outbox.put(data[sent:]):
+            return False
+        record.writer = self.server._start_writer(record)
+        return record.writer is not None
 
     def abort(self) -> None:
         shutdown(self.record.sock)  # its own thread wakes up, cleans up and tells the others
 
     def registered(self, name: str) -> None:
+        """Called in the client's own thread: it is in time, and its threads take its name."""
+        self.record.sock.settimeout(None)  # wait for its lines as long as it likes
         for thread, role in ((self.record.thread, "client"), (self.record.writer, "writer")):
             if thread is not None:
                 thread.name = f"chatlab-{role}-{name}"
@@ -314,8 +334,9 @@ class _DirectTransport(_QueuedTransport):
 class ChatServer(ServerBase):
     """A chat server with one thread per client.
 
-    Every client gets a thread that reads its lines (and, with ``delivery="queue"``, a writer
-    thread); see the module docstring for the two delivery modes.
+    Every client gets a thread that reads its lines; with ``delivery="queue"`` a client that
+    falls behind also gets a writer thread until it catches up. See the module docstring for
+    the two delivery modes.
 
     Error handling: bad input from a client (malformed, too long, invalid UTF-8, unknown
     recipient) gets that client a ``! ...`` line and a log line, nothing else. A client that
@@ -356,13 +377,21 @@ class ChatServer(ServerBase):
         shutdown(listener)  # wakes accept() on Linux
         listener.close()
         self._accept_thread.join(timeout)
-        with self._threads_lock:
-            threads = list(self._client_threads)
         for record in self.room.connections():
             shutdown(record.sock)
         deadline = time.monotonic() + timeout
+        with self._threads_lock:
+            threads = list(self._client_threads)
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _track(self, thread: threading.Thread) -> None:
+        """Remember a client's thread, so that stop() can join it."""
+        with self._threads_lock:
+            if len(self._client_threads) >= self._prune_at:  # now and then, not every time
+                self._client_threads = [t for t in self._client_threads if t.is_alive()]
+                self._prune_at = 2 * len(self._client_threads) + 64
+            self._client_threads.append(thread)
 
     # --- the accept thread ------------------------------------------------------------------
 
@@ -383,41 +412,47 @@ class ChatServer(ServerBase):
                 sock.close()
 
     def _take_in(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        """Make a record for a new connection, admit it to the room and start its threads."""
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """Make a record for a new connection, admit it to the room and start its thread."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # send short lines at once
+        if self.delivery == "queue":  # what the kernel holds counts as "behind" too; bound it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         record = ClientRecord(ip=address[0], port=address[1], sock=sock, fd=sock.fileno())
         transport_class = _QueuedTransport if self.delivery == "queue" else _DirectTransport
-        record.transport = transport_class(record, self.max_backlog)
+        record.transport = transport_class(self, record)
         record.thread = threading.Thread(
             target=self._serve, args=(record,), daemon=True,
             name=f"chatlab-client-{record.label}",
         )
-        if self.delivery == "queue":
-            record.writer = threading.Thread(
-                target=self._write_loop, args=(record,), daemon=True,
-                name=f"chatlab-writer-{record.label}",
-            )
         if not self.room.admit(record):
             refuse_full(sock)
             return
-        with self._threads_lock:
-            if len(self._client_threads) >= self._prune_at:  # now and then, not every time
-                self._client_threads = [t for t in self._client_threads if t.is_alive()]
-                self._prune_at = 2 * len(self._client_threads) + 64
-            self._client_threads += [t for t in (record.thread, record.writer) if t]
+        self._track(record.thread)
         try:
-            if record.writer is not None:
-                record.writer.start()
             record.thread.start()
         except BaseException:
             self.room.remove(record)
-            record.transport.outbox.close()  # ends the writer, if it started
             raise
+
+    def _start_writer(self, record: ClientRecord) -> threading.Thread | None:
+        """Start a writer thread for a client that fell behind (its ``send_lock`` is held)."""
+        writer = threading.Thread(target=self._write_loop, args=(record,), daemon=True,
+                                  name=f"chatlab-writer-{record.label}")
+        self._track(writer)
+        try:
+            writer.start()
+        except RuntimeError as exc:  # "can't start new thread": treat it as too slow
+            log.warning("%s: no writer thread: %s", record.label, exc)
+            return None
+        return writer
 
     # --- a client's threads ---------------------------------------------------------------------
 
     def _serve(self, record: ClientRecord) -> None:
-        """The client's own thread: read bytes, cut them into lines, hand each to the room."""
+        """The client's own thread: read bytes, cut them into lines, hand each to the room.
+
+        What the lines of one read send goes out at the end of the read, one write per
+        receiver (``room.batch()``): a burst of lines to bob costs one system call, not one each.
+        """
         framer = protocol.LineFramer(self.max_line)
         reason = "disconnected"
         record.sock.settimeout(self.name_timeout)  # a connection that never registers ends
@@ -425,10 +460,9 @@ class ChatServer(ServerBase):
             self.room.send(record, protocol.GREETING)
             while data := record.sock.recv(RECV_SIZE):
                 record.bytes_in += len(data)
-                for line in framer.feed(data):
-                    self.room.handle(record, line)
-                if record.name is not None and record.sock.gettimeout() is not None:
-                    record.sock.settimeout(None)  # registered: wait for it as long as it likes
+                with self.room.batch():
+                    for line in framer.feed(data):
+                        self.room.handle(record, line)
         except TimeoutError:
             reason = "no name in time"
             self.room.refuse(record, reason)
@@ -444,30 +478,38 @@ class ChatServer(ServerBase):
         self._close(record, "server stopped" if self._stopping else reason)
 
     def _write_loop(self, record: ClientRecord) -> None:
-        """The client's writer thread: move bytes from its outbox to its socket."""
+        """A writer thread: send what waits in the outbox until it is empty, then end."""
         outbox = record.transport.outbox
-        while (data := outbox.take()) is not None:
+        while True:
+            with record.send_lock:
+                data = outbox.take()
+                if not data:
+                    record.writer = None  # caught up: senders write to the socket again
+                    return
             try:
-                record.sock.sendall(data)
+                record.sock.sendall(data)  # the one place that waits for this client
             except OSError:
+                with record.send_lock:
+                    outbox.close()
                 shutdown(record.sock)  # let the client's own thread notice and clean up
                 return
             record.bytes_out += len(data)
 
     def _close(self, record: ClientRecord, reason: str) -> None:
-        online_with_it = self.room.remove(record)
-        if record.writer is not None:
-            record.transport.outbox.close()  # its writer sends what is still queued, then ends
-            if not self._stopping:
-                # A client that only closed its sending side (`nc -N`) still reads the replies
-                # to its last lines; one that reads nothing more is not waited for long.
-                record.writer.join(DRAIN_TIMEOUT)
+        was_online = self.room.remove(record)
+        with record.send_lock:
+            record.transport.outbox.close()  # nothing more is queued; what is queued goes out
+            writer = record.writer
+        if writer is not None and not self._stopping:
+            # A client that only closed its sending side (`nc -N`) still reads the replies to
+            # its last lines; one that reads nothing more is not waited for long.
+            writer.join(DRAIN_TIMEOUT)
         shutdown(record.sock)
-        if record.writer is not None:
-            record.writer.join()
-        with record.send_lock:  # no sender thread is half-way through a direct write
+        if writer is not None:
+            writer.join()
+        with record.send_lock:  # no sender thread is half-way through a write
             record.sock.close()
-        self.room.departed(record, reason, [] if self._stopping else online_with_it)
+        self.room.departed(record, reason, was_online and not self._stopping)
 
 
 def refuse_full(sock: socket.socket) -> None:

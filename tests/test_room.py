@@ -1,0 +1,153 @@
+"""The chat room on its own: no sockets, no server, just what it writes to each client.
+
+The room talks to a client only through its transport (``write(data)``), so these tests give
+each record a transport that keeps every write. That shows what a socket cannot: how many
+writes a client got, not only which bytes.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from chatlab.room import ChatRoom, ClientRecord
+
+
+class KeptWrites:
+    """A transport that keeps every write, in order."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.name: str | None = None
+        self.aborted = False
+
+    def write(self, data: bytes) -> bool:
+        self.writes.append(data)
+        return True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def registered(self, name: str) -> None:
+        self.name = name
+
+    def lines(self) -> list[str]:
+        return b"".join(self.writes).decode().splitlines()
+
+
+@pytest.fixture
+def room():
+    return ChatRoom(max_clients=1000)
+
+
+@pytest.fixture
+def admit(room):
+    sockets: list[socket.socket] = []
+
+    def admit_one(name: str | None = None) -> ClientRecord:
+        sock = socket.socket()  # never connected: the room only keeps it in the record
+        sockets.append(sock)
+        record = ClientRecord(ip="127.0.0.1", port=40000 + len(sockets), sock=sock, fd=sock.fileno())
+        record.transport = KeptWrites()
+        assert room.admit(record)
+        if name is not None:
+            room.handle(record, name.encode())
+        return record
+
+    yield admit_one
+    for sock in sockets:
+        sock.close()
+
+
+def lines(record: ClientRecord) -> list[str]:
+    return record.transport.lines()
+
+
+def test_each_client_hears_only_of_those_who_join_after_it(room, admit):
+    alice, bob, carol = admit("alice"), admit("bob"), admit("carol")
+    assert lines(alice) == ["* welcome alice", "* online: alice", "* bob joined", "* carol joined"]
+    assert lines(bob) == ["* welcome bob", "* online: alice, bob", "* carol joined"]
+    assert lines(carol) == ["* welcome carol", "* online: alice, bob, carol"]
+
+
+def test_a_leave_is_told_to_those_who_saw_it_online_and_no_one_else(room, admit):
+    alice, bob = admit("alice"), admit("bob")
+    assert room.remove(bob) is True  # bob is gone from the registry, not yet announced
+    dave = admit("dave")  # dave's online list never had bob in it
+    room.departed(bob, "disconnected", announce=True)
+    assert lines(alice)[-2:] == ["* dave joined", "* bob left"]
+    assert lines(dave) == ["* welcome dave", "* online: alice, dave"]
+    assert bob.transport.lines() == ["* welcome bob", "* online: alice, bob"]
+
+
+def test_a_connection_without_a_name_leaves_unannounced(room, admit):
+    alice, nameless = admit("alice"), admit()
+    assert room.remove(nameless) is False
+    room.departed(nameless, "disconnected", announce=False)
+    assert lines(alice) == ["* welcome alice", "* online: alice"]
+    assert [e.kind for e in room.events()][-1] == "left"
+
+
+def test_a_batch_reaches_each_receiver_as_one_write_after_the_join_notice(room, admit):
+    bob, carol, newcomer = admit("bob"), admit("carol"), admit()
+    with room.batch():  # a server wraps the lines of one read in it: these came in one packet
+        room.handle(newcomer, b"alice")
+        # The welcome is not batched: it goes out before anyone can write to alice. The
+        # "joined" notice is not batched either: it goes out at once.
+        assert newcomer.transport.writes[-1] == b"* welcome alice\n* online: alice, bob, carol\n"
+        assert bob.transport.writes[-1] == b"* alice joined\n"
+        writes_before = len(bob.transport.writes)
+        for line in [b"%bob%one", b"%carol%two", b"%bob%three", b"%server%who"]:
+            room.handle(newcomer, line)
+        assert len(bob.transport.writes) == writes_before  # nothing written yet
+    assert bob.transport.writes[writes_before:] == [b"%alice%one\n%alice%three\n"]
+    assert lines(carol)[-2:] == ["* alice joined", "%alice%two"]
+    assert newcomer.transport.writes[-1] == b"* online: alice, bob, carol\n"
+
+
+def test_a_burst_of_leaves_costs_a_few_writes_per_client_not_one_per_notice(room, admit):
+    watcher = admit("watcher")
+    crowd = [admit(f"c{i:03}") for i in range(300)]
+    del watcher.transport.writes[:]
+    gate = threading.Barrier(len(crowd), timeout=10)
+
+    def leave(record: ClientRecord) -> None:
+        gate.wait()
+        room.remove(record)
+        room.departed(record, "disconnected", announce=True)
+
+    threads = [threading.Thread(target=leave, args=(r,), name=f"test-leave-{r.name}") for r in crowd]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    assert sorted(lines(watcher)) == sorted(f"* {r.name} left" for r in crowd)  # each once
+    assert len(watcher.transport.writes) <= len(crowd)
+    # Every notice reached everyone it is for, so the room keeps none of them any more.
+    assert room._notices == []
+
+
+def test_many_clients_registering_at_once_each_hear_of_every_later_one_once(room, admit):
+    records = [admit() for _ in range(100)]
+    gate = threading.Barrier(len(records), timeout=10)
+
+    def register(index: int) -> None:
+        gate.wait()
+        room.handle(records[index], f"r{index:03}".encode())
+
+    threads = [threading.Thread(target=register, args=(i,), name=f"test-register-{i}") for i in range(100)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    for record in records:
+        got = lines(record)
+        online = got[1].removeprefix("* online: ").split(", ")
+        joined = [line.split()[1] for line in got[2:] if line.endswith(" joined")]
+        # Whoever was not in its online list, it has heard of (no later send was needed to
+        # bring the notice along): exactly once each, and nobody else.
+        assert sorted(online + joined) == sorted(r.name for r in records), record.name
