@@ -45,6 +45,7 @@ ERROR_SIGIL = "! "
 # break to some viewers, and the bidi controls reorder what follows them.
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+_ASCII_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # the unsafe ones among ASCII
 
 
 # --- framing: bytes -> lines --------------------------------------------------------------
@@ -83,6 +84,14 @@ class LineFramer:
         start = 0
         while start < len(data):
             newline = data.find(b"\n", start)
+            if newline >= 0 and not self._buffer and not self._discarding:
+                # The common case, a whole line inside this read: no detour through the buffer.
+                line = data[start:newline]
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                out.append(line if len(line) <= self.max_line else LineTooLong())
+                start = newline + 1
+                continue
             end = len(data) if newline < 0 else newline
             if not self._discarding:
                 self._buffer += data[start:end]
@@ -159,6 +168,9 @@ def unsafe_character(text: str) -> str | None:
     A tab is allowed; other control characters, line and paragraph separators and the
     Unicode bidi controls are not.
     """
+    if text.isascii():  # most lines: one quick look instead of a lookup per character
+        found = _ASCII_CONTROL.search(text)
+        return found.group() if found else None
     for char in text:
         if char == "\t":
             continue

@@ -69,7 +69,7 @@ class ServerEvent:
     time: float = field(default_factory=time.time)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: a thousand clients, a thousand records
 class ClientRecord:
     """What the server keeps about one connection (the report's name, IP, port, socket).
 

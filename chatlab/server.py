@@ -31,7 +31,6 @@ import socket
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable
 
 from . import protocol
@@ -41,7 +40,8 @@ __all__ = ["ChatServer", "ClientRecord", "Outbox", "ServerBase", "ServerEvent"]
 
 log = logging.getLogger("chatlab.server")
 
-RECV_SIZE = 65536
+RECV_SIZE = 65536  # read big chunks while a client sends a lot
+QUIET_RECV_SIZE = 1024  # and wait with a small buffer while it is quiet: every waiting thread holds one
 # The kernel's own send buffer for a client. Left to itself Linux grows it to megabytes, which
 # would hide a client that stopped reading long before ``max_backlog`` noticed it.
 SEND_BUFFER = 64 * 1024
@@ -65,7 +65,7 @@ class Outbox:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._chunks: deque[bytes] = deque()
+        self._chunks: list[bytes] = []
         self.size = 0
         self.closed = False
         self.overflowed = False
@@ -283,6 +283,8 @@ class _QueuedTransport:
     the outbox is empty again.
     """
 
+    __slots__ = ("server", "record", "outbox")  # one per client: keep it small
+
     def __init__(self, server: ChatServer, record: ClientRecord) -> None:
         self.server = server
         self.record = record
@@ -458,8 +460,10 @@ class ChatServer(ServerBase):
         record.sock.settimeout(self.name_timeout)  # a connection that never registers ends
         try:
             self.room.send(record, protocol.GREETING)
-            while data := record.sock.recv(RECV_SIZE):
+            size = QUIET_RECV_SIZE
+            while data := record.sock.recv(size):
                 record.bytes_in += len(data)
+                size = RECV_SIZE if len(data) == size else QUIET_RECV_SIZE  # full: more waits
                 with self.room.batch():
                     for line in framer.feed(data):
                         self.room.handle(record, line)
