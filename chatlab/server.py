@@ -508,7 +508,8 @@ class ChatServer(ServerBase):
             # A client that only closed its sending side (`nc -N`) still reads the replies to
             # its last lines; one that reads nothing more is not waited for long.
             writer.join(DRAIN_TIMEOUT)
-        shutdown(record.sock)
+        if writer is not None or self.delivery == "direct":
+            shutdown(record.sock)  # wakes whoever is stuck writing to it, then we can close
         if writer is not None:
             writer.join()
         with record.send_lock:  # no sender thread is half-way through a write

@@ -87,6 +87,8 @@ def session():
 
         s.events = server.events()
         s.records = server.clients()
+        # The "left" notice goes out just before carol's thread ends: give it that moment.
+        wait_until(lambda: "chatlab-client-carol" not in {t.name for t in threading.enumerate()})
         s.live_threads = {t.name for t in threading.enumerate() if t.name.startswith("chatlab-client")}
         yield s
     finally:
