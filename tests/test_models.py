@@ -81,6 +81,28 @@ def test_messages_broadcasts_and_commands(start, connect, caplog):
     assert bob.who() == ["alice", "bob", "carol"]  # nothing else reached bob
 
 
+def test_a_newcomer_is_announced_before_anything_it_says(start, connect):
+    server = start()
+    alice = connect(server, "alice")
+    newcomer = connect(server)
+    newcomer.expect(GREETING)
+    newcomer.send_raw(b"bob\n%alice%hi alice\n%*%hi all\n")  # all three lines in one packet
+    newcomer.expect("* welcome bob", "* online: alice, bob")
+    alice.expect("* bob joined", "%bob%hi alice", "%bob%hi all")
+
+
+def test_when_many_leave_at_once_each_leave_is_announced_once(start, connect):
+    server = start(max_clients=100)
+    watcher = connect(server, "watcher")
+    crowd = [connect(server, f"c{i:02}") for i in range(60)]
+    watcher.expect(*[f"* c{i:02} joined" for i in range(60)])
+    for peer in crowd:
+        peer.close()
+    left = [watcher.read_line() for _ in crowd]
+    assert sorted(left) == [f"* c{i:02} left" for i in range(60)]
+    assert watcher.who() == ["watcher"]  # the answer comes next: no notice came twice
+
+
 def test_bad_lines_get_an_error_and_the_connection_stays(start, connect):
     server = start(max_line=64)
     alice, bob = connect(server, "alice"), connect(server, "bob")

@@ -44,7 +44,8 @@ def alice_and_bob(server: ChatServer, connect) -> tuple[Peer, Peer]:
 def small_kernel_buffers(server: ChatServer) -> None:
     """Shrink the buffers of the sockets the server will accept: a client that stops reading
     then fills them after tens of kilobytes instead of megabytes (accepted sockets inherit
-    these options from the listening socket)."""
+    these options from the listening socket; in queue mode the server then sets a send
+    buffer of its own, ``chatlab.server.SEND_BUFFER``)."""
     server.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
     server.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
 
@@ -452,6 +453,28 @@ def test_a_receiver_that_never_reads_does_not_stall_the_others(start_server, con
     about_stalled = [(e.kind, e.text) for e in server.events() if e.client == "stalled"]
     assert about_stalled == [("registered", ""), ("error", "too slow: disconnected"), ("left", "too slow")]
     stalled.drain()  # what had reached its buffers (the last line cut short), then the end
+
+
+def test_a_writer_thread_serves_a_client_only_while_it_is_behind(server, connect):
+    alice = connect(server, "alice")
+    sleepy = connect(server, "sleepy", rcvbuf=4096)  # reads nothing until the test says so
+    alice.expect("* sleepy joined")
+    at_rest = ["chatlab-accept", "chatlab-client-alice", "chatlab-client-sleepy"]
+    assert thread_names(server) == at_rest
+    lines = [f"%sleepy%{i:03} " + "x" * 1000 for i in range(300)]  # 300 kB: more than its
+    for line in lines:  # socket takes, less than what it may fall behind (max_backlog, 1 MiB)
+        alice.send(line)
+    wait_until(lambda: thread_names(server) == sorted(at_rest + ["chatlab-writer-sleepy"]))
+    assert alice.who() == ["alice", "sleepy"]  # alice's thread never waited for sleepy
+    assert [sleepy.read_line() for _ in lines] == [f"%alice{line[7:]}" for line in lines]
+    wait_until(lambda: thread_names(server) == at_rest)  # caught up: the writer has ended
+    alice.send("%sleepy%caught up")  # straight into its socket again
+    sleepy.expect("%alice%caught up")
+    # Whether the sender's thread or the writer sent them, every byte was counted once.
+    got = [GREETING, "* welcome sleepy", "* online: alice, sleepy", *[f"%alice{line[7:]}" for line in lines],
+           "%alice%caught up"]
+    sent = sum(len(line.encode()) + 1 for line in got)
+    wait_until(lambda: [c.bytes_out for c in server.clients() if c.name == "sleepy"] == [sent])
 
 
 @pytest.mark.parametrize("release", ["the receiver reads", "the server stops"])
