@@ -35,6 +35,7 @@ notebooks: $(STAMP)
 # and the plots go to benchmarks/results/. Long: run it on a quiet machine.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/thread_cost.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info tests/browser/screenshots

@@ -152,3 +152,13 @@ def test_the_ring_counts_what_a_faulty_server_gets_wrong(bench):
     assert result["timed_out"] is True and result["msgs_per_s"] is None
     faults = {k: result[k] for k in ("lost", "duplicated", "reordered", "misdelivered")}
     assert faults == {"lost": 2, "duplicated": 1, "reordered": 1, "misdelivered": 1}
+
+
+def test_thread_cost_prints_both_figures_for_a_few_threads():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "thread_cost.py"), "--threads", "50",
+                             "--cycles", "50"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    memory, start = result.stdout.splitlines()
+    assert memory.startswith("memory per idle thread blocked in recv(): ") and memory.endswith("(50 threads)")
+    assert float(memory.split(": ")[1].split()[0]) > 0  # a thread costs something
+    assert start.startswith("start a thread and join it: ") and start.endswith("µs (median of 5 rounds)")
