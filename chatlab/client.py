@@ -2,8 +2,8 @@
 
 Sending happens in the caller's thread; receiving happens in a reader thread
 (``chatlab-reader-alice``) that blocks in ``recv()``, cuts the bytes into lines and puts each
-line on a queue (read it with :meth:`ChatClient.recv`) and hands it to the optional
-``on_line`` callback. The reader thread never prints: where lines are shown is the caller's
+line on a queue (read it with :meth:`ChatClient.recv`; ``keep=False`` skips the queue) and
+hands it to the optional ``on_line`` callback. The reader thread never prints: where lines are shown is the caller's
 choice (the terminal client below prints them, the notebook widgets put them in a log).
 
 Run it from a shell with ``python -m chatlab.client --port 5050 --name alice``.
@@ -66,11 +66,13 @@ class ChatClient:
         *,
         timeout: float = 5.0,
         on_line: Callable[[str], None] | None = None,
+        keep: bool = True,
     ) -> None:
         if "\n" in name or "\r" in name:
             raise ValueError("a name is a single line")
         self.name = name
         self.on_line = on_line
+        self.keep = keep  # queue each line for recv(); a program that only uses on_line says no
         self.online: list[str] = []
         self._framer = protocol.LineFramer(MAX_SERVER_LINE)
         self._early: deque[str] = deque()  # lines read while registering, not yet handled
@@ -137,7 +139,8 @@ class ChatClient:
                 self.online = names
                 self._online_version += 1
                 self._online_changed.notify_all()
-        self._lines.put(line)
+        if self.keep:
+            self._lines.put(line)
         if self.on_line is not None:
             try:
                 self.on_line(line)
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or input("your name: ").strip()
     with output:
         try:
-            client = ChatClient(args.host, args.port, name, on_line=show)
+            client = ChatClient(args.host, args.port, name, on_line=show, keep=False)
         except (ChatError, OSError) as exc:
             print(f"chatlab-client: {_safe(str(exc))}", file=sys.stderr)
             return 1

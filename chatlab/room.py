@@ -52,7 +52,7 @@ class Transport(Protocol):
         """The client is now called ``name`` (threads are renamed after it)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServerEvent:
     """Something that happened on the server, as kept in its log and sent to subscribers.
 

@@ -138,6 +138,17 @@ def test_on_line_gets_every_line_in_the_reader_thread(server, chat_client):
     assert alice.pending() == [line for _, line in seen]  # the same lines are queued for recv()
 
 
+def test_with_keep_false_lines_go_only_to_on_line_and_nothing_piles_up(server, chat_client):
+    seen = []
+    alice = chat_client(server, "alice", on_line=seen.append, keep=False)  # as the terminal client
+    bob = chat_client(server, "bob")
+    for i in range(50):
+        bob.send("alice", f"{i}")
+    wait_until(lambda: len(seen) == 51)
+    assert seen == ["* bob joined", *[f"%bob%{i}" for i in range(50)]]
+    assert alice.pending() == []
+
+
 def test_a_failing_callback_is_logged_and_the_client_keeps_receiving(server, chat_client, caplog):
     def explode(line: str) -> None:
         raise RuntimeError(f"cannot show {line!r}")
