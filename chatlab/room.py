@@ -15,8 +15,8 @@ prints; it logs to the ``chatlab.server`` logger and tells subscribers of every 
 Two things keep a big room cheap. "joined" and "left" notices wait in one shared list, and
 every client gets all it has not seen in one write: before anything else is sent to it, and
 from whichever thread announces next. So a thousand clients leaving at once cost a few rounds
-of one write per client, not a million writes. And sends made inside :meth:`ChatRoom.batch`
-(a server wraps the lines of one read in it) reach each receiver as one write.
+of one write per client, not a million writes. And a server may hand over the lines of one
+read together (:meth:`ChatRoom.handle_lines`): what they send reaches each receiver as one write.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -120,7 +119,7 @@ class ChatRoom:
         self._leaving: dict[ClientRecord, int] = {}  # removed, not yet departed: its audience
         self._notices_base = self._notices_end = self._notices_delivered = 0
         self._announcing = threading.Lock()  # held by the one thread delivering notices
-        self._batch = threading.local()  # .pending: receiver -> chunks, inside batch()
+        self._batch = threading.local()  # .pending: receiver -> chunks, in handle_lines()
 
     # --- what a server model calls ---------------------------------------------------------
 
@@ -182,8 +181,8 @@ class ChatRoom:
     def send(self, record: ClientRecord, data: bytes) -> None:
         """Hand bytes to one client's transport; drop the client if it is too far behind.
 
-        The notices it has not seen yet go first, in the same write. Inside :meth:`batch`,
-        the bytes wait for the end of the block instead.
+        The notices it has not seen yet go first, in the same write. While this thread is in
+        :meth:`handle_lines`, the bytes wait for the end of it instead.
         """
         pending = getattr(self._batch, "pending", None)
         if pending is not None:
@@ -199,20 +198,18 @@ class ChatRoom:
         if not ok:
             self._drop_slow(record)
 
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Collect what this thread sends inside the block; deliver it at the end, one write per
-        receiver (in the order it was sent). A server wraps the lines of one read in it."""
-        if getattr(self._batch, "pending", None) is not None:
-            yield  # already inside a batch
-            return
+    def handle_lines(self, record: ClientRecord, lines: list[bytes | protocol.LineTooLong]) -> None:
+        """:meth:`handle` each of the lines of one read, then deliver what they sent: one write
+        per receiver, in the order sent. A burst of lines to bob then costs one system call, not
+        one each; what other threads send meanwhile is not held back."""
         self._batch.pending = pending = {}
         try:
-            yield
+            for line in lines:
+                self.handle(record, line)
         finally:
             self._batch.pending = None
-            for record, chunks in pending.items():
-                self._deliver(record, b"".join(chunks))
+            for receiver, chunks in pending.items():
+                self._deliver(receiver, b"".join(chunks))
 
     # --- what the dashboards read -------------------------------------------------------------
 

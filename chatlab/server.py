@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -89,6 +90,22 @@ class Outbox:
 
     def close(self) -> None:
         self.closed = True
+
+
+def yield_on_wake_up() -> None:
+    """Ask Linux not to let this thread, when it wakes up, interrupt the one running Python.
+
+    Only one thread runs Python code at a time (the GIL). By default, a thread that wakes up
+    because its client's bytes arrived may preempt the running thread at once, only to find
+    the GIL taken and go back to sleep; with a thousand client threads the processor then
+    spends its time switching. ``SCHED_BATCH`` makes a waking thread wait for its turn
+    instead. Elsewhere than on Linux, nothing changes.
+    """
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_BATCH"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # 0: this thread
+        except OSError:
+            pass  # not allowed here: the default scheduling works too, only slower
 
 
 def shutdown(sock: socket.socket) -> None:
@@ -398,6 +415,7 @@ class ChatServer(ServerBase):
     # --- the accept thread ------------------------------------------------------------------
 
     def _accept_loop(self, listener: socket.socket) -> None:
+        yield_on_wake_up()
         while not self._stopping:
             try:
                 sock, address = listener.accept()
@@ -453,8 +471,9 @@ class ChatServer(ServerBase):
         """The client's own thread: read bytes, cut them into lines, hand each to the room.
 
         What the lines of one read send goes out at the end of the read, one write per
-        receiver (``room.batch()``): a burst of lines to bob costs one system call, not one each.
+        receiver (``room.handle_lines``): a burst of lines to bob costs one system call, not one each.
         """
+        yield_on_wake_up()
         framer = protocol.LineFramer(self.max_line)
         reason = "disconnected"
         record.sock.settimeout(self.name_timeout)  # a connection that never registers ends
@@ -464,9 +483,7 @@ class ChatServer(ServerBase):
             while data := record.sock.recv(size):
                 record.bytes_in += len(data)
                 size = RECV_SIZE if len(data) == size else QUIET_RECV_SIZE  # full: more waits
-                with self.room.batch():
-                    for line in framer.feed(data):
-                        self.room.handle(record, line)
+                self.room.handle_lines(record, framer.feed(data))
         except TimeoutError:
             reason = "no name in time"
             self.room.refuse(record, reason)
@@ -483,6 +500,7 @@ class ChatServer(ServerBase):
 
     def _write_loop(self, record: ClientRecord) -> None:
         """A writer thread: send what waits in the outbox until it is empty, then end."""
+        yield_on_wake_up()
         outbox = record.transport.outbox
         while True:
             with record.send_lock:

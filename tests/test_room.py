@@ -90,21 +90,16 @@ def test_a_connection_without_a_name_leaves_unannounced(room, admit):
     assert [e.kind for e in room.events()][-1] == "left"
 
 
-def test_a_batch_reaches_each_receiver_as_one_write_after_the_join_notice(room, admit):
+def test_the_lines_of_one_read_reach_each_receiver_as_one_write(room, admit):
     bob, carol, newcomer = admit("bob"), admit("carol"), admit()
-    with room.batch():  # a server wraps the lines of one read in it: these came in one packet
-        room.handle(newcomer, b"alice")
-        # The welcome is not batched: it goes out before anyone can write to alice. The
-        # "joined" notice is not batched either: it goes out at once.
-        assert newcomer.transport.writes[-1] == b"* welcome alice\n* online: alice, bob, carol\n"
-        assert bob.transport.writes[-1] == b"* alice joined\n"
-        writes_before = len(bob.transport.writes)
-        for line in [b"%bob%one", b"%carol%two", b"%bob%three", b"%server%who"]:
-            room.handle(newcomer, line)
-        assert len(bob.transport.writes) == writes_before  # nothing written yet
-    assert bob.transport.writes[writes_before:] == [b"%alice%one\n%alice%three\n"]
-    assert lines(carol)[-2:] == ["* alice joined", "%alice%two"]
-    assert newcomer.transport.writes[-1] == b"* online: alice, bob, carol\n"
+    bob_writes, carol_writes = len(bob.transport.writes), len(carol.transport.writes)
+    room.handle_lines(newcomer, [b"alice", b"%bob%one", b"%carol%two", b"%bob%three", b"%server%who"])
+    # The welcome and the "joined" notice are not held back: they go out at once, so nobody can
+    # write to alice before her welcome, and nobody hears from alice before hearing she joined.
+    assert newcomer.transport.writes == [b"* welcome alice\n* online: alice, bob, carol\n",
+                                         b"* online: alice, bob, carol\n"]
+    assert bob.transport.writes[bob_writes:] == [b"* alice joined\n", b"%alice%one\n%alice%three\n"]
+    assert carol.transport.writes[carol_writes:] == [b"* alice joined\n", b"%alice%two\n"]
 
 
 def test_a_burst_of_leaves_costs_a_few_writes_per_client_not_one_per_notice(room, admit):
