@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -48,6 +49,11 @@ QUIET_RECV_SIZE = 1024  # and wait with a small buffer while it is quiet: every 
 SEND_BUFFER = 64 * 1024
 DRAIN_TIMEOUT = 1.0  # how long a leaving client's writer may take to send what is queued
 DEFAULT_PORT = 5050
+# How long a thread may run Python before the interpreter makes it hand over the GIL (Python's
+# default is 5 ms). A thread waiting for the GIL wakes up that often to ask for it: with
+# thousands of client threads those wake-ups alone fill the processor. The server's threads
+# hand the GIL over at every read and write anyway, so the server program asks for 100 ms.
+SERVER_SWITCH_INTERVAL = 0.1
 DELIVERY_MODES = ("queue", "direct")
 MODELS = {  # --model NAME: where its server class lives
     "threads": ("chatlab.server", "ChatServer"),
@@ -580,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     options = {"delivery": args.delivery} if args.model == "threads" else {}
     server = server_class(args.model)(args.host, args.port, max_clients=args.max_clients,
                                       max_line=args.max_line, name_timeout=args.name_timeout, **options)
+    if args.model == "threads":
+        sys.setswitchinterval(SERVER_SWITCH_INTERVAL)  # this process runs only the server
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
     try:
         try:
