@@ -16,6 +16,12 @@ With ``delivery="direct"`` the sender's thread writes into the receiver's socket
 until it is taken, as in the report: simple, and one client that stops reading freezes every
 client that writes to it (lesson 7 shows it).
 
+Only one thread runs Python at a time (the GIL), so with thousands of clients most threads
+wait for it, and handing it over costs more than the work itself unless the threads are
+patient: each one asks Linux not to preempt the running thread when it wakes up
+(:func:`yield_on_wake_up`), and the server program lets a thread keep the GIL for up to
+``SERVER_SWITCH_INTERVAL`` instead of Python's 5 ms.
+
 :class:`ServerBase` is what every server model shares: the listening socket, start and stop,
 and the read-only view of the room. Nothing here prints: servers log to the ``chatlab.server``
 logger. Run one from a shell with ``python -m chatlab.server``.
