@@ -164,7 +164,8 @@ class ChatClient:
         self.send("*", text)
 
     def who(self, timeout: float = 5.0) -> list[str]:
-        """Ask the server who is online and wait for the answer (also queued for recv)."""
+        """Ask the server who is online and wait for the answer (also queued for recv, unless
+        the client was made with ``keep=False``)."""
         with self._online_changed:
             seen = self._online_version
         self.send(protocol.SERVER_NAME, "who")
@@ -175,6 +176,8 @@ class ChatClient:
 
     def recv(self, timeout: float | None = 5.0) -> str:
         """The next line from the server, waiting at most ``timeout`` seconds."""
+        if not self.keep:
+            raise RuntimeError("this client was made with keep=False: its lines go only to on_line")
         try:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:

@@ -8,8 +8,9 @@ once, and a server model only decides how bytes move: a thread per client
 (:mod:`chatlab.server`), or one event loop for all of them.
 
 The room is thread-safe: the registry sits behind one lock, the event log behind another,
-and every write to one client happens under that client's ``send_lock``, so lines sent to a
-client by several threads arrive whole and in the order they were handed over. Nothing here
+and every write to one client is handed to its transport under that client's ``send_lock``,
+so lines sent to a client by several threads arrive whole and in the order they were handed
+over. Nothing here
 prints; it logs to the ``chatlab.server`` logger and tells subscribers of every event.
 
 Two things keep a big room cheap. "joined" and "left" notices wait in one shared list, and
@@ -106,6 +107,9 @@ class ChatRoom:
 
     def __init__(self, *, max_clients: int = 100, history: int = 1000) -> None:
         self.max_clients = max_clients
+        # Whether a transport's write may wait for its client (the threaded server's direct
+        # delivery). Then every thread delivers its own notices: see _deliver_notices.
+        self.blocking_writes = False
         self._lock = threading.Lock()  # guards _connections, _by_name and messages_out
         self._connections: set[ClientRecord] = set()
         self._by_name: dict[str, ClientRecord] = {}  # lower-case name -> record
@@ -117,7 +121,7 @@ class ChatRoom:
         self._notices: list[tuple[int, bytes]] = []
         self._registrations = 0  # how many clients have registered so far
         self._leaving: dict[ClientRecord, int] = {}  # removed, not yet departed: its audience
-        self._notices_base = self._notices_end = self._notices_delivered = 0
+        self._notices_base = self._notices_end = 0
         self._announcing = threading.Lock()  # held by the one thread delivering notices
         self._batch = threading.local()  # .pending: receiver -> chunks, in handle_lines()
 
@@ -240,8 +244,9 @@ class ChatRoom:
     def subscribe(self, callback: Callable[[ServerEvent], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for every future event; returns a function that unsubscribes.
 
-        The callback runs in the server thread where the event happened: keep it short, and
-        do not print from it (in a notebook, set a widget's value instead).
+        The callback runs in the server thread where the event happened: keep it short, do
+        not print from it (in a notebook, set a widget's value instead), and do not send to
+        clients from it (it may run while a client's ``send_lock`` is held).
         """
         with self._events_lock:
             self._subscribers.append(callback)
@@ -282,22 +287,38 @@ class ChatRoom:
         self._notices_end += 1
 
     def _deliver_notices(self) -> None:
-        while self._notices_delivered < self._notices_end and self._announcing.acquire(blocking=False):
+        """Write the waiting notices to every client online that has not had them yet.
+
+        Where writes never wait, one thread at a time does it for everyone (it holds the
+        ``_announcing`` flag) and goes round again while notices keep coming; the others go on
+        at once. Where a write can wait for a client that does not read (``blocking_writes``),
+        every thread delivers the notices itself, so a thread stuck on one client holds up
+        only itself, not the notices of the whole room.
+        """
+        if self.blocking_writes:
+            self._notice_round()
+            return
+        while self._notices_base < self._notices_end and self._announcing.acquire(blocking=False):
             try:
-                while True:
-                    with self._lock:
-                        end = self._notices_end
-                        behind = [r for r in self._by_name.values()
-                                  if r.notices_seen is not None and r.notices_seen < end]
-                        if not behind:  # every client online has every notice
-                            self._notices.clear()
-                            self._notices_base = self._notices_delivered = end
-                            break
-                    for record in behind:
-                        self._deliver(record, b"")
+                while self._notice_round():
+                    pass
             finally:
                 self._announcing.release()
-            # A notice added just before the release found the flag taken: look once more.
+            # A notice added during the last round found the flag taken: look once more.
+
+    def _notice_round(self) -> bool:
+        """Bring every client online up to date; False if every one of them already was."""
+        with self._lock:
+            end = self._notices_end
+            online = [r for r in self._by_name.values() if r.notices_seen is not None]
+            behind = [r for r in online if r.notices_seen < end]
+            # The notices that every client online has had are not needed any more.
+            oldest_unseen = min((r.notices_seen for r in online), default=end)
+            del self._notices[:oldest_unseen - self._notices_base]
+            self._notices_base = oldest_unseen
+        for record in behind:
+            self._deliver(record, b"")
+        return bool(behind)
 
     def _unseen_notices(self, record: ClientRecord) -> bytes:
         """The notices ``record`` has not been sent yet, marked as sent (under its send_lock)."""
@@ -337,7 +358,10 @@ class ChatRoom:
                 # goes out: once it is welcomed, the others hear of it before anything it says.
                 with self._lock:
                     self._add_notice(record.order, protocol.format_notice(f"{name} joined"))
-                welcomed = record.transport.write(welcome)
+                # Replies to its earlier lines of the same read (a refused name, say) go first.
+                pending = getattr(self._batch, "pending", None)
+                earlier = b"".join(pending.pop(record, [])) if pending else b""
+                welcomed = record.transport.write(earlier + welcome)
         if taken:
             self.refuse(record, "name taken", protocol.NAME_TAKEN)
             return

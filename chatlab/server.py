@@ -17,10 +17,10 @@ until it is taken, as in the report: simple, and one client that stops reading f
 client that writes to it (lesson 7 shows it).
 
 Only one thread runs Python at a time (the GIL), so with thousands of clients most threads
-wait for it, and handing it over costs more than the work itself unless the threads are
-patient: each one asks Linux not to preempt the running thread when it wakes up
-(:func:`yield_on_wake_up`), and the server program lets a thread keep the GIL for up to
-``SERVER_SWITCH_INTERVAL`` instead of Python's 5 ms.
+wait for it, and each waiting thread wakes up every "switch interval" (5 ms in Python) to ask
+for it. With thousands of threads those wake-ups alone fill the processor, so the server
+program sets a longer interval, ``SERVER_SWITCH_INTERVAL``: the threads hand the GIL over at
+every read and write anyway.
 
 :class:`ServerBase` is what every server model shares: the listening socket, start and stop,
 and the read-only view of the room. Nothing here prints: servers log to the ``chatlab.server``
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import signal
 import socket
 import sys
@@ -102,22 +101,6 @@ class Outbox:
 
     def close(self) -> None:
         self.closed = True
-
-
-def yield_on_wake_up() -> None:
-    """Ask Linux not to let this thread, when it wakes up, interrupt the one running Python.
-
-    Only one thread runs Python code at a time (the GIL). By default, a thread that wakes up
-    because its client's bytes arrived may preempt the running thread at once, only to find
-    the GIL taken and go back to sleep; with a thousand client threads the processor then
-    spends its time switching. ``SCHED_BATCH`` makes a waking thread wait for its turn
-    instead. Elsewhere than on Linux, nothing changes.
-    """
-    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_BATCH"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # 0: this thread
-        except OSError:
-            pass  # not allowed here: the default scheduling works too, only slower
 
 
 def shutdown(sock: socket.socket) -> None:
@@ -329,6 +312,8 @@ class _QueuedTransport:
             sent = record.sock.send(data, socket.MSG_DONTWAIT)
         except BlockingIOError:
             sent = 0
+        except TimeoutError:  # before it registers, its socket has a timeout, and that passed
+            return False
         except OSError:
             return True  # the connection is gone: the client's own thread cleans up
         record.bytes_out += sent
@@ -337,7 +322,10 @@ class _QueuedTransport:
         if not self.outbox.put(data[sent:]):
             return False
         record.writer = self.server._start_writer(record)
-        return record.writer is not None
+        if record.writer is None:
+            self.outbox.close()  # no more partial lines: the room drops this client now
+            return False
+        return True
 
     def abort(self) -> None:
         shutdown(self.record.sock)  # its own thread wakes up, cleans up and tells the others
@@ -382,6 +370,7 @@ class ChatServer(ServerBase):
             raise ValueError(f"delivery must be one of {DELIVERY_MODES}")
         super().__init__(host, port, **options)
         self.delivery = delivery
+        self.room.blocking_writes = delivery == "direct"
         self._accept_thread: threading.Thread | None = None
         # Every client's threads until they end, also while the client is leaving (when the
         # room no longer lists it), so that stop() can join them all.
@@ -414,7 +403,8 @@ class ChatServer(ServerBase):
         with self._threads_lock:
             threads = list(self._client_threads)
         for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.ident is not None:  # it started (starting a writer can fail)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _track(self, thread: threading.Thread) -> None:
         """Remember a client's thread, so that stop() can join it."""
@@ -427,7 +417,6 @@ class ChatServer(ServerBase):
     # --- the accept thread ------------------------------------------------------------------
 
     def _accept_loop(self, listener: socket.socket) -> None:
-        yield_on_wake_up()
         while not self._stopping:
             try:
                 sock, address = listener.accept()
@@ -485,7 +474,6 @@ class ChatServer(ServerBase):
         What the lines of one read send goes out at the end of the read, one write per
         receiver (``room.handle_lines``): a burst of lines to bob costs one system call, not one each.
         """
-        yield_on_wake_up()
         framer = protocol.LineFramer(self.max_line)
         reason = "disconnected"
         record.sock.settimeout(self.name_timeout)  # a connection that never registers ends
@@ -512,7 +500,6 @@ class ChatServer(ServerBase):
 
     def _write_loop(self, record: ClientRecord) -> None:
         """A writer thread: send what waits in the outbox until it is empty, then end."""
-        yield_on_wake_up()
         outbox = record.transport.outbox
         while True:
             with record.send_lock:

@@ -147,6 +147,8 @@ def test_with_keep_false_lines_go_only_to_on_line_and_nothing_piles_up(server, c
     wait_until(lambda: len(seen) == 51)
     assert seen == ["* bob joined", *[f"%bob%{i}" for i in range(50)]]
     assert alice.pending() == []
+    with pytest.raises(RuntimeError, match="keep=False"):
+        alice.recv()  # instead of waiting for lines that never come
 
 
 def test_a_failing_callback_is_logged_and_the_client_keeps_receiving(server, chat_client, caplog):

@@ -91,6 +91,15 @@ def test_a_newcomer_is_announced_before_anything_it_says(start, connect):
     alice.expect("* bob joined", "%bob%hi alice", "%bob%hi all")
 
 
+def test_the_replies_to_the_lines_of_one_packet_keep_their_order(start, connect):
+    server = start()
+    connect(server, "alice")
+    newcomer = connect(server)
+    newcomer.expect(GREETING)
+    newcomer.send_raw(b"ALICE\nbob\n%server%who\n")  # a taken name, a free one, a question
+    newcomer.expect("! name taken", "* welcome bob", "* online: alice, bob", "* online: alice, bob")
+
+
 def test_when_many_leave_at_once_each_leave_is_announced_once(start, connect):
     server = start(max_clients=100)
     watcher = connect(server, "watcher")

@@ -2,7 +2,6 @@
 sends a line, and another expects a line."""
 
 import logging
-import os
 import random
 import socket
 import threading
@@ -600,14 +599,6 @@ def test_every_thread_has_a_name_that_says_whose_it_is(server, connect, kit_thre
     with ChatClient(server.host, server.port, "bob"):
         assert "chatlab-reader-bob" in kit_threads()
         alice.expect("* bob joined")
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
-def test_the_servers_threads_wait_their_turn_when_they_wake_up(server, connect):
-    alice = connect(server, "alice")
-    policies = {t.name: os.sched_getscheduler(t.native_id) for t in server.threads()}
-    assert policies == {"chatlab-accept": os.SCHED_BATCH, "chatlab-client-alice": os.SCHED_BATCH}
-    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the test's own thread is left alone
 
 
 def test_no_thread_is_left_behind_when_clients_leave_or_the_server_stops(server, connect, kit_threads):
