@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from chatlab.room import ChatRoom, ClientRecord
+from transcript import run_together
 
 
 class KeptWrites:
@@ -113,12 +114,7 @@ def test_a_burst_of_leaves_costs_a_few_writes_per_client_not_one_per_notice(room
         room.remove(record)
         room.departed(record, "disconnected", announce=True)
 
-    threads = [threading.Thread(target=leave, args=(r,), name=f"test-leave-{r.name}") for r in crowd]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert not any(thread.is_alive() for thread in threads)
+    run_together(leave, crowd, name="test-leave")
     assert sorted(lines(watcher)) == sorted(f"* {r.name} left" for r in crowd)  # each once
     assert len(watcher.transport.writes) <= len(crowd)
     # Every notice reached everyone it is for, so the room keeps none of them any more.
@@ -133,12 +129,7 @@ def test_many_clients_registering_at_once_each_hear_of_every_later_one_once(room
         gate.wait()
         room.handle(records[index], f"r{index:03}".encode())
 
-    threads = [threading.Thread(target=register, args=(i,), name=f"test-register-{i}") for i in range(100)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert not any(thread.is_alive() for thread in threads)
+    run_together(register, list(range(100)), name="test-register")
     for record in records:
         got = lines(record)
         online = got[1].removeprefix("* online: ").split(", ")

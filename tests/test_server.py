@@ -12,7 +12,7 @@ import pytest
 from chatlab import protocol
 from chatlab.client import ChatClient
 from chatlab.server import ChatServer
-from transcript import GREETING, HELP, Peer, wait_until
+from transcript import GREETING, HELP, Peer, run_together, wait_until
 
 pytestmark = pytest.mark.usefixtures("kit_threads")
 
@@ -338,12 +338,7 @@ def test_a_hundred_clients_can_register_at_the_same_time(start_server, connect):
             failures.append((name, repr(exc)))
             barrier.abort()
 
-    threads = [threading.Thread(target=register, args=(name,), name=f"test-register-{name}") for name in names]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(20)
-    assert not any(thread.is_alive() for thread in threads)
+    run_together(register, names, name="test-register")
     assert failures == []
     assert sorted(welcomed) == names
     zed = connect(server, "zed")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -24,6 +25,18 @@ HELP = [
 ONLINE = "* online: "
 
 T = TypeVar("T")
+
+
+def run_together(target: Callable[[T], object], items: list[T], *, name: str, timeout: float = 20.0) -> None:
+    """Call ``target(item)`` for every item, each in a thread of its own, and wait (bounded)
+    until all have returned."""
+    threads = [threading.Thread(target=target, args=(item,), name=f"{name}-{i}") for i, item in enumerate(items)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), f"{name}: threads still running after {timeout} s"
 
 
 def wait_until(condition: Callable[[], T], timeout: float = 5.0, message: str = "") -> T:
