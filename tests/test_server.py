@@ -1,5 +1,6 @@
-"""The server over real loopback sockets. Most tests read like a chat transcript: a raw client
-sends a line, and another expects a line."""
+"""The threaded server over real loopback sockets: its delivery modes, its threads and life
+cycle, and bad input in depth. What every server model shares is tested in test_models.py.
+Most tests read like a chat transcript: a raw client sends a line, and another expects one."""
 
 import logging
 import random
@@ -9,15 +10,11 @@ import time
 
 import pytest
 
-from chatlab import protocol
 from chatlab.client import ChatClient
 from chatlab.server import ChatServer
-from transcript import GREETING, HELP, Peer, run_together, wait_until
+from transcript import GREETING, HELP, alice_and_bob, run_together, wait_until
 
 pytestmark = pytest.mark.usefixtures("kit_threads")
-
-NAME_RULE = "use 1-32 characters from A-Z a-z 0-9 _ . -"
-
 
 def thread_names(server: ChatServer) -> list[str]:
     return sorted(t.name for t in server.threads())
@@ -34,13 +31,6 @@ def still_chatting(server: ChatServer, connect, tag: str) -> None:
     pong.close()
 
 
-def alice_and_bob(server: ChatServer, connect) -> tuple[Peer, Peer]:
-    """Two registered peers; alice has read the notice that bob joined."""
-    alice, bob = connect(server, "alice"), connect(server, "bob")
-    alice.expect("* bob joined")
-    return alice, bob
-
-
 def small_kernel_buffers(server: ChatServer) -> None:
     """Shrink the buffers of the sockets the server will accept: a client that stops reading
     then fills them after tens of kilobytes instead of megabytes (accepted sockets inherit
@@ -54,178 +44,7 @@ def server_log(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "chatlab.server"]
 
 
-# --- registration --------------------------------------------------------------------------------
-
-
-def test_the_greeting_comes_first(server, connect):
-    connect(server).expect(GREETING)
-
-
-def test_registration_welcomes_and_says_who_is_online(server, connect):
-    alice = connect(server)
-    alice.expect(GREETING)
-    alice.send("alice")
-    alice.expect("* welcome alice", "* online: alice")
-    bob = connect(server)
-    bob.expect(GREETING)
-    bob.send("bob\r")  # a \r\n line end, as telnet sends it
-    bob.expect("* welcome bob", "* online: alice, bob")
-    alice.expect("* bob joined")
-
-
-def test_a_taken_name_is_refused_whatever_its_case_and_another_can_be_tried(server, connect):
-    connect(server, "alice")
-    other = connect(server)
-    other.expect(GREETING)
-    other.send("alice")
-    other.expect("! name taken")
-    other.send("ALICE")
-    other.expect("! name taken")
-    other.send("alice2")
-    other.expect("* welcome alice2", "* online: alice, alice2")
-
-
-@pytest.mark.parametrize(
-    "name, error",
-    [
-        ("", f"! invalid name '': {NAME_RULE}"),
-        ("two words", f"! invalid name 'two words': {NAME_RULE}"),
-        ("x" * 33, f"! invalid name '{'x' * 33}': {NAME_RULE}"),
-        ("al%ice", f"! invalid name 'al%ice': {NAME_RULE}"),
-        ("%bob%hi", f"! invalid name '%bob%hi': {NAME_RULE}"),
-        ("*", f"! invalid name '*': {NAME_RULE}"),
-        ("server", "! invalid name 'server': reserved"),
-        ("Server", "! invalid name 'Server': reserved"),
-        ("ALL", "! invalid name 'ALL': reserved"),
-    ],
-)
-def test_an_invalid_or_reserved_name_is_refused_and_another_can_be_tried(server, connect, name, error):
-    peer = connect(server)
-    peer.expect(GREETING)
-    peer.send(name)
-    peer.expect(error)
-    peer.send("carol")
-    peer.expect("* welcome carol", "* online: carol")
-
-
-def test_names_at_the_edges_of_the_rules_are_accepted(server, connect):
-    for name in ["x" * 32, "a", "A.b-c_9", "allan", "servers"]:
-        peer = connect(server)
-        assert name in peer.register(name)
-
-
-# --- messages -------------------------------------------------------------------------------------
-
-
-def test_a_direct_message_arrives_with_the_senders_name(server, connect):
-    alice, bob = alice_and_bob(server, connect)
-    alice.send("%bob%hi bob")
-    bob.expect("%alice%hi bob")
-    alice.send("%bob%50% done? %carol% is text, not a recipient")
-    bob.expect("%alice%50% done? %carol% is text, not a recipient")
-    alice.send("%bob%")
-    bob.expect("%alice%")
-    alice.send("%BOB%names ignore case")
-    bob.expect("%alice%names ignore case")
-    bob.send("%alice%hello alice")
-    alice.expect("%bob%hello alice")
-
-
-def test_a_broadcast_reaches_every_other_client_and_not_the_sender(server, connect):
-    alice, bob, carol = connect(server, "alice"), connect(server, "bob"), connect(server, "carol")
-    alice.expect("* bob joined", "* carol joined")
-    bob.expect("* carol joined")
-    alice.send("%*%hello all")
-    bob.expect("%alice%hello all")
-    carol.expect("%alice%hello all")
-    assert alice.who() == ["alice", "bob", "carol"]  # no copy of her own broadcast came first
-    bob.send("%all%and from bob")
-    alice.expect("%bob%and from bob")
-    carol.expect("%bob%and from bob")
-    assert bob.who() == ["alice", "bob", "carol"]
-
-
-def test_who_help_and_an_unknown_command(server, connect):
-    alice, bob = alice_and_bob(server, connect)
-    alice.send("%server%who")
-    alice.expect("* online: alice, bob")
-    alice.send("%server%help")
-    alice.expect(*HELP)
-    alice.send("%server%dance")
-    alice.expect("! unknown command 'dance'; try %server%help")
-
-
-def test_an_unknown_recipient_is_told_to_the_sender_and_logged(server, connect, caplog):
-    caplog.set_level(logging.INFO, logger="chatlab.server")
-    alice, bob = alice_and_bob(server, connect)
-    alice.send("%zed%anyone?")
-    alice.expect("! unknown client 'zed'")
-    alice.send("%bob%marker")
-    bob.expect("%alice%marker")  # bob got nothing of the misaddressed line
-    records = [r for r in caplog.records if r.name == "chatlab.server" and "zed" in r.getMessage()]
-    assert [(r.levelname, r.getMessage()) for r in records] == [
-        ("WARNING", f"127.0.0.1:{alice.port} alice: unknown client 'zed'")
-    ]
-
-
-@pytest.mark.parametrize("line", ["hello?", "%bob", "%%no recipient", "bob%hi", ""])
-def test_a_line_without_a_recipient_is_refused(server, connect, line):
-    alice, bob = alice_and_bob(server, connect)
-    alice.send(line)
-    alice.expect("! expected %name%message")
-    alice.send("%bob%next")
-    bob.expect("%alice%next")
-
-
-def test_a_too_long_line_is_refused_and_the_connection_still_works(start_server, connect):
-    server = start_server(max_line=32)
-    alice, bob = alice_and_bob(server, connect)
-    alice.send("%bob%" + "x" * 27)  # 32 bytes: just fits
-    bob.expect("%alice%" + "x" * 27)
-    alice.send("%bob%" + "x" * 28)  # 33 bytes
-    alice.expect("! line too long")
-    alice.send("%bob%" + "\u00e9" * 14)  # 14 characters, but 33 bytes
-    alice.expect("! line too long")
-    alice.send("%bob%still here")
-    bob.expect("%alice%still here")
-
-
-def test_a_huge_line_without_a_newline_gets_one_error(start_server, connect):
-    server = start_server(max_line=64)
-    alice, bob = alice_and_bob(server, connect)
-    alice.send_raw(b"%bob%" + b"x" * (1 << 20))  # 1 MiB and no newline yet
-    alice.expect("! line too long")  # said as soon as it is too long, not when it ends
-    alice.send_raw(b" and that is the end of it\n%bob%after\n")
-    bob.expect("%alice%after")
-    assert alice.who() == ["alice", "bob"]  # ... and said only once
-    assert [e.text for e in server.events() if e.kind == "error"] == ["line too long"]
-
-
-def test_invalid_utf8_is_refused_before_and_after_registration(server, connect):
-    alice = connect(server)
-    alice.expect(GREETING)
-    alice.send(b"\xff\xfe")
-    alice.expect("! invalid utf-8")
-    alice.send("alice")
-    alice.expect("* welcome alice", "* online: alice")
-    bob = connect(server, "bob")
-    alice.send(b"%bob%caf\xe9")  # Latin-1, not UTF-8
-    alice.expect("* bob joined", "! invalid utf-8")
-    alice.send("%bob%caf\u00e9 \U0001f600")
-    bob.expect("%alice%caf\u00e9 \U0001f600")
-
-
-def test_the_others_hear_who_joins_and_who_leaves(server, connect):
-    alice = connect(server, "alice")
-    bob = connect(server, "bob")
-    alice.expect("* bob joined")
-    carol = connect(server, "carol")
-    alice.expect("* carol joined")
-    bob.expect("* carol joined")
-    bob.close()
-    alice.expect("* bob left")
-    carol.expect("* bob left")
-    assert alice.who() == ["alice", "carol"]
+# --- leaving, in both delivery modes -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("delivery", ["queue", "direct"])
@@ -365,59 +184,6 @@ def test_a_full_server_refuses_the_next_client_and_has_room_again_later(start_se
     carol.send("%alice%made it")
     alice.expect("%carol%made it")
     wait_until(lambda: len(server.threads()) == 1 + 2)
-
-
-# --- nobody can forge a sender --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        b"%bob%hi\r%server%you are kicked",
-        b"%bob%\x1b[2K\r%eve%forged",
-        b"%bob%\x1b[1A%eve%forged",
-        "%bob%x\u2028%eve%forged".encode(),
-        "%bob%\u202e%eve%forged".encode(),
-        "%bob%ok\x85%eve%forged".encode(),
-        b"%bob%nul\x00byte",
-        b"%bob%bell\x07",
-        b"%bob%del\x7f",
-    ],
-    ids=["cr", "esc-erase", "esc-up", "u2028", "bidi-u202e", "c1-x85", "nul", "bel", "del"],
-)
-def test_control_characters_cannot_make_a_receiver_see_a_forged_line(server, connect, line):
-    alice, bob = alice_and_bob(server, connect)
-    alice.send(line)
-    alice.expect("! control characters are not allowed")
-    alice.send("%bob%the next line")
-    bob.expect("%alice%the next line")  # nothing of the refused line reached bob
-
-
-@pytest.mark.parametrize(
-    "name",
-    [b"server", b"SERVER", b"all", b"*", b"bob", b"BOB", b"bob\r", b"bob\rserver", b"\x1b[2Kbob",
-     "bob\u202e".encode(), b"bob\x85", b"carol joined"],
-)
-def test_a_name_cannot_pass_for_someone_else(server, connect, name):
-    bob = connect(server, "bob")
-    eve = connect(server)
-    eve.expect(GREETING)
-    eve.send(name)
-    assert eve.read_line().startswith("! ")
-    eve.send("eve")
-    eve.expect("* welcome eve", "* online: bob, eve")
-    bob.expect("* eve joined")  # bob heard of no other arrival first
-    assert bob.who() == ["bob", "eve"]
-
-
-def test_a_message_that_looks_like_a_message_keeps_its_real_sender(server, connect):
-    alice, bob = alice_and_bob(server, connect)
-    alice.send("%bob%%carol%fake")
-    line = bob.read_line()
-    assert line == "%alice%%carol%fake"
-    assert protocol.parse_server_line(line) == protocol.ServerLine("message", "%carol%fake", "alice")
-    alice.send("%bob%* carol left")
-    bob.expect("%alice%* carol left")  # a notice needs the server's "* " at the start of the line
 
 
 # --- delivery ------------------------------------------------------------------------------------

@@ -208,3 +208,10 @@ class Peer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def alice_and_bob(server, connect) -> tuple[Peer, Peer]:
+    """Two registered peers; alice has read the notice that bob joined."""
+    alice, bob = connect(server, "alice"), connect(server, "bob")
+    alice.expect("* bob joined")
+    return alice, bob
