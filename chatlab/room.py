@@ -272,11 +272,8 @@ class ChatRoom:
     def _announce(self, audience: int, notice: bytes) -> None:
         """Tell ``notice`` to every client online whose ``order`` is below ``audience``: for
         "* bob joined" those that registered before bob, for "* bob left" those that registered
-        before bob left (the others never saw bob). Coalesces a burst of notices.
-
-        One thread at a time delivers: it writes every waiting notice to every client behind,
-        and goes round again while more arrive. Any other thread only adds its notice to the
-        list and goes on; the delivering thread, or the next send to a client, takes it along.
+        before bob left (the others never saw bob). The notice waits in the list until
+        :meth:`_deliver_notices`, or the next send to a client, takes it along.
         """
         with self._lock:
             self._add_notice(audience, notice)

@@ -80,13 +80,12 @@ class Outbox:
         self._chunks: list[bytes] = []
         self.size = 0
         self.closed = False
-        self.overflowed = False
 
     def put(self, data: bytes) -> bool:
         if self.closed:
             return True  # the client is leaving; there is nobody to write to
         if self.size + len(data) > self.limit:
-            self.overflowed = self.closed = True  # refuse once; ignore what follows
+            self.closed = True  # refuse once; ignore what follows
             return False
         self._chunks.append(data)
         self.size += len(data)
@@ -331,7 +330,8 @@ class _QueuedTransport:
         shutdown(self.record.sock)  # its own thread wakes up, cleans up and tells the others
 
     def registered(self, name: str) -> None:
-        """Called in the client's own thread: it is in time, and its threads take its name."""
+        """Called in the client's own thread once it has a name: no more name timeout, and its
+        threads are renamed after it."""
         self.record.sock.settimeout(None)  # wait for its lines as long as it likes
         for thread, role in ((self.record.thread, "client"), (self.record.writer, "writer")):
             if thread is not None:
