@@ -1,9 +1,9 @@
 """chatlab: a teaching kit for socket programming and multithreading.
 
 ``chatlab.protocol`` is the line protocol and ``chatlab.room`` the chat's rules (neither does
-I/O); ``chatlab.server`` is the threaded server, ``chatlab.selectors_server`` and
-``chatlab.asyncio_server`` serve the same room from one event loop; ``chatlab.client`` is the
-client. The notebook parts, ``chatlab.widgets`` and ``chatlab.viz``,
+I/O); ``chatlab.servers`` holds the servers (``ChatServer``, one thread per client, and two
+models that serve the same room from one event loop), ``chatlab.server`` is the server
+program and ``chatlab.client`` the client. The notebook parts, ``chatlab.widgets`` and ``chatlab.viz``,
 need the ``lessons`` extra (ipywidgets, matplotlib) and are imported on their own.
 """
 
@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 logging.getLogger("chatlab").addHandler(logging.NullHandler())
 
 _EXPORTS = {
-    "ChatServer": "server", "ClientRecord": "room", "ServerEvent": "room",
+    "ChatServer": "servers", "ServerBase": "servers", "ClientRecord": "room", "ServerEvent": "room",
     "ChatClient": "client", "ChatError": "client", "ConnectionClosed": "client",
     "NameRefused": "client", "ServerFull": "client",
 }
@@ -34,7 +34,7 @@ def kit_threads() -> list[str]:
 
 
 def __getattr__(name: str) -> object:
-    # Imported on first use, so `python -m chatlab.server` runs server.py exactly once.
+    # Imported on first use: `import chatlab` stays quick, and loads no server it does not need.
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'chatlab' has no attribute {name!r}")

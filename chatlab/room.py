@@ -5,7 +5,7 @@ room does no I/O: a server hands it each complete line a client sent (:meth:`Cha
 and gives every client a :class:`Transport`, the one thing the room calls to send bytes. So
 the rules of the chat (registration, routing, errors, notices, the event log) are written
 once, and a server model only decides how bytes move: a thread per client
-(:mod:`chatlab.server`), or one event loop for all of them.
+(:mod:`chatlab.servers.threads`), or one event loop for all of them (:mod:`chatlab.servers`).
 
 The room is thread-safe: the registry sits behind one lock, the event log behind another,
 and every write to one client is handed to its transport under that client's ``send_lock``,
@@ -102,6 +102,10 @@ class ClientRecord:
         return self.name or f"{self.ip}:{self.port}"
 
 
+Outgoing = dict[ClientRecord, list[bytes]]
+"""What the lines of one read sent, not written yet: receiver -> its pieces, in order."""
+
+
 class ChatRoom:
     """The registry of clients, the routing of their lines, and the event log."""
 
@@ -123,7 +127,6 @@ class ChatRoom:
         self._leaving: dict[ClientRecord, int] = {}  # removed, not yet departed: its audience
         self._notices_base = self._notices_end = 0
         self._announcing = threading.Lock()  # held by the one thread delivering notices
-        self._batch = threading.local()  # .pending: receiver -> chunks, in handle_lines()
 
     # --- what a server model calls ---------------------------------------------------------
 
@@ -145,19 +148,35 @@ class ChatRoom:
         self._emit("connected", record)
         return True
 
-    def handle(self, record: ClientRecord, line: bytes | protocol.LineTooLong) -> None:
-        """Act on one line from ``record``'s client (called by whoever reads its socket)."""
+    def handle_lines(self, record: ClientRecord, lines: list[bytes | protocol.LineTooLong]) -> None:
+        """Act on the lines of one read from ``record``'s client, in order, then deliver what
+        they sent: one write per receiver. A burst of lines to bob costs one system call, not
+        one each. Lines after the client was dropped (too slow) are not handled."""
+        outgoing: Outgoing = {}
+        try:
+            for line in lines:
+                if record.too_slow:
+                    break
+                self.handle(record, line, outgoing)
+        finally:
+            for receiver, chunks in outgoing.items():
+                self._deliver(receiver, b"".join(chunks))
+
+    def handle(self, record: ClientRecord, line: bytes | protocol.LineTooLong,
+               outgoing: Outgoing | None = None) -> None:
+        """Act on one line from ``record``'s client. What it sends waits in ``outgoing`` (see
+        :meth:`send`) when one is given, and goes out at once otherwise."""
         match protocol.parse_line(line, registered=record.name is not None):
-            case protocol.Register(name):
-                self._register(record, name)
             case protocol.DirectMessage(to, text):
-                self._direct(record, to, text)
+                self._direct(record, to, text, outgoing)
             case protocol.Broadcast(text):
-                self._broadcast(record, text)
+                self._broadcast(record, text, outgoing)
+            case protocol.Register(name):
+                self._register(record, name, outgoing)
             case protocol.Command(name):
-                self._command(record, name)
+                self._command(record, name, outgoing)
             case protocol.Malformed(reason):
-                self.refuse(record, reason)
+                self.refuse(record, reason, outgoing=outgoing)
 
     def remove(self, record: ClientRecord) -> bool:
         """Forget a connection, so nothing is routed to it any more.
@@ -182,15 +201,14 @@ class ChatRoom:
         if announce and audience:
             self._announce(audience, protocol.format_notice(f"{record.name} left"))
 
-    def send(self, record: ClientRecord, data: bytes) -> None:
+    def send(self, record: ClientRecord, data: bytes, outgoing: Outgoing | None = None) -> None:
         """Hand bytes to one client's transport; drop the client if it is too far behind.
 
-        The notices it has not seen yet go first, in the same write. While this thread is in
-        :meth:`handle_lines`, the bytes wait for the end of it instead.
+        The notices it has not seen yet go first, in the same write. With ``outgoing`` (the
+        lines of one read being handled), the bytes wait there for the end of the read instead.
         """
-        pending = getattr(self._batch, "pending", None)
-        if pending is not None:
-            pending.setdefault(record, []).append(data)
+        if outgoing is not None:
+            outgoing.setdefault(record, []).append(data)
         else:
             self._deliver(record, data)
 
@@ -201,19 +219,6 @@ class ChatRoom:
             ok = record.transport.write(data) if data else True
         if not ok:
             self._drop_slow(record)
-
-    def handle_lines(self, record: ClientRecord, lines: list[bytes | protocol.LineTooLong]) -> None:
-        """:meth:`handle` each of the lines of one read, then deliver what they sent: one write
-        per receiver, in the order sent. A burst of lines to bob then costs one system call, not
-        one each; what other threads send meanwhile is not held back."""
-        self._batch.pending = pending = {}
-        try:
-            for line in lines:
-                self.handle(record, line)
-        finally:
-            self._batch.pending = None
-            for receiver, chunks in pending.items():
-                self._deliver(receiver, b"".join(chunks))
 
     # --- what the dashboards read -------------------------------------------------------------
 
@@ -263,11 +268,12 @@ class ChatRoom:
     def _online_locked(self) -> list[str]:
         return sorted((r.name for r in self._by_name.values()), key=str.lower)
 
-    def refuse(self, record: ClientRecord, reason: str, reply: bytes | None = None) -> None:
+    def refuse(self, record: ClientRecord, reason: str, reply: bytes | None = None,
+               outgoing: Outgoing | None = None) -> None:
         """Tell a client, the log and the subscribers that something of its was refused."""
         log.warning("%s:%d %s: %s", record.ip, record.port, record.name or "(no name yet)", reason)
         self._emit("error", record, text=reason)
-        self.send(record, reply or protocol.format_error(reason))
+        self.send(record, reply or protocol.format_error(reason), outgoing)
 
     def _announce(self, audience: int, notice: bytes) -> None:
         """Tell ``notice`` to every client online whose ``order`` is below ``audience``: for
@@ -332,7 +338,7 @@ class ChatRoom:
         self._emit("error", record, text="too slow: disconnected")
         record.transport.abort()
 
-    def _register(self, record: ClientRecord, name: str) -> None:
+    def _register(self, record: ClientRecord, name: str, outgoing: Outgoing | None) -> None:
         # Holding the client's send lock from before others can find it until its welcome is
         # out means that whatever they send it comes after the welcome, never before. The
         # registry lock is not held while writing: in direct mode a client that does not read
@@ -356,30 +362,29 @@ class ChatRoom:
                 with self._lock:
                     self._add_notice(record.order, protocol.format_notice(f"{name} joined"))
                 # Replies to its earlier lines of the same read (a refused name, say) go first.
-                pending = getattr(self._batch, "pending", None)
-                earlier = b"".join(pending.pop(record, [])) if pending else b""
+                earlier = b"".join(outgoing.pop(record, [])) if outgoing else b""
                 welcomed = record.transport.write(earlier + welcome)
         if taken:
-            self.refuse(record, "name taken", protocol.NAME_TAKEN)
+            self.refuse(record, "name taken", protocol.NAME_TAKEN, outgoing)
             return
         if not welcomed:
             self._drop_slow(record)
         self._deliver_notices()
 
-    def _direct(self, record: ClientRecord, to: str, text: str) -> None:
+    def _direct(self, record: ClientRecord, to: str, text: str, outgoing: Outgoing | None) -> None:
         with self._lock:
             target = self._by_name.get(to.lower())
             if target is not None:
                 target.messages_out += 1
         if target is None:
-            self.refuse(record, f"unknown client {to!r}", protocol.format_unknown_client(to))
+            self.refuse(record, f"unknown client {to!r}", protocol.format_unknown_client(to), outgoing)
             return
         record.messages_in += 1
         log.info("%s -> %s: %r", record.name, target.name, text)
         self._emit("message", record, to=target.name, text=text)
-        self.send(target, protocol.format_message(record.name, text))
+        self.send(target, protocol.format_message(record.name, text), outgoing)
 
-    def _broadcast(self, record: ClientRecord, text: str) -> None:
+    def _broadcast(self, record: ClientRecord, text: str, outgoing: Outgoing | None) -> None:
         with self._lock:
             others = [r for r in self._by_name.values() if r is not record]
             for other in others:
@@ -389,15 +394,16 @@ class ChatRoom:
         self._emit("message", record, to="*", text=text)
         line = protocol.format_message(record.name, text)
         for other in others:
-            self.send(other, line)
+            self.send(other, line, outgoing)
 
-    def _command(self, record: ClientRecord, command: str) -> None:
+    def _command(self, record: ClientRecord, command: str, outgoing: Outgoing | None) -> None:
         if command == "who":
-            self.send(record, protocol.format_online(self.online()))
+            self.send(record, protocol.format_online(self.online()), outgoing)
         elif command == "help":
-            self.send(record, protocol.HELP)
+            self.send(record, protocol.HELP, outgoing)
         else:
-            self.refuse(record, f"unknown command {command!r}", protocol.format_unknown_command(command))
+            self.refuse(record, f"unknown command {command!r}", protocol.format_unknown_command(command),
+                        outgoing)
 
     def _emit(self, kind: str, record: ClientRecord, *, to: str | None = None, text: str = "") -> None:
         event = ServerEvent(kind, record.name, (record.ip, record.port), to, text)

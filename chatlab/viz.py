@@ -1,7 +1,7 @@
 """Pictures of a chat session: who is connected, who said what in which order, which thread ran when.
 
-Every function takes plain data (the server's :class:`~chatlab.server.ClientRecord` list, its
-:class:`~chatlab.server.ServerEvent` log, or :class:`Span` records) and returns a new matplotlib
+Every function takes plain data (the server's :class:`~chatlab.room.ClientRecord` list, its
+:class:`~chatlab.room.ServerEvent` log, or :class:`Span` records) and returns a new matplotlib
 :class:`~matplotlib.figure.Figure`. Nothing here touches a socket or a thread of the server, and
 nothing goes through ``pyplot``: a figure is shown once, when a notebook cell ends with it, and
 never again by accident. Layouts are deterministic (names are sorted) and sizes are fixed, so a
@@ -34,7 +34,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, FancyBboxPatch, Patch
 
 from . import protocol
-from .server import ClientRecord, ServerEvent
+from .room import ClientRecord, ServerEvent
 
 SERVER_COLOR = "#2F3E4E"
 ERROR_COLOR = "#C0392B"

@@ -2,7 +2,7 @@
 
 A ``ChatWidget`` is a :class:`~chatlab.client.ChatClient` with a face: a recipient picker, a
 text box, a Send button and a log of what was sent and what arrived. A ``ServerDashboard``
-shows what a running :class:`~chatlab.server.ChatServer` keeps about its clients, which
+shows what a running server (:mod:`chatlab.servers`) keeps about its clients, which
 threads and sockets it uses, and a feed of its events, with Start and Stop buttons.
 
 Which thread does what. The kernel's main thread builds the widgets and runs every button
@@ -52,7 +52,8 @@ import ipywidgets as widgets
 
 from . import protocol
 from .client import ChatClient, ConnectionClosed, NameRefused
-from .server import ChatServer, ClientRecord, ServerEvent
+from .room import ClientRecord, ServerEvent
+from .servers import ServerBase
 
 EVERYONE = "everyone"
 """The recipient-picker entry that broadcasts (sent as ``%*%text``)."""
@@ -439,6 +440,8 @@ _THREAD_ROLES = (
     ("chatlab-accept", "server: accepts connections"),
     ("chatlab-client-", "server: reads {}'s lines"),
     ("chatlab-writer-", "server: writes to {}"),
+    ("chatlab-selectors", "server: one selectors loop for everyone"),
+    ("chatlab-asyncio", "server: one asyncio loop for everyone"),
     ("chatlab-reader-", "client {}: receives"),
     ("chatlab-widget-", "window {}: fills its log"),
     ("chatlab-dashboard", "redraws this dashboard"),
@@ -542,7 +545,7 @@ class Counters:
 
 
 class ServerDashboard(widgets.VBox):
-    """A live view of a ChatServer: status, clients, threads, sockets, counters and events.
+    """A live view of a server of any model: status, clients, threads, sockets, counters, events.
 
     Resource handling: the constructor subscribes to the server's events and starts the
     ``chatlab-dashboard`` thread; :meth:`close` unsubscribes, stops and joins that thread and
@@ -557,7 +560,7 @@ class ServerDashboard(widgets.VBox):
     tick = 1.0  # seconds between redraws when nothing happens
     feed_length = 40
 
-    def __init__(self, server: ChatServer) -> None:
+    def __init__(self, server: ServerBase) -> None:
         with _open_lock:
             older = [d for d in _open if isinstance(d, ServerDashboard) and d.server is server]
         for dashboard in older:
@@ -665,7 +668,7 @@ class ServerDashboard(widgets.VBox):
         if server.running:
             waiting = server.connection_count() - len(records)
             state = (f'<span style="color:{_OK};">●</span> <b>running</b> on '
-                     f"{server.host}:{server.port} · {server.delivery} delivery · "
+                     f"{server.host}:{server.port} · {_escape(server.describe())} · "
                      f"{len(records)} online" + (f" · {waiting} waiting for a name" if waiting > 0 else ""))
         else:
             state = f'<span style="color:{_MUTED};">●</span> <b>stopped</b>'

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from chatlab.client import ChatClient
-from chatlab.server import ChatServer, ServerBase
+from chatlab.servers import ChatServer, ServerBase
 from transcript import Peer, wait_until
 
 

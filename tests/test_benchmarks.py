@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from chatlab.room import ChatRoom
-from chatlab.server import ChatServer
+from chatlab.servers import ChatServer
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_PY = ROOT / "benchmarks" / "run.py"

@@ -97,7 +97,7 @@ def run():
 
 def start_server_program(run, *options: str) -> tuple[Program, int]:
     server = run("chatlab.server", "--port", "0", *options)
-    port = int(server.wait_for(r"listening on 127\.0\.0\.1:(\d+) \(queue delivery\)")[1])
+    port = int(server.wait_for(r"listening on 127\.0\.0\.1:(\d+) \(one thread per client, queue delivery\)")[1])
     return server, port
 
 
@@ -119,10 +119,23 @@ def test_the_server_program_logs_connections_messages_and_errors(run, connect):
         server.wait_for(pattern)
     server.proc.send_signal(signal.SIGINT)
     assert server.finish() == 0
-    assert server.lines["stdout"] == []
+    assert server.lines["stdout"] == [f"listening on 127.0.0.1:{port}"]  # the one line for scripts
     assert server.lines["stderr"][-1].endswith("INFO    stopped")
     assert not any("Traceback" in line for line in server.lines["stderr"])
     alice.expect_eof()
+
+
+@pytest.mark.parametrize("model", ["threads", "selectors", "asyncio"])
+def test_a_quiet_server_still_says_where_it_listens_and_nothing_else(run, connect, model):
+    server = run("chatlab.server", "--port", "0", "--quiet", "--model", model)
+    port = int(server.wait_for(r"^listening on 127\.0\.0\.1:(\d+)$", stream="stdout")[1])
+    alice, bob = connect(("127.0.0.1", port), "alice"), connect(("127.0.0.1", port), "bob")
+    alice.expect("* bob joined")
+    alice.send("%bob%hi bob")
+    bob.expect("%alice%hi bob")
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.finish() == 0
+    assert server.lines == {"stdout": [f"listening on 127.0.0.1:{port}"], "stderr": []}
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])

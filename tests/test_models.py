@@ -21,7 +21,7 @@ import pytest
 
 from chatlab import kit_threads, protocol
 from chatlab.client import ChatClient, ServerFull
-from chatlab.server import MODELS, ServerBase, server_class
+from chatlab.servers import MODELS, ServerBase, server_class
 from transcript import GREETING, HELP, Peer, alice_and_bob, wait_until
 
 NAME_RULE = "use 1-32 characters from A-Z a-z 0-9 _ . -"

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from chatlab.client import ChatClient
-from chatlab.server import ChatServer
+from chatlab.servers import ChatServer
 from transcript import GREETING, HELP, alice_and_bob, run_together, wait_until
 
 pytestmark = pytest.mark.usefixtures("kit_threads")
@@ -35,7 +35,7 @@ def small_kernel_buffers(server: ChatServer) -> None:
     """Shrink the buffers of the sockets the server will accept: a client that stops reading
     then fills them after tens of kilobytes instead of megabytes (accepted sockets inherit
     these options from the listening socket; in queue mode the server then sets a send
-    buffer of its own, ``chatlab.server.SEND_BUFFER``)."""
+    buffer of its own, ``chatlab.servers.base.SEND_BUFFER``)."""
     server.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
     server.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
 

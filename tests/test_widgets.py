@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from chatlab import ChatClient, ChatServer, NameRefused, kit_threads
+from chatlab.servers import MODELS, server_class
 from chatlab.widgets import ENTER_GRACE, ChatWidget, ServerDashboard, chat_row, close_all
 
 # --- helpers and fixtures (local to this file) ----------------------------------------------
@@ -398,3 +399,38 @@ def test_a_new_dashboard_of_the_same_server_replaces_the_old(server):
     second = ServerDashboard(server)
     assert kit_threads().count("chatlab-dashboard") == 1
     assert first.comm is None and second.comm is not None
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_the_dashboard_shows_a_server_of_every_model(no_thread_left, model):
+    server = server_class(model)("127.0.0.1", 0).start()
+    alice = ChatClient(server.host, server.port, "alice")
+    bob = ChatClient(server.host, server.port, "bob")
+    try:
+        dashboard = ServerDashboard(server)
+        alice.send("bob", "hi")
+        assert bob.recv(timeout=2) == "%alice%hi"
+        dashboard.refresh()
+        assert dashboard.summary() == "\n".join([
+            "server: running, 2 online: alice, bob",
+            "  alice: sent 1, received 0",
+            "  bob: sent 0, received 1",
+            "events: connections 2, joined 2, left 0, messages 1 (0 broadcast), errors 0",
+        ])
+        status = dashboard.status.value
+        assert f"127.0.0.1:{server.port}" in status and server.describe() in status
+        if model == "threads":
+            assert "queue delivery" in status
+        threads = dashboard.threads_table.value
+        for thread in server.threads():  # chatlab-accept and one per client, or the loop's one
+            assert f">{thread.name}<" in threads
+        for record in server.clients():
+            assert f">{record.thread.name}<" in dashboard.clients_table.value
+        for record in server.clients():
+            assert f"127.0.0.1:{record.port}" in dashboard.sockets_table.value
+        dashboard.stop_button.click()
+        assert not server.running and "stopped" in dashboard.status.value
+    finally:
+        alice.close()
+        bob.close()
+        server.stop()

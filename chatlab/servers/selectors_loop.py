@@ -3,14 +3,17 @@
 One thread (``chatlab-selectors``) serves every client. All sockets are non-blocking, and the
 loop asks the operating system "which of these sockets can I read or write right now?"
 (``selector.select()``), then does exactly that much: accept a connection, ``recv`` what has
-arrived and hand each complete line to the room, or ``send`` what the socket will take. Nothing
-in the loop may ever wait for one client, or every client would wait with it. In exchange there
-is one thread however many clients there are, and no two threads ever route lines at once.
+arrived and hand it to the client's :class:`~chatlab.servers.base.Session`, or ``send`` what
+the socket will take. Nothing in the loop may ever wait for one client, or every client would
+wait with it. In exchange there is one thread however many clients there are, and no two
+threads ever route lines at once.
 
-Writes are buffered: the room's ``write()`` only appends bytes to the client's ``outgoing``
-buffer, and the loop sends them when that socket is writable. A client whose buffer grows past
-``max_backlog`` bytes is too slow and is disconnected. Another thread that wants to write (or
-:meth:`stop`) wakes the sleeping loop through a socket pair: one byte in, and ``select`` returns.
+Writes are buffered: the room's ``write()`` only appends bytes to the client's
+:class:`~chatlab.servers.base.Outbox`, and at the end of each turn the loop sends what every
+socket will take, watching a socket for writability only while bytes are left over. A client
+whose outbox grows past ``max_backlog`` bytes is too slow and is disconnected. Another thread
+that wants to write (or :meth:`stop`) wakes the sleeping loop through a socket pair: one byte
+in, and ``select`` returns.
 """
 
 from __future__ import annotations
@@ -21,9 +24,7 @@ import socket
 import threading
 import time
 
-from . import protocol
-from .room import ClientRecord
-from .server import DRAIN_TIMEOUT, RECV_SIZE, SEND_BUFFER, ServerBase, refuse_full, shutdown
+from .base import DRAIN_TIMEOUT, RECV_SIZE, Outbox, ServerBase, Session, connection_error, refuse_full, shutdown
 
 __all__ = ["SelectorsChatServer"]
 
@@ -36,29 +37,28 @@ class _Connection:
     """One client as the loop sees it; also the :class:`~chatlab.room.Transport` of its record.
 
     ``write`` and ``abort`` may be called from any thread (the room calls ``write`` with the
-    record's ``send_lock`` held); everything else runs in the loop thread.
+    record's ``send_lock`` held, which also guards the outbox); everything else runs in the
+    loop thread.
     """
 
-    def __init__(self, server: SelectorsChatServer, record: ClientRecord) -> None:
-        self.server, self.record = server, record
-        self.framer = protocol.LineFramer(server.max_line)
-        self.outgoing = bytearray()  # written by the room, not sent yet
+    __slots__ = ("server", "session", "record", "outbox", "events", "deadline", "aborted", "ending")
+
+    def __init__(self, server: SelectorsChatServer, session: Session) -> None:
+        self.server, self.session, self.record = server, session, session.record
+        self.outbox = Outbox(server.max_backlog)  # written by the room, not sent yet
         self.events = READ  # what the selector watches the socket for
         # When the loop must act: the end of the time to send a name, then, once the client is
         # leaving, the end of the time it has to take our last bytes.
         timeout = server.name_timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.overflowed = self.aborted = False
-        self.ending: str | None = None  # why it leaves, once it does
-        self.announce = False  # whether the others are to hear that it left
+        self.aborted = False
+        self.ending = False  # it is leaving: no more reads, and it closes once drained
 
     def write(self, data: bytes) -> bool:
-        if self.overflowed or self.ending is not None:
+        if self.ending:
             return True  # it is leaving; there is nobody to write to
-        if len(self.outgoing) + len(data) > self.server.max_backlog:
-            self.overflowed = True  # refuse once; the room then aborts it
-            return False
-        self.outgoing += data
+        if not self.outbox.put(data):
+            return False  # too far behind: the room aborts it
         self.server._call_soon(self)
         return True
 
@@ -81,7 +81,7 @@ class SelectorsChatServer(ServerBase):
     model = "selectors"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: object) -> None:
-        super().__init__(host, port, **options)
+        super().__init__(host, port, **options)  # type: ignore[arg-type]
         self._thread: threading.Thread | None = None
         self._selector: selectors.BaseSelector | None = None
         self._waker: socket.socket | None = None  # a byte written here wakes the loop
@@ -89,9 +89,8 @@ class SelectorsChatServer(ServerBase):
         self._soon: set[_Connection] = set()  # to flush or abort at the end of this turn
         self._soon_lock = threading.Lock()
 
-    def threads(self) -> list[threading.Thread]:
-        thread = self._thread
-        return [thread] if thread is not None and thread.is_alive() else []
+    def describe(self) -> str:
+        return "one selectors event loop"
 
     def _run(self, listener: socket.socket) -> None:
         self._selector = selectors.DefaultSelector()
@@ -102,10 +101,12 @@ class SelectorsChatServer(ServerBase):
         self._selector.register(wake_up, READ, "wake")
         self._thread = threading.Thread(target=self._loop, args=(listener, wake_up),
                                         name="chatlab-selectors", daemon=True)
+        self._track(self._thread)
         self._thread.start()
 
     def _halt(self, listener: socket.socket, timeout: float) -> None:
-        self._wake()  # the loop sees _stopping, closes every socket and ends
+        assert self._thread is not None
+        self._wake()  # the loop sees `stopping`, closes every socket and ends
         self._thread.join(timeout)
         if self._thread.is_alive():  # stuck (in a subscriber?): at least cut the connections
             listener.close()
@@ -114,7 +115,7 @@ class SelectorsChatServer(ServerBase):
 
     def _wake(self) -> None:
         try:
-            self._waker.send(b"\0")
+            self._waker.send(b"\0")  # type: ignore[union-attr]
         except OSError:
             pass  # its buffer is full, so the loop is awake already; or the loop has ended
 
@@ -128,18 +129,21 @@ class SelectorsChatServer(ServerBase):
     # --- the loop thread -------------------------------------------------------------------------
 
     def _loop(self, listener: socket.socket, wake_up: socket.socket) -> None:
+        selector = self._selector
+        assert selector is not None
         try:
-            while not self._stopping:
-                for key, events in self._selector.select(self._next_timeout()):
-                    if key.data == "accept":
+            while not self.stopping:
+                for key, events in selector.select(self._next_timeout()):
+                    connection = key.data
+                    if connection == "accept":
                         self._accept(listener)
-                    elif key.data == "wake":
+                    elif connection == "wake":
                         wake_up.recv(RECV_SIZE)  # the bytes mean nothing: waking was the point
                     else:
-                        if events & WRITE and key.data in self._connections:
-                            self._flush(key.data)
-                        if events & READ and key.data.ending is None:
-                            self._read(key.data)
+                        if events & WRITE and connection in self._connections:
+                            self._flush(connection)
+                        if events & READ and not connection.ending:
+                            self._read(connection)
                 self._end_of_turn()
         except Exception:
             log.exception("the selectors loop failed")  # a bug: still close everything below
@@ -147,8 +151,8 @@ class SelectorsChatServer(ServerBase):
             for connection in list(self._connections):
                 self._end(connection, "server stopped", drain=False)
             for sock in (listener, wake_up, self._waker):
-                sock.close()
-            self._selector.close()
+                sock.close()  # type: ignore[union-attr]
+            selector.close()
 
     def _next_timeout(self) -> float | None:
         """Seconds until the nearest deadline, so that select() returns in time for it."""
@@ -159,68 +163,58 @@ class SelectorsChatServer(ServerBase):
 
     def _accept(self, listener: socket.socket) -> None:
         try:
-            sock, (ip, port) = listener.accept()
+            sock, address = listener.accept()
         except BlockingIOError:
             return  # the client gave up before we got to it
         except OSError as exc:  # e.g. out of file descriptors
             log.warning("accept failed: %s", exc)
             return
-        record = ClientRecord(ip=ip, port=port, sock=sock, fd=sock.fileno(), thread=self._thread)
-        record.transport = connection = _Connection(self, record)
-        if not self.room.admit(record):
-            refuse_full(sock)  # a few bytes into an empty buffer: that does not block
+        session = Session(self, sock, address)
+        session.record.thread = self._thread
+        session.record.transport = connection = _Connection(self, session)
+        if not session.open():  # the greeting only waits in the outbox until this turn ends
+            refuse_full(sock)
             return
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self._connections.add(connection)
-        self._selector.register(sock, READ, connection)
-        self.room.send(record, protocol.GREETING)
+        self._selector.register(sock, READ, connection)  # type: ignore[union-attr]
 
     def _read(self, connection: _Connection) -> None:
-        record = connection.record
         try:
-            data = record.sock.recv(RECV_SIZE)
+            data = connection.record.sock.recv(RECV_SIZE)
         except BlockingIOError:
             return
         except OSError as exc:
-            self._end(connection, f"connection error: {exc.strerror or exc}", drain=False)
+            self._end(connection, connection_error(exc), drain=False)
             return
         if not data:
-            if connection.framer.pending:
-                log.info("%s left mid-line; dropped %d bytes", record.label, connection.framer.pending)
             self._end(connection, "disconnected", drain=True)  # it may still read our replies
             return
-        record.bytes_in += len(data)
         try:
-            for line in connection.framer.feed(data):
-                self.room.handle(record, line)
-                if connection.aborted:
-                    break
+            connection.session.feed(data)
         except Exception:  # a bug: say so, and still clean up after this client
-            log.exception("%s: unexpected error", record.label)
-            self._end(connection, "server error", drain=False)
+            connection.session.failed()
+            self._end(connection, None, drain=False)
 
     def _flush(self, connection: _Connection) -> None:
         """Send what the socket takes now; watch for writability while anything is left."""
         record = connection.record
-        with record.send_lock:
+        error = None
+        with record.send_lock:  # only the outbox: ending the connection happens outside it
             try:
-                sent = record.sock.send(connection.outgoing) if connection.outgoing else 0
-            except BlockingIOError:
-                sent = 0
+                record.bytes_out += connection.outbox.send_some(record.sock)
             except OSError as exc:
-                self._end(connection, f"connection error: {exc.strerror or exc}", drain=False)
-                return
-            del connection.outgoing[:sent]
-            record.bytes_out += sent
-            pending = bool(connection.outgoing)
-        if connection.ending is not None and not pending:
+                error = exc
+            pending = len(connection.outbox) > 0
+        if error is not None:
+            self._end(connection, connection_error(error), drain=False)
+            return
+        if connection.ending and not pending:
             self._close(connection)  # a leaving client got its last bytes
             return
-        events = (READ if connection.ending is None else 0) | (WRITE if pending else 0)
+        events = (0 if connection.ending else READ) | (WRITE if pending else 0)
         if events != connection.events:
-            self._selector.modify(record.sock, events, connection)
+            self._selector.modify(record.sock, events, connection)  # type: ignore[union-attr]
             connection.events = events
 
     def _end_of_turn(self) -> None:
@@ -235,21 +229,21 @@ class SelectorsChatServer(ServerBase):
                     self._flush(connection)
         now = time.monotonic()
         for connection in [c for c in self._connections if c.deadline and now >= c.deadline]:
-            if connection.ending is None:
-                self.room.refuse(connection.record, "no name in time")
-                self._end(connection, "no name in time", drain=True)
+            if not connection.ending:
+                connection.session.name_timed_out()
+                self._end(connection, None, drain=True)
             else:
                 self._close(connection)  # it did not take its last bytes in time
 
-    def _end(self, connection: _Connection, reason: str, *, drain: bool) -> None:
+    def _end(self, connection: _Connection, reason: str | None, *, drain: bool) -> None:
         """The connection is over: the room forgets it now, and it closes once drained."""
-        if connection.ending is not None:
+        if connection.ending:
             if not drain:
                 self._close(connection)
             return
-        connection.ending = "too slow" if connection.record.too_slow else reason
-        connection.announce = self.room.remove(connection.record)
-        if drain and connection.outgoing and not self._stopping:
+        connection.ending = True
+        connection.session.leave(reason)
+        if drain and len(connection.outbox) and not self.stopping:
             connection.deadline = time.monotonic() + DRAIN_TIMEOUT
             self._flush(connection)  # closes it at once if everything goes out
         else:
@@ -260,7 +254,7 @@ class SelectorsChatServer(ServerBase):
             return
         self._connections.discard(connection)
         record = connection.record
-        self._selector.unregister(record.sock)
-        with record.send_lock:
+        self._selector.unregister(record.sock)  # type: ignore[union-attr]
+        with record.send_lock:  # nobody is half-way through writing to its outbox
             record.sock.close()
-        self.room.departed(record, connection.ending, connection.announce and not self._stopping)
+        connection.session.departed()

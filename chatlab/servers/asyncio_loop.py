@@ -3,8 +3,8 @@
 One thread (``chatlab-asyncio``) runs an asyncio event loop of its own and serves every client.
 The loop watches all the sockets at once and calls a :class:`_Connection` (an
 :class:`asyncio.Protocol`) when something happens: ``connection_made`` for a new client,
-``data_received`` with whatever bytes arrived (cut into lines by the same
-:class:`~chatlab.protocol.LineFramer` as the threaded server), ``connection_lost`` when it is
+``data_received`` with whatever bytes arrived (handed to the client's
+:class:`~chatlab.servers.base.Session`, as in every model), ``connection_lost`` when it is
 gone. There are no locks to think about, because only this thread touches the room; the rule
 in exchange is that nothing may block: one slow call would freeze every client.
 
@@ -22,9 +22,9 @@ import logging
 import socket
 import threading
 
-from . import protocol
-from .room import ClientRecord
-from .server import SEND_BUFFER, ServerBase
+from .. import protocol
+from ..room import ClientRecord
+from .base import ServerBase, Session, connection_error
 
 __all__ = ["AsyncioChatServer"]
 
@@ -38,6 +38,8 @@ class _LoopTransport:
 
     Only the loop thread calls these (the room is only ever called from it).
     """
+
+    __slots__ = ("transport", "record", "limit")
 
     def __init__(self, transport: asyncio.Transport, record: ClientRecord, limit: int) -> None:
         self.transport = transport
@@ -65,10 +67,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, server: AsyncioChatServer) -> None:
         self.server = server
-        self.room = server.room
-        self.framer = protocol.LineFramer(server.max_line)
-        self.record: ClientRecord | None = None  # None if the room was full
-        self.reason = "disconnected"
+        self.session: Session | None = None  # None if the room was full
         self.name_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -76,41 +75,31 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         self.server._connections.add(self)
         sock = transport.get_extra_info("socket")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # send short lines at once
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        ip, port = transport.get_extra_info("peername")[:2]
-        record = ClientRecord(ip=ip, port=port, sock=sock, fd=sock.fileno())
-        record.thread = threading.current_thread()
-        record.transport = _LoopTransport(transport, record, self.server.max_backlog)
-        if not self.room.admit(record):
+        session = Session(self.server, sock, transport.get_extra_info("peername")[:2])
+        session.record.thread = threading.current_thread()
+        session.record.transport = _LoopTransport(transport, session.record, self.server.max_backlog)
+        if not session.open():
             transport.write(protocol.SERVER_FULL)
             transport.close()  # closes once the line is sent
             return
-        self.record = record
-        self.room.send(record, protocol.GREETING)
+        self.session = session
         if self.server.name_timeout is not None:
             loop = asyncio.get_running_loop()
             self.name_timer = loop.call_later(self.server.name_timeout, self.name_timed_out)
 
     def data_received(self, data: bytes) -> None:
-        record = self.record
-        if record is None:
-            return
-        record.bytes_in += len(data)
+        if self.session is None or self.transport.is_closing():
+            return  # refused, dropped or timed out: what it still sends is not handled
         try:
-            for line in self.framer.feed(data):
-                if self.transport.is_closing():
-                    break  # dropped or timed out: its remaining lines are not handled
-                self.room.handle(record, line)
+            self.session.feed(data)
         except Exception:  # a bug: say so, and still clean up after this client
-            log.exception("%s: unexpected error", record.label)
-            self.reason = "server error"
+            self.session.failed()
             self.transport.abort()
 
     def name_timed_out(self) -> None:
-        if self.record is not None and self.record.name is None and not self.transport.is_closing():
-            self.reason = "no name in time"
-            self.room.refuse(self.record, self.reason)
+        session = self.session
+        if session is not None and session.record.name is None and not self.transport.is_closing():
+            session.name_timed_out()
             self.transport.close()  # sends the refusal first (best effort), then closes
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -118,19 +107,9 @@ class _Connection(asyncio.Protocol):
         self.server._connections.discard(self)
         if self.name_timer is not None:
             self.name_timer.cancel()
-        record = self.record
-        if record is None:
-            return
-        if exc is not None and self.reason == "disconnected":
-            self.reason = f"connection error: {getattr(exc, 'strerror', None) or exc}"
-        if record.too_slow:
-            self.reason = "too slow"
-        if self.framer.pending:
-            log.info("%s left mid-line; dropped %d bytes", record.label, self.framer.pending)
-        was_online = self.room.remove(record)
-        stopping = self.server._stopping
-        self.room.departed(record, "server stopped" if stopping else self.reason,
-                           was_online and not stopping)
+        if self.session is not None:
+            self.session.leave(None if exc is None else connection_error(exc))
+            self.session.departed()
 
 
 class AsyncioChatServer(ServerBase):
@@ -156,15 +135,13 @@ class AsyncioChatServer(ServerBase):
     def describe(self) -> str:
         return "one asyncio event loop"
 
-    def threads(self) -> list[threading.Thread]:
-        return [self._thread] if self._thread is not None and self._thread.is_alive() else []
-
     def _run(self, listener: socket.socket) -> None:
         self._loop = asyncio.new_event_loop()
         self._start_error: BaseException | None = None
         serving = threading.Event()
         self._thread = threading.Thread(target=self._loop_thread, args=(listener, serving),
                                         name="chatlab-asyncio", daemon=True)
+        self._track(self._thread)
         self._thread.start()
         if not serving.wait(START_TIMEOUT):
             raise RuntimeError("the asyncio loop thread did not start serving")

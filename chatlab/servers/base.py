@@ -1,0 +1,390 @@
+"""What every server model shares: the listening socket, and the life of one connection.
+
+A chat server is the room of :mod:`chatlab.room` plus sockets plus a way of waiting for many
+sockets at once. The first two are the same in every model and live here; the third is the
+whole difference between the models (:mod:`chatlab.servers`).
+
+:class:`ServerBase` owns the listening socket: :meth:`~ServerBase.start` binds it and returns
+once the real port is known, :meth:`~ServerBase.stop` closes everything and joins every thread,
+and the rest is a read-only view of the room for dashboards. A model adds ``_run`` (start
+serving in the background) and ``_halt`` (end every connection and join its threads).
+
+:class:`Session` is the life of one connection, written once: set the socket up, keep a
+record, let the room admit it or refuse it as full, greet it, feed what it sends to the room,
+decide why it ended, forget it and tell the others. A model creates one session per accepted
+socket and calls those steps as its bytes move; it never talks to the room about a connection
+in any other way.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+from .. import protocol
+from ..room import ChatRoom, ClientRecord, ServerEvent
+
+__all__ = ["Outbox", "ServerBase", "Session", "refuse_full", "shutdown"]
+
+log = logging.getLogger("chatlab.server")
+
+RECV_SIZE = 65536  # read big chunks while a client sends a lot
+# The kernel's own send buffer for a client. Left to itself Linux grows it to megabytes, which
+# would hide a client that stopped reading long before ``max_backlog`` noticed it. (Linux
+# doubles the value asked for, for its own bookkeeping: getsockopt then reports 131072.)
+SEND_BUFFER = 64 * 1024
+DRAIN_TIMEOUT = 1.0  # how long a leaving client may take to read what is still queued for it
+DEFAULT_PORT = 5050
+
+
+class Outbox:
+    """The bytes waiting for a client that is behind: its socket would not take them yet.
+
+    It holds at most ``limit`` bytes. When more would not fit, :meth:`put` returns False, once,
+    and the outbox closes: the server then drops that client instead of waiting for it. It has
+    no lock of its own: whoever calls it holds the client's ``send_lock``.
+    """
+
+    __slots__ = ("limit", "_data", "closed")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._data = bytearray()
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def put(self, data: bytes) -> bool:
+        if self.closed:
+            return True  # the client is leaving; there is nobody to write to
+        if len(self._data) + len(data) > self.limit:
+            self.closed = True  # refuse once; ignore what follows
+            return False
+        self._data += data
+        return True
+
+    def take(self) -> bytes:
+        """Everything queued, in one piece (b"" if nothing is)."""
+        data = bytes(self._data)
+        self._data.clear()
+        return data
+
+    def send_some(self, sock: socket.socket) -> int:
+        """Send what a non-blocking ``sock`` takes now, and keep the rest; returns the count."""
+        try:
+            sent = sock.send(self._data)
+        except BlockingIOError:
+            return 0
+        del self._data[:sent]
+        return sent
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def shutdown(sock: socket.socket) -> None:
+    """Wake every thread blocked on ``sock``: recv returns b'' and sendall fails."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already shut down, or never connected
+
+
+def refuse_full(sock: socket.socket) -> None:
+    """Tell a new connection that the server is full, and close it.
+
+    A few bytes into the empty send buffer of a new socket: this does not wait.
+    """
+    try:
+        sock.sendall(protocol.SERVER_FULL)
+    except OSError:
+        pass
+    sock.close()
+
+
+def connection_error(exc: BaseException) -> str:
+    """Why a connection ended, in a few words: ``connection error: Connection reset by peer``."""
+    return f"connection error: {getattr(exc, 'strerror', None) or exc}"
+
+
+class Session:
+    """The life of one connection, the same in every server model.
+
+    In order: the model accepts a socket and makes a ``Session`` (which sets the socket up and
+    keeps a :class:`ClientRecord`), gives ``record`` a transport, and calls :meth:`open`
+    (admitted and greeted, or refused as full). Then :meth:`feed` for every piece of bytes that
+    arrives, :meth:`name_timed_out` if no name came in time, and once the connection is over,
+    :meth:`leave` (the room forgets the client) and, after the socket is closed,
+    :meth:`departed` (the others hear it left). Which thread calls these is the model's
+    business; a session is only ever used by one thread at a time.
+    """
+
+    __slots__ = ("server", "room", "record", "framer", "reason", "announce", "left")
+
+    def __init__(self, server: ServerBase, sock: socket.socket, address: tuple[str, int], *,
+                 send_buffer: int | None = SEND_BUFFER) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # send short lines at once
+        if send_buffer is not None:  # what the kernel holds counts as "behind" too: bound it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        self.server = server
+        self.room = server.room
+        self.record = ClientRecord(ip=address[0], port=address[1], sock=sock, fd=sock.fileno())
+        self.framer = protocol.LineFramer(server.max_line)
+        self.reason = "disconnected"  # why it ended, once it has
+        self.announce = False  # whether the others are to hear that it left
+        self.left = False
+
+    def open(self) -> bool:
+        """Admit the connection to the room and greet it; False if the room is full.
+
+        When it is refused, the model sends ``protocol.SERVER_FULL`` and closes the socket
+        (:func:`refuse_full`); nothing else has happened to it.
+        """
+        if not self.room.admit(self.record):
+            return False
+        self.room.send(self.record, protocol.GREETING)
+        return True
+
+    def feed(self, data: bytes) -> None:
+        """Bytes arrived: cut them into lines and hand the lines of this read to the room."""
+        self.record.bytes_in += len(data)
+        self.room.handle_lines(self.record, self.framer.feed(data))
+
+    def name_timed_out(self) -> None:
+        """No name came in time: tell the client so; the model then ends the connection."""
+        self.reason = "no name in time"
+        self.room.refuse(self.record, self.reason)
+
+    def failed(self) -> None:
+        """A bug in the server while handling this client (call it in ``except``): log it.
+        The model then ends this connection; every other client carries on."""
+        log.exception("%s: unexpected error", self.record.label)
+        self.reason = "server error"
+
+    def leave(self, reason: str | None = None) -> None:
+        """The connection is over: the room forgets the client, so nothing more is routed to it.
+
+        ``reason`` says why, unless an earlier step already did; a client the room dropped
+        left "too slow", and every client of a stopping server "server stopped". Safe to call
+        twice (the second call does nothing).
+        """
+        if self.left:
+            return
+        self.left = True
+        if self.server.stopping:
+            self.reason = "server stopped"
+        elif self.record.too_slow:
+            self.reason = "too slow"
+        elif reason is not None and self.reason == "disconnected":
+            self.reason = reason
+        if self.framer.pending:
+            log.info("%s left mid-line; dropped %d bytes", self.record.label, self.framer.pending)
+        self.announce = self.room.remove(self.record) and not self.server.stopping
+
+    def departed(self) -> None:
+        """The socket is closed: log why the client left and, if it was online, tell the others."""
+        self.leave()
+        self.room.departed(self.record, self.reason, self.announce)
+
+
+class ServerBase:
+    """What every server model shares: a listening socket, start/stop, and a view of its room.
+
+    A model implements :meth:`_run` (start serving ``listener`` in the background) and
+    :meth:`_halt` (end every connection and join what ``_run`` started), and registers every
+    thread it starts with :meth:`_track`.
+
+    Resource handling: :meth:`start` binds the listening socket and returns once ``self.port``
+    is the real port; :meth:`stop` closes every socket and joins every thread the server
+    started before it returns. A stopped server can be started again; with ``port=0`` it gets
+    a fresh port each time. All threads are daemon threads, so a forgotten server never keeps
+    a kernel alive.
+    """
+
+    model = "base"
+    _running: weakref.WeakSet[ServerBase] = weakref.WeakSet()  # every server started here
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_clients: int = 100,
+        max_line: int = protocol.DEFAULT_MAX_LINE,
+        max_backlog: int = 1 << 20,
+        name_timeout: float | None = 60.0,
+        history: int = 1000,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.max_line = max_line
+        self.max_backlog = max_backlog
+        self.name_timeout = name_timeout  # seconds a new connection has to send its name
+        self.room = ChatRoom(max_clients=max_clients, history=history)
+        self.stopping = False  # set by stop() before it closes anything
+        self._requested_port = port
+        self._listener: socket.socket | None = None
+        self._stop_lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        # Every thread this server started, until it ends, so that stop() can join them all.
+        self._threads: list[threading.Thread] = []
+        self._threads_lock = threading.Lock()
+        self._prune_at = 64
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return not self._stopped.is_set()
+
+    @property
+    def max_clients(self) -> int:
+        return self.room.max_clients
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def listener(self) -> socket.socket | None:
+        """The listening socket while the server runs."""
+        return self._listener
+
+    def start(self) -> ServerBase:
+        """Bind, listen and start serving; returns once ``self.port`` is the real port."""
+        if self.running:
+            raise RuntimeError("the server is already running")
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.host, self._requested_port))
+            listener.listen(socket.SOMAXCONN)
+        except OSError:
+            listener.close()
+            raise
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self.stopping = False
+        self._stopped.clear()
+        try:
+            self._run(listener)
+        except BaseException:
+            self._listener = None
+            listener.close()
+            self._stopped.set()
+            raise
+        ServerBase._running.add(self)
+        log.info("listening on %s:%d (%s)", self.host, self.port, self.describe())
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the listening socket and every client socket, and join every thread.
+
+        Waits at most ``timeout`` seconds for the threads and logs any still running then.
+        Calling it again, also from another thread or after a Ctrl-C cut it short, is safe.
+        """
+        with self._stop_lock:
+            if not self.running:
+                return
+            self.stopping = True
+            assert self._listener is not None
+            self._halt(self._listener, timeout)
+            self._listener = None
+            if lingering := [thread.name for thread in self.threads()]:
+                log.warning("stopped, but these threads still run: %s", ", ".join(lingering))
+            else:
+                log.info("stopped")
+            ServerBase._running.discard(self)
+            self._stopped.set()
+
+    @classmethod
+    def stop_all(cls) -> int:
+        """Stop every server running in this process; returns how many there were.
+
+        A notebook cell that starts a server calls this first, so running the cell twice
+        never leaves a forgotten server (and its threads) behind.
+        """
+        servers = list(ServerBase._running)
+        for server in servers:
+            server.stop()
+        return len(servers)
+
+    def serve_forever(self) -> None:
+        """Start if needed and block until :meth:`stop` or Ctrl-C (which stops the server)."""
+        if not self.running:
+            self.start()
+        try:
+            while not self._stopped.wait(0.5):
+                pass
+        finally:
+            self.stop()
+
+    def __enter__(self) -> ServerBase:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # --- what the dashboards read -------------------------------------------------------------
+
+    def describe(self) -> str:
+        """A few words on the model, for logs and dashboards."""
+        return self.model
+
+    def clients(self) -> list[ClientRecord]:
+        """A snapshot (copies) of the registered clients' records, sorted by name."""
+        return self.room.clients()
+
+    def connection_count(self) -> int:
+        """Open connections, registered or not."""
+        return self.room.connection_count()
+
+    def online(self) -> list[str]:
+        return self.room.online()
+
+    def events(self) -> list[ServerEvent]:
+        """The most recent events, oldest first."""
+        return self.room.events()
+
+    def subscribe(self, callback: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every future event; see :meth:`ChatRoom.subscribe`."""
+        return self.room.subscribe(callback)
+
+    def threads(self) -> list[threading.Thread]:
+        """The threads this server started that are still alive."""
+        with self._threads_lock:
+            threads = list(self._threads)
+        return [t for t in threads if t.is_alive()]
+
+    # --- what a model uses and implements --------------------------------------------------------
+
+    def _track(self, thread: threading.Thread) -> None:
+        """Remember a thread this server started (before starting it), so stop() can join it."""
+        with self._threads_lock:
+            if len(self._threads) >= self._prune_at:  # now and then, not every time
+                self._threads = [t for t in self._threads if t.is_alive() or t.ident is None]
+                self._prune_at = 2 * len(self._threads) + 64
+            self._threads.append(thread)
+
+    def _join_threads(self, timeout: float) -> None:
+        """Join every thread this server started, all within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._threads_lock:
+            threads = list(self._threads)
+        for thread in threads:
+            if thread.ident is not None:  # it started (starting a thread can fail)
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _run(self, listener: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _halt(self, listener: socket.socket, timeout: float) -> None:
+        raise NotImplementedError

@@ -1,0 +1,269 @@
+"""A threaded chat server: the room, plus sockets, plus one thread per client.
+
+The model is the one of the student report: one thread accepts connections (``chatlab-accept``)
+and every connected client gets a thread of its own (``chatlab-client-alice``) that waits in
+``recv()`` for its bytes and hands them to its :class:`~chatlab.servers.base.Session`. Blocking
+calls keep every thread's code a straight line you can read top to bottom; the price is one
+thread (and its memory) per client, and locks around what the threads share (the room's
+registry and event log).
+
+How a message reaches its receiver is the one design choice worth a lesson, so it is a
+parameter. With ``delivery="queue"`` (the default) the sender's thread writes the line into the
+receiver's socket without waiting: the kernel takes it at once while the receiver keeps up.
+When the receiver's socket is full, the line waits in its bounded :class:`Outbox`, and a writer
+thread (``chatlab-writer-bob``) starts that alone waits for bob and ends once bob has caught up.
+A receiver that stops reading stalls nobody, and once its outbox overflows it is disconnected.
+With ``delivery="direct"`` the sender's thread writes into the receiver's socket and waits
+until it is taken, as in the report: simple, and one client that stops reading freezes every
+client that writes to it (lesson 7 shows it).
+
+Only one thread runs Python at a time (the GIL), so with thousands of clients most threads
+wait for it, and each waiting thread wakes up every "switch interval" (5 ms in Python) to ask
+for it. With thousands of threads those wake-ups alone fill the processor, so the server
+program sets a longer interval, :data:`SERVER_SWITCH_INTERVAL`. The cost: a thread that keeps
+computing may now hold the GIL for up to 100 ms before it must let another run. The server's
+threads hand the GIL over at every read and write anyway, so they never get near that.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+from ..room import ClientRecord
+from .base import (DRAIN_TIMEOUT, RECV_SIZE, SEND_BUFFER, Outbox, ServerBase, Session, connection_error,
+                   refuse_full, shutdown)
+
+__all__ = ["ChatServer", "DELIVERY_MODES", "SERVER_SWITCH_INTERVAL"]
+
+log = logging.getLogger("chatlab.server")
+
+QUIET_RECV_SIZE = 1024  # wait with a small buffer while a client is quiet: every waiting thread holds one
+DELIVERY_MODES = ("queue", "direct")
+# How long a thread may run Python before the interpreter makes it hand over the GIL (Python's
+# default is 5 ms). A thread waiting for the GIL wakes up that often to ask for it: with
+# thousands of client threads those wake-ups alone fill the processor. The server program
+# (``python -m chatlab.server --model threads``) asks for 100 ms.
+SERVER_SWITCH_INTERVAL = 0.1
+
+
+class _QueuedTransport:
+    """Queue delivery: write into the socket without waiting; queue what it will not take.
+
+    ``write`` runs in the sender's thread with the receiver's ``send_lock`` held. While the
+    receiver keeps up, the kernel takes every line at once and nothing else happens. When its
+    socket is full, the rest goes to its :class:`Outbox` and a writer thread
+    (``chatlab-writer-bob``) starts: it alone waits for the slow receiver, and it ends as soon as
+    the outbox is empty again.
+    """
+
+    __slots__ = ("server", "record", "outbox")  # one per client: keep it small
+
+    def __init__(self, server: ChatServer, record: ClientRecord) -> None:
+        self.server = server
+        self.record = record
+        self.outbox = Outbox(server.max_backlog)
+
+    def write(self, data: bytes) -> bool:
+        record = self.record
+        if self.outbox.closed:
+            return True  # the client is leaving; there is nobody to write to
+        if record.writer is not None:  # it is behind: keep the order, queue behind the rest
+            return self.outbox.put(data)
+        try:
+            sent = record.sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except TimeoutError:  # before it registers, its socket has a timeout, and that passed
+            return False
+        except OSError:
+            return True  # the connection is gone: the client's own thread cleans up
+        record.bytes_out += sent
+        if sent == len(data):
+            return True
+        if not self.outbox.put(data[sent:]):
+            return False
+        record.writer = self.server._start_writer(record)
+        if record.writer is None:
+            self.outbox.close()  # no more partial lines: the room drops this client now
+            return False
+        return True
+
+    def abort(self) -> None:
+        shutdown(self.record.sock)  # its own thread wakes up, cleans up and tells the others
+
+    def registered(self, name: str) -> None:
+        """Called in the client's own thread once it has a name: no more name timeout, and its
+        threads are renamed after it."""
+        self.record.sock.settimeout(None)  # wait for its lines as long as it likes
+        for thread, role in ((self.record.thread, "client"), (self.record.writer, "writer")):
+            if thread is not None:
+                thread.name = f"chatlab-{role}-{name}"
+
+
+class _DirectTransport(_QueuedTransport):
+    """Direct delivery, as in the report: the sender's thread writes into the socket itself."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> bool:
+        try:
+            self.record.sock.sendall(data)  # blocks while this client is not reading
+        except OSError:
+            return True  # the receiver's own thread will notice and clean up
+        self.record.bytes_out += len(data)
+        return True
+
+
+class ChatServer(ServerBase):
+    """A chat server with one thread per client.
+
+    Every client gets a thread that reads its lines; with ``delivery="queue"`` a client that
+    falls behind also gets a writer thread until it catches up. See the module docstring for
+    the two delivery modes.
+
+    Error handling: bad input from a client (malformed, too long, invalid UTF-8, unknown
+    recipient) gets that client a ``! ...`` line and a log line, nothing else. A client that
+    disconnects, even mid-line or with a reset, is removed and the others are told it left.
+    """
+
+    model = "threads"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, delivery: str = "queue",
+                 **options: object) -> None:
+        if delivery not in DELIVERY_MODES:
+            raise ValueError(f"delivery must be one of {DELIVERY_MODES}")
+        super().__init__(host, port, **options)  # type: ignore[arg-type]
+        self.delivery = delivery
+        self.room.blocking_writes = delivery == "direct"
+
+    def describe(self) -> str:
+        return f"one thread per client, {self.delivery} delivery"
+
+    def _run(self, listener: socket.socket) -> None:
+        accept = threading.Thread(target=self._accept_loop, args=(listener,), name="chatlab-accept",
+                                  daemon=True)
+        self._track(accept)
+        accept.start()
+
+    def _halt(self, listener: socket.socket, timeout: float) -> None:
+        shutdown(listener)  # wakes accept() on Linux
+        listener.close()
+        for record in self.room.connections():
+            shutdown(record.sock)  # wakes each client's thread in recv(): it cleans up and ends
+        self._join_threads(timeout)
+
+    # --- the accept thread ------------------------------------------------------------------
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self.stopping:
+            try:
+                sock, address = listener.accept()
+            except OSError as exc:
+                if self.stopping:
+                    break
+                log.warning("accept failed: %s", exc)  # e.g. out of file descriptors
+                time.sleep(0.05)
+                continue
+            try:
+                self._take_in(sock, address)
+            except Exception:  # e.g. "can't start new thread": refuse this one, keep accepting
+                log.exception("could not take in %s:%d", address[0], address[1])
+                sock.close()
+
+    def _take_in(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Give a new connection a session, admit it to the room and start its thread."""
+        queued = self.delivery == "queue"
+        session = Session(self, sock, address, send_buffer=SEND_BUFFER if queued else None)
+        record = session.record
+        record.transport = (_QueuedTransport if queued else _DirectTransport)(self, record)
+        record.thread = threading.Thread(target=self._serve, args=(session,), daemon=True,
+                                         name=f"chatlab-client-{record.label}")
+        sock.settimeout(self.name_timeout)  # a connection that never registers ends
+        if not session.open():
+            refuse_full(sock)
+            return
+        self._track(record.thread)
+        try:
+            record.thread.start()
+        except BaseException:
+            session.leave("server error")
+            sock.close()
+            session.departed()
+            raise
+
+    def _start_writer(self, record: ClientRecord) -> threading.Thread | None:
+        """Start a writer thread for a client that fell behind (its ``send_lock`` is held)."""
+        writer = threading.Thread(target=self._write_loop, args=(record,), daemon=True,
+                                  name=f"chatlab-writer-{record.label}")
+        self._track(writer)
+        try:
+            writer.start()
+        except RuntimeError as exc:  # "can't start new thread": treat it as too slow
+            log.warning("%s: no writer thread: %s", record.label, exc)
+            return None
+        return writer
+
+    # --- a client's threads ---------------------------------------------------------------------
+
+    def _serve(self, session: Session) -> None:
+        """The client's own thread: wait for bytes, hand them to the session, until the end.
+
+        What the lines of one read send goes out at the end of the read, one write per
+        receiver: a burst of lines to bob costs one system call, not one each.
+        """
+        sock = session.record.sock
+        try:
+            size = QUIET_RECV_SIZE
+            while data := sock.recv(size):
+                size = RECV_SIZE if len(data) == size else QUIET_RECV_SIZE  # full: more waits
+                session.feed(data)
+        except TimeoutError:
+            session.name_timed_out()
+        except OSError as exc:
+            session.reason = connection_error(exc)
+        except Exception:  # a bug: say so, and still clean up after this client
+            session.failed()
+        self._close(session)
+
+    def _write_loop(self, record: ClientRecord) -> None:
+        """A writer thread: send what waits in the outbox until it is empty, then end."""
+        transport = record.transport
+        assert isinstance(transport, _QueuedTransport)
+        outbox = transport.outbox
+        while True:
+            with record.send_lock:
+                data = outbox.take()
+                if not data:
+                    record.writer = None  # caught up: senders write to the socket again
+                    return
+            try:
+                record.sock.sendall(data)  # the one place that waits for this client
+            except OSError:
+                with record.send_lock:
+                    outbox.close()
+                shutdown(record.sock)  # let the client's own thread notice and clean up
+                return
+            record.bytes_out += len(data)
+
+    def _close(self, session: Session) -> None:
+        record = session.record
+        session.leave()
+        transport = record.transport
+        assert isinstance(transport, _QueuedTransport)
+        with record.send_lock:
+            transport.outbox.close()  # nothing more is queued; what is queued goes out
+            writer = record.writer
+        if writer is not None and not self.stopping:
+            # A client that only closed its sending side (`nc -N`) still reads the replies to
+            # its last lines; one that reads nothing more is not waited for long.
+            writer.join(DRAIN_TIMEOUT)
+        if writer is not None or self.delivery == "direct":
+            shutdown(record.sock)  # wakes whoever is stuck writing to it, then we can close
+        if writer is not None:
+            writer.join()
+        with record.send_lock:  # no sender thread is half-way through a write
+            record.sock.close()
+        session.departed()
