@@ -390,19 +390,21 @@ def raise_fd_limit(needed: int) -> int:
 # --- the scenarios ----------------------------------------------------------------------------
 
 
-def ring(address: tuple[str, int], n: int, m: int, *, window: int = 64, timeout: float = 60.0,
+def ring(address: tuple[str, int], n: int, m: int, *, window: int = 16, timeout: float = 60.0,
          server_pid: int | None = None) -> dict:
     """N clients in a ring, each sending M numbered messages to the next (i -> i+1 mod N).
 
     Each sender keeps at most ``window`` messages in flight (sent, not yet received), so the
     server never holds more than that per client and no client is dropped for being slow.
+    Once half of them have arrived it sends the next ones in one write; with ``window=1`` it
+    sends one message and waits for it to arrive before the next, as people chat.
     Every message is checked at its receiver: ``lost`` (never arrived), ``duplicated``,
     ``reordered`` (arrived after a later one from the same sender) and ``misdelivered`` (from
     anyone but the previous client, or garbled). ``msgs_per_s`` is N*M divided by the time from
     the first send to the last receive.
     """
-    if n < 2 or m < 1:
-        raise ValueError("a ring needs n >= 2 clients and m >= 1 messages")
+    if n < 2 or m < 1 or window < 1:
+        raise ValueError("a ring needs n >= 2 clients, m >= 1 messages and a window of 1 or more")
     deadline = time.monotonic() + timeout
     names = [f"ring{i}" for i in range(n)]
     index = {name.encode(): i for i, name in enumerate(names)}
