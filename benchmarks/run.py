@@ -4,15 +4,19 @@ Usage::
 
     python benchmarks/run.py                      # every model that exists, default sizes
     python benchmarks/run.py --models threads --quick --repeat 1
+    python benchmarks/run.py --peer mine="python my_server.py --port {port}"
 
-Every cell (one scenario, one size, one model, one repeat) gets a fresh server process,
+Every cell (one scenario, one size, one server, one repeat) gets a fresh server process,
 ``python -m chatlab.server --model MODEL --port 0 --quiet``, so no cell inherits another's
-threads or memory. The load generator (``loadgen.py``) runs in this process. Where the
-machine has two cores or more, the server and the generator are pinned to different ones.
-Before the first cell the runner waits (a bounded time) for the load average to drop, and the
-report says whether the machine was quiet. Each cell runs ``--repeat`` times, interleaving
-the models, and the table shows medians, with each model's ratio to ``asyncio`` (or, without
-it, to the first model). Results go to ``benchmarks/results/bench-TIME.json`` and ``.png``.
+threads or memory. Peers are servers from outside the kit, measured the same way as
+yardsticks: any command with ``{port}`` in it (``--peer NAME=COMMAND``), and by default the
+two in ``../shared/peers/`` when that folder exists. The load generator (``loadgen.py``)
+runs in this process. Where the machine has two cores or more, the server and the generator
+are pinned to different ones. Before the first cell the runner waits (a bounded time) for the
+load average to drop, and the report says whether the machine was quiet. Each cell runs
+``--repeat`` times, interleaving the servers, and the table shows medians, with each server's
+ratio to the ``asyncio-peer`` (without it, to ``asyncio``, else to the first model). Results go
+to ``benchmarks/results/bench-TIME.json`` and ``.png``.
 
 From a notebook, call :func:`run_benchmarks` (it runs in the caller's thread, prints
 nothing unless given ``progress=print``, and returns the results as a dict).
@@ -26,13 +30,15 @@ import os
 import platform
 import re
 import resource
+import shlex
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +49,17 @@ HOST = loadgen.HOST
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_MODELS = ("threads", "selectors", "asyncio")
 BASELINE_MODEL = "asyncio"
-SCENARIOS = ("ring", "latency", "churn", "capacity")
-DEFAULT_SIZES = {"ring": [5, 50, 200, 1000], "latency": [5, 200], "churn": [2000], "capacity": [1000, 5000]}
-QUICK_SIZES = {"ring": [3, 10], "latency": [3, 10], "churn": [40], "capacity": [20]}
+# Independent servers beside the project (``../shared/peers/``; in CI, ``shared/peers`` next to
+# the clone). Not part of the kit: yardsticks, run only when the folder is there.
+PEERS_DIR = Path(__file__).resolve().parents[2] / "shared" / "peers"
+BASELINE_PEER = "asyncio-peer"
+SCENARIOS = ("ring", "ring1", "latency", "churn", "capacity")
+RING_SCENARIOS = ("ring", "ring1")
+DEFAULT_WINDOW = 16  # ring: messages each sender keeps in flight (--window)
+RING1_WINDOW = 1  # ring1: one message at a time per sender, as people chat
+DEFAULT_SIZES = {"ring": [5, 50, 200, 1000], "ring1": [5, 200, 1000], "latency": [5, 200], "churn": [2000],
+                 "capacity": [1000, 5000]}
+QUICK_SIZES = {"ring": [3, 10], "ring1": [3, 10], "latency": [3, 10], "churn": [40], "capacity": [20]}
 RING_SECONDS = 2.0  # how long a ring cell should take; M is chosen from a calibration run
 QUICK_RING_MESSAGES = 20
 LATENCY_ROUND_TRIPS = 2000
@@ -58,21 +72,33 @@ SUMMED = {"lost", "duplicated", "reordered", "misdelivered", "errors", "hangups"
 # --- a server process ------------------------------------------------------------------------
 
 
+# The readiness line: the kit prints "listening on 127.0.0.1:5050", the peers "listening on port 5050".
+LISTENING = re.compile(r"listening on (?:[\d.]+:|port )(\d+)")
+
+
 class ServerStartError(RuntimeError):
     """The server process exited, or never listened, within the start timeout."""
 
 
+def _read(file) -> str:
+    file.seek(0)
+    return file.read().decode(errors="replace")
+
+
 @dataclass
 class ServerProcess:
-    """One ``python -m chatlab.server`` child process and the file its log goes to.
+    """One server child process (a kit model or a peer) and the files its output goes to.
 
-    The log goes to a temporary file, not a pipe: a pipe nobody reads fills up and freezes
-    the server at its next warning.
+    Its output goes to temporary files, not pipes: a pipe nobody reads fills up and freezes
+    the server at its next warning. Standard output holds the readiness line; whatever the
+    server writes to standard error (with ``--quiet``, the kit logs only warnings and errors
+    there) counts as a problem and is kept with the result.
     """
 
-    model: str
+    name: str
     process: subprocess.Popen
-    log: object  # a binary temporary file
+    stdout: object  # binary temporary files
+    stderr: object
     port: int = 0
 
     @property
@@ -84,14 +110,13 @@ class ServerProcess:
         return (HOST, self.port)
 
     def log_text(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
+        return _read(self.stdout) + _read(self.stderr)
 
     def stop(self) -> dict:
-        """SIGTERM (which chatlab's CLI turns into a clean stop), then SIGKILL if it hangs.
+        """SIGTERM to its pid (chatlab's CLI turns it into a clean stop), then SIGKILL if it hangs.
 
-        Returns the exit code, whether it stopped in time, and the warnings and errors the
-        server logged.
+        Returns the exit code, whether it stopped in time, and the lines the server wrote to
+        standard error (the readiness line aside).
         """
         in_time = True
         if self.process.poll() is None:
@@ -102,8 +127,9 @@ class ServerProcess:
                 in_time = False
                 self.process.kill()
                 self.process.wait(5.0)
-        problems = [line for line in self.log_text().splitlines() if re.search(r"WARNING|ERROR|Traceback", line)]
-        self.log.close()
+        problems = [line for line in _read(self.stderr).splitlines() if line.strip() and not LISTENING.search(line)]
+        self.stdout.close()
+        self.stderr.close()
         return {"server_exit": self.process.returncode, "server_stopped_in_time": in_time,
                 "server_warnings": len(problems),
                 "server_log": problems[:5]}
@@ -112,9 +138,9 @@ class ServerProcess:
 def listening_port(pid: int) -> int | None:
     """The port of a socket that process ``pid`` listens on, read from /proc (Linux).
 
-    With ``--quiet`` the server does not log its "listening on" line, so the runner finds
-    the port the way ``ss -ltnp`` does: the process's socket inodes, matched against the
-    kernel's table of TCP sockets in state 0A (LISTEN).
+    For a server that does not print a "listening on" line, the runner finds the port the way
+    ``ss -ltnp`` does: the process's socket inodes, matched against the kernel's table of TCP
+    sockets in state 0A (LISTEN).
     """
     try:
         inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
@@ -139,19 +165,58 @@ def pin(pid: int, cpu: int) -> None:
             pass  # that thread has just ended
 
 
-def start_server(model: str, *, max_clients: int, cpu: int | None = None,
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on just now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def accepts(port: int) -> bool:
+    """Whether something on 127.0.0.1 accepts a connection on ``port`` (the probe closes at once)."""
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def server_argv(name: str, command: str | None, *, port: int, max_clients: int) -> list[str]:
+    """The command line of a kit model (``command`` None) or of a peer (its command, with
+    ``{port}`` and ``{max_clients}`` filled in; run as is, without a shell, so its pid is the
+    server's own)."""
+    if command is None:
+        return [sys.executable, "-m", "chatlab.server", "--model", name, "--host", HOST,
+                "--port", str(port), "--max-clients", str(max_clients), "--quiet"]
+    return shlex.split(command.replace("{port}", str(port)).replace("{max_clients}", str(max_clients)))
+
+
+def start_server(name: str, *, max_clients: int, command: str | None = None, cpu: int | None = None,
                  fd_limit: int | None = None) -> ServerProcess:
-    """Start a server of ``model`` on 127.0.0.1 (a free port) and return once it listens.
+    """Start a server on 127.0.0.1 and return once it listens.
+
+    ``name`` is a kit model (``python -m chatlab.server --model NAME --port 0``) unless
+    ``command`` is given: a peer's command line, run with a free port in place of ``{port}``.
+    The server is ready when it prints its "listening on" line, or /proc shows it listening,
+    or (a peer) its port accepts a connection; at most SERVER_START_TIMEOUT seconds.
 
     The file-descriptor limit and the CPU are set from here right after the start
     (``prlimit``, ``sched_setaffinity``) rather than in a ``preexec_fn``, which is unsafe in a
     process with threads, such as a Jupyter kernel. Raises :class:`ServerStartError`.
     """
-    command = [sys.executable, "-m", "chatlab.server", "--model", model, "--host", HOST,
-               "--port", "0", "--max-clients", str(max_clients), "--quiet"]
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    server = ServerProcess(model, process, log)
+    given_port = free_port() if command is not None else 0
+    try:
+        argv = server_argv(name, command, port=given_port, max_clients=max_clients)
+    except ValueError as exc:  # shlex: unbalanced quotes
+        raise ServerStartError(f"{name!r}: cannot read the command {command!r}: {exc}") from None
+    stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    try:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+    except OSError as exc:  # no such program
+        stdout.close()
+        stderr.close()
+        raise ServerStartError(f"{name!r}: cannot run {argv[0]!r}: {exc}") from None
+    server = ServerProcess(name, process, stdout, stderr)
     try:
         if fd_limit is not None:
             hard = resource.prlimit(process.pid, resource.RLIMIT_NOFILE)[1]
@@ -165,10 +230,12 @@ def start_server(model: str, *, max_clients: int, cpu: int | None = None,
         if process.poll() is not None:
             text = server.log_text().strip().splitlines()
             server.stop()
-            raise ServerStartError(f"model {model!r}: the server exited ({process.returncode}): "
+            raise ServerStartError(f"{name!r}: the server exited ({process.returncode}): "
                                    + (text[-1] if text else "no output"))
-        logged = re.search(r"listening on [\d.]+:(\d+)", server.log_text())
+        logged = LISTENING.search(server.log_text())
         port = int(logged.group(1)) if logged else listening_port(process.pid)
+        if not port and given_port and accepts(given_port):
+            port = given_port  # a peer that says nothing and listens in a child of its own
         if port:
             server.port = port
             if cpu is not None:
@@ -176,7 +243,7 @@ def start_server(model: str, *, max_clients: int, cpu: int | None = None,
             return server
         time.sleep(0.02)
     server.stop()
-    raise ServerStartError(f"model {model!r}: not listening after {SERVER_START_TIMEOUT} s")
+    raise ServerStartError(f"{name!r}: not listening after {SERVER_START_TIMEOUT} s")
 
 
 # --- the machine -------------------------------------------------------------------------------
@@ -217,25 +284,27 @@ def time_budget(scenario: str, size: int) -> float:
 
 
 def _fd_needed(scenario: str, size: int) -> int:
-    return size + 64 if scenario in ("ring", "latency", "capacity") else 64
+    return 64 if scenario == "churn" else size + 64
 
 
-def run_cell(scenario: str, size: int, model: str, params: dict, cpus: dict) -> dict:
-    """Run one scenario once against a fresh server of ``model``; never raises for a failed run."""
+def run_cell(scenario: str, size: int, model: str, params: dict, cpus: dict, command: str | None = None) -> dict:
+    """Run one scenario once against a fresh server (a kit ``model``, or a peer's ``command``);
+    never raises for a failed run."""
     needed = _fd_needed(scenario, size)
     try:
         loadgen.raise_fd_limit(needed)
     except loadgen.LoadError as exc:
         return {"error": f"skipped: {exc}"}
     try:
-        server = start_server(model, max_clients=size + 16 if scenario != "churn" else 64,
+        server = start_server(model, max_clients=size + 16 if scenario != "churn" else 64, command=command,
                               cpu=cpus.get("server_cpu"), fd_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     except ServerStartError as exc:
         return {"error": str(exc)}
     try:
         timeout = params.get("timeout") or time_budget(scenario, size)
-        if scenario == "ring":
-            result = loadgen.ring(server.address, size, params["m"], timeout=timeout, server_pid=server.pid)
+        if scenario in RING_SCENARIOS:
+            result = loadgen.ring(server.address, size, params["m"], window=params["window"], timeout=timeout,
+                                  server_pid=server.pid)
         elif scenario == "latency":
             result = loadgen.latency(server.address, size, params["k"], timeout=timeout, server_pid=server.pid)
         elif scenario == "churn":
@@ -248,9 +317,10 @@ def run_cell(scenario: str, size: int, model: str, params: dict, cpus: dict) -> 
     return result
 
 
-def calibrate_ring(model: str, n: int, cpus: dict) -> int:
-    """M for a ring of N clients so that a cell takes about RING_SECONDS (from a short run)."""
-    trial = run_cell("ring", n, model, {"m": max(10, 4000 // n)}, cpus)
+def calibrate_ring(model: str, n: int, window: int, cpus: dict, command: str | None = None) -> int:
+    """M for a ring of N clients with ``window`` so that a cell takes about RING_SECONDS (from a
+    short run)."""
+    trial = run_cell("ring", n, model, {"m": max(10, 4000 // n), "window": window}, cpus, command)
     rate = trial.get("msgs_per_s")
     if not rate:
         return max(10, 4000 // n)
@@ -280,33 +350,38 @@ def summarize(runs: list[dict]) -> dict:
 
 # --- the table and the plots ----------------------------------------------------------------------
 
-# (scenario, key in the summary, what the row shows, how to format it)
+# (scenarios, key in the summary, what the row shows, how to format it); the two rings share
+# their rows, so that a window of W and a window of 1 sit next to each other.
 ROWS = [
-    ("ring", "msgs_per_s", "messages/s (higher is better)", "{:,.0f}"),
-    ("ring", "faults", "lost/duplicated/reordered/misdelivered", None),
-    ("ring", "server_cpu", "server CPU (cores busy)", "{:.2f}"),
-    ("ring", "loadgen_cpu", "load generator CPU (cores busy)", "{:.2f}"),
-    ("latency", "p50_us", "round trip p50 (µs)", "{:,.0f}"),
-    ("latency", "p95_us", "round trip p95 (µs)", "{:,.0f}"),
-    ("latency", "p99_us", "round trip p99 (µs)", "{:,.0f}"),
-    ("churn", "sessions_per_s", "connect+register+leave per s (higher is better)", "{:,.0f}"),
-    ("churn", "empty_after_ms", "who-list back to empty after (ms)", "{:,.1f}"),
-    ("capacity", "kib_per_client", "server memory per idle client (KiB)", "{:,.1f}"),
-    ("capacity", "threads_with", "server threads with N clients", "{:,.0f}"),
-    ("capacity", "setup_s", "time to register N clients (s)", "{:,.2f}"),
-    ("capacity", "empty_after_s", "who-list back to empty after all leave (s)", "{:,.2f}"),
+    (RING_SCENARIOS, "msgs_per_s", "messages/s (higher is better)", "{:,.0f}"),
+    (RING_SCENARIOS, "faults", "lost/duplicated/reordered/misdelivered", None),
+    (RING_SCENARIOS, "server_cpu", "server CPU (cores busy)", "{:.2f}"),
+    (RING_SCENARIOS, "loadgen_cpu", "load generator CPU (cores busy)", "{:.2f}"),
+    (("latency",), "p50_us", "round trip p50 (µs)", "{:,.0f}"),
+    (("latency",), "p95_us", "round trip p95 (µs)", "{:,.0f}"),
+    (("latency",), "p99_us", "round trip p99 (µs)", "{:,.0f}"),
+    (("churn",), "sessions_per_s", "connect+register+leave per s (higher is better)", "{:,.0f}"),
+    (("churn",), "empty_after_ms", "who-list back to empty after (ms)", "{:,.1f}"),
+    (("capacity",), "kib_per_client", "server memory per idle client (KiB)", "{:,.1f}"),
+    (("capacity",), "threads_with", "server threads with N clients", "{:,.0f}"),
+    (("capacity",), "setup_s", "time to register N clients (s)", "{:,.2f}"),
+    (("capacity",), "empty_after_s", "who-list back to empty after all leave (s)", "{:,.2f}"),
 ]
 
 
-def baseline_of(models: Sequence[str]) -> str:
-    return BASELINE_MODEL if BASELINE_MODEL in models else models[0]
+def baseline_of(servers: Sequence[str]) -> str:
+    """What the ratios divide by: the asyncio peer if it ran, else asyncio, else the first."""
+    for baseline in (BASELINE_PEER, BASELINE_MODEL):
+        if baseline in servers:
+            return baseline
+    return servers[0]
 
 
 def _size_label(cell: dict) -> str:
     letter = "K" if cell["scenario"] == "churn" else "N"
     label = f"{letter}={cell['size']}"
-    if cell["scenario"] == "ring":
-        label += f", M={cell['params']['m']}"
+    if cell["scenario"] in RING_SCENARIOS:
+        label += f", W={cell['params']['window']}, M={cell['params']['m']}"
     return label
 
 
@@ -323,20 +398,21 @@ def _value(summary: dict, key: str, fmt: str | None) -> tuple[str, float | None]
     return fmt.format(value), float(value)
 
 
-def markdown_table(cells: list[dict], models: Sequence[str]) -> str:
-    """One row per (scenario, size, metric), one column per model, then the ratios."""
-    baseline = baseline_of(models)
-    others = [m for m in models if m != baseline]
-    header = ["scenario", "size", "metric", *models, *(f"{m}/{baseline}" for m in others)]
+def markdown_table(cells: list[dict], servers: Sequence[str]) -> str:
+    """One row per (scenario, size, metric), one column per server (kit models, then peers),
+    then each one's ratio to the baseline (:func:`baseline_of`)."""
+    baseline = baseline_of(servers)
+    others = [m for m in servers if m != baseline]
+    header = ["scenario", "size", "metric", *servers, *(f"{m}/{baseline}" for m in others)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     by_key = {(c["scenario"], c["size"], c["model"]): c for c in cells}
     sizes = list(dict.fromkeys((c["scenario"], c["size"]) for c in cells))
-    for scenario, key, label, fmt in ROWS:
-        for cell_scenario, size in sizes:
-            if cell_scenario != scenario:
+    for scenarios, key, label, fmt in ROWS:
+        for scenario, size in sizes:
+            if scenario not in scenarios:
                 continue
             shown, numbers = [], {}
-            for model in models:
+            for model in servers:
                 cell = by_key.get((scenario, size, model))
                 text, number = _value(cell["summary"], key, fmt) if cell else ("-", None)
                 shown.append(text)
@@ -345,7 +421,7 @@ def markdown_table(cells: list[dict], models: Sequence[str]) -> str:
             for model in others:
                 a, b = numbers.get(model), numbers.get(baseline)
                 ratios.append(f"{a / b:.2f}" if a is not None and b else "-")
-            first = next(by_key[(scenario, size, m)] for m in models if (scenario, size, m) in by_key)
+            first = next(by_key[(scenario, size, m)] for m in servers if (scenario, size, m) in by_key)
             lines.append("| " + " | ".join([scenario, _size_label(first), label, *shown, *ratios]) + " |")
     return "\n".join(lines)
 
@@ -356,7 +432,7 @@ def draw_plots(results: dict, path: Path) -> str:
         from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
     except ImportError:
         return "matplotlib is not installed: no plots"
-    models, cells = results["meta"]["models"], results["cells"]
+    servers, cells = results["meta"]["servers"], results["cells"]
 
     def series(scenario: str, key: str, model: str) -> tuple[list[int], list[float]]:
         points = [(c["size"], c["summary"].get(key)) for c in cells
@@ -366,23 +442,27 @@ def draw_plots(results: dict, path: Path) -> str:
 
     figure = Figure(figsize=(11, 7.5), layout="constrained")
     axes = figure.subplots(2, 2)
+    window = results["meta"]["window"]
+    # (axes, the solid line's (scenario, key), the dashed line's or None, title)
     charts = [
-        (axes[0][0], "ring", "msgs_per_s", "ring: messages/s"),
-        (axes[0][1], "latency", "p99_us", "latency: round trip (µs), p99 solid, p50 dashed"),
-        (axes[1][0], "capacity", "kib_per_client", "capacity: server KiB per idle client"),
-        (axes[1][1], "capacity", "threads_with", "capacity: server threads with N clients"),
+        (axes[0][0], ("ring", "msgs_per_s"), ("ring1", "msgs_per_s"),
+         f"ring: messages/s, W={window} solid, W={RING1_WINDOW} dashed"),
+        (axes[0][1], ("latency", "p99_us"), ("latency", "p50_us"), "latency: round trip (µs), p99 solid, p50 dashed"),
+        (axes[1][0], ("capacity", "kib_per_client"), None, "capacity: server KiB per idle client"),
+        (axes[1][1], ("capacity", "threads_with"), None, "capacity: server threads with N clients"),
     ]
-    for ax, scenario, key, title in charts:
+    for ax, solid, dashed, title in charts:
         sizes: set[int] = set()
-        for model in models:
-            xs, ys = series(scenario, key, model)
-            if not xs:
-                continue
-            sizes.update(xs)
-            line, = ax.plot(xs, ys, marker="o", label=model)
-            if scenario == "latency":
-                xs50, ys50 = series(scenario, "p50_us", model)
-                ax.plot(xs50, ys50, marker="o", linestyle="--", color=line.get_color())
+        for server in servers:
+            color = None
+            for style, which in (("-", solid), ("--", dashed)):
+                xs, ys = series(*which, server) if which else ([], [])
+                if not xs:
+                    continue
+                sizes.update(xs)
+                line, = ax.plot(xs, ys, marker="o", linestyle=style, color=color,
+                                label=None if color else server)
+                color = line.get_color()
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("N clients")
         ax.set_xscale("log")
@@ -392,7 +472,8 @@ def draw_plots(results: dict, path: Path) -> str:
         ax.grid(True, alpha=0.3)
         if ax.get_lines():
             ax.legend(fontsize=8)
-    figure.suptitle(f"chatlab server models ({results['meta']['date']}, medians of {results['meta']['repeat']})")
+    figure.suptitle(f"chatlab server models and peers ({results['meta']['date']}, "
+                    f"medians of {results['meta']['repeat']})")
     figure.savefig(path, dpi=100)
     return f"plots: {path}"
 
@@ -400,9 +481,27 @@ def draw_plots(results: dict, path: Path) -> str:
 # --- the whole run ------------------------------------------------------------------------------------
 
 
+def default_peers(folder: Path = PEERS_DIR) -> dict[str, str]:
+    """The two independent servers in ``folder`` as peers, or none if the folder is not there.
+
+    Each prints "listening on port P", listens on 127.0.0.1 and stops on SIGTERM. The
+    selectors peer is held to the same client limit as the kit's servers.
+    """
+    if not folder.is_dir():
+        return {}
+    python = shlex.quote(sys.executable)
+    return {
+        "asyncio-peer": f"{python} {shlex.quote(str(folder / 'asyncio_peer.py'))} --port {{port}}",
+        "selectors-peer": f"{python} {shlex.quote(str(folder / 'selectors_peer.py'))} --port {{port}} "
+                          "--max-clients {max_clients}",
+    }
+
+
 def run_benchmarks(
     models: Sequence[str] = DEFAULT_MODELS,
     *,
+    peers: Mapping[str, str] | None = None,
+    window: int = DEFAULT_WINDOW,
     quick: bool = False,
     repeat: int = 3,
     scenarios: Sequence[str] = SCENARIOS,
@@ -417,13 +516,18 @@ def run_benchmarks(
     capacity_timeout: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Run every scenario at every size against every model, ``repeat`` times, in this thread.
+    """Run every scenario at every size against every model and peer, ``repeat`` times, in this thread.
 
+    ``peers`` maps a name (its column) to a server command with ``{port}`` in it (and, if it
+    wants, ``{max_clients}``), measured exactly like the models; :func:`default_peers` gives
+    the two in ``PEERS_DIR``. None (the default here; the command line's default is
+    ``default_peers()``) measures no peer. ``window`` is how many messages each ring sender
+    keeps in flight; ``ring1`` always uses 1.
     ``quick`` uses tiny sizes (seconds in all) and does not wait for a quiet machine.
     ``sizes`` overrides the sizes per scenario, e.g. ``{"ring": [5, 50]}``; ``ring_messages``
     fixes M (else it is calibrated so a ring cell takes about RING_SECONDS). A run that
     takes longer than its budget (:func:`time_budget`, or ``capacity_timeout`` for capacity)
-    fails, and that cell is not run again in later rounds. Models whose
+    fails, and that cell is not run again in later rounds. Models and peers whose
     server does not start are left out, and said so. Writes ``bench-TIME.json`` (and ``.png``)
     into ``out`` unless it is None. Returns ``{"meta", "cells", "table", ...}``.
 
@@ -436,6 +540,15 @@ def run_benchmarks(
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise ValueError(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
+    if window < 1:
+        raise ValueError("window must be at least 1")
+    peers = dict(peers or {})
+    for name, command in peers.items():
+        if name in models:
+            raise ValueError(f"peer {name!r} has the name of a model")
+        if "{port}" not in command:
+            raise ValueError(f"peer {name!r}: its command must contain {{port}}: {command!r}")
+    commands: dict[str, str | None] = {**dict.fromkeys(models), **peers}  # None: a kit model
     plan = {name: list((sizes or {}).get(name) or (QUICK_SIZES if quick else DEFAULT_SIZES)[name])
             for name in scenarios}
     quiet = wait_for_quiet(load_threshold, 0.0 if quick and max_wait is None else
@@ -448,41 +561,45 @@ def run_benchmarks(
         os.sched_setaffinity(0, {cpus["loadgen_cpu"]})
     try:
         available, missing = [], {}
-        for model in models:
+        for name, command in commands.items():
             try:
-                start_server(model, max_clients=4).stop()
-                available.append(model)
+                start_server(name, max_clients=4, command=command).stop()
+                available.append(name)
             except ServerStartError as exc:
-                missing[model] = str(exc)
-                say(f"skipping model {model!r}: {exc}")
+                missing[name] = str(exc)
+                say(f"skipping {'model' if command is None else 'peer'} {name!r}: {exc}")
         if not available:
-            raise ServerStartError("no model could be started: " + "; ".join(missing.values()))
+            raise ServerStartError("no server could be started: " + "; ".join(missing.values()))
 
         cells: dict[tuple[str, int, str], dict] = {}
         for scenario, scenario_sizes in plan.items():
             for size in scenario_sizes:
                 params: dict = {}
-                if scenario == "ring":
+                if scenario in RING_SCENARIOS:
+                    params["window"] = window if scenario == "ring" else RING1_WINDOW
                     m = ring_messages or (QUICK_RING_MESSAGES if quick else None)
                     if m is None:
-                        m = calibrate_ring(available[0], size, cpus)
-                        say(f"ring N={size}: M={m} (calibrated on {available[0]})")
+                        first = available[0]
+                        m = calibrate_ring(first, size, params["window"], cpus, commands[first])
+                        say(f"{scenario} N={size}, W={params['window']}: M={m} (calibrated on {first})")
                     params["m"] = m
                 elif scenario == "latency":
                     params["k"] = latency_round_trips or (QUICK_LATENCY_ROUND_TRIPS if quick else LATENCY_ROUND_TRIPS)
                 elif scenario == "capacity" and capacity_timeout:
                     params["timeout"] = capacity_timeout
-                for model in available:
-                    cells[(scenario, size, model)] = {"scenario": scenario, "size": size, "model": model,
-                                                      "params": params, "runs": []}
-        for round_number in range(1, repeat + 1):  # the models take turns inside every round
+                for name in available:
+                    cells[(scenario, size, name)] = {"scenario": scenario, "size": size, "model": name,
+                                                     "kind": "model" if commands[name] is None else "peer",
+                                                     "params": params, "runs": []}
+        for round_number in range(1, repeat + 1):  # the servers take turns inside every round
             for cell in cells.values():
                 if any("timed out" in run.get("error", "") for run in cell["runs"]):
                     run = {"error": "skipped: an earlier round timed out"}  # keep the run bounded
                 else:
-                    run = run_cell(cell["scenario"], cell["size"], cell["model"], cell["params"], cpus)
+                    run = run_cell(cell["scenario"], cell["size"], cell["model"], cell["params"], cpus,
+                                   commands[cell["model"]])
                 cell["runs"].append(run)
-                say(f"[{round_number}/{repeat}] {cell['model']:>10} {cell['scenario']:>8} "
+                say(f"[{round_number}/{repeat}] {cell['model']:>14} {cell['scenario']:>8} "
                     f"{cell['size']:>5}: {_brief(run)}")
     finally:
         os.sched_setaffinity(0, own_affinity)
@@ -491,7 +608,12 @@ def run_benchmarks(
         cell["summary"] = summarize(cell["runs"])
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "models": available, "models_missing": missing, "baseline": baseline_of(available),
+        "models": [name for name in available if name in models],
+        "models_missing": {name: why for name, why in missing.items() if name in models},
+        "peers": {name: peers[name] for name in available if name in peers},
+        "peers_missing": {name: why for name, why in missing.items() if name in peers},
+        "servers": available, "baseline": baseline_of(available),
+        "window": window, "ring1_window": RING1_WINDOW,
         "repeat": repeat, "quick": quick, "sizes": plan,
         "python": platform.python_version(), "machine": platform.machine(),
         "cpus": cpus, "quiet": quiet, "load_at_end": round(os.getloadavg()[0], 2),
@@ -530,10 +652,19 @@ def notes(results: dict) -> str:
         f" (1-min load {quiet['load_when_started']} at the start, threshold {quiet['threshold']}, "
         f"{meta['load_at_end']} at the end)")
     lines = [f"Medians of {meta['repeat']} runs; Python {meta['python']}, {cpus['cpus']} CPUs; {pinned}; "
-             f"machine {calm}; ratios are model/{meta['baseline']}."]
-    if meta["models_missing"]:
-        lines.append("Not measured: " + ", ".join(meta["models_missing"])
-                     + " (their server did not start: see models_missing in the JSON).")
+             f"machine {calm}; ratios are server/{meta['baseline']}."]
+    if meta["peers"]:
+        lines.append("Peers, independent servers that are not part of the kit (their commands are in the JSON): "
+                     + ", ".join(meta["peers"]) + ".")
+    rings = [name for name in RING_SCENARIOS if name in meta["sizes"]]
+    if rings:
+        windows = {"ring": f"ring: W={meta['window']}", "ring1": f"ring1: W={meta['ring1_window']}, as people chat"}
+        lines.append("window W: each sender keeps W messages in flight before waiting for them to arrive ("
+                     + "; ".join(windows[name] for name in rings) + ").")
+    missing = {**meta["models_missing"], **meta["peers_missing"]}
+    if missing:
+        lines.append("Not measured: " + ", ".join(missing)
+                     + " (their server did not start: see models_missing and peers_missing in the JSON).")
     for cell in results["cells"]:
         summary = cell["summary"]
         trouble = [f"{k}={summary[k]}" for k in ("duplicated", "reordered", "misdelivered", "lost",
@@ -558,10 +689,25 @@ def _sizes_option(text: str) -> tuple[str, list[int]]:
     return scenario, [int(n) for n in numbers.split(",")]
 
 
+def _peer_option(text: str) -> tuple[str, str]:
+    name, _, command = text.partition("=")
+    if not name or "{port}" not in command:
+        raise argparse.ArgumentTypeError("expected NAME=COMMAND with {port} in the command")
+    return name, command
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Benchmark chatlab's server models.")
+    parser = argparse.ArgumentParser(description="Benchmark chatlab's server models, with independent peers "
+                                                 "as yardsticks.")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help="comma-separated models (default: %(default)s; missing ones are skipped)")
+    parser.add_argument("--peer", action="append", type=_peer_option, default=[], metavar="NAME=COMMAND",
+                        help="a server from outside the kit, measured the same way: a command with {port} "
+                             "(repeatable; replaces the default peers)")
+    parser.add_argument("--no-peers", action="store_true",
+                        help=f"measure no peer (default: the two in {PEERS_DIR}, if it exists)")
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                        help="ring: messages each sender keeps in flight (default %(default)s; ring1 uses 1)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of a few seconds")
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell; the table shows medians (default 3)")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="where the JSON and PNG go (default: %(default)s)")
@@ -575,12 +721,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-wait", type=float, help="longest wait for a quiet machine, s (default 120; --quick 0)")
     parser.add_argument("--capacity-timeout", type=float, help="longest capacity run, s (default 60 + N/10)")
     args = parser.parse_args(argv)
+    if args.peer and args.no_peers:
+        parser.error("--peer and --no-peers contradict each other")
+    if args.window < 1:
+        parser.error("--window must be at least 1")
+    peers = dict(args.peer) if args.peer else {} if args.no_peers else default_peers()
 
     def progress(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
     results = run_benchmarks(
-        [m for m in args.models.split(",") if m], quick=args.quick, repeat=args.repeat,
+        [m for m in args.models.split(",") if m], peers=peers, window=args.window, quick=args.quick,
+        repeat=args.repeat,
         scenarios=[s for s in args.scenarios.split(",") if s], sizes=dict(args.size) or None,
         ring_messages=args.ring_messages, out=args.out, plots=not args.no_plots,
         pin_cpus=not args.no_pin, load_threshold=args.load_threshold, max_wait=args.max_wait,

@@ -1,8 +1,10 @@
-"""The benchmark runner, smoke-tested with tiny sizes against the threaded server.
+"""The benchmark runner, smoke-tested with tiny sizes against the threaded server and a peer.
 
 What is checked is that the benchmark measures honestly: every ring message arrived once, in
-order, at the right client; the server was back to empty after churn and capacity; the
-table and the JSON hold every cell. Nothing about speed is asserted (the machine may be busy).
+order, at the right client, with W messages in flight or one at a time; the server was back to
+empty after churn and capacity; the table and the JSON hold every cell; with a peer (an
+independent server from ``shared/peers`` beside the project) the ratios are against it.
+Nothing about speed is asserted (the machine may be busy).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def table_rows(table: str) -> list[list[str]]:
 
 def test_a_quick_run_from_the_command_line_is_complete_and_loses_nothing(bench, tmp_path):
     completed = subprocess.run(
-        [sys.executable, str(RUN_PY), "--quick", "--models", "threads", "--repeat", "2", "--out", str(tmp_path)],
+        [sys.executable, str(RUN_PY), "--quick", "--models", "threads", "--no-peers", "--repeat", "2",
+         "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=180, cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stderr
@@ -50,6 +53,7 @@ def test_a_quick_run_from_the_command_line_is_complete_and_loses_nothing(bench, 
     results = json.loads(json_file.read_text())
     meta, cells = results["meta"], results["cells"]
     assert meta["models"] == ["threads"] and meta["baseline"] == "threads" and meta["repeat"] == 2
+    assert meta["peers"] == {} and meta["servers"] == ["threads"] and meta["window"] == bench.DEFAULT_WINDOW
 
     planned = {(scenario, size) for scenario, sizes in bench.QUICK_SIZES.items() for size in sizes}
     assert {(c["scenario"], c["size"]) for c in cells} == planned
@@ -60,8 +64,9 @@ def test_a_quick_run_from_the_command_line_is_complete_and_loses_nothing(bench, 
         for run in cell["runs"]:
             assert run["server_exit"] == 0 and run["server_stopped_in_time"] is True, run
             assert run["server_warnings"] == 0, run
-            if cell["scenario"] == "ring":
+            if cell["scenario"] in bench.RING_SCENARIOS:
                 assert run["messages"] == cell["size"] * cell["params"]["m"]
+                assert run["window"] == cell["params"]["window"] == (1 if cell["scenario"] == "ring1" else 16)
                 faults = {k: run[k] for k in ("lost", "duplicated", "reordered", "misdelivered", "hangups", "errors")}
                 assert faults == dict.fromkeys(faults, 0)
                 assert run["timed_out"] is False and run["msgs_per_s"] > 0
@@ -82,34 +87,49 @@ def test_a_quick_run_from_the_command_line_is_complete_and_loses_nothing(bench, 
     assert rows[0] == ["scenario", "size", "metric", "threads"]
     assert all(len(row) == 4 for row in rows)
     faults = [row[3] for row in rows if row[2] == "lost/duplicated/reordered/misdelivered"]
-    assert faults == ["0/0/0/0"] * len(bench.QUICK_SIZES["ring"])
+    assert faults == ["0/0/0/0"] * (len(bench.QUICK_SIZES["ring"]) + len(bench.QUICK_SIZES["ring1"]))
     assert {row[0] for row in rows[1:]} == set(bench.SCENARIOS)
     assert "failed" not in results["table"] and "skipped" not in results["table"]
 
 
-def test_a_model_that_does_not_exist_is_left_out_and_said_so(bench):
-    results = bench.run_benchmarks(["nosuchmodel", "threads"], quick=True, repeat=1, scenarios=["ring"],
-                                   sizes={"ring": [3]}, out=None, pin_cpus=False)
-    assert results["meta"]["models"] == ["threads"]
-    assert "invalid choice" in results["meta"]["models_missing"]["nosuchmodel"]
+def test_a_model_or_a_peer_that_does_not_start_is_left_out_and_said_so(bench):
+    broken = f"{sys.executable} -c 'import sys; sys.exit(3)' --port {{port}}"
+    results = bench.run_benchmarks(["nosuchmodel", "threads"], peers={"broken-peer": broken}, quick=True,
+                                   repeat=1, scenarios=["ring"], sizes={"ring": [3]}, out=None, pin_cpus=False)
+    meta = results["meta"]
+    assert meta["models"] == meta["servers"] == ["threads"] and meta["peers"] == {}
+    assert "invalid choice" in meta["models_missing"]["nosuchmodel"]
+    assert "exited (3)" in meta["peers_missing"]["broken-peer"]
     (cell,) = results["cells"]
     assert cell["summary"]["lost"] == 0 and cell["summary"]["runs_ok"] == 1
-    assert "nosuchmodel" not in results["table"]
+    assert "nosuchmodel" not in results["table"] and "broken-peer" not in results["table"]
+    assert "Not measured: nosuchmodel, broken-peer" in bench.notes(results)
+
+
+def ring_cell(bench, model: str, rate: float, lost: int = 0) -> dict:
+    runs = [{"msgs_per_s": rate, "lost": lost, "duplicated": 0, "reordered": 0, "misdelivered": 0}]
+    return {"scenario": "ring", "size": 5, "model": model, "params": {"m": 10, "window": 16},
+            "runs": runs, "summary": bench.summarize(runs)}
 
 
 def test_the_table_gives_every_model_as_a_ratio_to_asyncio(bench):
-    def cell(model: str, rate: float, lost: int = 0) -> dict:
-        runs = [{"msgs_per_s": rate, "lost": lost, "duplicated": 0, "reordered": 0, "misdelivered": 0}]
-        return {"scenario": "ring", "size": 5, "model": model, "params": {"m": 10},
-                "runs": runs, "summary": bench.summarize(runs)}
-
     models = ["threads", "selectors", "asyncio"]
-    table = bench.markdown_table([cell("threads", 500.0, lost=2), cell("selectors", 1500.0), cell("asyncio", 1000.0)],
-                                 models)
-    rows = table_rows(table)
+    cells = [ring_cell(bench, "threads", 500.0, lost=2), ring_cell(bench, "selectors", 1500.0),
+             ring_cell(bench, "asyncio", 1000.0)]
+    rows = table_rows(bench.markdown_table(cells, models))
     assert rows[0] == ["scenario", "size", "metric", *models, "threads/asyncio", "selectors/asyncio"]
-    assert rows[1] == ["ring", "N=5, M=10", "messages/s (higher is better)", "500", "1,500", "1,000", "0.50", "1.50"]
+    assert rows[1] == ["ring", "N=5, W=16, M=10", "messages/s (higher is better)", "500", "1,500", "1,000",
+                       "0.50", "1.50"]
     assert rows[2][2:6] == ["lost/duplicated/reordered/misdelivered", "2/0/0/0", "0/0/0/0", "0/0/0/0"]
+
+
+def test_with_the_asyncio_peer_every_ratio_is_to_it(bench):
+    servers = ["threads", "asyncio", "asyncio-peer"]
+    cells = [ring_cell(bench, "threads", 500.0), ring_cell(bench, "asyncio", 1000.0),
+             ring_cell(bench, "asyncio-peer", 2000.0)]
+    rows = table_rows(bench.markdown_table(cells, servers))
+    assert rows[0][-2:] == ["threads/asyncio-peer", "asyncio/asyncio-peer"]
+    assert rows[1][-2:] == ["0.25", "0.50"]
 
 
 def test_medians_and_sums_over_repeats(bench):
@@ -123,25 +143,68 @@ def test_medians_and_sums_over_repeats(bench):
     assert summary["failures"] == ["LoadError: registration timed out"]
 
 
+def test_a_peer_is_measured_like_a_model_and_a_window_1_ring_loses_nothing(bench, tmp_path):
+    peer = bench.PEERS_DIR / "asyncio_peer.py"
+    if not peer.is_file():
+        pytest.skip(f"no independent peers here: {peer} does not exist (shared/peers beside the project)")
+    command = f"{sys.executable} {peer} --port {{port}}"
+    completed = subprocess.run(
+        [sys.executable, str(RUN_PY), "--quick", "--models", "threads", "--peer", f"asyncio-peer={command}",
+         "--scenarios", "ring,ring1,capacity", "--size", "ring=3", "--size", "ring1=5", "--size", "capacity=20",
+         "--window", "4", "--ring-messages", "50", "--repeat", "1", "--no-plots", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr
+    (json_file,) = tmp_path.glob("bench-*.json")
+    results = json.loads(json_file.read_text())
+    meta = results["meta"]
+    assert meta["servers"] == ["threads", "asyncio-peer"] and meta["peers"] == {"asyncio-peer": command}
+    assert meta["baseline"] == "asyncio-peer" and meta["window"] == 4 and meta["ring1_window"] == 1
+
+    for cell in results["cells"]:
+        (run,) = cell["runs"]
+        assert "error" not in run, cell
+        assert cell["kind"] == ("peer" if cell["model"] == "asyncio-peer" else "model")
+        assert run["server_stopped_in_time"] is True and run["server_warnings"] == 0, run
+        if cell["scenario"] in bench.RING_SCENARIOS:
+            assert run["window"] == (4 if cell["scenario"] == "ring" else 1)
+            faults = {k: run[k] for k in ("lost", "duplicated", "reordered", "misdelivered", "hangups", "errors")}
+            assert faults == dict.fromkeys(faults, 0) and run["messages"] == cell["size"] * 50, run
+        else:  # the peer's memory and threads are read from /proc like a model's
+            assert run["back_to_empty"] is True and run["rss_with_kib"] > 0
+            assert run["threads_with"] == (1 if cell["model"] == "asyncio-peer" else 22)
+
+    rows = table_rows(results["table"])
+    assert rows[0] == ["scenario", "size", "metric", "threads", "asyncio-peer", "threads/asyncio-peer"]
+    by_label = {(row[1], row[2]): row[3:] for row in rows[1:]}
+    assert by_label[("N=3, W=4, M=50", "lost/duplicated/reordered/misdelivered")] == ["0/0/0/0", "0/0/0/0", "-"]
+    assert by_label[("N=5, W=1, M=50", "lost/duplicated/reordered/misdelivered")] == ["0/0/0/0", "0/0/0/0", "-"]
+    for label in ("N=3, W=4, M=50", "N=5, W=1, M=50"):
+        threads, peer_rate, ratio = by_label[(label, "messages/s (higher is better)")]
+        assert float(ratio) > 0 and float(peer_rate.replace(",", "")) > 0
+    assert "ratios are server/asyncio-peer" in completed.stdout
+    assert "window W: each sender keeps W messages in flight before waiting for them to arrive" in completed.stdout
+
+
 class FaultyRoom(ChatRoom):
     """A real room that mishandles ring0's messages to ring1 on purpose: it drops "3",
     delivers "5" twice, holds "2" back until after "4", and sends "6" to ring2 instead."""
 
-    def _direct(self, record, to, text):
+    def _direct(self, record, to, text, outgoing):
         if record.name != "ring0":
-            return super()._direct(record, to, text)
+            return super()._direct(record, to, text, outgoing)
         if text == "2":
             self.held = (record, to, text)
         elif text == "3":
             pass
         elif text == "6":
-            super()._direct(record, "ring2", text)
+            super()._direct(record, "ring2", text, outgoing)
         else:
-            super()._direct(record, to, text)
+            super()._direct(record, to, text, outgoing)
             if text == "5":
-                super()._direct(record, to, text)
+                super()._direct(record, to, text, outgoing)
             if text == "4":
-                super()._direct(*self.held)
+                super()._direct(*self.held, outgoing)
 
 
 def test_the_ring_counts_what_a_faulty_server_gets_wrong(bench):
