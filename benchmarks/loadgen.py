@@ -356,8 +356,12 @@ class CpuMeter:
     """CPU time used by the server process and by this (generator) process over an interval.
 
     ``share`` 1.0 means one core busy all the time. A generator share near 1.0 while the
-    server's stays lower means the generator, not the server, set the pace.
+    server's stays lower means the generator, not the server, set the pace. /proc counts the
+    server's time in clock ticks (usually 10 ms), so over less than ``MIN_SECONDS`` its share
+    would be mostly rounding (0, or several cores on a two-core machine): it is None then.
     """
+
+    MIN_SECONDS = 0.25
 
     def __init__(self, server_pid: int | None) -> None:
         self.server_pid = server_pid
@@ -365,11 +369,12 @@ class CpuMeter:
         self._mine = time.process_time()
         self._server = cpu_seconds(server_pid) if server_pid else 0.0
 
-    def shares(self) -> dict[str, float]:
+    def shares(self) -> dict[str, float | None]:
         wall = max(time.monotonic() - self._wall, 1e-9)
         result = {"loadgen_cpu": round((time.process_time() - self._mine) / wall, 3)}
         if self.server_pid:
-            result["server_cpu"] = round((cpu_seconds(self.server_pid) - self._server) / wall, 3)
+            used = cpu_seconds(self.server_pid) - self._server
+            result["server_cpu"] = round(used / wall, 3) if wall >= self.MIN_SECONDS else None
         return result
 
 
