@@ -81,47 +81,41 @@ class LineFramer:
 
     def feed(self, data: bytes) -> list[bytes | LineTooLong]:
         out: list[bytes | LineTooLong] = []
-        start = 0
-        while start < len(data):
-            newline = data.find(b"\n", start)
-            if newline >= 0 and not self._buffer and not self._discarding:
-                # The common case, a whole line inside this read: no detour through the buffer.
-                line = data[start:newline]
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                out.append(line if len(line) <= self.max_line else LineTooLong())
-                start = newline + 1
+        *ended, rest = data.split(b"\n")  # every piece but the last ends with a newline
+        for line in ended:
+            if self._discarding:  # the end of a line already reported as too long
+                self._discarding = False
                 continue
-            end = len(data) if newline < 0 else newline
-            if not self._discarding:
-                self._buffer += data[start:end]
-                # One byte of grace for the '\r' of a '\r\n' line end.
-                if len(self._buffer) > self.max_line + self._buffer.endswith(b"\r"):
-                    self._buffer.clear()
-                    self._discarding = True
-                    out.append(LineTooLong())
-            if newline < 0:
-                break
-            if not self._discarding:
+            if self._buffer:  # the line began in an earlier read
+                self._buffer += line
                 line = bytes(self._buffer)
-                out.append(line[:-1] if line.endswith(b"\r") else line)
-            self._buffer.clear()
-            self._discarding = False
-            start = newline + 1
+                self._buffer.clear()
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            out.append(line if len(line) <= self.max_line else LineTooLong())
+        if rest and not self._discarding:  # the start of a line that has not ended yet
+            self._buffer += rest
+            # One byte of grace for the '\r' of a '\r\n' line end.
+            if len(self._buffer) > self.max_line + self._buffer.endswith(b"\r"):
+                self._buffer.clear()
+                self._discarding = True
+                out.append(LineTooLong())
         return out
 
 
 # --- parsing: a line -> an event ---------------------------------------------------------
+# The events are small records. They are not frozen: every line a server reads makes one, and a
+# frozen dataclass takes twice as long to make (its __init__ must go around its own __setattr__).
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Register:
     """The first line of a session: the name the client wants."""
 
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DirectMessage:
     """``%to%text``: deliver ``text`` to the client called ``to``."""
 
@@ -129,21 +123,21 @@ class DirectMessage:
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Broadcast:
     """``%*%text``: deliver ``text`` to every other client."""
 
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Command:
     """``%server%name``: ask the server something (``who``, ``help``)."""
 
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Malformed:
     """A line the server refuses; ``reason`` is what the sender is told."""
 
@@ -168,7 +162,9 @@ def unsafe_character(text: str) -> str | None:
     A tab is allowed; other control characters, line and paragraph separators and the
     Unicode bidi controls are not.
     """
-    if text.isascii():  # most lines: one quick look instead of a lookup per character
+    if text.isprintable():  # most lines: no control, format or separator character at all
+        return None
+    if text.isascii():  # a tab, maybe: one look for the others instead of one per character
         found = _ASCII_CONTROL.search(text)
         return found.group() if found else None
     for char in text:
@@ -179,40 +175,33 @@ def unsafe_character(text: str) -> str | None:
     return None
 
 
-def decode_line(raw: bytes) -> str | Malformed:
-    """Decode one framed line, refusing invalid UTF-8 and unsafe characters."""
-    try:
-        text = raw.decode(ENCODING)
-    except UnicodeDecodeError:
-        return Malformed("invalid utf-8")
-    if unsafe_character(text) is not None:
-        return Malformed("control characters are not allowed")
-    return text
-
-
 def parse_line(raw: bytes | LineTooLong, *, registered: bool) -> Event:
     """Turn one framed line into an event.
 
     Before registration the line is the wanted name; afterwards it must have the form
-    ``%name%text``. ``text`` may contain ``%`` and may be empty.
+    ``%name%text``. ``text`` may contain ``%`` and may be empty. A line that is too long, is
+    not UTF-8 or holds an unsafe character is :class:`Malformed`, whatever it says.
     """
     if isinstance(raw, LineTooLong):
         return Malformed("line too long")
-    text = decode_line(raw)
-    if isinstance(text, Malformed):
-        return text
+    try:
+        text = raw.decode(ENCODING)
+    except UnicodeDecodeError:
+        return Malformed("invalid utf-8")
+    if not text.isprintable() and unsafe_character(text) is not None:  # isprintable: the quick look
+        return Malformed("control characters are not allowed")
     if not registered:
         name = text.strip()
         error = name_error(name)
         return Malformed(error) if error else Register(name)
-    if not text.startswith(MESSAGE_SIGIL):
+    end_of_name = text.find(MESSAGE_SIGIL, 1)
+    if not text.startswith(MESSAGE_SIGIL) or end_of_name < 2:
         return Malformed("expected %name%message")
-    to, separator, body = text[1:].partition(MESSAGE_SIGIL)
-    if not separator or not to:
-        return Malformed("expected %name%message")
-    if to.lower() == SERVER_NAME:
+    to, body = text[1:end_of_name], text[end_of_name + 1:]
+    key = to.lower()
+    if key == SERVER_NAME:
         return Command(body.strip().lower())
-    if to.lower() in BROADCAST_NAMES:
+    if key in BROADCAST_NAMES:
         return Broadcast(body)
     return DirectMessage(to, body)
 

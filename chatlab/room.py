@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import protocol
 
@@ -117,9 +117,12 @@ class ChatRoom:
         self._lock = threading.Lock()  # guards _connections, _by_name and messages_out
         self._connections: set[ClientRecord] = set()
         self._by_name: dict[str, ClientRecord] = {}  # lower-case name -> record
-        self._events: deque[ServerEvent] = deque(maxlen=history)
-        self._events_lock = threading.Lock()
-        self._subscribers: list[Callable[[ServerEvent], None]] = []
+        # The event log holds plain tuples, the fields of a ServerEvent in order: one is made for
+        # every message, and a tuple costs a tenth of a dataclass. events() turns them into
+        # ServerEvents when somebody asks. The log is guarded by _lock, like the registry.
+        self._events: deque[tuple] = deque(maxlen=history)
+        # A tuple, replaced (never changed) by subscribe(): reading it needs no lock.
+        self._subscribers: tuple[Callable[[ServerEvent], None], ...] = ()
         # Notices not yet written to everyone: notice number k is _notices[k - _notices_base],
         # a pair (audience, line) for the clients whose ``order`` is below ``audience``.
         self._notices: list[tuple[int, bytes]] = []
@@ -127,6 +130,14 @@ class ChatRoom:
         self._leaving: dict[ClientRecord, int] = {}  # removed, not yet departed: its audience
         self._notices_base = self._notices_end = 0
         self._announcing = threading.Lock()  # held by the one thread delivering notices
+        # The rules of the chat: what each kind of line does (one method each, below).
+        self._rules: dict[type, Callable[[ClientRecord, Any, Outgoing | None], None]] = {
+            protocol.Register: self._register,
+            protocol.DirectMessage: self._direct,
+            protocol.Broadcast: self._broadcast,
+            protocol.Command: self._command,
+            protocol.Malformed: self._malformed,
+        }
 
     # --- what a server model calls ---------------------------------------------------------
 
@@ -152,31 +163,20 @@ class ChatRoom:
         """Act on the lines of one read from ``record``'s client, in order, then deliver what
         they sent: one write per receiver. A burst of lines to bob costs one system call, not
         one each. Lines after the client was dropped (too slow) are not handled."""
-        outgoing: Outgoing = {}
+        outgoing: Outgoing = {}  # what the rules send waits here until the last line is handled
         try:
             for line in lines:
                 if record.too_slow:
                     break
-                self.handle(record, line, outgoing)
+                event = protocol.parse_line(line, registered=record.name is not None)
+                self._rules[type(event)](record, event, outgoing)
         finally:
             for receiver, chunks in outgoing.items():
                 self._deliver(receiver, b"".join(chunks))
 
-    def handle(self, record: ClientRecord, line: bytes | protocol.LineTooLong,
-               outgoing: Outgoing | None = None) -> None:
-        """Act on one line from ``record``'s client. What it sends waits in ``outgoing`` (see
-        :meth:`send`) when one is given, and goes out at once otherwise."""
-        match protocol.parse_line(line, registered=record.name is not None):
-            case protocol.DirectMessage(to, text):
-                self._direct(record, to, text, outgoing)
-            case protocol.Broadcast(text):
-                self._broadcast(record, text, outgoing)
-            case protocol.Register(name):
-                self._register(record, name, outgoing)
-            case protocol.Command(name):
-                self._command(record, name, outgoing)
-            case protocol.Malformed(reason):
-                self.refuse(record, reason, outgoing=outgoing)
+    def handle(self, record: ClientRecord, line: bytes | protocol.LineTooLong) -> None:
+        """Act on one line from ``record``'s client."""
+        self.handle_lines(record, [line])
 
     def remove(self, record: ClientRecord) -> bool:
         """Forget a connection, so nothing is routed to it any more.
@@ -243,8 +243,9 @@ class ChatRoom:
 
     def events(self) -> list[ServerEvent]:
         """The most recent events, oldest first (at most ``history`` of them)."""
-        with self._events_lock:
-            return list(self._events)
+        with self._lock:
+            entries = list(self._events)
+        return [ServerEvent(*entry) for entry in entries]
 
     def subscribe(self, callback: Callable[[ServerEvent], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for every future event; returns a function that unsubscribes.
@@ -253,13 +254,12 @@ class ChatRoom:
         not print from it (in a notebook, set a widget's value instead), and do not send to
         clients from it (it may run while a client's ``send_lock`` is held).
         """
-        with self._events_lock:
-            self._subscribers.append(callback)
+        with self._lock:
+            self._subscribers = (*self._subscribers, callback)
 
         def unsubscribe() -> None:
-            with self._events_lock:
-                if callback in self._subscribers:
-                    self._subscribers.remove(callback)
+            with self._lock:
+                self._subscribers = tuple(s for s in self._subscribers if s is not callback)
 
         return unsubscribe
 
@@ -332,13 +332,17 @@ class ChatRoom:
             record.notices_seen = self._notices_end
         return b"".join(notice for audience, notice in unseen if record.order < audience)
 
+    def _malformed(self, record: ClientRecord, event: protocol.Malformed, outgoing: Outgoing | None) -> None:
+        self.refuse(record, event.reason, outgoing=outgoing)
+
     def _drop_slow(self, record: ClientRecord) -> None:
         record.too_slow = True
         log.warning("%s is too far behind; disconnecting it", record.label)
         self._emit("error", record, text="too slow: disconnected")
         record.transport.abort()
 
-    def _register(self, record: ClientRecord, name: str, outgoing: Outgoing | None) -> None:
+    def _register(self, record: ClientRecord, event: protocol.Register, outgoing: Outgoing | None) -> None:
+        name = event.name
         # Holding the client's send lock from before others can find it until its welcome is
         # out means that whatever they send it comes after the welcome, never before. The
         # registry lock is not held while writing: in direct mode a client that does not read
@@ -371,32 +375,37 @@ class ChatRoom:
             self._drop_slow(record)
         self._deliver_notices()
 
-    def _direct(self, record: ClientRecord, to: str, text: str, outgoing: Outgoing | None) -> None:
+    def _direct(self, record: ClientRecord, event: protocol.DirectMessage, outgoing: Outgoing | None) -> None:
+        to, text = event.to, event.text
         with self._lock:
             target = self._by_name.get(to.lower())
             if target is not None:
                 target.messages_out += 1
+                event = self._log_event("message", record, target.name, text)
         if target is None:
             self.refuse(record, f"unknown client {to!r}", protocol.format_unknown_client(to), outgoing)
             return
         record.messages_in += 1
         log.info("%s -> %s: %r", record.name, target.name, text)
-        self._emit("message", record, to=target.name, text=text)
+        self._tell_subscribers(event)
         self.send(target, protocol.format_message(record.name, text), outgoing)
 
-    def _broadcast(self, record: ClientRecord, text: str, outgoing: Outgoing | None) -> None:
+    def _broadcast(self, record: ClientRecord, event: protocol.Broadcast, outgoing: Outgoing | None) -> None:
+        text = event.text
         with self._lock:
             others = [r for r in self._by_name.values() if r is not record]
             for other in others:
                 other.messages_out += 1
+            event = self._log_event("message", record, "*", text)
         record.messages_in += 1
         log.info("%s -> *: %r", record.name, text)
-        self._emit("message", record, to="*", text=text)
+        self._tell_subscribers(event)
         line = protocol.format_message(record.name, text)
         for other in others:
             self.send(other, line, outgoing)
 
-    def _command(self, record: ClientRecord, command: str, outgoing: Outgoing | None) -> None:
+    def _command(self, record: ClientRecord, event: protocol.Command, outgoing: Outgoing | None) -> None:
+        command = event.name
         if command == "who":
             self.send(record, protocol.format_online(self.online()), outgoing)
         elif command == "help":
@@ -406,12 +415,24 @@ class ChatRoom:
                         outgoing)
 
     def _emit(self, kind: str, record: ClientRecord, *, to: str | None = None, text: str = "") -> None:
-        event = ServerEvent(kind, record.name, (record.ip, record.port), to, text)
-        with self._events_lock:
-            self._events.append(event)
-            subscribers = list(self._subscribers)
+        """Log an event and tell the subscribers."""
+        with self._lock:
+            event = self._log_event(kind, record, to, text)
+        self._tell_subscribers(event)
+
+    def _log_event(self, kind: str, record: ClientRecord, to: str | None, text: str) -> tuple:
+        """Add an event to the log (with ``_lock`` held); returns it, as a tuple."""
+        event = (kind, record.name, (record.ip, record.port), to, text, time.time())
+        self._events.append(event)
+        return event
+
+    def _tell_subscribers(self, event: tuple) -> None:
+        subscribers = self._subscribers
+        if not subscribers:  # the usual case: nobody is watching, so no ServerEvent is made
+            return
+        server_event = ServerEvent(*event)
         for callback in subscribers:
             try:
-                callback(event)
+                callback(server_event)
             except Exception:
                 log.exception("event subscriber %r failed", callback)

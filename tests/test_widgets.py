@@ -385,7 +385,7 @@ def test_closing_the_dashboard_stops_its_thread_and_its_updates(server, chat):
     assert "chatlab-dashboard" in kit_threads()
     dashboard.close()
     assert "chatlab-dashboard" not in kit_threads()
-    assert server.room._subscribers == []  # it no longer listens to the server's events
+    assert server.room._subscribers == ()  # it no longer listens to the server's events
     redraws = dashboard.redraws
     alice = chat("alice")
     chat("bob")
