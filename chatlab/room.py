@@ -76,6 +76,11 @@ class ClientRecord:
     ``thread`` is the thread that reads this client's lines (its own, in the threaded server)
     and ``writer`` the one that writes to it, if it has one. ``messages_out`` is counted under
     the room's lock, ``bytes_out`` by whoever writes to the socket, the rest by the reader.
+
+    ``send_lock`` is held by whoever writes to this client, for as long as the write takes. It
+    is a plain lock, not a re-entrant one, on purpose: no code path takes it twice in one
+    thread (the servers end a connection only after letting go of it), and a second take
+    would be a deadlock that the tests show at once rather than a bug that hides.
     """
 
     ip: str
@@ -91,7 +96,7 @@ class ClientRecord:
     thread: threading.Thread | None = field(default=None, repr=False)
     writer: threading.Thread | None = field(default=None, repr=False)
     transport: Transport | None = field(default=None, repr=False)
-    send_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     too_slow: bool = field(default=False, repr=False)
     order: int = field(default=0, repr=False)  # 1 for the first client to register, and so on
     notices_seen: int | None = field(default=None, repr=False)  # None unless online
