@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11+:
 #   make lab    create .venv, install chatlab with everything, open the lessons in JupyterLab
-#   make test   the same set-up, then every test and every notebook (pytest --nbval)
+#   make test   the same set-up, then the lint (ruff, mypy) and every test and notebook (pytest --nbval)
+# Every install takes the versions pinned in constraints.txt, so a classroom gets the same
+# JupyterLab, ipywidgets and matplotlib; `make constraints` refreshes the pins.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,12 +10,12 @@ STAMP := $(VENV)/.chatlab-installed
 # JupyterLab refuses to run as root unless told to (containers, CI machines).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install lab test notebooks bench clean
+.PHONY: install lab lint test notebooks bench constraints clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,7 +23,13 @@ install: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=notebooks
 
-test: $(STAMP)
+# ruff and mypy read their settings from pyproject.toml (they check chatlab/).
+lint: $(STAMP)
+	$(BIN)/ruff check chatlab
+	$(BIN)/ruff format --check chatlab
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest
 
 # Re-run every lesson in place to refresh its stored outputs; read `git diff notebooks/` after.
@@ -36,6 +44,17 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/thread_cost.py
+
+# Pin the newest versions that satisfy pyproject.toml: a fresh venv, the dev set-up, pip freeze.
+# Then run `make clean test` and commit constraints.txt if everything passes.
+constraints:
+	rm -rf .venv-pin
+	$(PYTHON) -m venv .venv-pin
+	.venv-pin/bin/python -m pip install --quiet --upgrade pip
+	.venv-pin/bin/python -m pip install --quiet -e '.[dev]'
+	echo "# Made by 'make constraints' on $$(date -u +%Y-%m-%d) with $$(.venv-pin/bin/python --version)." > constraints.txt
+	.venv-pin/bin/python -m pip freeze --exclude-editable >> constraints.txt
+	rm -rf .venv-pin
 
 clean:
 	rm -rf $(VENV) build *.egg-info tests/browser/screenshots

@@ -17,9 +17,15 @@ __version__ = "0.1.0"
 logging.getLogger("chatlab").addHandler(logging.NullHandler())
 
 _EXPORTS = {
-    "ChatServer": "servers", "ServerBase": "servers", "ClientRecord": "room", "ServerEvent": "room",
-    "ChatClient": "client", "ChatError": "client", "ConnectionClosed": "client",
-    "NameRefused": "client", "ServerFull": "client",
+    "ChatServer": "servers",
+    "ServerBase": "servers",
+    "ClientRecord": "room",
+    "ServerEvent": "room",
+    "ChatClient": "client",
+    "ChatError": "client",
+    "ConnectionClosed": "client",
+    "NameRefused": "client",
+    "ServerFull": "client",
 }
 __all__ = [*_EXPORTS, "kit_threads"]
 

@@ -3,8 +3,9 @@
 Sending happens in the caller's thread; receiving happens in a reader thread
 (``chatlab-reader-alice``) that blocks in ``recv()``, cuts the bytes into lines and puts each
 line on a queue (read it with :meth:`ChatClient.recv`; ``keep=False`` skips the queue) and
-hands it to the optional ``on_line`` callback. The reader thread never prints: where lines are shown is the caller's
-choice (the terminal client below prints them, the notebook widgets put them in a log).
+hands it to the optional ``on_line`` callback. The reader thread never prints: where lines are
+shown is the caller's choice (the terminal client below prints them, the notebook widgets put
+them in a log).
 
 Run it from a shell with ``python -m chatlab.client --port 5050 --name alice``.
 """
@@ -89,9 +90,7 @@ class ChatClient:
             self._sock.close()
             raise
         self._sock.settimeout(None)
-        self._reader = threading.Thread(
-            target=self._read_loop, name=f"chatlab-reader-{name}", daemon=True
-        )
+        self._reader = threading.Thread(target=self._read_loop, name=f"chatlab-reader-{name}", daemon=True)
         self._reader.start()
 
     # --- registration, in the caller's thread ---------------------------------------------
@@ -189,7 +188,7 @@ class ChatClient:
 
     def pending(self) -> list[str]:
         """Every line that has arrived and not been received yet, without waiting."""
-        lines = []
+        lines: list[str] = []
         while True:
             try:
                 line = self._lines.get_nowait()
@@ -198,7 +197,7 @@ class ChatClient:
             if line is _CLOSED:
                 self._lines.put(_CLOSED)
                 return lines
-            lines.append(line)
+            lines.append(line)  # type: ignore[arg-type]  # the queue holds str and the _CLOSED mark
 
     @property
     def closed(self) -> bool:

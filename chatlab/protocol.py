@@ -197,7 +197,7 @@ def parse_line(raw: bytes | LineTooLong, *, registered: bool) -> Event:
     end_of_name = text.find(MESSAGE_SIGIL, 1)
     if not text.startswith(MESSAGE_SIGIL) or end_of_name < 2:
         return Malformed("expected %name%message")
-    to, body = text[1:end_of_name], text[end_of_name + 1:]
+    to, body = text[1:end_of_name], text[end_of_name + 1 :]
     key = to.lower()
     if key == SERVER_NAME:
         return Command(body.strip().lower())
@@ -285,9 +285,9 @@ def parse_server_line(line: str) -> ServerLine:
         if separator:
             return ServerLine("message", text, sender)
     if line.startswith(NOTICE_SIGIL):
-        return ServerLine("notice", line[len(NOTICE_SIGIL):])
+        return ServerLine("notice", line[len(NOTICE_SIGIL) :])
     if line.startswith(ERROR_SIGIL):
-        return ServerLine("error", line[len(ERROR_SIGIL):])
+        return ServerLine("error", line[len(ERROR_SIGIL) :])
     return ServerLine("other", line)
 
 
@@ -296,5 +296,5 @@ def parse_online(notice: str) -> list[str] | None:
     prefix = "online: "
     if not notice.startswith(prefix):
         return None
-    rest = notice[len(prefix):]
+    rest = notice[len(prefix) :]
     return rest.split(", ") if rest else []

@@ -1,23 +1,24 @@
 """The chat room: who is connected, what each line means, and who receives what.
 
 Every server in the kit is "sockets + a concurrency model" around one :class:`ChatRoom`. The
-room does no I/O: a server hands it each complete line a client sent (:meth:`ChatRoom.handle`)
+room does no I/O: a server hands it the complete lines of each read (:meth:`ChatRoom.handle_lines`)
 and gives every client a :class:`Transport`, the one thing the room calls to send bytes. So
 the rules of the chat (registration, routing, errors, notices, the event log) are written
 once, and a server model only decides how bytes move: a thread per client
 (:mod:`chatlab.servers.threads`), or one event loop for all of them (:mod:`chatlab.servers`).
 
-The room is thread-safe: the registry sits behind one lock, the event log behind another,
+The room is thread-safe: the registry, the notices and the event log sit behind one lock,
 and every write to one client is handed to its transport under that client's ``send_lock``,
 so lines sent to a client by several threads arrive whole and in the order they were handed
-over. Nothing here
-prints; it logs to the ``chatlab.server`` logger and tells subscribers of every event.
+over. Nothing here prints; it logs to the ``chatlab.server`` logger and tells subscribers of
+every event.
 
-Two things keep a big room cheap. "joined" and "left" notices wait in one shared list, and
-every client gets all it has not seen in one write: before anything else is sent to it, and
-from whichever thread announces next. So a thousand clients leaving at once cost a few rounds
-of one write per client, not a million writes. And a server may hand over the lines of one
-read together (:meth:`ChatRoom.handle_lines`): what they send reaches each receiver as one write.
+Two things keep a big room cheap. "joined" and "left" notices wait on one
+:class:`~chatlab.notices.NoticeBoard`, and every client gets all it has not seen in one write:
+before anything else is sent to it, and from whichever thread announces next. So a thousand
+clients leaving at once cost a few rounds of one write per client, not a million writes. And
+a server hands over the lines of one read together (:meth:`ChatRoom.handle_lines`): what they
+send reaches each receiver as one write.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import protocol
+from .notices import NoticeBoard
 
 log = logging.getLogger("chatlab.server")
 
@@ -95,7 +97,8 @@ class ClientRecord:
     bytes_out: int = 0
     thread: threading.Thread | None = field(default=None, repr=False)
     writer: threading.Thread | None = field(default=None, repr=False)
-    transport: Transport | None = field(default=None, repr=False)
+    # Set by the server model before the room sees the record, so the room never checks for None.
+    transport: Transport = field(default=None, repr=False)  # type: ignore[assignment]
     send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     too_slow: bool = field(default=False, repr=False)
     order: int = field(default=0, repr=False)  # 1 for the first client to register, and so on
@@ -128,12 +131,9 @@ class ChatRoom:
         self._events: deque[tuple] = deque(maxlen=history)
         # A tuple, replaced (never changed) by subscribe(): reading it needs no lock.
         self._subscribers: tuple[Callable[[ServerEvent], None], ...] = ()
-        # Notices not yet written to everyone: notice number k is _notices[k - _notices_base],
-        # a pair (audience, line) for the clients whose ``order`` is below ``audience``.
-        self._notices: list[tuple[int, bytes]] = []
+        self._notices = NoticeBoard()  # "joined" and "left" lines not everyone has had (_lock)
         self._registrations = 0  # how many clients have registered so far
         self._leaving: dict[ClientRecord, int] = {}  # removed, not yet departed: its audience
-        self._notices_base = self._notices_end = 0
         self._announcing = threading.Lock()  # held by the one thread delivering notices
         # The rules of the chat: what each kind of line does (one method each, below).
         self._rules: dict[type, Callable[[ClientRecord, Any, Outgoing | None], None]] = {
@@ -219,7 +219,7 @@ class ChatRoom:
 
     def _deliver(self, record: ClientRecord, data: bytes) -> None:
         with record.send_lock:
-            if record.notices_seen is not None and record.notices_seen < self._notices_end:
+            if record.notices_seen is not None and record.notices_seen < self._notices.end:
                 data = self._unseen_notices(record) + data
             ok = record.transport.write(data) if data else True
         if not ok:
@@ -231,7 +231,7 @@ class ChatRoom:
         """A snapshot (copies) of the registered clients' records, sorted by name."""
         with self._lock:
             records = [copy.copy(record) for record in self._by_name.values()]
-        return sorted(records, key=lambda record: record.name.lower())
+        return sorted(records, key=lambda record: record.label.lower())
 
     def connections(self) -> list[ClientRecord]:
         """Every open connection's record (not copies), registered or not."""
@@ -271,10 +271,11 @@ class ChatRoom:
     # --- the rules ---------------------------------------------------------------------------------
 
     def _online_locked(self) -> list[str]:
-        return sorted((r.name for r in self._by_name.values()), key=str.lower)
+        return sorted((r.label for r in self._by_name.values()), key=str.lower)  # all have names
 
-    def refuse(self, record: ClientRecord, reason: str, reply: bytes | None = None,
-               outgoing: Outgoing | None = None) -> None:
+    def refuse(
+        self, record: ClientRecord, reason: str, reply: bytes | None = None, outgoing: Outgoing | None = None
+    ) -> None:
         """Tell a client, the log and the subscribers that something of its was refused."""
         log.warning("%s:%d %s: %s", record.ip, record.port, record.name or "(no name yet)", reason)
         self._emit("error", record, text=reason)
@@ -287,12 +288,8 @@ class ChatRoom:
         :meth:`_deliver_notices`, or the next send to a client, takes it along.
         """
         with self._lock:
-            self._add_notice(audience, notice)
+            self._notices.post(audience, notice)
         self._deliver_notices()
-
-    def _add_notice(self, audience: int, notice: bytes) -> None:
-        self._notices.append((audience, notice))
-        self._notices_end += 1
 
     def _deliver_notices(self) -> None:
         """Write the waiting notices to every client online that has not had them yet.
@@ -306,7 +303,7 @@ class ChatRoom:
         if self.blocking_writes:
             self._notice_round()
             return
-        while self._notices_base < self._notices_end and self._announcing.acquire(blocking=False):
+        while len(self._notices) and self._announcing.acquire(blocking=False):
             try:
                 while self._notice_round():
                     pass
@@ -317,13 +314,10 @@ class ChatRoom:
     def _notice_round(self) -> bool:
         """Bring every client online up to date; False if every one of them already was."""
         with self._lock:
-            end = self._notices_end
-            online = [r for r in self._by_name.values() if r.notices_seen is not None]
-            behind = [r for r in online if r.notices_seen < end]
-            # The notices that every client online has had are not needed any more.
-            oldest_unseen = min((r.notices_seen for r in online), default=end)
-            del self._notices[:oldest_unseen - self._notices_base]
-            self._notices_base = oldest_unseen
+            end = self._notices.end
+            seen = {r: r.notices_seen for r in self._by_name.values() if r.notices_seen is not None}
+            behind = [r for r, count in seen.items() if count < end]
+            self._notices.forget_before(min(seen.values(), default=end))
         for record in behind:
             self._deliver(record, b"")
         return bool(behind)
@@ -333,9 +327,9 @@ class ChatRoom:
         with self._lock:
             if record.notices_seen is None:
                 return b""
-            unseen = self._notices[record.notices_seen - self._notices_base:]
-            record.notices_seen = self._notices_end
-        return b"".join(notice for audience, notice in unseen if record.order < audience)
+            unseen = self._notices.since(record.notices_seen, record.order)
+            record.notices_seen = self._notices.end
+        return unseen
 
     def _malformed(self, record: ClientRecord, event: protocol.Malformed, outgoing: Outgoing | None) -> None:
         self.refuse(record, event.reason, outgoing=outgoing)
@@ -361,7 +355,7 @@ class ChatRoom:
                     welcome = protocol.format_welcome(name, self._online_locked())
                     self._registrations += 1
                     record.order = self._registrations
-                    record.notices_seen = self._notices_end  # older notices are not news to it
+                    record.notices_seen = self._notices.end  # older notices are not news to it
             if not taken:
                 record.transport.registered(name)  # renamed first: the client never sees old names
                 log.info("%s:%d is %s", record.ip, record.port, name)
@@ -369,7 +363,7 @@ class ChatRoom:
                 # Its "joined" notice (for those who came before it) is queued before its welcome
                 # goes out: once it is welcomed, the others hear of it before anything it says.
                 with self._lock:
-                    self._add_notice(record.order, protocol.format_notice(f"{name} joined"))
+                    self._notices.post(record.order, protocol.format_notice(f"{name} joined"))
                 # Replies to its earlier lines of the same read (a refused name, say) go first.
                 earlier = b"".join(outgoing.pop(record, [])) if outgoing else b""
                 welcomed = record.transport.write(earlier + welcome)
@@ -386,14 +380,14 @@ class ChatRoom:
             target = self._by_name.get(to.lower())
             if target is not None:
                 target.messages_out += 1
-                event = self._log_event("message", record, target.name, text)
+                logged = self._log_event("message", record, target.name, text)
         if target is None:
             self.refuse(record, f"unknown client {to!r}", protocol.format_unknown_client(to), outgoing)
             return
         record.messages_in += 1
         log.info("%s -> %s: %r", record.name, target.name, text)
-        self._tell_subscribers(event)
-        self.send(target, protocol.format_message(record.name, text), outgoing)
+        self._tell_subscribers(logged)
+        self.send(target, protocol.format_message(record.name, text), outgoing)  # type: ignore[arg-type]
 
     def _broadcast(self, record: ClientRecord, event: protocol.Broadcast, outgoing: Outgoing | None) -> None:
         text = event.text
@@ -401,11 +395,11 @@ class ChatRoom:
             others = [r for r in self._by_name.values() if r is not record]
             for other in others:
                 other.messages_out += 1
-            event = self._log_event("message", record, "*", text)
+            logged = self._log_event("message", record, "*", text)
         record.messages_in += 1
         log.info("%s -> *: %r", record.name, text)
-        self._tell_subscribers(event)
-        line = protocol.format_message(record.name, text)
+        self._tell_subscribers(logged)
+        line = protocol.format_message(record.name, text)  # type: ignore[arg-type]
         for other in others:
             self.send(other, line, outgoing)
 
@@ -416,8 +410,9 @@ class ChatRoom:
         elif command == "help":
             self.send(record, protocol.HELP, outgoing)
         else:
-            self.refuse(record, f"unknown command {command!r}", protocol.format_unknown_command(command),
-                        outgoing)
+            self.refuse(
+                record, f"unknown command {command!r}", protocol.format_unknown_command(command), outgoing
+            )
 
     def _emit(self, kind: str, record: ClientRecord, *, to: str | None = None, text: str = "") -> None:
         """Log an event and tell the subscribers."""

@@ -32,17 +32,31 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m chatlab.server``: run a server in the foreground with a live log."""
     parser = argparse.ArgumentParser(prog="chatlab-server", description=main.__doc__)
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1; 0.0.0.0 opens it to your network)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks a free port")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; 0.0.0.0 opens it to your network)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks a free port"
+    )
     parser.add_argument("--max-clients", type=int, default=100)
-    parser.add_argument("--max-line", type=int, default=protocol.DEFAULT_MAX_LINE, help="longest line in bytes")
-    parser.add_argument("--name-timeout", type=float, default=60.0,
-                        help="seconds a new connection has to send its name (default 60)")
+    parser.add_argument(
+        "--max-line", type=int, default=protocol.DEFAULT_MAX_LINE, help="longest line in bytes"
+    )
+    parser.add_argument(
+        "--name-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a new connection has to send its name (default 60)",
+    )
     parser.add_argument("--delivery", choices=DELIVERY_MODES, default="queue")
-    parser.add_argument("--model", choices=list(MODELS), default="threads",
-                        help="threads: one thread per client (default); selectors or asyncio: "
-                             "one event loop for all clients")
+    parser.add_argument(
+        "--model",
+        choices=list(MODELS),
+        default="threads",
+        help="threads: one thread per client (default); selectors or asyncio: one event loop for all clients",
+    )
     parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
     args = parser.parse_args(argv)
     if args.model != "threads" and args.delivery != "queue":
@@ -53,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     options = {"delivery": args.delivery} if args.model == "threads" else {}
-    server = server_class(args.model)(args.host, args.port, max_clients=args.max_clients,
-                                      max_line=args.max_line, name_timeout=args.name_timeout, **options)
+    server = server_class(args.model)(
+        args.host,
+        args.port,
+        max_clients=args.max_clients,
+        max_line=args.max_line,
+        name_timeout=args.name_timeout,
+        **options,
+    )
     if args.model == "threads":
         sys.setswitchinterval(SERVER_SWITCH_INTERVAL)  # this process runs only the server
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C

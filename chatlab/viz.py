@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from matplotlib.artist import Artist
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -93,7 +94,7 @@ def _replay(events: Iterable[ServerEvent]) -> Iterator[tuple[ServerEvent, frozen
     online: set[str] = set()
     for event in events:
         yield event, frozenset(online)
-        if event.kind == "registered":
+        if event.kind == "registered" and event.client:
             online.add(event.client)
         elif event.kind == "left" and event.client:
             online.discard(event.client)
@@ -102,8 +103,8 @@ def _replay(events: Iterable[ServerEvent]) -> Iterator[tuple[ServerEvent, frozen
 def _receivers(event: ServerEvent, online: frozenset[str]) -> list[str]:
     """Who got a message: its receiver, or for a broadcast everyone else online then."""
     if event.to == "*":
-        return sorted(online - {event.client}, key=str.lower)
-    return [event.to]
+        return sorted(online - {event.client or ""}, key=str.lower)
+    return [event.to or ""]
 
 
 def deliveries(events: Iterable[ServerEvent]) -> list[Delivery]:
@@ -113,7 +114,7 @@ def deliveries(events: Iterable[ServerEvent]) -> list[Delivery]:
     at that moment (the log is replayed from the start, so pass all of it).
     """
     return [
-        Delivery(event.client, receiver, event.text, broadcast=event.to == "*")
+        Delivery(event.client or "", receiver, event.text, broadcast=event.to == "*")
         for event, online in _replay(events)
         if event.kind == "message"
         for receiver in _receivers(event, online)
@@ -122,7 +123,7 @@ def deliveries(events: Iterable[ServerEvent]) -> list[Delivery]:
 
 def _message_counts(events: list[ServerEvent]) -> dict[str, tuple[int, int]]:
     """name -> (messages it sent, messages delivered to it)."""
-    sent = Counter(event.client for event in events if event.kind == "message")
+    sent = Counter(event.client or "" for event in events if event.kind == "message")
     received = Counter(delivery.receiver for delivery in deliveries(events))
     return {name: (sent[name], received[name]) for name in sent.keys() | received.keys()}
 
@@ -178,11 +179,18 @@ def topology(
         title += f" ({len(gone)} left)" if gone else ""
     fig.suptitle(title, fontsize=13, color=TEXT_COLOR, y=0.97)
 
-    server_box = FancyBboxPatch((-0.26, -0.13), 0.52, 0.26, boxstyle="round,pad=0.03",
-                                facecolor=SERVER_COLOR, edgecolor="none", zorder=3, gid="server")
+    server_box = FancyBboxPatch(
+        (-0.26, -0.13),
+        0.52,
+        0.26,
+        boxstyle="round,pad=0.03",
+        facecolor=SERVER_COLOR,
+        edgecolor="none",
+        zorder=3,
+        gid="server",
+    )
     ax.add_patch(server_box)
-    ax.text(0, 0, "server", ha="center", va="center", color="white", fontsize=12,
-            fontweight="bold", zorder=4)
+    ax.text(0, 0, "server", ha="center", va="center", color="white", fontsize=12, fontweight="bold", zorder=4)
 
     n = len(names)
     start = 180.0 if n <= 1 else 90.0 + 180.0 / n  # a symmetric ring, first name upper left
@@ -195,25 +203,74 @@ def topology(
         color = colors[name] if here else GONE_COLOR
         sent, received = counts.get(name, (0, 0))
         width = 1.5 + (7.0 * (sent + received) / busiest if busiest else 0.0)
-        ax.add_line(Line2D([0, x], [0, y], color=color, linewidth=width, alpha=0.75 if here else 0.8,
-                           linestyle="-" if here else (0, (3, 2)), solid_capstyle="round",
-                           zorder=1, gid=f"edge:{name}"))
+        ax.add_line(
+            Line2D(
+                [0, x],
+                [0, y],
+                color=color,
+                linewidth=width,
+                alpha=0.75 if here else 0.8,
+                linestyle="-" if here else (0, (3, 2)),
+                solid_capstyle="round",
+                zorder=1,
+                gid=f"edge:{name}",
+            )
+        )
         if counts:
             # Half-way along the visible part of the spoke, between the server's box and the node.
             box_exit = min(0.3 / abs(dx) if dx else 9.0, 0.17 / abs(dy) if dy else 9.0)
             along = (box_exit + radius - node_radius) / 2
-            ax.text(along * dx, along * dy, f"sent {sent}\nreceived {received}", ha="center", va="center",
-                    fontsize=8.5, color=TEXT_COLOR, zorder=5, linespacing=1.3, gid=f"edge-label:{name}",
-                    bbox=dict(boxstyle="round,pad=0.3", facecolor="white", edgecolor=color, linewidth=1))
-        ax.add_patch(Circle((x, y), node_radius, facecolor=_tint(color), edgecolor=color,
-                            linewidth=2.2, zorder=3, linestyle="-" if here else "--", gid=f"client:{name}"))
+            ax.text(
+                along * dx,
+                along * dy,
+                f"sent {sent}\nreceived {received}",
+                ha="center",
+                va="center",
+                fontsize=8.5,
+                color=TEXT_COLOR,
+                zorder=5,
+                linespacing=1.3,
+                gid=f"edge-label:{name}",
+                bbox=dict(boxstyle="round,pad=0.3", facecolor="white", edgecolor=color, linewidth=1),
+            )
+        ax.add_patch(
+            Circle(
+                (x, y),
+                node_radius,
+                facecolor=_tint(color),
+                edgecolor=color,
+                linewidth=2.2,
+                zorder=3,
+                linestyle="-" if here else "--",
+                gid=f"client:{name}",
+            )
+        )
         detail = f"port {ports[name]}" if name in ports else ("" if here else "left")
         size = 11 if len(name) <= 7 else max(7, 11 * 7 / len(name))
-        ax.text(x, y + (0.05 if detail else 0), name, ha="center", va="center", fontsize=size,
-                fontweight="bold", color=TEXT_COLOR if here else GONE_COLOR, zorder=4, gid=f"name:{name}")
+        ax.text(
+            x,
+            y + (0.05 if detail else 0),
+            name,
+            ha="center",
+            va="center",
+            fontsize=size,
+            fontweight="bold",
+            color=TEXT_COLOR if here else GONE_COLOR,
+            zorder=4,
+            gid=f"name:{name}",
+        )
         if detail:
-            ax.text(x, y - 0.09, detail, ha="center", va="center", fontsize=7.5,
-                    color=TEXT_COLOR if here else GONE_COLOR, zorder=4, gid=f"detail:{name}")
+            ax.text(
+                x,
+                y - 0.09,
+                detail,
+                ha="center",
+                va="center",
+                fontsize=7.5,
+                color=TEXT_COLOR if here else GONE_COLOR,
+                zorder=4,
+                gid=f"detail:{name}",
+            )
 
     if not names:
         ax.text(0, -0.45, "no clients yet", ha="center", fontsize=10, color=GONE_COLOR)
@@ -335,7 +392,7 @@ def sequence_diagram(
         hidden += 1
     rows = max(sum(step.rows for step in steps), 1)
 
-    left, right = names[: len(names) // 2], names[len(names) // 2:]
+    left, right = names[: len(names) // 2], names[len(names) // 2 :]
     lane_x = {name: float(i - len(left)) for i, name in enumerate(left)}
     lane_x.update({name: float(i + 1) for i, name in enumerate(right)})
 
@@ -348,29 +405,64 @@ def sequence_diagram(
     ax.set_ylim(bottom, top)
     ax.axis("off")
     points_per_unit = figsize[0] * axes_box[2] * 72 / (x_max - x_min)
-    lanes = _Lanes(lane_x, client_colors(names), x_min, x_max,
-                   chars_per_unit=points_per_unit / (MONO_ADVANCE * LABEL_SIZE))
+    lanes = _Lanes(
+        lane_x,
+        client_colors(names),
+        x_min,
+        x_max,
+        chars_per_unit=points_per_unit / (MONO_ADVANCE * LABEL_SIZE),
+    )
     fig.suptitle(title, fontsize=13, color=TEXT_COLOR, y=0.97)
     if hidden:
-        fig.text(0.5, 0.925, f"… {hidden} earlier event{'s' if hidden != 1 else ''} not shown",
-                 ha="center", va="center", fontsize=9, style="italic", color="#546E7A")
+        fig.text(
+            0.5,
+            0.925,
+            f"… {hidden} earlier event{'s' if hidden != 1 else ''} not shown",
+            ha="center",
+            va="center",
+            fontsize=9,
+            style="italic",
+            color="#546E7A",
+        )
 
     # Lanes: a head above the axes (x in data, y in axes units, so it keeps its place however
     # many rows there are), a dotted lifeline, solid while the client is online.
     heads = ax.get_xaxis_transform()
-    ax.text(0, 1.035, "server", transform=heads, ha="center", va="center", fontsize=11,
-            fontweight="bold", color="white", zorder=4,
-            bbox=dict(boxstyle="round,pad=0.4", facecolor=SERVER_COLOR, edgecolor="none"))
+    ax.text(
+        0,
+        1.035,
+        "server",
+        transform=heads,
+        ha="center",
+        va="center",
+        fontsize=11,
+        fontweight="bold",
+        color="white",
+        zorder=4,
+        bbox=dict(boxstyle="round,pad=0.4", facecolor=SERVER_COLOR, edgecolor="none"),
+    )
     ax.plot([0, 0], [top, bottom], color=SERVER_COLOR, linewidth=2.5, zorder=1)
     for name in names:
         x, color = lane_x[name], lanes.colors[name]
-        ax.text(x, 1.035, _short(name, 14), transform=heads, ha="center", va="center", fontsize=11,
-                fontweight="bold", color=TEXT_COLOR, zorder=4, gid=f"lane:{name}",
-                bbox=dict(boxstyle="round,pad=0.4", facecolor=_tint(color), edgecolor=color, linewidth=1.8))
+        ax.text(
+            x,
+            1.035,
+            _short(name, 14),
+            transform=heads,
+            ha="center",
+            va="center",
+            fontsize=11,
+            fontweight="bold",
+            color=TEXT_COLOR,
+            zorder=4,
+            gid=f"lane:{name}",
+            bbox=dict(boxstyle="round,pad=0.4", facecolor=_tint(color), edgecolor=color, linewidth=1.8),
+        )
         ax.plot([x, x], [top, bottom], color=GONE_COLOR, linewidth=1, linestyle=(0, (2, 3)), zorder=1)
         for y_from, y_to in _online_rows(name, steps, top, bottom):
-            ax.plot([x, x], [y_from, y_to], color=color, linewidth=2.5, alpha=0.8, zorder=1,
-                    solid_capstyle="butt")
+            ax.plot(
+                [x, x], [y_from, y_to], color=color, linewidth=2.5, alpha=0.8, zorder=1, solid_capstyle="butt"
+            )
 
     y = 0.0
     for step in steps:
@@ -378,10 +470,25 @@ def sequence_diagram(
         y -= step.rows
 
     if not steps:
-        ax.text(0, -0.1, "nothing happened yet", ha="center", va="center", fontsize=10,
-                color=GONE_COLOR, bbox=dict(facecolor="white", edgecolor="none"), zorder=5)
-    fig.legend(handles=_sequence_legend(), loc="lower center", ncol=4, frameon=False, fontsize=9,
-               bbox_to_anchor=(0.5, 0.01))
+        ax.text(
+            0,
+            -0.1,
+            "nothing happened yet",
+            ha="center",
+            va="center",
+            fontsize=10,
+            color=GONE_COLOR,
+            bbox=dict(facecolor="white", edgecolor="none"),
+            zorder=5,
+        )
+    fig.legend(
+        handles=_sequence_legend(),
+        loc="lower center",
+        ncol=4,
+        frameon=False,
+        fontsize=9,
+        bbox_to_anchor=(0.5, 0.01),
+    )
     return fig
 
 
@@ -404,13 +511,34 @@ def _online_rows(name: str, steps: list[_Step], top: float, bottom: float) -> li
 
 def _arrow(ax, x_from: float, x_to: float, y: float, color: str, gid: str, dashed: bool = False) -> None:
     # Above the labels: a long label may touch the arrow a row above, but never hides it.
-    ax.annotate("", xy=(x_to, y), xytext=(x_from, y), zorder=5, gid=gid,
-                arrowprops=dict(arrowstyle="-|>", color=color, linewidth=1.8, mutation_scale=15,
-                                shrinkA=0, shrinkB=1, linestyle="--" if dashed else "-"))
+    ax.annotate(
+        "",
+        xy=(x_to, y),
+        xytext=(x_from, y),
+        zorder=5,
+        gid=gid,
+        arrowprops=dict(
+            arrowstyle="-|>",
+            color=color,
+            linewidth=1.8,
+            mutation_scale=15,
+            shrinkA=0,
+            shrinkB=1,
+            linestyle="--" if dashed else "-",
+        ),
+    )
 
 
-def _arrow_label(ax, lanes: _Lanes, x_from: float, x_to: float, y: float, text: str,
-                 color: str = TEXT_COLOR, wire: bool = True) -> None:
+def _arrow_label(
+    ax,
+    lanes: _Lanes,
+    x_from: float,
+    x_to: float,
+    y: float,
+    text: str,
+    color: str = TEXT_COLOR,
+    wire: bool = True,
+) -> None:
     """Text just above an arrow: wire text in monospace, a description in italics.
 
     Centred on the arrow, and moved sideways if it would run off the picture; every arrow has
@@ -421,31 +549,61 @@ def _arrow_label(ax, lanes: _Lanes, x_from: float, x_to: float, y: float, text: 
     text = _short(text, min(room, MAX_LABEL))
     half = (len(text) + 1) / lanes.chars_per_unit / 2  # +1: the white patch's padding
     x = min(max((x_from + x_to) / 2, lanes.x_min + half), lanes.x_max - half)
-    ax.annotate(text, (x, y), xytext=(0, 1.5), textcoords="offset points", ha="center", va="bottom",
-                fontsize=LABEL_SIZE, family=MONO if wire else None, style="normal" if wire else "italic",
-                color=color, zorder=4,
-                bbox=dict(boxstyle="round,pad=0.05", facecolor="white", edgecolor="none", alpha=0.85))
+    ax.annotate(
+        text,
+        (x, y),
+        xytext=(0, 1.5),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        fontsize=LABEL_SIZE,
+        family=MONO if wire else None,
+        style="normal" if wire else "italic",
+        color=color,
+        zorder=4,
+        bbox=dict(boxstyle="round,pad=0.05", facecolor="white", edgecolor="none", alpha=0.85),
+    )
 
 
 def _server_note(ax, y: float, text: str, color: str, gid: str | None = None, wire: bool = True) -> None:
     """A note beside the server's lane; with a ``gid``, after a red x (something went wrong)."""
     if gid is not None:
-        ax.plot([0], [y], marker="X", markersize=10, color=ERROR_COLOR, markeredgecolor="white",
-                zorder=5, gid=gid)
-    ax.annotate(_short(text, MAX_LABEL), (0.15, y), ha="left", va="center", fontsize=LABEL_SIZE,
-                family=MONO if wire else None, style="normal" if wire else "italic", color=color, zorder=4,
-                bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none"))
+        ax.plot(
+            [0], [y], marker="X", markersize=10, color=ERROR_COLOR, markeredgecolor="white", zorder=5, gid=gid
+        )
+    ax.annotate(
+        _short(text, MAX_LABEL),
+        (0.15, y),
+        ha="left",
+        va="center",
+        fontsize=LABEL_SIZE,
+        family=MONO if wire else None,
+        style="normal" if wire else "italic",
+        color=color,
+        zorder=4,
+        bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none"),
+    )
 
 
 def _lane_note(ax, x: float, y: float, text: str, marker: str, color: str, gid: str) -> None:
     ax.plot([x], [y], marker=marker, markersize=9, color=color, markeredgecolor="white", zorder=4, gid=gid)
-    ax.text(x + 0.1, y, text, ha="left", va="center", fontsize=8.5, style="italic", color="#546E7A",
-            zorder=4, bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.9))
+    ax.text(
+        x + 0.1,
+        y,
+        text,
+        ha="left",
+        va="center",
+        fontsize=8.5,
+        style="italic",
+        color="#546E7A",
+        zorder=4,
+        bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.9),
+    )
 
 
 def _draw_step(ax, step: _Step, y: float, lanes: _Lanes) -> None:
     event = step.event
-    sender = event.client
+    sender = event.client or ""  # "" for a connection with no name yet
     if event.kind == "registered":
         _lane_note(ax, lanes.x[sender], y, "joins", "o", lanes.colors[sender], f"join:{sender}")
     elif event.kind == "left":
@@ -476,10 +634,24 @@ def _draw_step(ax, step: _Step, y: float, lanes: _Lanes) -> None:
 
 def _sequence_legend() -> list:
     return [
-        Line2D([], [], color=TEXT_COLOR, marker=">", markersize=6, linewidth=1.8,
-               label="a line on the wire (as typed / as delivered)"),
-        Line2D([], [], color=ERROR_COLOR, marker="X", linestyle="--", markersize=8,
-               label="refused, and the error line back"),
+        Line2D(
+            [],
+            [],
+            color=TEXT_COLOR,
+            marker=">",
+            markersize=6,
+            linewidth=1.8,
+            label="a line on the wire (as typed / as delivered)",
+        ),
+        Line2D(
+            [],
+            [],
+            color=ERROR_COLOR,
+            marker="X",
+            linestyle="--",
+            markersize=8,
+            label="refused, and the error line back",
+        ),
         Line2D([], [], color=GONE_COLOR, marker="o", linestyle="", markersize=8, label="joins"),
         Line2D([], [], color=GONE_COLOR, marker="s", linestyle="", markersize=8, label="leaves"),
     ]
@@ -582,8 +754,9 @@ def _activity_colors(activities: Iterable[str]) -> dict[str, str]:
     served = [a.removeprefix("serving ") for a in activities if a.startswith("serving ")]
     by_client = client_colors(served)
     colors = {"waiting for a name": WAITING_COLOR, "accepting connections": SERVER_COLOR}
-    others = sorted((a for a in activities if a not in colors and not a.startswith("serving ")),
-                    key=_natural_key)
+    others = sorted(
+        (a for a in activities if a not in colors and not a.startswith("serving ")), key=_natural_key
+    )
     colors.update({a: PALETTE[i % len(PALETTE)] for i, a in enumerate(others)})
     colors.update({a: by_client[a.removeprefix("serving ")] for a in activities if a.startswith("serving ")})
     return {a: colors[a] for a in activities}
@@ -609,8 +782,9 @@ def thread_timeline(
     ax = fig.add_axes((left_margin, 0.36, 0.97 - left_margin, 0.54))
     fig.suptitle(title, fontsize=13, color=TEXT_COLOR, y=0.97)
     if not spans:
-        ax.text(0.5, 0.5, "no spans recorded", ha="center", va="center", transform=ax.transAxes,
-                color=GONE_COLOR)
+        ax.text(
+            0.5, 0.5, "no spans recorded", ha="center", va="center", transform=ax.transAxes, color=GONE_COLOR
+        )
         ax.set_yticks([])
         return fig
 
@@ -625,11 +799,25 @@ def thread_timeline(
     for span in spans:
         end = now if span.end is None else span.end
         left, width = (span.start - t0) * scale, max((end - span.start) * scale, 0.0)
-        ax.barh(row[span.thread], width, left=left, height=0.62, color=colors[span.activity],
-                edgecolor="white", linewidth=0.8, gid=f"span:{span.thread}:{span.activity}")
+        ax.barh(
+            row[span.thread],
+            width,
+            left=left,
+            height=0.62,
+            color=colors[span.activity],
+            edgecolor="white",
+            linewidth=0.8,
+            gid=f"span:{span.thread}:{span.activity}",
+        )
         if span.end is None:
-            ax.plot([left + width], [row[span.thread]], marker=">", markersize=8,
-                    color=colors[span.activity], clip_on=False)
+            ax.plot(
+                [left + width],
+                [row[span.thread]],
+                marker=">",
+                markersize=8,
+                color=colors[span.activity],
+                clip_on=False,
+            )
 
     ax.set_yticks(range(len(threads)), threads, fontsize=9, family=MONO)
     ax.set_ylim(len(threads) - 0.4, -0.6)  # first thread at the top
@@ -643,9 +831,15 @@ def thread_timeline(
         ax.spines[side].set_visible(False)
 
     labelled = sorted(colors, key=_natural_key)
-    handles = [Patch(facecolor=colors[a], label=a or "(no activity)") for a in labelled]
+    handles: list[Artist] = [Patch(facecolor=colors[a], label=a or "(no activity)") for a in labelled]
     if any(span.end is None for span in spans):
         handles.append(Line2D([], [], marker=">", linestyle="", color=TEXT_COLOR, label="still running"))
-    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 4), frameon=False,
-               fontsize=9, bbox_to_anchor=(left_margin + (0.97 - left_margin) / 2, 0.2))
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        ncol=min(len(handles), 4),
+        frameon=False,
+        fontsize=9,
+        bbox_to_anchor=(left_margin + (0.97 - left_margin) / 2, 0.2),
+    )
     return fig

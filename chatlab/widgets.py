@@ -120,10 +120,12 @@ def _table(title: str, headers: list[str], rows: list[list[str]], empty: str) ->
     cell = f"padding:1px 8px 1px 0;border-bottom:1px solid {_BORDER};text-align:left;"
     head = "".join(f'<th style="{cell}font-weight:600;">{h}</th>' for h in headers)
     body = "".join(
-        "<tr>" + "".join(
+        "<tr>"
+        + "".join(
             f'<td style="{cell}{"text-align:right;" if value.isdigit() else ""}">{value}</td>'
             for value in row
-        ) + "</tr>"
+        )
+        + "</tr>"
         for row in rows
     )
     if not rows:
@@ -179,8 +181,15 @@ class ChatWidget(widgets.VBox):
     log_height = "170px"
     max_entries = 200
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 5050, name: str = "", *,
-                 timeout: float = 5.0, client: ChatClient | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5050,
+        name: str = "",
+        *,
+        timeout: float = 5.0,
+        client: ChatClient | None = None,
+    ) -> None:
         if client is None:
             replacing = _close_same(host, port, name)
             client = _connect(host, port, name, timeout, replacing)  # may raise NameRefused
@@ -198,17 +207,32 @@ class ChatWidget(widgets.VBox):
         self._enter_pressed = False  # Enter seen, its commit not yet (see the module docstring)
 
         self.header = widgets.HTML(layout=widgets.Layout(flex="0 0 auto", margin="0 8px 0 0"))
-        self.to = widgets.Dropdown(options=[EVERYONE], value=EVERYONE, description="to",
-                                   style={"description_width": "initial"},
-                                   layout=widgets.Layout(width="auto", flex="1 1 auto"))
+        self.to = widgets.Dropdown(
+            options=[EVERYONE],
+            value=EVERYONE,
+            description="to",
+            style={"description_width": "initial"},
+            layout=widgets.Layout(width="auto", flex="1 1 auto"),
+        )
         self.chat_log = widgets.HTML(layout=widgets.Layout(width="100%"))
-        self.text = widgets.Text(placeholder="message, or %name%message", continuous_update=False,
-                                 layout=widgets.Layout(width="auto", flex="1 1 auto"))
-        self.send_button = widgets.Button(description="Send", button_style="primary",
-                                          tooltip="send (or press Enter)",
-                                          layout=widgets.Layout(width="60px", flex="0 0 60px"))
-        for part, suffix in ((self.text, "text"), (self.to, "to"), (self.send_button, "send"),
-                             (self.chat_log, "log"), (self.header, "header")):
+        self.text = widgets.Text(
+            placeholder="message, or %name%message",
+            continuous_update=False,
+            layout=widgets.Layout(width="auto", flex="1 1 auto"),
+        )
+        self.send_button = widgets.Button(
+            description="Send",
+            button_style="primary",
+            tooltip="send (or press Enter)",
+            layout=widgets.Layout(width="60px", flex="0 0 60px"),
+        )
+        for part, suffix in (
+            (self.text, "text"),
+            (self.to, "to"),
+            (self.send_button, "send"),
+            (self.chat_log, "log"),
+            (self.header, "header"),
+        ):
             part.add_class(f"chatlab-{name}-{suffix}")
         super().__init__(
             children=[
@@ -217,8 +241,14 @@ class ChatWidget(widgets.VBox):
                 widgets.HBox([self.text, self.send_button]),
             ],
             # Alone it is at most 360px wide; in a chat_row three share a notebook's width.
-            layout=widgets.Layout(flex="1 1 190px", min_width="180px", max_width="360px",
-                                  padding="4px", border=f"1px solid {_BORDER}", margin="0 6px 6px 0"),
+            layout=widgets.Layout(
+                flex="1 1 190px",
+                min_width="180px",
+                max_width="360px",
+                padding="4px",
+                border=f"1px solid {_BORDER}",
+                margin="0 6px 6px 0",
+            ),
         )
         self.add_class("chatlab-chat")
         self.send_button.on_click(lambda _button: self.submit())
@@ -231,8 +261,7 @@ class ChatWidget(widgets.VBox):
         self._add("notice", "* online: " + ", ".join(client.online))
         self._draw_header()
         _remember(self)
-        self._thread = threading.Thread(target=self._receive_loop, name=f"chatlab-widget-{name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._receive_loop, name=f"chatlab-widget-{name}", daemon=True)
         self._thread.start()
 
     @classmethod
@@ -353,7 +382,7 @@ class ChatWidget(widgets.VBox):
     def _add(self, kind: str, text: str) -> None:
         with self._changed:
             self._entries.append(LogEntry(kind, text))
-            del self._entries[:-self.max_entries]
+            del self._entries[: -self.max_entries]
             rows = "".join(
                 f'<div style="{_ENTRY_STYLES[e.kind]}">{_escape(e.text)}</div>' for e in self._entries
             )
@@ -375,6 +404,7 @@ class ChatWidget(widgets.VBox):
         Raises TimeoutError after ``timeout`` seconds. Any line counts, old or new, so pick a
         fragment that is new (e.g. the message text).
         """
+
         def found() -> str | None:
             return next((e.text for e in self._entries if fragment in e.text), None)
 
@@ -409,8 +439,11 @@ class ChatWidget(widgets.VBox):
 def _close_same(host: str, port: int, name: str) -> bool:
     """Close an open widget that has this name on this server (a re-run cell's old widget)."""
     with _open_lock:
-        same = [w for w in _open if isinstance(w, ChatWidget) and w.address == (host, port)
-                and w.name.lower() == name.lower()]
+        same = [
+            w
+            for w in _open
+            if isinstance(w, ChatWidget) and w.address == (host, port) and w.name.lower() == name.lower()
+        ]
     for widget in same:
         widget.close()
     return bool(same)
@@ -451,7 +484,7 @@ _THREAD_ROLES = (
 def _thread_role(name: str) -> str:
     for prefix, role in _THREAD_ROLES:
         if name.startswith(prefix):
-            return role.format(name[len(prefix):])
+            return role.format(name[len(prefix) :])
     return ""
 
 
@@ -490,18 +523,34 @@ def _feed_line(event: ServerEvent) -> tuple[str, str]:
 
 def _clients_html(records: list[ClientRecord]) -> str:
     now = time.time()
-    rows = [[_escape(r.name or ""), r.ip, str(r.port), str(r.fd),
-             _escape(r.thread.name if r.thread else "-"), _since(now - r.connected_at),
-             str(r.messages_in), str(r.messages_out)] for r in records]
+    rows = [
+        [
+            _escape(r.name or ""),
+            r.ip,
+            str(r.port),
+            str(r.fd),
+            _escape(r.thread.name if r.thread else "-"),
+            _since(now - r.connected_at),
+            str(r.messages_in),
+            str(r.messages_out),
+        ]
+        for r in records
+    ]
     headers = ["name", "IP", "port", "fd", "serving thread", "connected for", "sent", "received"]
     return _table("Clients", headers, rows, "no clients")
 
 
 def _threads_html() -> str:
-    threads = sorted((t for t in threading.enumerate() if t.name.startswith("chatlab")),
-                     key=lambda t: t.name)
-    rows = [[_escape(t.name), "yes" if t.is_alive() else "no", "yes" if t.daemon else "no",
-             _escape(_thread_role(t.name))] for t in threads]
+    threads = sorted((t for t in threading.enumerate() if t.name.startswith("chatlab")), key=lambda t: t.name)
+    rows = [
+        [
+            _escape(t.name),
+            "yes" if t.is_alive() else "no",
+            "yes" if t.daemon else "no",
+            _escape(_thread_role(t.name)),
+        ]
+        for t in threads
+    ]
     return _table("Threads (chatlab's, in this kernel)", ["name", "alive", "daemon", "job"], rows, "none")
 
 
@@ -510,8 +559,10 @@ def _feed_html(events: list[ServerEvent]) -> str:
     for event in events:
         kind, text = _feed_line(event)
         stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
-        rows.append(f'<div style="{_ENTRY_STYLES[kind]}"><span style="color:{_MUTED};'
-                    f'font-style:normal;">{stamp}</span> {_escape(text)}</div>')
+        rows.append(
+            f'<div style="{_ENTRY_STYLES[kind]}"><span style="color:{_MUTED};'
+            f'font-style:normal;">{stamp}</span> {_escape(text)}</div>'
+        )
     inner = "".join(rows) or f'<div style="color:{_MUTED};">no events yet</div>'
     return f'<div style="{_FONT}font-weight:600;margin:4px 0 2px;">Events</div>' + _scroll_box(inner, "140px")
 
@@ -540,8 +591,10 @@ class Counters:
         )
 
     def __str__(self) -> str:
-        return (f"connections {self.connections}, joined {self.joined}, left {self.left}, "
-                f"messages {self.messages} ({self.broadcasts} broadcast), errors {self.errors}")
+        return (
+            f"connections {self.connections}, joined {self.joined}, left {self.left}, "
+            f"messages {self.messages} ({self.broadcasts} broadcast), errors {self.errors}"
+        )
 
 
 class ServerDashboard(widgets.VBox):
@@ -556,6 +609,7 @@ class ServerDashboard(widgets.VBox):
     default), so a dashboard opened late still counts what happened before it.
     """
 
+    server: ServerBase
     max_redraws_per_second = 5
     tick = 1.0  # seconds between redraws when nothing happens
     feed_length = 40
@@ -567,26 +621,36 @@ class ServerDashboard(widgets.VBox):
             dashboard.close()
         self.server = server
         self.status = widgets.HTML(layout=widgets.Layout(flex="1 1 auto"))
-        self.start_button = widgets.Button(description="Start", icon="play", button_style="success",
-                                           layout=widgets.Layout(width="80px"))
-        self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger",
-                                          layout=widgets.Layout(width="80px"))
+        self.start_button = widgets.Button(
+            description="Start", icon="play", button_style="success", layout=widgets.Layout(width="80px")
+        )
+        self.stop_button = widgets.Button(
+            description="Stop", icon="stop", button_style="danger", layout=widgets.Layout(width="80px")
+        )
         self.clients_table = widgets.HTML()
         self.threads_table = widgets.HTML(layout=widgets.Layout(margin="0 24px 0 0"))
         self.sockets_table = widgets.HTML()
         self.feed = widgets.HTML(layout=widgets.Layout(width="100%"))
-        for part, suffix in ((self.status, "status"), (self.clients_table, "clients"),
-                             (self.threads_table, "threads"), (self.sockets_table, "sockets"),
-                             (self.feed, "feed"), (self.start_button, "start"),
-                             (self.stop_button, "stop")):
+        for part, suffix in (
+            (self.status, "status"),
+            (self.clients_table, "clients"),
+            (self.threads_table, "threads"),
+            (self.sockets_table, "sockets"),
+            (self.feed, "feed"),
+            (self.start_button, "start"),
+            (self.stop_button, "stop"),
+        ):
             part.add_class(f"chatlab-dashboard-{suffix}")
         super().__init__(
             children=[
-                widgets.HBox([self.status, self.start_button, self.stop_button],
-                             layout=widgets.Layout(align_items="center")),
+                widgets.HBox(
+                    [self.status, self.start_button, self.stop_button],
+                    layout=widgets.Layout(align_items="center"),
+                ),
                 self.clients_table,
-                widgets.HBox([self.threads_table, self.sockets_table],
-                             layout=widgets.Layout(flex_flow="row wrap")),
+                widgets.HBox(
+                    [self.threads_table, self.sockets_table], layout=widgets.Layout(flex_flow="row wrap")
+                ),
                 self.feed,
             ],
             layout=widgets.Layout(padding="4px 8px", border=f"1px solid {_BORDER}", max_width="900px"),
@@ -658,25 +722,33 @@ class ServerDashboard(widgets.VBox):
             self.stop_button.disabled = not self.server.running
             self.clients_table.value = _clients_html(records)
             self.threads_table.value = _threads_html()
-            self.sockets_table.value = _table("Server sockets", ["kind", "fd", "local", "remote", "client"],
-                                              self._socket_rows(records), "none (stopped)")
-            self.feed.value = _feed_html(events[-self.feed_length:])
+            self.sockets_table.value = _table(
+                "Server sockets",
+                ["kind", "fd", "local", "remote", "client"],
+                self._socket_rows(records),
+                "none (stopped)",
+            )
+            self.feed.value = _feed_html(events[-self.feed_length :])
             self.redraws += 1
 
     def _status_html(self, records: list[ClientRecord], events: list[ServerEvent], problem: str) -> str:
         server = self.server
         if server.running:
             waiting = server.connection_count() - len(records)
-            state = (f'<span style="color:{_OK};">●</span> <b>running</b> on '
-                     f"{server.host}:{server.port} · {_escape(server.describe())} · "
-                     f"{len(records)} online" + (f" · {waiting} waiting for a name" if waiting > 0 else ""))
+            state = (
+                f'<span style="color:{_OK};">●</span> <b>running</b> on '
+                f"{server.host}:{server.port} · {_escape(server.describe())} · "
+                f"{len(records)} online" + (f" · {waiting} waiting for a name" if waiting > 0 else "")
+            )
         else:
             state = f'<span style="color:{_MUTED};">●</span> <b>stopped</b>'
         if problem:
             state += f' · <span style="color:{_ERROR};">{_escape(problem)}</span>'
         counters = Counters.count(events)
-        return (f'<div style="{_FONT}white-space:normal;"><div style="font-size:13px;">{state}</div>'
-                f'<div style="color:{_MUTED};">{counters}</div></div>')
+        return (
+            f'<div style="{_FONT}white-space:normal;"><div style="font-size:13px;">{state}</div>'
+            f'<div style="color:{_MUTED};">{counters}</div></div>'
+        )
 
     def _socket_rows(self, records: list[ClientRecord]) -> list[list[str]]:
         rows = []
@@ -684,8 +756,15 @@ class ServerDashboard(widgets.VBox):
         if listener is not None:
             rows.append(["listening", str(listener.fileno()), _address(listener.getsockname), "-", "-"])
         for r in records:
-            rows.append(["connected", str(r.fd), _address(r.sock.getsockname),
-                         _address(r.sock.getpeername), _escape(r.name or "")])
+            rows.append(
+                [
+                    "connected",
+                    str(r.fd),
+                    _address(r.sock.getsockname),
+                    _address(r.sock.getpeername),
+                    _escape(r.name or ""),
+                ]
+            )
         return rows
 
     # --- text for notebooks and tests ----------------------------------------------------------------
@@ -693,9 +772,8 @@ class ServerDashboard(widgets.VBox):
     def summary(self) -> str:
         """The dashboard's state as plain text: no ports, fds or times, so it is repeatable."""
         records = self.server.clients()
-        names = ", ".join(r.name for r in records) or "nobody"
-        lines = [f"server: {'running' if self.server.running else 'stopped'}, "
-                 f"{len(records)} online: {names}"]
+        names = ", ".join(r.label for r in records) or "nobody"
+        lines = [f"server: {'running' if self.server.running else 'stopped'}, {len(records)} online: {names}"]
         lines += [f"  {r.name}: sent {r.messages_in}, received {r.messages_out}" for r in records]
         lines.append(f"events: {Counters.count(self.server.events())}")
         return "\n".join(lines)
@@ -711,7 +789,15 @@ class ServerDashboard(widgets.VBox):
             self._wake.notify()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
-        for part in (self.status, self.start_button, self.stop_button, self.clients_table,
-                     self.threads_table, self.sockets_table, self.feed, *self.children):
+        for part in (
+            self.status,
+            self.start_button,
+            self.stop_button,
+            self.clients_table,
+            self.threads_table,
+            self.sockets_table,
+            self.feed,
+            *self.children,
+        ):
             part.close()
         super().close()

@@ -46,3 +46,17 @@ def test_environment_yml_installs_chatlab_itself_and_the_same_python():
 def test_console_scripts_point_at_the_cli_mains():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"chatlab-server": "chatlab.server:main", "chatlab-client": "chatlab.client:main"}
+
+
+def test_constraints_pin_every_requirement_to_a_version_it_allows():
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    for requirement in map(Requirement, pip_requirements()):
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not pinned in constraints.txt (run `make constraints`)"
+        assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} breaks {requirement}"

@@ -24,8 +24,15 @@ from .base import ServerBase, Session
 from .selectors_loop import SelectorsChatServer
 from .threads import ChatServer
 
-__all__ = ["MODELS", "AsyncioChatServer", "ChatServer", "SelectorsChatServer", "ServerBase", "Session",
-           "server_class"]
+__all__ = [
+    "MODELS",
+    "AsyncioChatServer",
+    "ChatServer",
+    "SelectorsChatServer",
+    "ServerBase",
+    "Session",
+    "server_class",
+]
 
 MODELS: dict[str, type[ServerBase]] = {
     "threads": ChatServer,

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import socket
 import threading
+from typing import Any
 
 from .. import protocol
 from ..room import ClientRecord
@@ -125,7 +126,7 @@ class AsyncioChatServer(ServerBase):
 
     model = "asyncio"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: object) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
         super().__init__(host, port, **options)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -139,8 +140,9 @@ class AsyncioChatServer(ServerBase):
         self._loop = asyncio.new_event_loop()
         self._start_error: BaseException | None = None
         serving = threading.Event()
-        self._thread = threading.Thread(target=self._loop_thread, args=(listener, serving),
-                                        name="chatlab-asyncio", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop_thread, args=(listener, serving), name="chatlab-asyncio", daemon=True
+        )
         self._track(self._thread)
         self._thread.start()
         if not serving.wait(START_TIMEOUT):
@@ -149,7 +151,7 @@ class AsyncioChatServer(ServerBase):
             raise self._start_error
 
     def _halt(self, listener: socket.socket, timeout: float) -> None:
-        assert self._loop is not None and self._thread is not None
+        assert self._loop is not None and self._thread is not None and self._stop_requested is not None
         try:
             self._loop.call_soon_threadsafe(self._stop_requested.set)
         except RuntimeError:
@@ -160,12 +162,14 @@ class AsyncioChatServer(ServerBase):
     # --- the loop thread ------------------------------------------------------------------------
 
     def _loop_thread(self, listener: socket.socket, serving: threading.Event) -> None:
+        loop = self._loop
+        assert loop is not None
         try:
-            self._loop.run_until_complete(self._serve(listener, serving))
+            loop.run_until_complete(self._serve(listener, serving))
         except Exception:
             log.exception("the asyncio loop failed")
         finally:
-            self._loop.close()
+            loop.close()
 
     async def _serve(self, listener: socket.socket, serving: threading.Event) -> None:
         """Serve until stop() sets ``_stop_requested``, then close everything."""

@@ -126,8 +126,14 @@ class Session:
 
     __slots__ = ("server", "room", "record", "framer", "reason", "announce", "left")
 
-    def __init__(self, server: ServerBase, sock: socket.socket, address: tuple[str, int], *,
-                 send_buffer: int | None = SEND_BUFFER) -> None:
+    def __init__(
+        self,
+        server: ServerBase,
+        sock: socket.socket,
+        address: tuple[str, int],
+        *,
+        send_buffer: int | None = SEND_BUFFER,
+    ) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # send short lines at once
         if send_buffer is not None:  # what the kernel holds counts as "behind" too: bound it
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)

@@ -23,8 +23,18 @@ import selectors
 import socket
 import threading
 import time
+from typing import Any
 
-from .base import DRAIN_TIMEOUT, RECV_SIZE, Outbox, ServerBase, Session, connection_error, refuse_full, shutdown
+from .base import (
+    DRAIN_TIMEOUT,
+    RECV_SIZE,
+    Outbox,
+    ServerBase,
+    Session,
+    connection_error,
+    refuse_full,
+    shutdown,
+)
 
 __all__ = ["SelectorsChatServer"]
 
@@ -80,8 +90,8 @@ class SelectorsChatServer(ServerBase):
 
     model = "selectors"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: object) -> None:
-        super().__init__(host, port, **options)  # type: ignore[arg-type]
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
+        super().__init__(host, port, **options)
         self._thread: threading.Thread | None = None
         self._selector: selectors.BaseSelector | None = None
         self._waker: socket.socket | None = None  # a byte written here wakes the loop
@@ -99,8 +109,9 @@ class SelectorsChatServer(ServerBase):
             sock.setblocking(False)
         self._selector.register(listener, READ, "accept")
         self._selector.register(wake_up, READ, "wake")
-        self._thread = threading.Thread(target=self._loop, args=(listener, wake_up),
-                                        name="chatlab-selectors", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, args=(listener, wake_up), name="chatlab-selectors", daemon=True
+        )
         self._track(self._thread)
         self._thread.start()
 

@@ -31,10 +31,20 @@ import logging
 import socket
 import threading
 import time
+from typing import Any
 
 from ..room import ClientRecord
-from .base import (DRAIN_TIMEOUT, RECV_SIZE, SEND_BUFFER, Outbox, ServerBase, Session, connection_error,
-                   refuse_full, shutdown)
+from .base import (
+    DRAIN_TIMEOUT,
+    RECV_SIZE,
+    SEND_BUFFER,
+    Outbox,
+    ServerBase,
+    Session,
+    connection_error,
+    refuse_full,
+    shutdown,
+)
 
 __all__ = ["ChatServer", "DELIVERY_MODES", "SERVER_SWITCH_INTERVAL"]
 
@@ -131,11 +141,12 @@ class ChatServer(ServerBase):
 
     model = "threads"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, delivery: str = "queue",
-                 **options: object) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, delivery: str = "queue", **options: Any
+    ) -> None:
         if delivery not in DELIVERY_MODES:
             raise ValueError(f"delivery must be one of {DELIVERY_MODES}")
-        super().__init__(host, port, **options)  # type: ignore[arg-type]
+        super().__init__(host, port, **options)
         self.delivery = delivery
         self.room.blocking_writes = delivery == "direct"
 
@@ -143,8 +154,9 @@ class ChatServer(ServerBase):
         return f"one thread per client, {self.delivery} delivery"
 
     def _run(self, listener: socket.socket) -> None:
-        accept = threading.Thread(target=self._accept_loop, args=(listener,), name="chatlab-accept",
-                                  daemon=True)
+        accept = threading.Thread(
+            target=self._accept_loop, args=(listener,), name="chatlab-accept", daemon=True
+        )
         self._track(accept)
         accept.start()
 
@@ -179,8 +191,9 @@ class ChatServer(ServerBase):
         session = Session(self, sock, address, send_buffer=SEND_BUFFER if queued else None)
         record = session.record
         record.transport = (_QueuedTransport if queued else _DirectTransport)(self, record)
-        record.thread = threading.Thread(target=self._serve, args=(session,), daemon=True,
-                                         name=f"chatlab-client-{record.label}")
+        record.thread = threading.Thread(
+            target=self._serve, args=(session,), daemon=True, name=f"chatlab-client-{record.label}"
+        )
         sock.settimeout(self.name_timeout)  # a connection that never registers ends
         if not session.open():
             refuse_full(sock)
@@ -196,8 +209,9 @@ class ChatServer(ServerBase):
 
     def _start_writer(self, record: ClientRecord) -> threading.Thread | None:
         """Start a writer thread for a client that fell behind (its ``send_lock`` is held)."""
-        writer = threading.Thread(target=self._write_loop, args=(record,), daemon=True,
-                                  name=f"chatlab-writer-{record.label}")
+        writer = threading.Thread(
+            target=self._write_loop, args=(record,), daemon=True, name=f"chatlab-writer-{record.label}"
+        )
         self._track(writer)
         try:
             writer.start()
