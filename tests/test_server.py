@@ -594,3 +594,13 @@ def test_a_connection_that_sends_no_name_in_time_is_told_and_closed(start_server
     wait_until(lambda: server.connection_count() == 0)
     connect(server, "alice")  # the slot is free again
     assert [e.text for e in server.events() if e.kind == "left"] == ["no name in time"]
+
+
+def test_stop_right_after_a_greeting_leaves_no_thread_behind(start_server, connect, kit_threads):
+    """The accept thread greets a newcomer before it starts the newcomer's thread: a stop() in
+    between must still find that thread and join it (it once outlived stop under load)."""
+    for _ in range(30):
+        server = start_server()
+        connect(server).expect(GREETING)
+        server.stop(timeout=5)
+        assert server.threads() == []

@@ -149,20 +149,25 @@ class ChatServer(ServerBase):
         super().__init__(host, port, **options)
         self.delivery = delivery
         self.room.blocking_writes = delivery == "direct"
+        self._accept_thread: threading.Thread | None = None
 
     def describe(self) -> str:
         return f"one thread per client, {self.delivery} delivery"
 
     def _run(self, listener: socket.socket) -> None:
-        accept = threading.Thread(
+        self._accept_thread = threading.Thread(
             target=self._accept_loop, args=(listener,), name="chatlab-accept", daemon=True
         )
-        self._track(accept)
-        accept.start()
+        self._track(self._accept_thread)
+        self._accept_thread.start()
 
     def _halt(self, listener: socket.socket, timeout: float) -> None:
         shutdown(listener)  # wakes accept() on Linux
         listener.close()
+        # First the accept thread, which may be taking in one last client: after it has ended,
+        # no new connection or thread can appear while the others are shut down and joined.
+        assert self._accept_thread is not None
+        self._accept_thread.join(timeout)
         for record in self.room.connections():
             shutdown(record.sock)  # wakes each client's thread in recv(): it cleans up and ends
         self._join_threads(timeout)
