@@ -41,6 +41,7 @@ __all__ = ["SelectorsChatServer"]
 log = logging.getLogger("chatlab.server")
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+_ACCEPT, _WAKE = "accept", "wake"  # what the selector holds for the listener and the waker
 
 
 class _Connection:
@@ -78,6 +79,7 @@ class _Connection:
 
     def registered(self, name: str) -> None:
         self.deadline = None  # in time; and with one thread for all, there is nothing to rename
+        self.server._timed.discard(self)
 
 
 class SelectorsChatServer(ServerBase):
@@ -93,9 +95,13 @@ class SelectorsChatServer(ServerBase):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
         super().__init__(host, port, **options)
         self._thread: threading.Thread | None = None
+        self._loop_ident: int | None = None  # the loop thread's id, once it runs
         self._selector: selectors.BaseSelector | None = None
         self._waker: socket.socket | None = None  # a byte written here wakes the loop
         self._connections: set[_Connection] = set()
+        # The connections with a deadline (no name yet, or leaving): a turn looks only at these,
+        # not at every connection, so a thousand quiet clients cost a turn nothing.
+        self._timed: set[_Connection] = set()
         self._soon: set[_Connection] = set()  # to flush or abort at the end of this turn
         self._soon_lock = threading.Lock()
 
@@ -107,8 +113,8 @@ class SelectorsChatServer(ServerBase):
         wake_up, self._waker = socket.socketpair()
         for sock in (listener, wake_up, self._waker):
             sock.setblocking(False)
-        self._selector.register(listener, READ, "accept")
-        self._selector.register(wake_up, READ, "wake")
+        self._selector.register(listener, READ, _ACCEPT)
+        self._selector.register(wake_up, READ, _WAKE)
         self._thread = threading.Thread(
             target=self._loop, args=(listener, wake_up), name="chatlab-selectors", daemon=True
         )
@@ -134,21 +140,22 @@ class SelectorsChatServer(ServerBase):
         """Have the loop flush or abort ``connection`` at the end of its turn (any thread)."""
         with self._soon_lock:
             self._soon.add(connection)
-        if threading.current_thread() is not self._thread:
+        if threading.get_ident() != self._loop_ident:  # from another thread: wake the loop up
             self._wake()
 
     # --- the loop thread -------------------------------------------------------------------------
 
     def _loop(self, listener: socket.socket, wake_up: socket.socket) -> None:
+        self._loop_ident = threading.get_ident()
         selector = self._selector
         assert selector is not None
         try:
             while not self.stopping:
                 for key, events in selector.select(self._next_timeout()):
                     connection = key.data
-                    if connection == "accept":
+                    if connection is _ACCEPT:
                         self._accept(listener)
-                    elif connection == "wake":
+                    elif connection is _WAKE:
                         wake_up.recv(RECV_SIZE)  # the bytes mean nothing: waking was the point
                     else:
                         if events & WRITE and connection in self._connections:
@@ -169,7 +176,7 @@ class SelectorsChatServer(ServerBase):
         """Seconds until the nearest deadline, so that select() returns in time for it."""
         if self._soon:
             return 0.0  # the last turn wrote more (a "left" notice, say): no sleeping yet
-        deadlines = [c.deadline for c in self._connections if c.deadline is not None]
+        deadlines = [c.deadline for c in self._timed if c.deadline is not None]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _accept(self, listener: socket.socket) -> None:
@@ -188,6 +195,8 @@ class SelectorsChatServer(ServerBase):
             return
         sock.setblocking(False)
         self._connections.add(connection)
+        if connection.deadline is not None:
+            self._timed.add(connection)
         self._selector.register(sock, READ, connection)  # type: ignore[union-attr]
 
     def _read(self, connection: _Connection) -> None:
@@ -239,7 +248,7 @@ class SelectorsChatServer(ServerBase):
                 else:
                     self._flush(connection)
         now = time.monotonic()
-        for connection in [c for c in self._connections if c.deadline and now >= c.deadline]:
+        for connection in [c for c in self._timed if c.deadline is not None and now >= c.deadline]:
             if not connection.ending:
                 connection.session.name_timed_out()
                 self._end(connection, None, drain=True)
@@ -256,6 +265,7 @@ class SelectorsChatServer(ServerBase):
         connection.session.leave(reason)
         if drain and len(connection.outbox) and not self.stopping:
             connection.deadline = time.monotonic() + DRAIN_TIMEOUT
+            self._timed.add(connection)
             self._flush(connection)  # closes it at once if everything goes out
         else:
             self._close(connection)
@@ -264,6 +274,7 @@ class SelectorsChatServer(ServerBase):
         if connection not in self._connections:
             return
         self._connections.discard(connection)
+        self._timed.discard(connection)
         record = connection.record
         self._selector.unregister(record.sock)  # type: ignore[union-attr]
         with record.send_lock:  # nobody is half-way through writing to its outbox
