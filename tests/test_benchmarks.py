@@ -188,23 +188,32 @@ def test_a_peer_is_measured_like_a_model_and_a_window_1_ring_loses_nothing(bench
 
 class FaultyRoom(ChatRoom):
     """A real room that mishandles ring0's messages to ring1 on purpose: it drops "3",
-    delivers "5" twice, holds "2" back until after "4", and sends "6" to ring2 instead."""
+    delivers "5" twice, holds "2" back until after "4", and sends "6" to ring2 instead.
 
-    def _direct(self, record, to, text, outgoing):
+    It rewrites ring0's lines on their way into the room (``handle_lines``, the room's entry
+    point for what a client sent), so it does not depend on how the room routes them.
+    """
+
+    held: bytes = b""
+
+    def handle_lines(self, record, lines):
         if record.name != "ring0":
-            return super()._direct(record, to, text, outgoing)
-        if text == "2":
-            self.held = (record, to, text)
-        elif text == "3":
-            pass
-        elif text == "6":
-            super()._direct(record, "ring2", text, outgoing)
-        else:
-            super()._direct(record, to, text, outgoing)
-            if text == "5":
-                super()._direct(record, to, text, outgoing)
-            if text == "4":
-                super()._direct(*self.held, outgoing)
+            return super().handle_lines(record, lines)
+        rewritten = []
+        for line in lines:
+            if line == b"%ring1%2":
+                self.held = line
+            elif line == b"%ring1%3":
+                pass
+            elif line == b"%ring1%6":
+                rewritten.append(b"%ring2%6")
+            else:
+                rewritten.append(line)
+                if line == b"%ring1%5":
+                    rewritten.append(line)
+                if line == b"%ring1%4":
+                    rewritten.append(self.held)
+        return super().handle_lines(record, rewritten)
 
 
 def test_the_ring_counts_what_a_faulty_server_gets_wrong(bench):
