@@ -122,6 +122,10 @@ class ChatRoom:
         # Whether a transport's write may wait for its client (the threaded server's direct
         # delivery). Then every thread delivers its own notices: see _deliver_notices.
         self.blocking_writes = False
+        # Where one thread serves every client (the event loops), the model sets this to a
+        # function that has deliver_notices() called once, at the end of the loop's turn: a
+        # turn in which a hundred clients leave then costs one round of notices, not a hundred.
+        self.notices_due: Callable[[], None] | None = None
         self._lock = threading.Lock()  # guards _connections, _by_name and messages_out
         self._connections: set[ClientRecord] = set()
         self._by_name: dict[str, ClientRecord] = {}  # lower-case name -> record
@@ -292,6 +296,13 @@ class ChatRoom:
         self._deliver_notices()
 
     def _deliver_notices(self) -> None:
+        """Deliver the waiting notices now, or ask the model to soon (``notices_due``)."""
+        if self.notices_due is not None:
+            self.notices_due()
+        else:
+            self.deliver_notices()
+
+    def deliver_notices(self) -> None:
         """Write the waiting notices to every client online that has not had them yet.
 
         Where writes never wait, one thread at a time does it for everyone (it holds the

@@ -137,3 +137,21 @@ def test_many_clients_registering_at_once_each_hear_of_every_later_one_once(room
         # Whoever was not in its online list, it has heard of (no later send was needed to
         # bring the notice along): exactly once each, and nobody else.
         assert sorted(online + joined) == sorted(r.name for r in records), record.name
+
+
+def test_where_one_thread_serves_everyone_a_turn_of_leaves_costs_one_round_of_notices(room, admit):
+    """The event-loop models set ``notices_due``: the room then leaves the notices for the
+    model to deliver once, at the end of its turn, instead of one round per leave."""
+    watcher = admit("watcher")
+    crowd = [admit(f"c{i:02}") for i in range(30)]
+    asked = []
+    room.notices_due = lambda: asked.append(1)
+    writes = len(watcher.transport.writes)
+    for record in crowd:  # thirty leaves in one turn of the loop
+        room.remove(record)
+        room.departed(record, "disconnected", announce=True)
+    assert len(asked) == 30 and len(watcher.transport.writes) == writes  # nothing written yet
+    room.deliver_notices()  # the end of the turn
+    assert len(watcher.transport.writes) == writes + 1
+    assert lines(watcher)[-30:] == [f"* {r.name} left" for r in crowd]
+    assert len(room._notices) == 0

@@ -132,6 +132,8 @@ class AsyncioChatServer(ServerBase):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
         self._connections: set[_Connection] = set()  # touched only in the loop thread
+        self._notices_due = False  # a call of room.deliver_notices() is scheduled
+        self.room.notices_due = self._deliver_notices_soon
 
     def describe(self) -> str:
         return "one asyncio event loop"
@@ -160,6 +162,17 @@ class AsyncioChatServer(ServerBase):
         listener.close()  # asyncio closed it already, unless the loop never got that far
 
     # --- the loop thread ------------------------------------------------------------------------
+
+    def _deliver_notices_soon(self) -> None:
+        """The room has notices: deliver them once, after the callbacks already due have run
+        (a hundred clients leaving in one turn of the loop cost one round of notices)."""
+        if not self._notices_due:
+            self._notices_due = True
+            asyncio.get_running_loop().call_soon(self._deliver_notices)
+
+    def _deliver_notices(self) -> None:
+        self._notices_due = False
+        self.room.deliver_notices()
 
     def _loop_thread(self, listener: socket.socket, serving: threading.Event) -> None:
         loop = self._loop

@@ -103,6 +103,8 @@ class SelectorsChatServer(ServerBase):
         # not at every connection, so a thousand quiet clients cost a turn nothing.
         self._timed: set[_Connection] = set()
         self._soon: set[_Connection] = set()  # to flush or abort at the end of this turn
+        self._notices_due = False  # whether the room has notices to deliver at the end of it
+        self.room.notices_due = self._deliver_notices_soon
         self._soon_lock = threading.Lock()
 
     def describe(self) -> str:
@@ -135,6 +137,9 @@ class SelectorsChatServer(ServerBase):
             self._waker.send(b"\0")  # type: ignore[union-attr]
         except OSError:
             pass  # its buffer is full, so the loop is awake already; or the loop has ended
+
+    def _deliver_notices_soon(self) -> None:
+        self._notices_due = True  # the room calls this in the loop thread, which then goes on
 
     def _call_soon(self, connection: _Connection) -> None:
         """Have the loop flush or abort ``connection`` at the end of its turn (any thread)."""
@@ -174,7 +179,7 @@ class SelectorsChatServer(ServerBase):
 
     def _next_timeout(self) -> float | None:
         """Seconds until the nearest deadline, so that select() returns in time for it."""
-        if self._soon:
+        if self._soon or self._notices_due:
             return 0.0  # the last turn wrote more (a "left" notice, say): no sleeping yet
         deadlines = [c.deadline for c in self._timed if c.deadline is not None]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
@@ -238,7 +243,11 @@ class SelectorsChatServer(ServerBase):
             connection.events = events
 
     def _end_of_turn(self) -> None:
-        """Flush or abort what this turn asked for, then act on the deadlines that passed."""
+        """Deliver this turn's notices, flush or abort what the turn asked for, then act on the
+        deadlines that passed."""
+        if self._notices_due:
+            self._notices_due = False
+            self.room.deliver_notices()  # one round for every join and leave of this turn
         with self._soon_lock:
             soon, self._soon = self._soon, set()
         for connection in soon:
