@@ -23,6 +23,7 @@ send reaches each receiver as one write.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import logging
 import socket
@@ -129,6 +130,10 @@ class ChatRoom:
         self._lock = threading.Lock()  # guards _connections, _by_name and messages_out
         self._connections: set[ClientRecord] = set()
         self._by_name: dict[str, ClientRecord] = {}  # lower-case name -> record
+        # The names online, kept in order as clients come and go (bisect), so that a welcome or
+        # a who-list costs no sort. A sort would also cost each client's thread a page of
+        # stack for good: list.sort() keeps its work space on the thread's stack.
+        self._names: list[str] = []
         # The event log holds plain tuples, the fields of a ServerEvent in order: one is made for
         # every message, and a tuple costs a tenth of a dataclass. events() turns them into
         # ServerEvents when somebody asks. The log is guarded by _lock, like the registry.
@@ -198,6 +203,7 @@ class ChatRoom:
             if record.name is None or self._by_name.get(record.name.lower()) is not record:
                 return False
             del self._by_name[record.name.lower()]
+            del self._names[bisect.bisect_left(self._names, record.name.lower(), key=str.lower)]
             self._leaving[record] = self._registrations + 1  # who saw it online: all so far
             return True
 
@@ -275,7 +281,7 @@ class ChatRoom:
     # --- the rules ---------------------------------------------------------------------------------
 
     def _online_locked(self) -> list[str]:
-        return sorted((r.label for r in self._by_name.values()), key=str.lower)  # all have names
+        return list(self._names)
 
     def refuse(
         self, record: ClientRecord, reason: str, reply: bytes | None = None, outgoing: Outgoing | None = None
@@ -363,6 +369,7 @@ class ChatRoom:
                 if not taken:
                     record.name = name
                     self._by_name[name.lower()] = record
+                    bisect.insort(self._names, name, key=str.lower)
                     welcome = protocol.format_welcome(name, self._online_locked())
                     self._registrations += 1
                     record.order = self._registrations

@@ -155,3 +155,13 @@ def test_where_one_thread_serves_everyone_a_turn_of_leaves_costs_one_round_of_no
     assert len(watcher.transport.writes) == writes + 1
     assert lines(watcher)[-30:] == [f"* {r.name} left" for r in crowd]
     assert len(room._notices) == 0
+
+
+def test_the_who_list_stays_in_order_whatever_the_case_as_clients_come_and_go(room, admit):
+    records = {name: admit(name) for name in ["carol", "Bob", "alice", "Dave", "eve"]}
+    assert room.online() == ["alice", "Bob", "carol", "Dave", "eve"]
+    for name in ["Bob", "eve"]:
+        room.remove(records[name])
+    admit("bert")
+    assert room.online() == ["alice", "bert", "carol", "Dave"]
+    assert lines(admit("zoe"))[1] == "* online: alice, bert, carol, Dave, zoe"
