@@ -50,7 +50,7 @@ __all__ = ["ChatServer", "DELIVERY_MODES", "SERVER_SWITCH_INTERVAL"]
 
 log = logging.getLogger("chatlab.server")
 
-QUIET_RECV_SIZE = 1024  # wait with a small buffer while a client is quiet: every waiting thread holds one
+QUIET_RECV_SIZE = 256  # wait with a small buffer while a client is quiet: every waiting thread holds one
 DELIVERY_MODES = ("queue", "direct")
 # How long a thread may run Python before the interpreter makes it hand over the GIL (Python's
 # default is 5 ms). A thread waiting for the GIL wakes up that often to ask for it: with
