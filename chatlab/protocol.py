@@ -63,7 +63,7 @@ class LineFramer:
     ``feed()`` takes whatever arrived and returns the complete lines (without ``\\n`` or a
     trailing ``\\r``). A line longer than ``max_line`` bytes is reported once as
     :class:`LineTooLong` and its bytes are thrown away up to the next newline, so the framer
-    never keeps more than ``max_line + 1`` bytes (a line and the ``\r`` of its ``\r\n``)
+    never keeps more than ``max_line + 1`` bytes (a line and the ``\\r`` of its ``\\r\\n``)
     between calls, whatever a client sends.
     """
 

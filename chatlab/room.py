@@ -81,9 +81,11 @@ class ClientRecord:
     the room's lock, ``bytes_out`` by whoever writes to the socket, the rest by the reader.
 
     ``send_lock`` is held by whoever writes to this client, for as long as the write takes. It
-    is a plain lock, not a re-entrant one, on purpose: no code path takes it twice in one
-    thread (the servers end a connection only after letting go of it), and a second take
-    would be a deadlock that the tests show at once rather than a bug that hides.
+    is a plain lock, not a re-entrant one, on purpose: no code path of the kit takes it twice
+    in one thread (the servers end a connection only after letting go of it). A subscriber
+    that sent to a client from its callback could (``subscribe()`` says not to): the newcomer's
+    "registered" event is told while its lock is held, so that it comes before anything sent
+    to it.
     """
 
     ip: str

@@ -29,6 +29,9 @@ def still_chatting(server: ChatServer, connect, tag: str) -> None:
     ping.close()
     pong.read_until(f"* ping{tag} left")
     pong.close()
+    # Gone from the room before the caller goes on: someone who registers next must not be
+    # told that pong left (it would be, rightly, if pong were still online then).
+    wait_until(lambda: f"pong{tag}" not in server.online(), message=f"pong{tag} has left")
 
 
 def small_kernel_buffers(server: ChatServer) -> None:
@@ -238,7 +241,7 @@ def test_a_writer_thread_serves_a_client_only_while_it_is_behind(server, connect
     wait_until(lambda: [c.bytes_out for c in server.clients() if c.name == "sleepy"] == [sent])
 
 
-@pytest.mark.parametrize("release", ["the receiver reads", "the server stops"])
+@pytest.mark.parametrize("release", ["the receiver reads", "the server stops", "the receiver leaves"])
 def test_in_direct_mode_a_receiver_that_never_reads_stalls_its_senders(start_server, connect, kit_threads, release):
     server = start_server(delivery="direct")
     small_kernel_buffers(server)
@@ -268,6 +271,17 @@ def test_in_direct_mode_a_receiver_that_never_reads_stalls_its_senders(start_ser
         sender.join(5)
         assert outcome == ["sent"]
         carol.expect("%alice%after the flood")
+    elif release == "the receiver leaves":
+        # stalled says goodbye without reading (`nc -N`): its own thread at the server ends the
+        # connection, and must first wake alice's thread, which is stuck writing to it while
+        # holding its send lock (the two threads once waited for each other for good).
+        stalled.sock.shutdown(socket.SHUT_WR)
+        carol.read_until("* stalled left")
+        sender.join(5)
+        assert outcome == ["sent"]
+        carol.expect("%alice%after the flood")
+        server.stop()
+        assert kit_threads() == []
     else:
         started = time.monotonic()
         server.stop()  # closing the stalled socket frees alice's thread at the server

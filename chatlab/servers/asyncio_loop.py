@@ -139,6 +139,7 @@ class AsyncioChatServer(ServerBase):
         return "one asyncio event loop"
 
     def _run(self, listener: socket.socket) -> None:
+        self._notices_due = False
         self._loop = asyncio.new_event_loop()
         self._start_error: BaseException | None = None
         serving = threading.Event()

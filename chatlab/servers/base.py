@@ -193,9 +193,10 @@ class Session:
         self.announce = self.room.remove(self.record) and not self.server.stopping
 
     def departed(self) -> None:
-        """The socket is closed: log why the client left and, if it was online, tell the others."""
+        """The socket is closed: log why the client left and, if it was online, tell the others
+        (unless the server is stopping meanwhile: then everyone is leaving)."""
         self.leave()
-        self.room.departed(self.record, self.reason, self.announce)
+        self.room.departed(self.record, self.reason, self.announce and not self.server.stopping)
 
 
 class ServerBase:
@@ -264,6 +265,10 @@ class ServerBase:
 
     def start(self) -> ServerBase:
         """Bind, listen and start serving; returns once ``self.port`` is the real port."""
+        with self._stop_lock:  # not while a stop() (or another start()) is under way
+            return self._start()
+
+    def _start(self) -> ServerBase:
         if self.running:
             raise RuntimeError("the server is already running")
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -376,9 +381,17 @@ class ServerBase:
         """Remember a thread this server started (before starting it), so stop() can join it."""
         with self._threads_lock:
             if len(self._threads) >= self._prune_at:  # now and then, not every time
-                self._threads = [t for t in self._threads if t.is_alive() or t.ident is None]
+                self._threads = [
+                    t for t in self._threads if t.is_alive() or t.ident is None
+                ]  # not yet started
                 self._prune_at = 2 * len(self._threads) + 64
             self._threads.append(thread)
+
+    def _untrack(self, thread: threading.Thread) -> None:
+        """Forget a thread that could not be started."""
+        with self._threads_lock:
+            if thread in self._threads:
+                self._threads.remove(thread)
 
     def _join_threads(self, timeout: float) -> None:
         """Join every thread this server started, all within ``timeout`` seconds."""

@@ -192,17 +192,32 @@ class SelectorsChatServer(ServerBase):
         except OSError as exc:  # e.g. out of file descriptors
             log.warning("accept failed: %s", exc)
             return
-        session = Session(self, sock, address)
-        session.record.thread = self._thread
-        session.record.transport = connection = _Connection(self, session)
-        if not session.open():  # the greeting only waits in the outbox until this turn ends
-            refuse_full(sock)
-            return
-        sock.setblocking(False)
-        self._connections.add(connection)
-        if connection.deadline is not None:
-            self._timed.add(connection)
-        self._selector.register(sock, READ, connection)  # type: ignore[union-attr]
+        session = None
+        try:
+            session = Session(self, sock, address)
+            session.record.thread = self._thread
+            session.record.transport = connection = _Connection(self, session)
+            if not session.open():  # the greeting only waits in the outbox until this turn ends
+                refuse_full(sock)
+                return
+            sock.setblocking(False)
+            self._connections.add(connection)
+            if connection.deadline is not None:
+                self._timed.add(connection)
+            self._selector.register(sock, READ, connection)  # type: ignore[union-attr]
+        except Exception:  # a bug, or the system out of something: refuse this one, keep serving
+            log.exception("could not take in %s:%d", address[0], address[1])
+            if session is not None and session.record.transport is not None:
+                self._connections.discard(session.record.transport)  # type: ignore[arg-type]
+                self._timed.discard(session.record.transport)  # type: ignore[arg-type]
+            try:
+                self._selector.unregister(sock)  # type: ignore[union-attr]
+            except (KeyError, ValueError):
+                pass  # it never got that far
+            sock.close()
+            if session is not None:
+                session.leave("server error")
+                session.departed()
 
     def _read(self, connection: _Connection) -> None:
         try:

@@ -165,7 +165,8 @@ class ChatServer(ServerBase):
         shutdown(listener)  # wakes accept() on Linux
         listener.close()
         # First the accept thread, which may be taking in one last client: after it has ended,
-        # no new connection or thread can appear while the others are shut down and joined.
+        # no new connection can appear while the others are shut down and joined (a writer
+        # thread still may, and its client's thread joins it before ending).
         assert self._accept_thread is not None
         self._accept_thread.join(timeout)
         for record in self.room.connections():
@@ -207,6 +208,7 @@ class ChatServer(ServerBase):
         try:
             record.thread.start()
         except BaseException:
+            self._untrack(record.thread)
             session.leave("server error")
             sock.close()
             session.departed()
@@ -221,6 +223,7 @@ class ChatServer(ServerBase):
         try:
             writer.start()
         except RuntimeError as exc:  # "can't start new thread": treat it as too slow
+            self._untrack(writer)
             log.warning("%s: no writer thread: %s", record.label, exc)
             return None
         return writer
@@ -245,7 +248,8 @@ class ChatServer(ServerBase):
             session.reason = connection_error(exc)
         except Exception:  # a bug: say so, and still clean up after this client
             session.failed()
-        self._close(session)
+        finally:
+            self._close(session)
 
     def _write_loop(self, record: ClientRecord) -> None:
         """A writer thread: send what waits in the outbox until it is empty, then end."""
@@ -270,6 +274,9 @@ class ChatServer(ServerBase):
     def _close(self, session: Session) -> None:
         record = session.record
         session.leave()
+        if self.delivery == "direct":
+            # A sender may be stuck writing to this client, holding its send_lock: wake it first.
+            shutdown(record.sock)
         transport = record.transport
         assert isinstance(transport, _QueuedTransport)
         with record.send_lock:
@@ -279,8 +286,8 @@ class ChatServer(ServerBase):
             # A client that only closed its sending side (`nc -N`) still reads the replies to
             # its last lines; one that reads nothing more is not waited for long.
             writer.join(DRAIN_TIMEOUT)
-        if writer is not None or self.delivery == "direct":
-            shutdown(record.sock)  # wakes whoever is stuck writing to it, then we can close
+        if writer is not None:
+            shutdown(record.sock)  # wakes the writer if it is stuck, then we can close
         if writer is not None:
             writer.join()
         with record.send_lock:  # no sender thread is half-way through a write
