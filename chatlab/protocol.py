@@ -42,8 +42,12 @@ ERROR_SIGIL = "! "
 
 # Characters that could make a terminal or a log show something the server did not frame:
 # a carriage return rewinds the line, ESC starts colour and cursor codes, U+2028 is a line
-# break to some viewers, and the bidi controls reorder what follows them.
-_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# break to some viewers, and the bidi embeddings, overrides and isolates (U+202A..U+202E,
+# U+2066..U+2069) reorder everything after them, the sender's name on the receiver's screen
+# included. The plain direction marks (U+200E LRM, U+200F RLM, U+061C ALM) are allowed: they
+# are invisible, reorder nothing beyond their neighbours, and are part of ordinary Hebrew,
+# Arabic and Persian text.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 _ASCII_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # the unsafe ones among ASCII
 
@@ -159,8 +163,9 @@ def name_error(name: str) -> str | None:
 def unsafe_character(text: str) -> str | None:
     """The first character of ``text`` that could forge or garble a displayed line, if any.
 
-    A tab is allowed; other control characters, line and paragraph separators and the
-    Unicode bidi controls are not.
+    A tab is allowed, and so are the direction marks LRM, RLM and ALM; other control
+    characters, line and paragraph separators and the bidi embeddings, overrides and isolates
+    are not.
     """
     if text.isprintable():  # most lines: no control, format or separator character at all
         return None

@@ -146,10 +146,15 @@ def _escape(text: str) -> str:
 
 @dataclass(frozen=True)
 class LogEntry:
-    """One line of a chat log; ``kind`` is sent, received, notice, error or closed."""
+    """One line of a chat log; ``kind`` is sent, received, notice, error or closed.
+
+    ``text[start:]`` is what somebody typed (``text[:start]`` is the log's own "← alice: "). It
+    is shown isolated (``<bdi>``), so right-to-left text can never reorder the sender's name.
+    """
 
     kind: str
     text: str
+    start: int = 0
 
 
 class ChatWidget(widgets.VBox):
@@ -310,13 +315,13 @@ class ChatWidget(widgets.VBox):
             to = self.to.value
         try:
             if line.startswith(protocol.MESSAGE_SIGIL):
-                self._add("sent", f"→ {line}")  # logged first, so a reply cannot come before it
+                self._add("sent", line, "→ ")  # logged first, so a reply cannot come before it
                 self.client.send_line(line)
             elif to == EVERYONE:
-                self._add("sent", f"→ {EVERYONE}: {line}")
+                self._add("sent", line, f"→ {EVERYONE}: ")
                 self.client.broadcast(line)
             else:
-                self._add("sent", f"→ {to}: {line}")
+                self._add("sent", line, f"→ {to}: ")
                 self.client.send(to, line)
         except ValueError as exc:
             self._add("error", f"! {exc}")
@@ -345,7 +350,7 @@ class ChatWidget(widgets.VBox):
     def _show(self, line: str) -> None:
         parsed = protocol.parse_server_line(line)
         if parsed.kind == "message":
-            self._add("received", f"← {parsed.sender}: {parsed.text}")
+            self._add("received", parsed.text, f"← {parsed.sender}: ")
         elif parsed.kind == "notice":
             self._follow_presence(parsed.text)
             self._add("notice", f"* {parsed.text}")
@@ -379,12 +384,14 @@ class ChatWidget(widgets.VBox):
 
     # --- the log (any thread) ------------------------------------------------------------------
 
-    def _add(self, kind: str, text: str) -> None:
+    def _add(self, kind: str, text: str, prefix: str = "") -> None:
         with self._changed:
-            self._entries.append(LogEntry(kind, text))
+            self._entries.append(LogEntry(kind, prefix + text, len(prefix)))
             del self._entries[: -self.max_entries]
             rows = "".join(
-                f'<div style="{_ENTRY_STYLES[e.kind]}">{_escape(e.text)}</div>' for e in self._entries
+                f'<div style="{_ENTRY_STYLES[e.kind]}">{_escape(e.text[: e.start])}'
+                f"<bdi>{_escape(e.text[e.start :])}</bdi></div>"
+                for e in self._entries
             )
             self.chat_log.value = _scroll_box(rows, self.log_height)
             self._changed.notify_all()

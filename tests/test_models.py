@@ -443,3 +443,12 @@ def test_each_model_runs_from_the_command_line(model):
             process.kill()
             process.wait(timeout=5)
         process.stderr.close()
+
+
+def test_hebrew_with_a_right_to_left_mark_arrives_byte_for_byte(server, connect):
+    alice, bob = alice_and_bob(server, connect)
+    text = "\u05e9\u05dc\u05d5\u05dd \u05d1\u05d5\u05d1\u200f, 50% done"  # "hello bob", RLM
+    alice.send_raw(f"%bob%{text}\n".encode())
+    assert bob.read_line() == f"%alice%{text}"
+    alice.send_raw("%bob%\u202eevil\n".encode())  # an override is still refused
+    alice.expect("! control characters are not allowed")

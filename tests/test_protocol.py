@@ -218,7 +218,9 @@ def test_invalid_utf8_is_malformed(line, registered):
 
 
 UNSAFE = ["\r", "\x1b", "\x00", "\x07", "\x08", "\x0b", "\x0c", "\x7f", "\x85", "\x9b",
-          "\u2028", "\u2029", "\u202e", "\u202d", "\u2066", "\u200f", "\u061c"]
+          "\u2028", "\u2029",
+          "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",  # bidi embeddings and overrides
+          "\u2066", "\u2067", "\u2068", "\u2069"]  # bidi isolates
 
 
 @pytest.mark.parametrize("char", UNSAFE, ids=[f"U+{ord(c):04X}" for c in UNSAFE])
@@ -332,3 +334,11 @@ def test_a_message_survives_the_round_trip(to, sender, text):
     received = protocol.format_message(sender, text).decode()
     assert received.endswith("\n") and received.count("\n") == 1
     assert parse_server_line(received[:-1]) == ServerLine("message", text, sender)
+
+
+@pytest.mark.parametrize("text", ["\u05e9\u05dc\u05d5\u05dd\u200f!", "abc\u200edef", "\u0633\u0644\u0627\u0645\u061c 1"],
+                         ids=["hebrew-RLM", "LRM", "arabic-ALM"])
+def test_direction_marks_are_ordinary_text(text):
+    """LRM, RLM and ALM are part of normal Hebrew, Arabic and Persian writing: not refused."""
+    assert protocol.unsafe_character(text) is None
+    assert parse_line(f"%bob%{text}".encode(), registered=True) == DirectMessage("bob", text)

@@ -161,6 +161,15 @@ def test_text_is_escaped_in_the_html_log(trio):
     assert "<b>not bold</b>" not in bob.chat_log.value
 
 
+def test_message_text_is_shown_isolated_so_it_cannot_reorder_the_sender_name(trio):
+    alice, bob, carol = trio
+    hebrew = "\u05e9\u05dc\u05d5\u05dd\u200f"  # "hello" and a right-to-left mark
+    type_and_send(alice, hebrew, to="bob")
+    assert bob.wait_for(hebrew) == f"← alice: {hebrew}"
+    assert f"← alice: <bdi>{hebrew}</bdi>" in bob.chat_log.value
+    assert f"→ bob: <bdi>{hebrew}</bdi>" in alice.chat_log.value
+
+
 # --- Enter, as the browser reports it ------------------------------------------------------------
 
 
