@@ -142,7 +142,7 @@ class Session:
         self.record = ClientRecord(ip=address[0], port=address[1], sock=sock, fd=sock.fileno())
         self.framer = protocol.LineFramer(server.max_line)
         self.reason = "disconnected"  # why it ended, once it has
-        self.announce = False  # whether the others are to hear that it left
+        self.announce = False  # whether it was online, so that the others hear it left
         self.left = False
 
     def open(self) -> bool:
@@ -190,7 +190,7 @@ class Session:
             self.reason = reason
         if self.framer.pending:
             log.info("%s left mid-line; dropped %d bytes", self.record.label, self.framer.pending)
-        self.announce = self.room.remove(self.record) and not self.server.stopping
+        self.announce = self.room.remove(self.record)  # it was online: the others saw it
 
     def departed(self) -> None:
         """The socket is closed: log why the client left and, if it was online, tell the others
