@@ -129,7 +129,9 @@ class ChatRoom:
         # function that has deliver_notices() called once, at the end of the loop's turn: a
         # turn in which a hundred clients leave then costs one round of notices, not a hundred.
         self.notices_due: Callable[[], None] | None = None
-        self._lock = threading.Lock()  # guards _connections, _by_name and messages_out
+        # Guards the registry (_connections, _by_name, _names, messages_out), the notices and the
+        # event log: one lock, so that routing a message takes a lock once, not twice.
+        self._lock = threading.Lock()
         self._connections: set[ClientRecord] = set()
         self._by_name: dict[str, ClientRecord] = {}  # lower-case name -> record
         # The names online, kept in order as clients come and go (bisect), so that a welcome or
