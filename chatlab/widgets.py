@@ -62,13 +62,21 @@ ENTER_GRACE = 0.25
 """Seconds to wait, after Enter, for the browser to commit the text box (see above)."""
 
 _open: list[ChatWidget | ServerDashboard] = []  # every widget of this module not closed yet
-_open_lock = threading.Lock()
+# Re-entrant on purpose: the garbage collector may run a forgotten widget's __del__, which
+# closes it and so takes this lock, in whatever this thread is doing, also while it holds the
+# lock (a plain Lock once hung a test suite there). And what holds it only copies _open.
+_open_lock = threading.RLock()
+
+
+def _open_items() -> list[ChatWidget | ServerDashboard]:
+    """A copy of the open widgets, to look through without holding the lock."""
+    with _open_lock:
+        return list(_open)
 
 
 def close_all() -> int:
     """Close every ChatWidget and ServerDashboard still open; returns how many there were."""
-    with _open_lock:
-        items = list(_open)
+    items = _open_items()
     for item in items:
         item.close()
     return len(items)
@@ -445,12 +453,11 @@ class ChatWidget(widgets.VBox):
 
 def _close_same(host: str, port: int, name: str) -> bool:
     """Close an open widget that has this name on this server (a re-run cell's old widget)."""
-    with _open_lock:
-        same = [
-            w
-            for w in _open
-            if isinstance(w, ChatWidget) and w.address == (host, port) and w.name.lower() == name.lower()
-        ]
+    same = [
+        w
+        for w in _open_items()
+        if isinstance(w, ChatWidget) and w.address == (host, port) and w.name.lower() == name.lower()
+    ]
     for widget in same:
         widget.close()
     return bool(same)
@@ -622,8 +629,7 @@ class ServerDashboard(widgets.VBox):
     feed_length = 40
 
     def __init__(self, server: ServerBase) -> None:
-        with _open_lock:
-            older = [d for d in _open if isinstance(d, ServerDashboard) and d.server is server]
+        older = [d for d in _open_items() if isinstance(d, ServerDashboard) and d.server is server]
         for dashboard in older:
             dashboard.close()
         self.server = server

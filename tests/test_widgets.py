@@ -5,6 +5,9 @@ clients, real ipywidgets; every wait is bounded."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 
@@ -443,3 +446,22 @@ def test_the_dashboard_shows_a_server_of_every_model(no_thread_left, model):
         alice.close()
         bob.close()
         server.stop()
+
+
+def test_a_closed_widget_collected_while_the_widget_list_is_in_use_deadlocks_nothing():
+    """The garbage collector may finalize a closed widget at any moment (ipywidgets' __del__
+    closes it again), also while this thread holds the module's list lock: that once hung the
+    whole test suite. Run in a child process, so that a hang fails this test and only it."""
+    program = textwrap.dedent("""
+        import gc
+        from chatlab import ChatServer, widgets
+        with ChatServer("127.0.0.1", 0) as server:
+            holder = [widgets.ChatWidget(server.host, server.port, "ghost")]
+            holder[0].close()
+            with widgets._open_lock:
+                holder.clear()  # the last reference: its __del__ runs here, with the lock held
+                gc.collect()
+        print("no deadlock")
+    """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout == "no deadlock\n", done.stderr
