@@ -24,6 +24,8 @@ _EXPORTS = {
     "ChatClient": "client",
     "ChatError": "client",
     "ConnectionClosed": "client",
+    "ConnectionReset": "client",
+    "FaultyLink": "faults",
     "NameRefused": "client",
     "ServerFull": "client",
 }

@@ -45,6 +45,10 @@ class ConnectionClosed(ChatError, ConnectionError):
     """The connection to the server is closed."""
 
 
+class ConnectionReset(ConnectionClosed):
+    """The connection was reset (a TCP RST) instead of closed: aborted or cut, not a goodbye."""
+
+
 _CLOSED = object()  # put on the queue when the connection ends
 
 
@@ -56,7 +60,8 @@ class ChatClient:
 
     Error handling: a refused name raises :class:`NameRefused`, a full server
     :class:`ServerFull`, a silent server :class:`TimeoutError`. Once the connection ends,
-    :meth:`recv` raises :class:`ConnectionClosed` after the lines that did arrive.
+    :meth:`recv` raises :class:`ConnectionClosed` after the lines that did arrive: its subclass
+    :class:`ConnectionReset` if the connection was reset rather than closed (``ended`` says which).
     """
 
     def __init__(
@@ -82,6 +87,8 @@ class ChatClient:
         self._online_changed = threading.Condition()
         self._online_version = 0
         self._closed = False
+        self.ended: str | None = None
+        """How the connection ended, once it has: "closed by the server", "reset: ..." or "closed here"."""
         self._sock = socket.create_connection((host, port), timeout=timeout)
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -125,8 +132,11 @@ class ChatClient:
             while data := self._sock.recv(RECV_SIZE):
                 for line in self._framer.feed(data):
                     self._handle(_decode(line))
+            self.ended = "closed here" if self._closed else "closed by the server"
+        except ConnectionResetError as exc:
+            self.ended = f"reset: {exc.strerror}"
         except OSError:
-            pass  # closed by close(), or reset by the server
+            self.ended = "closed here"  # by close(), in another thread
         finally:
             self._lines.put(_CLOSED)
 
@@ -183,7 +193,9 @@ class ChatClient:
             raise TimeoutError(f"nothing arrived within {timeout} s") from None
         if line is _CLOSED:
             self._lines.put(_CLOSED)  # every later recv() sees it too
-            raise ConnectionClosed("the connection is closed")
+            if self.ended and self.ended.startswith("reset"):
+                raise ConnectionReset(f"the connection was {self.ended}")
+            raise ConnectionClosed(f"the connection is {self.ended or 'closed'}")
         return line  # type: ignore[return-value]
 
     def pending(self) -> list[str]:
@@ -226,6 +238,8 @@ class ChatClient:
         with self._send_lock:
             try:
                 self._sock.sendall(data)
+            except ConnectionResetError as exc:
+                raise ConnectionReset(f"cannot send: {exc.strerror}") from exc
             except OSError as exc:
                 raise ConnectionClosed(f"cannot send: {exc.strerror or exc}") from exc
 
