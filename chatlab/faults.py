@@ -28,9 +28,11 @@ would on a slow path.
 Ends are passed on: a FIN from one side (``recv()`` returns ``b""``) becomes ``shutdown(SHUT_WR)``
 towards the other side, once the bytes before it are delivered; a reset (``ConnectionResetError``)
 becomes a reset of the other side (``SO_LINGER`` 0, then ``close()``). The faults that end a
-connection work the same way after their byte count: ``close_after`` sends a FIN both ways,
-``reset_after`` resets both sides, ``stall_after`` stops reading (the connection stays open and
-the sender's buffers fill). Every blocking call has a short timeout (``TICK``), so each thread
+connection work the same way after their byte count (counted per direction from the start of
+each connection): ``close_after`` sends a FIN both ways, ``reset_after`` resets both sides,
+``stall_after`` stops reading until it is changed (the connection stays open and the sender's
+buffers fill). When a write fails because its side is gone, the link resets the other side, as
+the gone side's kernel would have. Every blocking call has a short timeout (``TICK``), so each thread
 notices within a tick that its connection or the link is closing; :meth:`FaultyLink.close` ends
 every connection and joins every thread, bounded.
 

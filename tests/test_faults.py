@@ -295,6 +295,12 @@ def test_the_client_library_tells_a_reset_from_a_clean_close(start_server):
         assert closed.ended == "closed by the server"
         reset.close()
         closed.close()
+    server.start()
+    with ChatClient(*server.address, "carol") as here:
+        here.close()  # the end comes from this side
+        with pytest.raises(ConnectionClosed) as raised:
+            here.recv(timeout=5)
+        assert not isinstance(raised.value, ConnectionReset) and here.ended == "closed here"
 
 
 def test_a_stalled_link_makes_the_server_drop_the_client_as_too_slow(start_server, connect):
