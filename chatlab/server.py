@@ -29,6 +29,13 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m chatlab.server``: run a server in the foreground with a live log."""
     parser = argparse.ArgumentParser(prog="chatlab-server", description=main.__doc__)
@@ -57,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         default="threads",
         help="threads: one thread per client (default); selectors or asyncio: one event loop for all clients",
     )
+    parser.add_argument(
+        "--rate",
+        type=_positive,
+        metavar="LINES_PER_SECOND",
+        help="flood control: read at most this many lines per second from each client (bursts of "
+        "two seconds' worth); a faster client waits, nothing is lost (default: no limit)",
+    )
     parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
     args = parser.parse_args(argv)
     if args.model != "threads" and args.delivery != "queue":
@@ -73,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         max_clients=args.max_clients,
         max_line=args.max_line,
         name_timeout=args.name_timeout,
+        rate=args.rate,
         **options,
     )
     if args.model == "threads":

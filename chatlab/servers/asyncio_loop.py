@@ -70,6 +70,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.session: Session | None = None  # None if the room was full
         self.name_timer: asyncio.TimerHandle | None = None
+        self.resume_timer: asyncio.TimerHandle | None = None  # flood control: reading paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -92,10 +93,30 @@ class _Connection(asyncio.Protocol):
         if self.session is None or self.transport.is_closing():
             return  # refused, dropped or timed out: what it still sends is not handled
         try:
-            self.session.feed(data)
+            delay = self.session.feed(data)
         except Exception:  # a bug: say so, and still clean up after this client
             self.session.failed()
             self.transport.abort()
+            return
+        if delay and not self.transport.is_closing():  # over the flood rate: read it later
+            self.transport.pause_reading()
+            self.resume_timer = asyncio.get_running_loop().call_later(delay, self.release)
+
+    def release(self) -> None:
+        """Flood control: the wait is over; hand over waiting lines, and read on once none wait."""
+        self.resume_timer = None
+        if self.session is None or self.transport.is_closing():
+            return
+        try:
+            delay = self.session.release()
+        except Exception:  # a bug: say so, and still clean up after this client
+            self.session.failed()
+            self.transport.abort()
+            return
+        if delay:
+            self.resume_timer = asyncio.get_running_loop().call_later(delay, self.release)
+        else:
+            self.transport.resume_reading()
 
     def name_timed_out(self) -> None:
         session = self.session
@@ -106,8 +127,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is closed (by the client, an error, or us); asyncio closes the socket."""
         self.server._connections.discard(self)
-        if self.name_timer is not None:
-            self.name_timer.cancel()
+        for timer in (self.name_timer, self.resume_timer):
+            if timer is not None:
+                timer.cancel()
         if self.session is not None:
             self.session.leave(None if exc is None else connection_error(exc))
             self.session.departed()

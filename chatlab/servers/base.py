@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Callable
 
 from .. import protocol
+from ..flood import Throttle, slow_down
 from ..room import ChatRoom, ClientRecord, ServerEvent
 
 __all__ = ["Outbox", "ServerBase", "Session", "refuse_full", "shutdown"]
@@ -124,7 +125,7 @@ class Session:
     business; a session is only ever used by one thread at a time.
     """
 
-    __slots__ = ("server", "room", "record", "framer", "reason", "announce", "left")
+    __slots__ = ("server", "room", "record", "framer", "reason", "announce", "left", "throttle")
 
     def __init__(
         self,
@@ -144,6 +145,8 @@ class Session:
         self.reason = "disconnected"  # why it ended, once it has
         self.announce = False  # whether it was online, so that the others hear it left
         self.left = False
+        # Flood control (``rate``): the client's token bucket and the lines waiting for tokens.
+        self.throttle = None if server.rate is None else Throttle.for_rate(server.rate, time.monotonic())
 
     def open(self) -> bool:
         """Admit the connection to the room and greet it; False if the room is full.
@@ -156,10 +159,37 @@ class Session:
         self.room.send(self.record, protocol.GREETING)
         return True
 
-    def feed(self, data: bytes) -> None:
-        """Bytes arrived: cut them into lines and hand the lines of this read to the room."""
+    def feed(self, data: bytes) -> float:
+        """Bytes arrived: cut them into lines and hand the lines of this read to the room.
+
+        Returns 0.0, or, when the server has a ``rate`` and this client went over it, how many
+        seconds the model must wait, without reading the socket, before it calls
+        :meth:`release` (:mod:`chatlab.flood`).
+        """
         self.record.bytes_in += len(data)
-        self.room.handle_lines(self.record, self.framer.feed(data))
+        lines = self.framer.feed(data)
+        if self.throttle is not None:
+            return self._pace(lines)
+        self.room.handle_lines(self.record, lines)
+        return 0.0
+
+    def release(self) -> float:
+        """Flood control: the wait is over. Hand the room the waiting lines that have tokens
+        now; returns how long to wait again, or 0.0 once none wait (read the socket again)."""
+        return self._pace([])
+
+    def _pace(self, lines: list) -> float:
+        throttle = self.throttle
+        assert throttle is not None
+        now = time.monotonic()
+        self.room.handle_lines(self.record, throttle.admit(lines, now))
+        if self.record.too_slow:  # dropped: the rest is not handled (handle_lines says so too)
+            throttle.waiting.clear()
+        delay = throttle.wait(now)
+        if delay and not throttle.told:  # once per connection; its log line too
+            throttle.told = True
+            self.room.refuse(self.record, slow_down(throttle.bucket.rate))
+        return delay
 
     def name_timed_out(self) -> None:
         """No name came in time: tell the client so; the model then ends the connection."""
@@ -211,6 +241,11 @@ class ServerBase:
     started before it returns. A stopped server can be started again; with ``port=0`` it gets
     a fresh port each time. All threads are daemon threads, so a forgotten server never keeps
     a kernel alive.
+
+    Flood control: with ``rate`` (lines per second), a client that sends more is read more
+    slowly (:mod:`chatlab.flood`): when :meth:`Session.feed` returns a delay, the model stops
+    reading that socket and calls :meth:`Session.release` after it. Nothing is lost; the
+    client is told once.
     """
 
     model = "base"
@@ -226,12 +261,16 @@ class ServerBase:
         max_backlog: int = 1 << 20,
         name_timeout: float | None = 60.0,
         history: int = 1000,
+        rate: float | None = None,
     ) -> None:
+        if rate is not None and not rate > 0:
+            raise ValueError("rate must be a positive number of lines per second (or None)")
         self.host = host
         self.port = port
         self.max_line = max_line
         self.max_backlog = max_backlog
         self.name_timeout = name_timeout  # seconds a new connection has to send its name
+        self.rate = rate  # flood control: lines per second per client (None: no limit)
         self.room = ChatRoom(max_clients=max_clients, history=history)
         self.stopping = False  # set by stop() before it closes anything
         self._requested_port = port

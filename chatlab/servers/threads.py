@@ -150,11 +150,13 @@ class ChatServer(ServerBase):
         self.delivery = delivery
         self.room.blocking_writes = delivery == "direct"
         self._accept_thread: threading.Thread | None = None
+        self._halting = threading.Event()  # wakes client threads that wait out their flood delay
 
     def describe(self) -> str:
         return f"one thread per client, {self.delivery} delivery"
 
     def _run(self, listener: socket.socket) -> None:
+        self._halting.clear()
         self._accept_thread = threading.Thread(
             target=self._accept_loop, args=(listener,), name="chatlab-accept", daemon=True
         )
@@ -162,6 +164,7 @@ class ChatServer(ServerBase):
         self._accept_thread.start()
 
     def _halt(self, listener: socket.socket, timeout: float) -> None:
+        self._halting.set()
         shutdown(listener)  # wakes accept() on Linux
         listener.close()
         # First the accept thread, which may be taking in one last client: after it has ended,
@@ -234,14 +237,20 @@ class ChatServer(ServerBase):
         """The client's own thread: wait for bytes, hand them to the session, until the end.
 
         What the lines of one read send goes out at the end of the read, one write per
-        receiver: a burst of lines to bob costs one system call, not one each.
+        receiver: a burst of lines to bob costs one system call, not one each. A client over
+        the server's ``rate`` is not read for a while: this thread waits before its next
+        ``recv()`` (and a stop cuts the wait short).
         """
         sock = session.record.sock
         try:
             size = QUIET_RECV_SIZE
             while data := sock.recv(size):
                 size = RECV_SIZE if len(data) == size else QUIET_RECV_SIZE  # full: more waits
-                session.feed(data)
+                delay = session.feed(data)
+                while delay:  # over the flood rate: hand its lines over slowly, then read on
+                    if self._halting.wait(delay):
+                        return  # the server is stopping (finally: below still runs)
+                    delay = session.release()
         except TimeoutError:
             session.name_timed_out()
         except OSError as exc:
