@@ -15,6 +15,7 @@ import signal
 import sys
 
 from . import protocol
+from .addresses import classroom_lines
 from .room import ClientRecord, ServerEvent
 from .servers import MODELS, ChatServer, ServerBase, server_class
 from .servers.base import DEFAULT_PORT
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
             return 1
         print(f"listening on {server.host}:{server.port}", flush=True)  # for scripts that wait
+        for line in classroom_lines(server.host, server.port):  # none on loopback
+            log.info("%s", line)
         log.info("press Ctrl-C to stop")
         server.serve_forever()
     except KeyboardInterrupt:
