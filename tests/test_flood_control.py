@@ -221,6 +221,29 @@ def test_a_paused_client_does_not_hold_up_a_stop(start, connect):
     flooder.read_to_eof()
 
 
+def test_tcp_makes_the_flooder_wait_while_its_lines_are_not_read(start, connect):
+    server = start(rate=10.0)
+    sink, flooder = connect(server, "sink"), connect(server, "flood", sndbuf=16384)
+    sink.expect("* flood joined")
+    offered = b"%sink%flooding\n" * 300_000  # 4.5 MB
+    flooder.sock.setblocking(False)
+    accepted, refused_in_a_row = 0, 0
+    for _ in range(2000):  # bounded: at most about 2000 * 5 ms
+        try:
+            accepted += flooder.sock.send(offered[accepted : accepted + 65536])
+            refused_in_a_row = 0
+        except BlockingIOError:  # the kernel's buffers are full: a blocking send() would wait
+            refused_in_a_row += 1
+            if refused_in_a_row == 40:  # 0.2 s without room: the server is not reading
+                break
+            time.sleep(0.005)
+    assert refused_in_a_row == 40 and accepted < len(offered) // 4, accepted
+    (record,) = [c for c in server.clients() if c.name == "flood"]
+    assert record.bytes_in < accepted  # the rest waits in the kernel, not in the server
+    assert sink.read_line() == "%flood%flooding"  # meanwhile its lines go through, at the rate
+    flooder.expect(SLOW_DOWN.replace("500", "10"))
+
+
 # --- the program ------------------------------------------------------------------------------
 
 
