@@ -14,12 +14,20 @@ record, let the room admit it or refuse it as full, greet it, feed what it sends
 decide why it ended, forget it and tell the others. A model creates one session per accepted
 socket and calls those steps as its bytes move; it never talks to the room about a connection
 in any other way.
+
+Two guards sit at the door of a session, both optional and both here, so every model has
+them: TLS (``tls=``, an :class:`ssl.SSLContext`; the handshake happens in :meth:`Session.receive`
+through a :class:`~chatlab.tls.TlsLayer`, and the greeting follows it) and a class code
+(``code=``: the greeting asks for it, and the first line must be it). Both count against
+``name_timeout``: from the accept, a connection has that long to finish its handshake, give
+the code and register.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -27,6 +35,7 @@ from collections.abc import Callable
 
 from .. import protocol
 from ..room import ChatRoom, ClientRecord, ServerEvent
+from ..tls import NotTls, TlsLayer
 
 __all__ = ["Outbox", "ServerBase", "Session", "refuse_full", "shutdown"]
 
@@ -39,6 +48,9 @@ RECV_SIZE = 65536  # read big chunks while a client sends a lot
 SEND_BUFFER = 64 * 1024
 DRAIN_TIMEOUT = 1.0  # how long a leaving client may take to read what is still queued for it
 DEFAULT_PORT = 5050
+# How long a connection that gave a wrong class code stays open (unread) before it is closed:
+# a script that waits for the end of each try cannot guess fast.
+WRONG_CODE_DELAY = 1.0
 
 
 class Outbox:
@@ -124,7 +136,18 @@ class Session:
     business; a session is only ever used by one thread at a time.
     """
 
-    __slots__ = ("server", "room", "record", "framer", "reason", "announce", "left")
+    __slots__ = (
+        "server",
+        "room",
+        "record",
+        "framer",
+        "reason",
+        "announce",
+        "left",
+        "tls",
+        "awaiting_code",
+        "close_after",
+    )
 
     def __init__(
         self,
@@ -144,26 +167,91 @@ class Session:
         self.reason = "disconnected"  # why it ended, once it has
         self.announce = False  # whether it was online, so that the others hear it left
         self.left = False
+        # With TLS, what the socket reads is decrypted here first (the model encrypts what the
+        # room writes with ``tls.encrypt``); the greeting waits for the end of the handshake.
+        self.tls = None if server.tls is None else TlsLayer(server.tls, server_side=True)
+        self.awaiting_code = server.code is not None  # the first line must be the class code
+        # Set when the connection is turned away (a wrong code, no TLS): the model reads nothing
+        # more from it and closes it after this many seconds.
+        self.close_after: float | None = None
 
     def open(self) -> bool:
         """Admit the connection to the room and greet it; False if the room is full.
 
         When it is refused, the model sends ``protocol.SERVER_FULL`` and closes the socket
-        (:func:`refuse_full`); nothing else has happened to it.
+        (:func:`refuse_full`); nothing else has happened to it. With TLS the greeting comes
+        once the handshake is done (in :meth:`receive`).
         """
         if not self.room.admit(self.record):
             return False
-        self.room.send(self.record, protocol.GREETING)
+        if self.tls is None:
+            self.greet()
         return True
+
+    def greet(self) -> None:
+        """Ask for the class code if the server has one, else for the name."""
+        self.room.send(self.record, protocol.CODE_PROMPT if self.awaiting_code else protocol.GREETING)
+
+    def receive(self, data: bytes) -> bytes:
+        """Bytes arrived from the socket: decrypt them if this is TLS, then :meth:`feed` them.
+
+        Returns bytes the model must send as they are, before anything else: the TLS
+        handshake's own messages, or the plain-text refusal of a client that does not speak
+        TLS. After a refusal :attr:`close_after` is set.
+        """
+        if self.tls is None:
+            self.feed(data)
+            return b""
+        was_established = self.tls.established
+        try:
+            plaintext = self.tls.receive(data)
+        except NotTls:
+            self._turn_away("not a TLS client", 0.0)
+            return protocol.TLS_REQUIRED
+        except ssl.SSLError as exc:
+            if was_established:
+                raise  # a damaged record: the connection is over, like any connection error
+            self._turn_away(f"TLS handshake failed: {exc.reason or exc}", 0.0)
+            return b""
+        if self.tls.established and not was_established:
+            log.info("%s:%d TLS established (%s)", self.record.ip, self.record.port, self.tls.version)
+            self.greet()  # encrypted, after the handshake's last messages (the layer keeps the order)
+        if plaintext:
+            self.feed(plaintext)
+        return b"" if was_established else self.tls.outgoing()
 
     def feed(self, data: bytes) -> None:
         """Bytes arrived: cut them into lines and hand the lines of this read to the room."""
         self.record.bytes_in += len(data)
-        self.room.handle_lines(self.record, self.framer.feed(data))
+        if self.close_after is not None:
+            return  # turned away: what it still sends is not read
+        lines = self.framer.feed(data)
+        if self.awaiting_code and lines:
+            if not protocol.code_matches(lines[0], self.server.code or ""):
+                self.room.refuse(self.record, "wrong class code", protocol.WRONG_CODE)
+                self._turn_away("wrong class code", WRONG_CODE_DELAY)
+                return
+            self.awaiting_code = False
+            log.info("%s:%d gave the class code", self.record.ip, self.record.port)
+            self.room.send(self.record, protocol.GREETING)
+            del lines[0]
+        self.room.handle_lines(self.record, lines)
+
+    def _turn_away(self, reason: str, delay: float) -> None:
+        """End this connection after ``delay`` seconds, reading nothing more from it."""
+        if reason != "wrong class code":  # that one room.refuse() has logged already
+            log.warning("%s:%d %s", self.record.ip, self.record.port, reason)
+        self.reason = reason
+        self.close_after = delay
 
     def name_timed_out(self) -> None:
         """No name came in time: tell the client so; the model then ends the connection."""
-        self.reason = "no name in time"
+        if self.tls is not None and not self.tls.established:
+            self.reason = "no TLS handshake in time"  # nothing can be said to it: no keys yet
+        elif self.awaiting_code:
+            self.reason = "no class code in time"
+        else:
+            self.reason = "no name in time"
         self.room.refuse(self.record, self.reason)
 
     def failed(self) -> None:
@@ -226,7 +314,13 @@ class ServerBase:
         max_backlog: int = 1 << 20,
         name_timeout: float | None = 60.0,
         history: int = 1000,
+        tls: ssl.SSLContext | None = None,
+        code: str | None = None,
     ) -> None:
+        if code is not None and (not code.strip() or "\n" in code or "\r" in code):
+            raise ValueError("a class code is one line of visible text")
+        self.tls = tls  # a server-side context (chatlab.tls.server_context): clients must use TLS
+        self.code = code  # the class code a client must send before its name
         self.host = host
         self.port = port
         self.max_line = max_line
