@@ -140,9 +140,13 @@ class ChatClient:
                 raise TlsFailed(f"{host}:{port} does not speak TLS (it said {said!r})") from None
             except ssl.SSLCertVerificationError as exc:
                 self._send_alert()
+                hint = (
+                    "connect to the name or address the certificate was made for"
+                    if "mismatch" in exc.verify_message
+                    else "give the class's certificate with cafile= or --cafile"
+                )
                 raise TlsFailed(
-                    f"the certificate of {host}:{port} is not trusted: {exc.verify_message}"
-                    " (give the class's certificate with cafile= or --cafile)"
+                    f"the certificate of {host}:{port} is not trusted: {exc.verify_message} ({hint})"
                 ) from exc
             except ssl.SSLError as exc:
                 self._send_alert()
