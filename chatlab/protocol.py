@@ -18,6 +18,9 @@ The wire format is newline-delimited UTF-8 text, so a person can talk to a serve
 
 Lines the server sends start with a sigil: ``%from%`` for a message, ``* `` for a notice and
 ``! `` for an error about the client's last line. ``\\r\\n`` is accepted as a line end.
+
+A server started with a class code asks for it first (:data:`CODE_PROMPT`); the first line a
+client sends is then the code, and the greeting above follows the right one.
 """
 
 from __future__ import annotations

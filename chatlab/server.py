@@ -3,7 +3,9 @@
 It picks a model from :mod:`chatlab.servers` (``--model threads``, the default, gives every
 client a thread of its own), shows a live log of connections, messages and errors, and stops
 cleanly on Ctrl-C or ``kill``. Once it listens it prints one line on standard output,
-``listening on HOST:PORT``, also with ``--quiet``, so a script can wait for that line. The
+``listening on HOST:PORT``, also with ``--quiet``, so a script can wait for that line. With
+``--tls-cert FILE --tls-key FILE`` it speaks TLS only, and with ``--code CODE`` every client must
+give the class code before its name (README: "A classroom server with TLS and a class code"). The
 servers themselves live in :mod:`chatlab.servers`; their names are also importable from here.
 """
 

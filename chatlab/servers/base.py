@@ -228,8 +228,7 @@ class Session:
         lines = self.framer.feed(data)
         if self.awaiting_code and lines:
             if not protocol.code_matches(lines[0], self.server.code or ""):
-                self.room.refuse(self.record, "wrong class code", protocol.WRONG_CODE)
-                self._turn_away("wrong class code", WRONG_CODE_DELAY)
+                self._turn_away("wrong class code", WRONG_CODE_DELAY, protocol.WRONG_CODE)
                 return
             self.awaiting_code = False
             log.info("%s:%d gave the class code", self.record.ip, self.record.port)
@@ -237,10 +236,10 @@ class Session:
             del lines[0]
         self.room.handle_lines(self.record, lines)
 
-    def _turn_away(self, reason: str, delay: float) -> None:
-        """End this connection after ``delay`` seconds, reading nothing more from it."""
-        if reason != "wrong class code":  # that one room.refuse() has logged already
-            log.warning("%s:%d %s", self.record.ip, self.record.port, reason)
+    def _turn_away(self, reason: str, delay: float, reply: bytes | None = None) -> None:
+        """Refuse this connection (logged, and told if it can be: before the TLS handshake is
+        done nothing can); the model closes it after ``delay`` seconds, reading nothing more."""
+        self.room.refuse(self.record, reason, reply)
         self.reason = reason
         self.close_after = delay
 
