@@ -25,7 +25,7 @@ from chatlab.servers import MODELS, ServerBase, server_class
 from chatlab.servers import base as servers_base
 from chatlab.widgets import ChatWidget, close_all
 from test_cli import Program, run  # noqa: F401  (run is a fixture)
-from transcript import GREETING, Peer, wait_until
+from transcript import GREETING, Peer, run_together, wait_until
 
 CODE = "owl-42"
 CODE_PROMPT = "* chatlab: this chat needs the class code; type it and press Enter"
@@ -80,8 +80,8 @@ def peers():
     context is given; every peer is closed after the test."""
     opened: list[Peer] = []
 
-    def open_peer(server: ServerBase, tls: ssl.SSLContext | None = None) -> Peer:
-        peer = Peer(server.address)
+    def open_peer(server: ServerBase, tls: ssl.SSLContext | None = None, **options: int) -> Peer:
+        peer = Peer(server.address, **options)
         opened.append(peer)
         if tls is not None:
             peer.sock = tls.wrap_socket(peer.sock, server_hostname="127.0.0.1")  # handshakes here
@@ -214,6 +214,60 @@ def test_a_stalled_handshake_does_not_stall_the_accept(start, server_tls, client
     alice = clients(server, "alice", tls=client_tls)
     assert alice.online == ["alice"]
     assert server.connection_count() == 4
+
+
+def test_tls_lines_stay_whole_and_in_order_when_a_reader_falls_behind(start, server_tls, client_tls, clients, peers):
+    """bob stops reading while alice sends ~600 KB: the encrypted bytes wait in bob's socket and
+    outbox (and, in the threads model, for a writer thread); every line arrives, in order."""
+    server = start(tls=server_tls)
+    bob = peers(server, tls=client_tls, rcvbuf=4096)
+    bob.register("bob")
+    alice = clients(server, "alice", tls=client_tls)
+    bob.expect("* alice joined")
+    filler = "x" * 1000
+    for i in range(600):
+        alice.send("bob", f"{i} {filler}")
+    if server.model == "threads":
+        wait_until(lambda: "chatlab-writer-bob" in kit_threads(), message="bob fell behind")
+    for i in range(600):
+        assert bob.read_line(timeout=10) == f"%alice%{i} {filler}"
+    assert server.online() == ["alice", "bob"]
+
+
+def test_many_senders_write_to_one_tls_client_at_once(start, server_tls, client_tls, clients, peers):
+    """Four clients send to bob at the same time (in the threads model from four threads): each
+    line is encrypted and sent under bob's send lock, so his TLS stream stays intact."""
+    server = start(tls=server_tls)
+    bob = peers(server, tls=client_tls)
+    bob.register("bob")
+    senders = [clients(server, f"s{n}", tls=client_tls) for n in range(4)]
+    bob.read_until("* s3 joined")
+
+    def send_all(sender: ChatClient) -> None:
+        for i in range(200):
+            sender.send("bob", f"{i}")
+
+    run_together(send_all, senders, name="test-sender")
+    received: dict[str, list[str]] = {sender.name: [] for sender in senders}
+    for _ in range(800):
+        line = bob.read_line(timeout=10)
+        sender, _, text = line[1:].partition("%")
+        received[sender].append(text)
+    assert all(texts == [str(i) for i in range(200)] for texts in received.values())
+
+
+def test_tls_with_the_threaded_servers_direct_delivery(server_tls, client_tls, clients):
+    server = server_class("threads")("127.0.0.1", 0, tls=server_tls, delivery="direct").start()
+    try:
+        alice = clients(server, "alice", tls=client_tls)
+        bob = clients(server, "bob", tls=client_tls)
+        assert alice.recv(timeout=5) == "* bob joined"
+        alice.send("bob", UTF8_TEXT)
+        assert bob.recv(timeout=5) == f"%alice%{UTF8_TEXT}"
+        alice.close()
+        assert bob.recv(timeout=5) == "* alice left"
+    finally:
+        server.stop()
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
