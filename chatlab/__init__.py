@@ -26,6 +26,8 @@ _EXPORTS = {
     "ConnectionClosed": "client",
     "NameRefused": "client",
     "ServerFull": "client",
+    "CodeRefused": "client",
+    "TlsFailed": "client",
 }
 __all__ = [*_EXPORTS, "kit_threads"]
 

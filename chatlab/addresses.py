@@ -83,9 +83,18 @@ def reachable_addresses(host: str) -> list[tuple[str, str]]:
     return [(names.get(address, ""), address)]
 
 
-def classroom_lines(host: str, port: int, addresses: list[tuple[str, str]] | None = None) -> list[str]:
+def classroom_lines(
+    host: str,
+    port: int,
+    addresses: list[tuple[str, str]] | None = None,
+    *,
+    cafile: str | None = None,
+    code: bool = False,
+) -> list[str]:
     """What the server program logs when it listens beyond loopback: for every address, the
-    commands a student types. Empty for a server on loopback."""
+    commands a student types (with TLS, ``cafile`` names the certificate file students check
+    the server against, and ``openssl s_client`` replaces ``nc``; with a class ``code`` the
+    client's command has ``--code CODE``). Empty for a server on loopback."""
     if on_loopback(host):
         return []
     if addresses is None:
@@ -95,12 +104,18 @@ def classroom_lines(host: str, port: int, addresses: list[tuple[str, str]] | Non
             f"listening beyond loopback on port {port}, but no network address of this computer "
             "was found: look it up in the system's network settings"
         ]
+    options = (f" --tls --cafile {cafile}" if cafile else "") + (" --code CODE" if code else "")
     lines = []
     for name, address in addresses:
         where = f" ({name})" if name else ""
+        raw = (
+            f"openssl s_client -connect {address}:{port} -CAfile {cafile} -quiet"
+            if cafile
+            else f"nc {address} {port}"
+        )
         lines += [
             f"students can connect to {address} port {port}{where}:",
-            f"  python -m chatlab.client --host {address} --port {port} --name NAME",
-            f"  nc {address} {port}",
+            f"  python -m chatlab.client --host {address} --port {port}{options} --name NAME",
+            f"  {raw}",
         ]
     return lines

@@ -75,6 +75,14 @@ def test_the_log_lines_give_the_exact_commands_for_every_address():
     ]
 
 
+def test_with_tls_and_a_code_the_commands_say_so():
+    lines = classroom_lines("0.0.0.0", 5050, [("eth0", "192.168.1.20")], cafile="class.crt", code=True)
+    assert lines[1:] == [
+        "  python -m chatlab.client --host 192.168.1.20 --port 5050 --tls --cafile class.crt --code CODE --name NAME",
+        "  openssl s_client -connect 192.168.1.20:5050 -CAfile class.crt -quiet",
+    ]
+
+
 def test_the_log_says_so_when_no_address_is_found():
     (line,) = classroom_lines("0.0.0.0", 5050, [])
     assert "no network address of this computer was found" in line
@@ -333,3 +341,35 @@ def test_the_chat_widget_connects_to_the_other_host(hosts, server_on, on_client)
     assert erin.finish(timeout=20) == 0, erin.lines["stderr"]
     assert "← erin: a note to myself, across the cable" in erin.lines["stdout"]
     server.wait_for(rf"INFO +{re.escape(hosts.client_address)}:\d+ is erin$")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None and not os.environ.get("CHATLAB_REQUIRE_NETNS"),
+                    reason="openssl is not installed")
+def test_a_classroom_server_with_tls_and_a_code_as_the_readme_makes_it(hosts, server_on, on_client, tmp_path):
+    """The instructor's certificate made as the README shows, for the address students type;
+    the student types the command from the server's log, with the file it names."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=chatlab class",
+         "-addext", f"subjectAltName=IP:{hosts.server_address}",
+         "-keyout", str(tmp_path / "class.key"), "-out", str(tmp_path / "class.crt")],
+        check=True, capture_output=True, timeout=30,
+    )
+    server, port = server_on("--host", "0.0.0.0", "--tls-cert", str(tmp_path / "class.crt"),
+                             "--tls-key", str(tmp_path / "class.key"), "--code", "owl-42")
+    address = hosts.server_address
+    assert address_lines(server)[:3] == [
+        f"students can connect to {address} port {port} ({hosts.server_if}):",
+        f"  python -m chatlab.client --host {address} --port {port} --tls --cafile class.crt --code CODE --name NAME",
+        f"  openssl s_client -connect {address}:{port} -CAfile class.crt -quiet",
+    ]
+    command = address_lines(server)[1].strip().replace("python", sys.executable, 1)
+    command = command.replace("class.crt", str(tmp_path / "class.crt")).replace("CODE", "owl-42")
+    alice = on_client(shlex.split(command.replace("NAME", "alice")))
+    alice.wait_for(r"^\* you are alice; online: alice$", "stdout")
+    wrong = on_client(shlex.split(command.replace("NAME", "mallory").replace("owl-42", "owl-41")))
+    assert wrong.finish(timeout=10) == 1
+    assert any("wrong class code" in line for line in wrong.lines["stderr"])
+    plain = on_client(shlex.split(f"nc {address} {port}"))  # no TLS: turned away, in plain words
+    plain.write("alice\n")  # the server knows it is not TLS by the first bytes
+    plain.wait_for(r"^! this server speaks TLS", "stdout")
+    server.wait_for(rf"{re.escape(hosts.client_address)}:\d+ is alice$")

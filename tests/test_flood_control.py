@@ -12,6 +12,7 @@ from __future__ import annotations
 import doctest
 import logging
 import math
+import ssl
 import statistics
 import threading
 import time
@@ -272,3 +273,30 @@ def test_the_server_program_refuses_a_rate_that_is_not_positive(rate):
     program = Program("chatlab.server", "--port", "0", "--rate", rate)
     assert program.finish() == 2
     assert any("--rate" in line for line in program.lines["stderr"])
+
+
+def test_flood_control_counts_lines_inside_tls_after_the_class_code(start, tmp_path):
+    """Over TLS with a class code: the rate counts the chat's lines (the plaintext), nothing
+    is lost, and the flooder hears of it once, in its encrypted stream."""
+    import trustme
+
+    from chatlab.client import ChatClient
+
+    ca = trustme.CA()
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    server = start(rate=200.0, tls=server_context, code="owl-42")  # a burst of 400
+    options = {"tls": client_context, "code": "owl-42"}
+    with ChatClient("127.0.0.1", server.port, "sink", **options) as sink, \
+         ChatClient("127.0.0.1", server.port, "flood", **options) as flooder:
+        assert sink.recv() == "* flood joined"
+        started = time.monotonic()
+        for i in range(600):
+            flooder.send("sink", str(i))
+        assert [sink.recv(timeout=10) for _ in range(600)] == [f"%flood%{i}" for i in range(600)]
+        assert time.monotonic() - started >= (600 - 400) / 200 * 0.95
+        assert flooder.recv() == SLOW_DOWN.replace("500", "200")
+        assert flooder.who() == ["flood", "sink"]
+        assert flooder.pending() == ["* online: flood, sink"]  # and nothing else

@@ -61,6 +61,7 @@ class _Connection:
         "deadline",
         "aborted",
         "ending",
+        "lingering",
         "resume_at",
     )
 
@@ -74,11 +75,19 @@ class _Connection:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.aborted = False
         self.ending = False  # it is leaving: no more reads, and it closes once drained
+        self.lingering = False  # turned away: it closes at its deadline, not once drained
         self.resume_at: float | None = None  # over the flood rate: not read until then
 
     def write(self, data: bytes) -> bool:
         if self.ending:
             return True  # it is leaving; there is nobody to write to
+        tls = self.session.tls
+        if tls is not None and not (data := tls.encrypt(data)):  # under send_lock: in order
+            return True  # no TLS keys yet: nothing can be said to this client
+        return self.write_as_is(data)
+
+    def write_as_is(self, data: bytes) -> bool:
+        """Queue bytes exactly as given (the TLS handshake's own messages)."""
         if not self.outbox.put(data):
             return False  # too far behind: the room aborts it
         self.server._call_soon(self)
@@ -206,6 +215,7 @@ class SelectorsChatServer(ServerBase):
             log.warning("accept failed: %s", exc)
             return
         session = None
+        connection: _Connection | None = None
         try:
             session = Session(self, sock, address)
             session.record.thread = self._thread
@@ -220,9 +230,9 @@ class SelectorsChatServer(ServerBase):
             self._selector.register(sock, READ, connection)  # type: ignore[union-attr]
         except Exception:  # a bug, or the system out of something: refuse this one, keep serving
             log.exception("could not take in %s:%d", address[0], address[1])
-            if session is not None and session.record.transport is not None:
-                self._connections.discard(session.record.transport)  # type: ignore[arg-type]
-                self._timed.discard(session.record.transport)  # type: ignore[arg-type]
+            if connection is not None:
+                self._connections.discard(connection)
+                self._timed.discard(connection)
             try:
                 self._selector.unregister(sock)  # type: ignore[union-attr]
             except (KeyError, ValueError):
@@ -244,15 +254,30 @@ class SelectorsChatServer(ServerBase):
             self._end(connection, "disconnected", drain=True)  # it may still read our replies
             return
         try:
-            delay = connection.session.feed(data)
+            if reply := connection.session.receive(data):  # the TLS handshake's messages
+                with connection.record.send_lock:
+                    connection.write_as_is(reply)
+        except OSError as exc:  # a damaged TLS record
+            self._end(connection, connection_error(exc), drain=False)
+            return
         except Exception:  # a bug: say so, and still clean up after this client
             connection.session.failed()
             self._end(connection, None, drain=False)
             return
-        if delay:  # over the flood rate: stop watching it for reading until the delay is over
+        if connection.session.close_after is not None:  # turned away: close it a little later
+            self._linger(connection, connection.session.close_after)
+        elif delay := connection.session.flood_delay():  # over the rate: not read for a while
             connection.resume_at = time.monotonic() + delay
             self._paused.add(connection)
             self._watch(connection, len(connection.outbox) > 0)
+
+    def _linger(self, connection: _Connection, seconds: float) -> None:
+        """Read nothing more from ``connection``; send what waits for it and close it after
+        ``seconds`` (a deadline of the loop, so nobody else waits)."""
+        connection.ending = connection.lingering = True
+        connection.deadline = time.monotonic() + seconds
+        self._timed.add(connection)
+        self._flush(connection)  # stops watching it for reading
 
     def _flush(self, connection: _Connection) -> None:
         """Send what the socket takes now; watch for writability while anything is left."""
@@ -267,7 +292,7 @@ class SelectorsChatServer(ServerBase):
         if error is not None:
             self._end(connection, connection_error(error), drain=False)
             return
-        if connection.ending and not pending:
+        if connection.ending and not pending and not connection.lingering:
             self._close(connection)  # a leaving client got its last bytes
             return
         self._watch(connection, pending)
