@@ -205,7 +205,9 @@ class ChatClient:
         try:
             while self._early:
                 self._handle(self._early.popleft())
-            while data := self._recv():
+            while data := self._sock.recv(RECV_SIZE):
+                if self._tls is not None:
+                    data = self._tls.receive(data)  # the plaintext (b"" until a record is whole)
                 for line in self._framer.feed(data):
                     self._handle(_decode(line))
         except OSError:
