@@ -216,6 +216,20 @@ def test_a_stalled_handshake_does_not_stall_the_accept(start, server_tls, client
     assert server.connection_count() == 4
 
 
+def test_a_damaged_tls_record_ends_only_that_connection(start, server_tls, client_tls, clients, peers):
+    server = start(tls=server_tls)
+    alice = clients(server, "alice", tls=client_tls)
+    eve = peers(server, tls=client_tls)
+    eve.register("eve")
+    assert alice.recv(timeout=5) == "* eve joined"
+    os.write(eve.sock.fileno(), b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # application data, forged
+    assert alice.recv(timeout=5) == "* eve left"
+    left = [event for event in server.events() if event.kind == "left" and event.client == "eve"]
+    assert left[0].text.startswith("connection error"), left
+    alice.send("alice", "fine")
+    assert alice.recv(timeout=5) == "%alice%fine"
+
+
 def test_tls_lines_stay_whole_and_in_order_when_a_reader_falls_behind(start, server_tls, client_tls, clients, peers):
     """bob stops reading while alice sends ~600 KB: the encrypted bytes wait in bob's socket and
     outbox (and, in the threads model, for a writer thread); every line arrives, in order."""
