@@ -71,7 +71,9 @@ class ChatClient:
     thread; :meth:`close` (or leaving a ``with`` block) closes the socket and joins the thread.
 
     Error handling: a refused name raises :class:`NameRefused`, a full server
-    :class:`ServerFull`, a silent server :class:`TimeoutError`. Once the connection ends,
+    :class:`ServerFull`, a silent server :class:`TimeoutError`, a missing or wrong class code
+    :class:`CodeRefused`, and a TLS handshake that fails (a certificate that is not trusted, a
+    server without TLS) :class:`TlsFailed`, with the reason. Once the connection ends,
     :meth:`recv` raises :class:`ConnectionClosed` after the lines that did arrive.
     """
 
@@ -205,7 +207,9 @@ class ChatClient:
         try:
             while self._early:
                 self._handle(self._early.popleft())
-            while data := self._recv():
+            while data := self._sock.recv(RECV_SIZE):
+                if self._tls is not None:
+                    data = self._tls.receive(data)  # the plaintext (b"" until a record is whole)
                 for line in self._framer.feed(data):
                     self._handle(_decode(line))
         except OSError:

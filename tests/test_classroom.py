@@ -216,6 +216,20 @@ def test_a_stalled_handshake_does_not_stall_the_accept(start, server_tls, client
     assert server.connection_count() == 4
 
 
+def test_a_damaged_tls_record_ends_only_that_connection(start, server_tls, client_tls, clients, peers):
+    server = start(tls=server_tls)
+    alice = clients(server, "alice", tls=client_tls)
+    eve = peers(server, tls=client_tls)
+    eve.register("eve")
+    assert alice.recv(timeout=5) == "* eve joined"
+    os.write(eve.sock.fileno(), b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # application data, forged
+    assert alice.recv(timeout=5) == "* eve left"
+    left = [event for event in server.events() if event.kind == "left" and event.client == "eve"]
+    assert left[0].text.startswith("connection error"), left
+    alice.send("alice", "fine")
+    assert alice.recv(timeout=5) == "%alice%fine"
+
+
 def test_tls_lines_stay_whole_and_in_order_when_a_reader_falls_behind(start, server_tls, client_tls, clients, peers):
     """bob stops reading while alice sends ~600 KB: the encrypted bytes wait in bob's socket and
     outbox (and, in the threads model, for a writer thread); every line arrives, in order."""
@@ -308,23 +322,35 @@ def test_with_the_right_code_registration_goes_on_as_usual(start, peers):
     alice.expect("%bob%hi")
 
 
-@pytest.mark.parametrize(
-    "guess",
-    ["owl-43", "owl-4", "owl-421", "OWL-42", "", "x" * 5000, "%server%who"],
-    ids=["same-length", "shorter", "longer", "other-case", "empty", "too-long", "a-command"],
-)
-def test_a_wrong_code_is_refused_and_closed_after_a_delay(start, peers, caplog, guess):
+WRONG_GUESSES = {
+    "same length": "owl-43",
+    "shorter": "owl-4",
+    "longer": "owl-421",
+    "other case": "OWL-42",
+    "empty": "",
+    "too long": "x" * 5000,
+    "a command": "%server%who",
+}
+
+
+def test_a_wrong_code_is_refused_and_closed_after_a_delay(start, peers, caplog):
+    """Seven wrong guesses at once, each on its own connection: each gets the `!` line and is
+    closed no sooner than the delay after its guess; alice, online meanwhile, keeps chatting."""
     server = start(code=CODE)
     alice = peers(server)
     register_with_code(alice, "alice")
-    eve = peers(server)
-    eve.expect(CODE_PROMPT)
-    sent_at = time.monotonic()
-    eve.send(guess)
-    eve.send("eve")  # not read: one guess per connection
-    assert eve.read_to_eof() == ["! wrong class code"]
-    assert time.monotonic() - sent_at >= servers_base.WRONG_CODE_DELAY * 0.9  # no fast guessing
-    assert "wrong class code" in caplog.text
+    guessers = {kind: peers(server) for kind in WRONG_GUESSES}
+    sent_at = {}
+    for kind, eve in guessers.items():
+        eve.expect(CODE_PROMPT)
+        sent_at[kind] = time.monotonic()
+        eve.send(WRONG_GUESSES[kind])
+        eve.send("eve")  # not read: one guess per connection
+    for kind, eve in guessers.items():
+        assert eve.read_to_eof() == ["! wrong class code"], kind
+        waited = time.monotonic() - sent_at[kind]
+        assert waited >= servers_base.WRONG_CODE_DELAY * 0.9, f"{kind}: closed after {waited:.2f} s"
+    assert caplog.text.count("wrong class code") >= len(WRONG_GUESSES)
     assert server.online() == ["alice"]
     alice.send("%alice%nothing happened to me")
     alice.expect("%alice%nothing happened to me")
