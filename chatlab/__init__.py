@@ -28,6 +28,8 @@ _EXPORTS = {
     "FaultyLink": "faults",
     "NameRefused": "client",
     "ServerFull": "client",
+    "CodeRefused": "client",
+    "TlsFailed": "client",
 }
 __all__ = [*_EXPORTS, "kit_threads"]
 

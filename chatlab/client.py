@@ -7,7 +7,13 @@ hands it to the optional ``on_line`` callback. The reader thread never prints: w
 shown is the caller's choice (the terminal client below prints them, the notebook widgets put
 them in a log).
 
-Run it from a shell with ``python -m chatlab.client --port 5050 --name alice``.
+With ``tls=True`` (or an :class:`ssl.SSLContext` that trusts the class's own certificate) the
+connection is encrypted and the server's certificate is checked before anything is said; TLS
+is a layer between the socket and the lines (:mod:`chatlab.tls`). With ``code=`` the client
+answers a server that asks for a class code.
+
+Run it from a shell with ``python -m chatlab.client --port 5050 --name alice``
+(``--tls --cafile class.pem --code CODE`` for a classroom server with TLS and a class code).
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ import argparse
 import logging
 import queue
 import socket
+import ssl
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable
 
 from . import protocol
+from .tls import NotTls, TlsLayer, client_context
 
 log = logging.getLogger("chatlab.client")
 
@@ -49,6 +57,14 @@ class ConnectionReset(ConnectionClosed):
     """The connection was reset (a TCP RST) instead of closed: aborted or cut, not a goodbye."""
 
 
+class CodeRefused(ChatError):
+    """The server needs a class code, and it was missing or wrong."""
+
+
+class TlsFailed(ChatError, ConnectionError):
+    """The TLS handshake failed: the server's certificate is not trusted, or it speaks no TLS."""
+
+
 _CLOSED = object()  # put on the queue when the connection ends
 
 
@@ -59,7 +75,9 @@ class ChatClient:
     thread; :meth:`close` (or leaving a ``with`` block) closes the socket and joins the thread.
 
     Error handling: a refused name raises :class:`NameRefused`, a full server
-    :class:`ServerFull`, a silent server :class:`TimeoutError`. Once the connection ends,
+    :class:`ServerFull`, a silent server :class:`TimeoutError`, a missing or wrong class code
+    :class:`CodeRefused`, and a TLS handshake that fails (a certificate that is not trusted, a
+    server without TLS) :class:`TlsFailed`, with the reason. Once the connection ends,
     :meth:`recv` raises :class:`ConnectionClosed` after the lines that did arrive: its subclass
     :class:`ConnectionReset` if the connection was reset rather than closed (``ended`` says which).
     """
@@ -73,10 +91,19 @@ class ChatClient:
         timeout: float = 5.0,
         on_line: Callable[[str], None] | None = None,
         keep: bool = True,
+        tls: bool | ssl.SSLContext | None = None,
+        code: str | None = None,
     ) -> None:
         if "\n" in name or "\r" in name:
             raise ValueError("a name is a single line")
+        if code is not None and ("\n" in code or "\r" in code):
+            raise ValueError("a class code is a single line")
         self.name = name
+        self.code = code
+        self.address = (host, port)
+        context = client_context() if tls is True else tls or None
+        # TLS sits between the socket and the lines: recv() bytes go through it, and so do sends.
+        self._tls = None if context is None else TlsLayer(context, server_side=False, server_hostname=host)
         self.on_line = on_line
         self.keep = keep  # queue each line for recv(); a program that only uses on_line says no
         self.online: list[str] = []
@@ -88,10 +115,12 @@ class ChatClient:
         self._online_version = 0
         self._closed = False
         self.ended: str | None = None
-        """How the connection ended, once it has: "closed by the server", "reset: ..." or "closed here"."""
+        """How the connection ended, once it has: "closed by the server", "reset: ...", "closed here" or "connection error: ..."."""
         self._sock = socket.create_connection((host, port), timeout=timeout)
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                self._handshake()
             self._register()
         except BaseException:
             self._sock.close()
@@ -102,9 +131,58 @@ class ChatClient:
 
     # --- registration, in the caller's thread ---------------------------------------------
 
+    def _handshake(self) -> None:
+        """Say hello in TLS and check the server's certificate, before any line is read."""
+        assert self._tls is not None
+        host, port = self.address
+        self._sock.sendall(self._tls.start())
+        while not self._tls.established:
+            data = self._sock.recv(RECV_SIZE)
+            if not data:
+                raise TlsFailed(f"{host}:{port} closed the connection during the TLS handshake")
+            try:
+                plaintext = self._tls.receive(data)
+            except NotTls as exc:
+                said = exc.data.decode(protocol.ENCODING, errors="replace").splitlines()[0][:80]
+                if said == protocol.SERVER_FULL.decode().strip():
+                    raise ServerFull("server full") from None
+                raise TlsFailed(f"{host}:{port} does not speak TLS (it said {said!r})") from None
+            except ssl.SSLCertVerificationError as exc:
+                self._send_alert()
+                hint = (
+                    "connect to the name or address the certificate was made for"
+                    if "mismatch" in exc.verify_message
+                    else "give the class's certificate with cafile= or --cafile"
+                )
+                raise TlsFailed(
+                    f"the certificate of {host}:{port} is not trusted: {exc.verify_message} ({hint})"
+                ) from exc
+            except ssl.SSLError as exc:
+                self._send_alert()
+                raise TlsFailed(f"TLS handshake with {host}:{port} failed: {exc.reason or exc}") from exc
+            self._sock.sendall(self._tls.outgoing())  # our answer (the last one ends the handshake)
+            self._early.extend(_decode(line) for line in self._framer.feed(plaintext))
+
+    def _send_alert(self) -> None:
+        """Tell the server why the handshake failed (TLS wrote an alert), if it still listens."""
+        assert self._tls is not None
+        try:
+            self._sock.sendall(self._tls.outgoing())
+        except OSError:
+            pass
+
+    def _recv(self) -> bytes:
+        """The next bytes from the server, decrypted if this is TLS (b"" at the end)."""
+        while data := self._sock.recv(RECV_SIZE):
+            if self._tls is None:
+                return data
+            if plaintext := self._tls.receive(data):
+                return plaintext
+        return b""
+
     def _read_line(self) -> str:
         while not self._early:
-            data = self._sock.recv(RECV_SIZE)
+            data = self._recv()
             if not data:
                 raise ConnectionClosed("the server closed the connection")
             self._early.extend(_decode(line) for line in self._framer.feed(data))
@@ -114,7 +192,14 @@ class ChatClient:
         first = protocol.parse_server_line(self._read_line())
         if first.kind == "error":
             raise ServerFull(first.text) if first.text == "server full" else ChatError(first.text)
-        self._sock.sendall((self.name + "\n").encode(protocol.ENCODING))
+        if first.kind == "notice" and first.text == protocol.CODE_PROMPT_TEXT:
+            if self.code is None:
+                raise CodeRefused("this server needs a class code (code=... or --code)")
+            self._send((self.code + "\n").encode(protocol.ENCODING))
+            first = protocol.parse_server_line(self._read_line())
+            if first.kind == "error":
+                raise CodeRefused(first.text)
+        self._send((self.name + "\n").encode(protocol.ENCODING))
         answer = protocol.parse_server_line(self._read_line())
         if answer.kind == "error":
             raise NameRefused(answer.text)
@@ -130,13 +215,16 @@ class ChatClient:
             while self._early:
                 self._handle(self._early.popleft())
             while data := self._sock.recv(RECV_SIZE):
+                if self._tls is not None:
+                    data = self._tls.receive(data)  # the plaintext (b"" until a record is whole)
                 for line in self._framer.feed(data):
                     self._handle(_decode(line))
             self.ended = "closed here" if self._closed else "closed by the server"
         except ConnectionResetError as exc:
             self.ended = f"reset: {exc.strerror}"
-        except OSError:
-            self.ended = "closed here"  # by close(), in another thread
+        except OSError as exc:
+            # Closed by close() in another thread, or a broken TLS record (ssl.SSLError is an OSError).
+            self.ended = "closed here" if self._closed else f"connection error: {exc}"
         finally:
             self._lines.put(_CLOSED)
 
@@ -235,7 +323,9 @@ class ChatClient:
         self.close()
 
     def _send(self, data: bytes) -> None:
-        with self._send_lock:
+        with self._send_lock:  # one sender at a time: lines (and TLS records) stay in order
+            if self._tls is not None:
+                data = self._tls.encrypt(data)
             try:
                 self._sock.sendall(data)
             except ConnectionResetError as exc:
@@ -264,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5050)
     parser.add_argument("--name", help="your name (asked for if missing)")
+    parser.add_argument("--tls", action="store_true", help="encrypt, and check the server's certificate")
+    parser.add_argument(
+        "--cafile", help="the certificate (PEM) your class's server is checked against; implies --tls"
+    )
+    parser.add_argument("--code", help="the class code, if the server asks for one")
     args = parser.parse_args(argv)
     interactive = sys.stdin.isatty()
     prompt = "> " if interactive else ""
@@ -288,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or input("your name: ").strip()
     with output:
         try:
-            client = ChatClient(args.host, args.port, name, on_line=show, keep=False)
+            tls = client_context(args.cafile) if args.tls or args.cafile else None
+            client = ChatClient(args.host, args.port, name, on_line=show, keep=False, tls=tls, code=args.code)
         except (ChatError, OSError) as exc:
             print(f"chatlab-client: {_safe(str(exc))}", file=sys.stderr)
             return 1

@@ -18,10 +18,14 @@ The wire format is newline-delimited UTF-8 text, so a person can talk to a serve
 
 Lines the server sends start with a sigil: ``%from%`` for a message, ``* `` for a notice and
 ``! `` for an error about the client's last line. ``\\r\\n`` is accepted as a line end.
+
+A server started with a class code asks for it first (:data:`CODE_PROMPT`); the first line a
+client sends is then the code, and the greeting above follows the right one.
 """
 
 from __future__ import annotations
 
+import hmac
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -247,6 +251,26 @@ HELP = b"".join(
 )
 SERVER_FULL = format_error("server full")
 NAME_TAKEN = format_error("name taken")
+
+
+# A server started with a class code asks for it before the name (``--code``); the first line a
+# client sends is then the code, and only the right one is greeted as above.
+CODE_PROMPT_TEXT = "chatlab: this chat needs the class code; type it and press Enter"
+CODE_PROMPT = format_notice(CODE_PROMPT_TEXT)
+WRONG_CODE = format_error("wrong class code")
+# What a TLS server tells a client that spoke plain text to it (in plain text, so nc shows it).
+TLS_REQUIRED = format_error("this server speaks TLS: use openssl s_client, or the kit's client with --tls")
+
+
+def code_matches(line: bytes | LineTooLong, code: str) -> bool:
+    """Whether the line a client sent is the class code (spaces around it do not count).
+
+    ``hmac.compare_digest`` takes as long however many leading bytes are right, so the time of
+    the answer tells a guesser nothing about how close the guess was.
+    """
+    if isinstance(line, LineTooLong):
+        return False
+    return hmac.compare_digest(line.strip(), code.strip().encode(ENCODING))
 
 
 def format_welcome(name: str, online: list[str]) -> bytes:

@@ -3,7 +3,9 @@
 It picks a model from :mod:`chatlab.servers` (``--model threads``, the default, gives every
 client a thread of its own), shows a live log of connections, messages and errors, and stops
 cleanly on Ctrl-C or ``kill``. Once it listens it prints one line on standard output,
-``listening on HOST:PORT``, also with ``--quiet``, so a script can wait for that line. The
+``listening on HOST:PORT``, also with ``--quiet``, so a script can wait for that line. With
+``--tls-cert FILE --tls-key FILE`` it speaks TLS only, and with ``--code CODE`` every client must
+give the class code before its name (README: "A classroom server with TLS and a class code"). The
 servers themselves live in :mod:`chatlab.servers`; their names are also importable from here.
 """
 
@@ -11,14 +13,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
 from . import protocol
+from .addresses import classroom_lines
 from .room import ClientRecord, ServerEvent
 from .servers import MODELS, ChatServer, ServerBase, server_class
 from .servers.base import DEFAULT_PORT
 from .servers.threads import DELIVERY_MODES, SERVER_SWITCH_INTERVAL
+from .tls import server_context
 
 __all__ = ["ChatServer", "ClientRecord", "MODELS", "ServerBase", "ServerEvent", "main", "server_class"]
 
@@ -27,6 +32,13 @@ log = logging.getLogger("chatlab.server")
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +69,20 @@ def main(argv: list[str] | None = None) -> int:
         default="threads",
         help="threads: one thread per client (default); selectors or asyncio: one event loop for all clients",
     )
+    parser.add_argument(
+        "--rate",
+        type=_positive,
+        metavar="LINES_PER_SECOND",
+        help="flood control: read at most this many lines per second from each client (bursts of "
+        "two seconds' worth); a faster client waits, nothing is lost (default: no limit)",
+    )
     parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
+    parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    parser.add_argument("--code", help="a class code every client must send before its name")
     args = parser.parse_args(argv)
+    if args.tls_key and not args.tls_cert:
+        parser.error("--tls-key needs --tls-cert")
     if args.model != "threads" and args.delivery != "queue":
         parser.error("--delivery is a choice of --model threads")
     logging.basicConfig(
@@ -66,13 +90,24 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(message)s",
         datefmt="%H:%M:%S",
     )
+    tls = None
+    if args.tls_cert:
+        try:
+            tls = server_context(args.tls_cert, args.tls_key)
+        except (OSError, ValueError) as exc:  # a missing file, or a key that does not fit
+            parser.error(f"cannot use the certificate: {exc}")
+    if args.code is not None and not args.code.strip():
+        parser.error("--code must not be empty")
     options = {"delivery": args.delivery} if args.model == "threads" else {}
     server = server_class(args.model)(
         args.host,
         args.port,
         max_clients=args.max_clients,
         max_line=args.max_line,
+        tls=tls,
+        code=args.code,
         name_timeout=args.name_timeout,
+        rate=args.rate,
         **options,
     )
     if args.model == "threads":
@@ -85,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
             log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
             return 1
         print(f"listening on {server.host}:{server.port}", flush=True)  # for scripts that wait
+        cafile = os.path.basename(args.tls_cert) if args.tls_cert else None
+        for line in classroom_lines(server.host, server.port, cafile=cafile, code=args.code is not None):
+            log.info("%s", line)  # none on loopback
+        if args.tls_cert:
+            log.info("TLS: clients connect with --tls --cafile (the CA of %s)", args.tls_cert)
+        if args.code is not None:
+            log.info("clients must give the class code before their name")
         log.info("press Ctrl-C to stop")
         server.serve_forever()
     except KeyboardInterrupt:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -189,6 +190,10 @@ class ChatWidget(widgets.VBox):
     ``chatlab-widget-NAME`` thread. :meth:`close` closes the connection, joins that thread and
     closes the widget views. The widget reads its client's lines itself: do not call
     ``widget.client.recv()`` while it is open.
+
+    ``tls=`` and ``code=`` are the client's (:class:`~chatlab.client.ChatClient`): TLS with
+    the system's CAs (``True``) or a context that trusts the class's certificate, and the
+    class code a server started with ``--code`` asks for.
     """
 
     log_height = "170px"
@@ -202,10 +207,13 @@ class ChatWidget(widgets.VBox):
         *,
         timeout: float = 5.0,
         client: ChatClient | None = None,
+        tls: bool | ssl.SSLContext | None = None,
+        code: str | None = None,
     ) -> None:
         if client is None:
             replacing = _close_same(host, port, name)
-            client = _connect(host, port, name, timeout, replacing)  # may raise NameRefused
+            # may raise NameRefused (or CodeRefused, TlsFailed: see ChatClient)
+            client = _connect(host, port, name, timeout, replacing, tls=tls, code=code)
             address: tuple[str, int] | None = (host, port)
         else:
             address = None
@@ -463,13 +471,22 @@ def _close_same(host: str, port: int, name: str) -> bool:
     return bool(same)
 
 
-def _connect(host: str, port: int, name: str, timeout: float, replacing: bool) -> ChatClient:
+def _connect(
+    host: str,
+    port: int,
+    name: str,
+    timeout: float,
+    replacing: bool,
+    *,
+    tls: bool | ssl.SSLContext | None = None,
+    code: str | None = None,
+) -> ChatClient:
     """Connect and register; after closing an old widget of that name, allow the server a
     moment to notice (its thread for the old connection frees the name when it sees EOF)."""
     deadline = time.monotonic() + (2.0 if replacing else 0.0)
     while True:
         try:
-            return ChatClient(host, port, name, timeout=timeout)
+            return ChatClient(host, port, name, timeout=timeout, tls=tls, code=code)
         except NameRefused as exc:
             if str(exc) != "name taken" or time.monotonic() > deadline:
                 raise

@@ -24,23 +24,28 @@ pytestmark = pytest.mark.usefixtures("kit_threads")
 
 class Program:
     """A chatlab program in a subprocess. Threads collect what it writes to stdout and stderr
-    (they end when it exits), so a test can wait for a line without blocking on a pipe."""
+    (they end when it exits), so a test can wait for a line without blocking on a pipe.
+    ``prefix`` runs it through another command, e.g. ``ip netns exec NS``; ``command`` runs
+    that command instead of ``python -m ARGS``."""
 
-    def __init__(self, *args: str, stdin: bool = False) -> None:
+    def __init__(
+        self, *args: str, stdin: bool = False, prefix: tuple[str, ...] = (), command: list[str] | None = None
+    ) -> None:
         restore_ctrl_c = None
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # e.g. started in the background
             restore_ctrl_c = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", *args],
+            [*prefix, *(command or [sys.executable, "-m", *args])],
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
             preexec_fn=restore_ctrl_c,
         )
         self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._changed = threading.Condition()
+        program = args[0] if args else (command or ["?"])[0]
         self._readers = [
             threading.Thread(target=self._collect, args=(name, getattr(self.proc, name)),
-                             name=f"test-{name}-of-{args[0]}", daemon=True)
+                             name=f"test-{name}-of-{program}", daemon=True)
             for name in self.lines
         ]
         for reader in self._readers:

@@ -25,6 +25,7 @@ from typing import Any
 
 from .. import protocol
 from ..room import ClientRecord
+from ..tls import TlsLayer
 from .base import ServerBase, Session, connection_error
 
 __all__ = ["AsyncioChatServer"]
@@ -40,16 +41,24 @@ class _LoopTransport:
     Only the loop thread calls these (the room is only ever called from it).
     """
 
-    __slots__ = ("transport", "record", "limit")
+    __slots__ = ("transport", "record", "limit", "tls")
 
-    def __init__(self, transport: asyncio.Transport, record: ClientRecord, limit: int) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, record: ClientRecord, limit: int, tls: TlsLayer | None
+    ) -> None:
         self.transport = transport
         self.record = record
         self.limit = limit
+        # With TLS, what is written is encrypted first. The kit's TlsLayer, not asyncio's own
+        # TLS (create_server(ssl=...)), so that TLS works the same in every model: the handshake
+        # counts against name_timeout, and a plain-text client is told why it is turned away.
+        self.tls = tls
 
     def write(self, data: bytes) -> bool:
         if self.transport.is_closing():
             return True  # the client is leaving; there is nobody to write to
+        if self.tls is not None and not (data := self.tls.encrypt(data)):
+            return True  # no TLS keys yet: nothing can be said to this client
         if self.transport.get_write_buffer_size() + len(data) > self.limit:
             return False  # too far behind: the room drops this client
         self.transport.write(data)  # sends what it can now, buffers the rest; never blocks
@@ -70,6 +79,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.session: Session | None = None  # None if the room was full
         self.name_timer: asyncio.TimerHandle | None = None
+        self.resume_timer: asyncio.TimerHandle | None = None  # flood control: reading paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -78,7 +88,9 @@ class _Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         session = Session(self.server, sock, transport.get_extra_info("peername")[:2])
         session.record.thread = threading.current_thread()
-        session.record.transport = _LoopTransport(transport, session.record, self.server.max_backlog)
+        session.record.transport = _LoopTransport(
+            transport, session.record, self.server.max_backlog, session.tls
+        )
         if not session.open():
             transport.write(protocol.SERVER_FULL)
             transport.close()  # closes once the line is sent
@@ -91,11 +103,44 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.session is None or self.transport.is_closing():
             return  # refused, dropped or timed out: what it still sends is not handled
+        session = self.session
+        if session.close_after is not None:
+            return  # turned away: it closes soon
         try:
-            self.session.feed(data)
+            if reply := session.receive(data):
+                self.transport.write(reply)  # the TLS handshake's own messages, as they are
+        except OSError as exc:  # a damaged TLS record
+            session.leave(connection_error(exc))
+            self.transport.abort()
+            return
+        except Exception:  # a bug: say so, and still clean up after this client
+            session.failed()
+            self.transport.abort()
+            return
+        if session.close_after is not None:  # turned away: read nothing more, close it later
+            self.transport.pause_reading()
+            if self.name_timer is not None:
+                self.name_timer.cancel()
+            asyncio.get_running_loop().call_later(session.close_after, self.transport.close)
+        elif delay := session.flood_delay():  # over the flood rate: read it again later
+            self.transport.pause_reading()
+            self.resume_timer = asyncio.get_running_loop().call_later(delay, self.release)
+
+    def release(self) -> None:
+        """Flood control: the wait is over; hand over waiting lines, and read on once none wait."""
+        self.resume_timer = None
+        if self.session is None or self.transport.is_closing():
+            return
+        try:
+            delay = self.session.release()
         except Exception:  # a bug: say so, and still clean up after this client
             self.session.failed()
             self.transport.abort()
+            return
+        if delay:
+            self.resume_timer = asyncio.get_running_loop().call_later(delay, self.release)
+        else:
+            self.transport.resume_reading()
 
     def name_timed_out(self) -> None:
         session = self.session
@@ -106,8 +151,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is closed (by the client, an error, or us); asyncio closes the socket."""
         self.server._connections.discard(self)
-        if self.name_timer is not None:
-            self.name_timer.cancel()
+        for timer in (self.name_timer, self.resume_timer):
+            if timer is not None:
+                timer.cancel()
         if self.session is not None:
             self.session.leave(None if exc is None else connection_error(exc))
             self.session.departed()

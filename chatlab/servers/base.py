@@ -14,19 +14,29 @@ record, let the room admit it or refuse it as full, greet it, feed what it sends
 decide why it ended, forget it and tell the others. A model creates one session per accepted
 socket and calls those steps as its bytes move; it never talks to the room about a connection
 in any other way.
+
+Two guards sit at the door of a session, both optional and both here, so every model has
+them: TLS (``tls=``, an :class:`ssl.SSLContext`; the handshake happens in :meth:`Session.receive`
+through a :class:`~chatlab.tls.TlsLayer`, and the greeting follows it) and a class code
+(``code=``: the greeting asks for it, and the first line must be it). Both count against
+``name_timeout``: from the accept, a connection has that long to finish its handshake, give
+the code and register.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 import weakref
 from collections.abc import Callable
 
 from .. import protocol
+from ..flood import Throttle, slow_down
 from ..room import ChatRoom, ClientRecord, ServerEvent
+from ..tls import NotTls, TlsLayer
 
 __all__ = ["Outbox", "ServerBase", "Session", "refuse_full", "shutdown"]
 
@@ -39,6 +49,9 @@ RECV_SIZE = 65536  # read big chunks while a client sends a lot
 SEND_BUFFER = 64 * 1024
 DRAIN_TIMEOUT = 1.0  # how long a leaving client may take to read what is still queued for it
 DEFAULT_PORT = 5050
+# How long a connection that gave a wrong class code stays open (unread) before it is closed:
+# a script that waits for the end of each try cannot guess fast.
+WRONG_CODE_DELAY = 1.0
 
 
 class Outbox:
@@ -124,7 +137,19 @@ class Session:
     business; a session is only ever used by one thread at a time.
     """
 
-    __slots__ = ("server", "room", "record", "framer", "reason", "announce", "left")
+    __slots__ = (
+        "server",
+        "room",
+        "record",
+        "framer",
+        "reason",
+        "announce",
+        "left",
+        "tls",
+        "awaiting_code",
+        "close_after",
+        "throttle",
+    )
 
     def __init__(
         self,
@@ -144,26 +169,118 @@ class Session:
         self.reason = "disconnected"  # why it ended, once it has
         self.announce = False  # whether it was online, so that the others hear it left
         self.left = False
+        # With TLS, what the socket reads is decrypted here first (the model encrypts what the
+        # room writes with ``tls.encrypt``); the greeting waits for the end of the handshake.
+        self.tls = None if server.tls is None else TlsLayer(server.tls, server_side=True)
+        self.awaiting_code = server.code is not None  # the first line must be the class code
+        # Set when the connection is turned away (a wrong code, no TLS): the model reads nothing
+        # more from it and closes it after this many seconds.
+        self.close_after: float | None = None
+        # Flood control (``rate``): the client's token bucket and the lines waiting for tokens.
+        self.throttle = None if server.rate is None else Throttle.for_rate(server.rate, time.monotonic())
 
     def open(self) -> bool:
         """Admit the connection to the room and greet it; False if the room is full.
 
         When it is refused, the model sends ``protocol.SERVER_FULL`` and closes the socket
-        (:func:`refuse_full`); nothing else has happened to it.
+        (:func:`refuse_full`); nothing else has happened to it. With TLS the greeting comes
+        once the handshake is done (in :meth:`receive`).
         """
         if not self.room.admit(self.record):
             return False
-        self.room.send(self.record, protocol.GREETING)
+        if self.tls is None:
+            self.greet()
         return True
+
+    def greet(self) -> None:
+        """Ask for the class code if the server has one, else for the name."""
+        self.room.send(self.record, protocol.CODE_PROMPT if self.awaiting_code else protocol.GREETING)
+
+    def receive(self, data: bytes) -> bytes:
+        """Bytes arrived from the socket: decrypt them if this is TLS, then :meth:`feed` them.
+
+        Returns bytes the model must send as they are, before anything else: the TLS
+        handshake's own messages, or the plain-text refusal of a client that does not speak
+        TLS. After a refusal :attr:`close_after` is set.
+        """
+        if self.tls is None:
+            self.feed(data)
+            return b""
+        was_established = self.tls.established
+        try:
+            plaintext = self.tls.receive(data)
+        except NotTls:
+            self._turn_away("not a TLS client", 0.0)
+            return protocol.TLS_REQUIRED
+        except ssl.SSLError as exc:
+            if was_established:
+                raise  # a damaged record: the connection is over, like any connection error
+            self._turn_away(f"TLS handshake failed: {exc.reason or exc}", 0.0)
+            return b""
+        if self.tls.established and not was_established:
+            log.info("%s:%d TLS established (%s)", self.record.ip, self.record.port, self.tls.version)
+            self.greet()  # encrypted, after the handshake's last messages (the layer keeps the order)
+        if plaintext:
+            self.feed(plaintext)
+        return b"" if was_established else self.tls.outgoing()
 
     def feed(self, data: bytes) -> None:
         """Bytes arrived: cut them into lines and hand the lines of this read to the room."""
         self.record.bytes_in += len(data)
-        self.room.handle_lines(self.record, self.framer.feed(data))
+        if self.close_after is not None:
+            return  # turned away: what it still sends is not read
+        lines = self.framer.feed(data)
+        if self.awaiting_code and lines:
+            if not protocol.code_matches(lines[0], self.server.code or ""):
+                self._turn_away("wrong class code", WRONG_CODE_DELAY, protocol.WRONG_CODE)
+                return
+            self.awaiting_code = False
+            log.info("%s:%d gave the class code", self.record.ip, self.record.port)
+            self.room.send(self.record, protocol.GREETING)
+            del lines[0]
+        self._handle(lines)
+
+    def _handle(self, lines: list) -> None:
+        """Hand lines to the room; with a ``rate``, only those that have tokens now (the rest
+        wait in order for :meth:`release`), and tell the client once that its lines wait."""
+        throttle = self.throttle
+        if throttle is None:
+            self.room.handle_lines(self.record, lines)
+            return
+        self.room.handle_lines(self.record, throttle.admit(lines, time.monotonic()))
+        if self.record.too_slow:  # dropped: the rest is not handled (handle_lines says so too)
+            throttle.waiting.clear()
+        if throttle.waiting and not throttle.told:  # once per connection; its log line too
+            throttle.told = True
+            self.room.refuse(self.record, slow_down(throttle.bucket.rate))
+
+    def flood_delay(self) -> float:
+        """Flood control: how long the model must stop reading this client before it calls
+        :meth:`release`; 0.0 (read on) unless the server has a ``rate`` and lines of this
+        client wait for tokens (:mod:`chatlab.flood`)."""
+        return 0.0 if self.throttle is None else self.throttle.wait(time.monotonic())
+
+    def release(self) -> float:
+        """Flood control: the wait is over. Hand the room the waiting lines that have tokens
+        now; returns :meth:`flood_delay` again (0.0 once none wait: read the socket again)."""
+        self._handle([])
+        return self.flood_delay()
+
+    def _turn_away(self, reason: str, delay: float, reply: bytes | None = None) -> None:
+        """Refuse this connection (logged, and told if it can be: before the TLS handshake is
+        done nothing can); the model closes it after ``delay`` seconds, reading nothing more."""
+        self.room.refuse(self.record, reason, reply)
+        self.reason = reason
+        self.close_after = delay
 
     def name_timed_out(self) -> None:
         """No name came in time: tell the client so; the model then ends the connection."""
-        self.reason = "no name in time"
+        if self.tls is not None and not self.tls.established:
+            self.reason = "no TLS handshake in time"  # nothing can be said to it: no keys yet
+        elif self.awaiting_code:
+            self.reason = "no class code in time"
+        else:
+            self.reason = "no name in time"
         self.room.refuse(self.record, self.reason)
 
     def failed(self) -> None:
@@ -211,6 +328,11 @@ class ServerBase:
     started before it returns. A stopped server can be started again; with ``port=0`` it gets
     a fresh port each time. All threads are daemon threads, so a forgotten server never keeps
     a kernel alive.
+
+    Flood control: with ``rate`` (lines per second), a client that sends more is read more
+    slowly (:mod:`chatlab.flood`): while :meth:`Session.flood_delay` is above zero, the model
+    stops reading that socket and then calls :meth:`Session.release`. Nothing is lost; the
+    client is told once.
     """
 
     model = "base"
@@ -226,12 +348,22 @@ class ServerBase:
         max_backlog: int = 1 << 20,
         name_timeout: float | None = 60.0,
         history: int = 1000,
+        tls: ssl.SSLContext | None = None,
+        code: str | None = None,
+        rate: float | None = None,
     ) -> None:
+        if rate is not None and not rate > 0:
+            raise ValueError("rate must be a positive number of lines per second (or None)")
+        if code is not None and (not code.strip() or "\n" in code or "\r" in code):
+            raise ValueError("a class code is one line of visible text")
+        self.tls = tls  # a server-side context (chatlab.tls.server_context): clients must use TLS
+        self.code = code  # the class code a client must send before its name
         self.host = host
         self.port = port
         self.max_line = max_line
         self.max_backlog = max_backlog
         self.name_timeout = name_timeout  # seconds a new connection has to send its name
+        self.rate = rate  # flood control: lines per second per client (None: no limit)
         self.room = ChatRoom(max_clients=max_clients, history=history)
         self.stopping = False  # set by stop() before it closes anything
         self._requested_port = port

@@ -52,22 +52,42 @@ class _Connection:
     loop thread.
     """
 
-    __slots__ = ("server", "session", "record", "outbox", "events", "deadline", "aborted", "ending")
+    __slots__ = (
+        "server",
+        "session",
+        "record",
+        "outbox",
+        "events",
+        "deadline",
+        "aborted",
+        "ending",
+        "lingering",
+        "resume_at",
+    )
 
     def __init__(self, server: SelectorsChatServer, session: Session) -> None:
         self.server, self.session, self.record = server, session, session.record
         self.outbox = Outbox(server.max_backlog)  # written by the room, not sent yet
-        self.events = READ  # what the selector watches the socket for
+        self.events = READ  # what the selector watches the socket for (0: not registered)
         # When the loop must act: the end of the time to send a name, then, once the client is
         # leaving, the end of the time it has to take our last bytes.
         timeout = server.name_timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.aborted = False
         self.ending = False  # it is leaving: no more reads, and it closes once drained
+        self.lingering = False  # turned away: it closes at its deadline, not once drained
+        self.resume_at: float | None = None  # over the flood rate: not read until then
 
     def write(self, data: bytes) -> bool:
         if self.ending:
             return True  # it is leaving; there is nobody to write to
+        tls = self.session.tls
+        if tls is not None and not (data := tls.encrypt(data)):  # under send_lock: in order
+            return True  # no TLS keys yet: nothing can be said to this client
+        return self.write_as_is(data)
+
+    def write_as_is(self, data: bytes) -> bool:
+        """Queue bytes exactly as given (the TLS handshake's own messages)."""
         if not self.outbox.put(data):
             return False  # too far behind: the room aborts it
         self.server._call_soon(self)
@@ -103,6 +123,7 @@ class SelectorsChatServer(ServerBase):
         # not at every connection, so a thousand quiet clients cost a turn nothing.
         self._timed: set[_Connection] = set()
         self._soon: set[_Connection] = set()  # to flush or abort at the end of this turn
+        self._paused: set[_Connection] = set()  # over the flood rate: not read for a while
         self._notices_due = False  # whether the room has notices to deliver at the end of it
         self.room.notices_due = self._deliver_notices_soon
         self._soon_lock = threading.Lock()
@@ -182,6 +203,7 @@ class SelectorsChatServer(ServerBase):
         if self._soon or self._notices_due:
             return 0.0  # the last turn wrote more (a "left" notice, say): no sleeping yet
         deadlines = [c.deadline for c in self._timed if c.deadline is not None]
+        deadlines += [c.resume_at for c in self._paused if c.resume_at is not None]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _accept(self, listener: socket.socket) -> None:
@@ -193,6 +215,7 @@ class SelectorsChatServer(ServerBase):
             log.warning("accept failed: %s", exc)
             return
         session = None
+        connection: _Connection | None = None
         try:
             session = Session(self, sock, address)
             session.record.thread = self._thread
@@ -207,9 +230,9 @@ class SelectorsChatServer(ServerBase):
             self._selector.register(sock, READ, connection)  # type: ignore[union-attr]
         except Exception:  # a bug, or the system out of something: refuse this one, keep serving
             log.exception("could not take in %s:%d", address[0], address[1])
-            if session is not None and session.record.transport is not None:
-                self._connections.discard(session.record.transport)  # type: ignore[arg-type]
-                self._timed.discard(session.record.transport)  # type: ignore[arg-type]
+            if connection is not None:
+                self._connections.discard(connection)
+                self._timed.discard(connection)
             try:
                 self._selector.unregister(sock)  # type: ignore[union-attr]
             except (KeyError, ValueError):
@@ -231,10 +254,30 @@ class SelectorsChatServer(ServerBase):
             self._end(connection, "disconnected", drain=True)  # it may still read our replies
             return
         try:
-            connection.session.feed(data)
+            if reply := connection.session.receive(data):  # the TLS handshake's messages
+                with connection.record.send_lock:
+                    connection.write_as_is(reply)
+        except OSError as exc:  # a damaged TLS record
+            self._end(connection, connection_error(exc), drain=False)
+            return
         except Exception:  # a bug: say so, and still clean up after this client
             connection.session.failed()
             self._end(connection, None, drain=False)
+            return
+        if connection.session.close_after is not None:  # turned away: close it a little later
+            self._linger(connection, connection.session.close_after)
+        elif delay := connection.session.flood_delay():  # over the rate: not read for a while
+            connection.resume_at = time.monotonic() + delay
+            self._paused.add(connection)
+            self._watch(connection, len(connection.outbox) > 0)
+
+    def _linger(self, connection: _Connection, seconds: float) -> None:
+        """Read nothing more from ``connection``; send what waits for it and close it after
+        ``seconds`` (a deadline of the loop, so nobody else waits)."""
+        connection.ending = connection.lingering = True
+        connection.deadline = time.monotonic() + seconds
+        self._timed.add(connection)
+        self._flush(connection)  # stops watching it for reading
 
     def _flush(self, connection: _Connection) -> None:
         """Send what the socket takes now; watch for writability while anything is left."""
@@ -249,17 +292,33 @@ class SelectorsChatServer(ServerBase):
         if error is not None:
             self._end(connection, connection_error(error), drain=False)
             return
-        if connection.ending and not pending:
+        if connection.ending and not pending and not connection.lingering:
             self._close(connection)  # a leaving client got its last bytes
             return
-        events = (0 if connection.ending else READ) | (WRITE if pending else 0)
-        if events != connection.events:
-            self._selector.modify(record.sock, events, connection)  # type: ignore[union-attr]
-            connection.events = events
+        self._watch(connection, pending)
+
+    def _watch(self, connection: _Connection, pending: bool) -> None:
+        """Have the selector watch the socket for what we wait for now: reading, unless the
+        client is leaving or paused (flood control); writing, while bytes are ``pending``."""
+        reading = not connection.ending and connection.resume_at is None
+        events = (READ if reading else 0) | (WRITE if pending else 0)
+        if events == connection.events:
+            return
+        selector, sock = self._selector, connection.record.sock
+        assert selector is not None
+        if not events:
+            selector.unregister(sock)  # a selector cannot watch a socket for nothing
+        elif not connection.events:
+            selector.register(sock, events, connection)
+        else:
+            selector.modify(sock, events, connection)
+        connection.events = events
 
     def _end_of_turn(self) -> None:
-        """Deliver this turn's notices, flush or abort what the turn asked for, then act on the
-        deadlines that passed."""
+        """Release the lines of paused clients whose wait is over, deliver this turn's notices,
+        flush or abort what the turn asked for, then act on the deadlines that passed."""
+        if self._paused:
+            self._release_paused()
         if self._notices_due:
             self._notices_due = False
             self.room.deliver_notices()  # one round for every join and leave of this turn
@@ -278,6 +337,27 @@ class SelectorsChatServer(ServerBase):
                 self._end(connection, None, drain=True)
             else:
                 self._close(connection)  # it did not take its last bytes in time
+
+    def _release_paused(self) -> None:
+        """Flood control: hand over the waiting lines of every client whose wait is over; watch
+        it for reading again once none wait."""
+        now = time.monotonic()
+        for connection in [c for c in self._paused if c.resume_at is not None and now >= c.resume_at]:
+            if connection.ending:  # leaving: what still waits is not handled
+                self._paused.discard(connection)
+                continue
+            try:
+                delay = connection.session.release()
+            except Exception:  # a bug: say so, and still clean up after this client
+                connection.session.failed()
+                self._end(connection, None, drain=False)
+                continue
+            if delay:
+                connection.resume_at = time.monotonic() + delay
+            else:
+                self._paused.discard(connection)
+                connection.resume_at = None
+                self._watch(connection, len(connection.outbox) > 0)
 
     def _end(self, connection: _Connection, reason: str | None, *, drain: bool) -> None:
         """The connection is over: the room forgets it now, and it closes once drained."""
@@ -299,8 +379,10 @@ class SelectorsChatServer(ServerBase):
             return
         self._connections.discard(connection)
         self._timed.discard(connection)
+        self._paused.discard(connection)
         record = connection.record
-        self._selector.unregister(record.sock)  # type: ignore[union-attr]
+        if connection.events:
+            self._selector.unregister(record.sock)  # type: ignore[union-attr]
         with record.send_lock:  # nobody is half-way through writing to its outbox
             record.sock.close()
         connection.session.departed()

@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from ..room import ClientRecord
+from ..tls import TlsLayer
 from .base import (
     DRAIN_TIMEOUT,
     RECV_SIZE,
@@ -69,17 +70,20 @@ class _QueuedTransport:
     the outbox is empty again.
     """
 
-    __slots__ = ("server", "record", "outbox")  # one per client: keep it small
+    __slots__ = ("server", "record", "outbox", "tls")  # one per client: keep it small
 
-    def __init__(self, server: ChatServer, record: ClientRecord) -> None:
+    def __init__(self, server: ChatServer, record: ClientRecord, tls: TlsLayer | None = None) -> None:
         self.server = server
         self.record = record
         self.outbox = Outbox(server.max_backlog)
+        self.tls = tls  # with TLS, what is written is encrypted first (send_lock keeps the order)
 
     def write(self, data: bytes) -> bool:
         record = self.record
         if self.outbox.closed:
             return True  # the client is leaving; there is nobody to write to
+        if self.tls is not None and not (data := self.tls.encrypt(data)):
+            return True  # no TLS keys yet: nothing can be said to this client
         if record.writer is not None:  # it is behind: keep the order, queue behind the rest
             return self.outbox.put(data)
         try:
@@ -119,6 +123,8 @@ class _DirectTransport(_QueuedTransport):
     __slots__ = ()
 
     def write(self, data: bytes) -> bool:
+        if self.tls is not None and not (data := self.tls.encrypt(data)):
+            return True
         try:
             self.record.sock.sendall(data)  # blocks while this client is not reading
         except OSError:
@@ -150,11 +156,13 @@ class ChatServer(ServerBase):
         self.delivery = delivery
         self.room.blocking_writes = delivery == "direct"
         self._accept_thread: threading.Thread | None = None
+        self._halting = threading.Event()  # wakes client threads that wait out their flood delay
 
     def describe(self) -> str:
         return f"one thread per client, {self.delivery} delivery"
 
     def _run(self, listener: socket.socket) -> None:
+        self._halting.clear()
         self._accept_thread = threading.Thread(
             target=self._accept_loop, args=(listener,), name="chatlab-accept", daemon=True
         )
@@ -162,6 +170,7 @@ class ChatServer(ServerBase):
         self._accept_thread.start()
 
     def _halt(self, listener: socket.socket, timeout: float) -> None:
+        self._halting.set()
         shutdown(listener)  # wakes accept() on Linux
         listener.close()
         # First the accept thread, which may be taking in one last client: after it has ended,
@@ -196,7 +205,7 @@ class ChatServer(ServerBase):
         queued = self.delivery == "queue"
         session = Session(self, sock, address, send_buffer=SEND_BUFFER if queued else None)
         record = session.record
-        record.transport = (_QueuedTransport if queued else _DirectTransport)(self, record)
+        record.transport = (_QueuedTransport if queued else _DirectTransport)(self, record, session.tls)
         record.thread = threading.Thread(
             target=self._serve, args=(session,), daemon=True, name=f"chatlab-client-{record.label}"
         )
@@ -234,14 +243,25 @@ class ChatServer(ServerBase):
         """The client's own thread: wait for bytes, hand them to the session, until the end.
 
         What the lines of one read send goes out at the end of the read, one write per
-        receiver: a burst of lines to bob costs one system call, not one each.
+        receiver: a burst of lines to bob costs one system call, not one each. A client over
+        the server's ``rate`` is not read for a while: this thread waits before its next
+        ``recv()`` (and a stop cuts the wait short).
         """
         sock = session.record.sock
         try:
             size = QUIET_RECV_SIZE
             while data := sock.recv(size):
                 size = RECV_SIZE if len(data) == size else QUIET_RECV_SIZE  # full: more waits
-                session.feed(data)
+                if reply := session.receive(data):  # the TLS handshake, here in its own thread
+                    sock.sendall(reply)
+                if session.close_after is not None:  # turned away: wait, reading nothing more
+                    self._linger(sock, session.close_after)
+                    break
+                delay = session.flood_delay()
+                while delay:  # over the flood rate: hand its lines over slowly, then read on
+                    if self._halting.wait(delay):
+                        return  # the server is stopping (finally: below still runs)
+                    delay = session.release()
         except TimeoutError:
             session.name_timed_out()
         except OSError as exc:
@@ -250,6 +270,19 @@ class ChatServer(ServerBase):
             session.failed()
         finally:
             self._close(session)
+
+    def _linger(self, sock: socket.socket, seconds: float) -> None:
+        """Keep a turned-away connection open for ``seconds``, throwing away what it sends.
+
+        Only this client's thread waits; stop() ends the wait at once (recv returns b"")."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                if not sock.recv(RECV_SIZE):
+                    return  # it hung up
+            except OSError:  # the wait is over (TimeoutError), or the connection is
+                return
 
     def _write_loop(self, record: ClientRecord) -> None:
         """A writer thread: send what waits in the outbox until it is empty, then end."""
