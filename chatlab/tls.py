@@ -123,12 +123,17 @@ class TlsLayer:
     def encrypt(self, data: bytes) -> bytes:
         """The ciphertext to send for ``data``, after anything still waiting to be sent.
 
-        Before the handshake is done there is no key yet: returns b"" (nothing can be said).
+        Before the handshake is done there is no key yet, and after a TLS error the connection
+        is over: then it returns b"" (nothing can be said). It never raises, because the caller
+        may be another client's thread, which must not pay for this connection's trouble.
         """
         with self._lock:
             if not self.established:
                 return b""
-            self._tls.write(data)
+            try:
+                self._tls.write(data)
+            except ssl.SSLError:
+                return b""  # the connection's own reader meets the error too, and ends it
             return self._outgoing.read()
 
     @property
