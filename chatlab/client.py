@@ -115,7 +115,8 @@ class ChatClient:
         self._online_version = 0
         self._closed = False
         self.ended: str | None = None
-        """How the connection ended, once it has: "closed by the server", "reset: ...", "closed here" or "connection error: ..."."""
+        """How the connection ended, once it has: "closed by the server", "reset: ...",
+        "closed here" or "connection error: ..."."""
         self._sock = socket.create_connection((host, port), timeout=timeout)
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
