@@ -58,15 +58,25 @@ def main(argv: list[str] | None = None) -> int:
         help="threads: one thread per client (default); selectors or asyncio: one event loop for all clients",
     )
     parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share one chat with every server given the same redis://HOST:PORT/DB (threads model)",
+    )
+    parser.add_argument("--server-id", help="this server's name among them (default HOSTNAME:PORT)")
     args = parser.parse_args(argv)
     if args.model != "threads" and args.delivery != "queue":
         parser.error("--delivery is a choice of --model threads")
+    if args.redis and (args.model != "threads" or args.delivery != "queue"):
+        parser.error("--redis needs --model threads with --delivery queue")
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)-7s %(message)s",
         datefmt="%H:%M:%S",
     )
-    options = {"delivery": args.delivery} if args.model == "threads" else {}
+    options: dict = {"delivery": args.delivery} if args.model == "threads" else {}
+    if args.redis:
+        options.update(redis=args.redis, server_id=args.server_id)
     server = server_class(args.model)(
         args.host,
         args.port,
@@ -81,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             server.start()
+        except (ConnectionError, ValueError) as exc:  # --redis: Redis unreachable, or the id in use
+            log.error("%s", exc)
+            return 1
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
             return 1
