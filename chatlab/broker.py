@@ -24,7 +24,8 @@ Redis holds, every key under ``chatlab:``:
     atomic ``SET key id NX PX ttl``: of two servers that try at once, Redis lets exactly one
     win. The owner refreshes it with its heartbeat and deletes it when the client leaves (only
     if it is still its own: a small Lua script compares and deletes in one step). A crashed
-    server's names expire with it and can be taken again.
+    server's names expire with it, or are deleted by the first server to notice the crash,
+    and can be taken again.
 ``inbox:<id>`` (a Redis Stream)
     Lines for clients of server <id>: direct messages, broadcasts, "joined" and "left". A
     sender appends (``XADD``); the receiving server alone reads (``XREAD BLOCK``) from the last
@@ -504,6 +505,12 @@ class Broker:
             self._outbox.put((server_id, Line("s", "", "", snapshot)))
         for server_id, members in gone.items():
             log.warning("server %s stopped answering: its clients left", server_id)
+            # Its names would expire by themselves; freeing them now (if still that server's)
+            # means a name is free again as soon as its owner is announced as gone.
+            pipe = self.redis.pipeline(transaction=False)
+            for key in members:
+                self._release_if_mine([self.name_key(key)], [server_id], client=pipe)
+            pipe.execute()
             for name in sorted(members.values(), key=str.lower):
                 self._tell(name, server_id, "left")
 

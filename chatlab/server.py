@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         help="share one chat with every server given the same redis://HOST:PORT/DB (threads model)",
     )
     parser.add_argument("--server-id", help="this server's name among them (default HOSTNAME:PORT)")
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=1.0,
+        help="with --redis: seconds between heartbeats; a silent server counts as gone after 5 (default 1)",
+    )
     args = parser.parse_args(argv)
     if args.model != "threads" and args.delivery != "queue":
         parser.error("--delivery is a choice of --model threads")
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     options: dict = {"delivery": args.delivery} if args.model == "threads" else {}
     if args.redis:
-        options.update(redis=args.redis, server_id=args.server_id)
+        options.update(redis=args.redis, server_id=args.server_id, heartbeat=args.heartbeat)
     server = server_class(args.model)(
         args.host,
         args.port,
