@@ -504,7 +504,10 @@ class Broker:
         for server_id in sorted(new):  # a newcomer (or everyone, after an outage) learns who is here
             self._outbox.put((server_id, Line("s", "", "", snapshot)))
         for server_id, members in gone.items():
-            log.warning("server %s stopped answering: its clients left", server_id)
+            if not members:  # stopped cleanly: its clients' "left" came before its key went
+                log.info("server %s is gone", server_id)
+                continue
+            log.warning("server %s stopped answering: its %d clients left", server_id, len(members))
             # Its names would expire by themselves; freeing them now (if still that server's)
             # means a name is free again as soon as its owner is announced as gone.
             pipe = self.redis.pipeline(transaction=False)
