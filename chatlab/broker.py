@@ -272,7 +272,7 @@ class Broker:
         """A client of this server left: tell the others, and release its name."""
         with self._lock:
             self._mine.pop(name.lower(), None)
-        self._outbox.put((None, Line("l", name)))
+            self._outbox.put((None, Line("l", name)))  # see _beat: in order with the snapshots
 
     def direct(self, sender: str, to: str, text: str) -> str | None:
         """Send a line to a client of another server: None if it is on its way, or what to
@@ -500,9 +500,11 @@ class Broker:
             gone = {
                 sid: self._members.pop(sid) for sid in list(self._members) if sid not in live and not patient
             }
-            snapshot = ",".join(mine.values())
-        for server_id in sorted(new):  # a newcomer (or everyone, after an outage) learns who is here
-            self._outbox.put((server_id, Line("s", "", "", snapshot)))
+            # A newcomer (or everyone, after an outage) learns who is here. Queued under the
+            # lock, like every "left", so that the queue's order is the order of the changes.
+            snapshot = ",".join(self._mine.values())
+            for server_id in sorted(new):
+                self._outbox.put((server_id, Line("s", "", "", snapshot)))
         for server_id, members in gone.items():
             if not members:  # stopped cleanly: its clients' "left" came before its key went
                 log.info("server %s is gone", server_id)
