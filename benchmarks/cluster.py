@@ -17,8 +17,9 @@ with ``--redis`` where the chat spans two servers) and a fresh Redis (``chatlab.
   (``loadgen.latency``); p50/p95/p99 of the round trip. Cross-server: lat0 and lat1 on
   different servers, so a round trip crosses twice.
 - **recovery**: alice on server one, bob on server two; Redis is killed (SIGKILL) and started
-  again on the same port, empty. The figure is the time from the restart until a line from
-  alice reaches bob again (she sends one every 20 ms; each gets an answer or arrives).
+  again on the same port, empty. The figure is the time from the start of the restart (Redis's
+  own start included) until a line from alice reaches bob again (she sends one every 20 ms;
+  each gets an answer or arrives).
 
 With two CPUs or more, everything on the server side (the servers and Redis) is pinned to
 one CPU and the load generator to another, as in ``run.py``: so the cross-server figures pay
