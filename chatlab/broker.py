@@ -37,7 +37,18 @@ Redis holds, every key under ``chatlab:``:
     published meanwhile, and Redis cuts off a subscriber that reads too slowly
     (``client-output-buffer-limit pubsub``), silently for everyone else. A stream instead
     grows while its reader is slow, so every ``XADD`` trims it (``MAXLEN ~ inbox_limit``): a
-    stuck server loses its oldest lines instead of filling Redis's memory.
+    stuck server loses its oldest lines instead of filling Redis's memory. (The limit counts
+    entries; one entry carries the lines of a busy moment, at most ``BATCH`` of them.)
+
+Who is where is not asked of Redis for every line: each server keeps a copy. When a server
+first sees another one (or sees them all again after an outage), it sends it a snapshot, the
+names of all its clients, and from then on its "joined" and "left" lines, through the same
+inbox and so in order, keep that copy current. So ``%server%who`` and the routing of a line
+cost no trip to Redis; only a name that is in no copy (it joined a moment ago) is looked up.
+
+Only the threaded server (``ChatServer``, with its default queue delivery) uses a broker: the
+broker's threads write to clients, and its writes never wait for a slow client. The event-loop
+models refuse ``redis=`` with a clear error.
 
 Three threads per server do the talking, so no client's thread ever waits for Redis except
 to claim its name: ``chatlab-broker-send`` takes what the room hands over and appends it, as
