@@ -18,6 +18,7 @@ forgets it when it stops, which is exactly what a restart test wants.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import logging
 import platform
@@ -86,9 +87,13 @@ class RedisServer:
             raise RuntimeError("this Redis is already running")
         command = [self.program, "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--loglevel", "warning"]
+        # A session of its own: a Ctrl-C meant for the notebook or the tests does not reach it.
+        # So it is not stopped with them either, unless we do it: atexit (a script that fails,
+        # a kernel that shuts down) stops it too.
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
+        atexit.register(_stop_at_exit, self.process)
         deadline = time.monotonic() + timeout
         while not self.ping():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -123,6 +128,12 @@ class RedisServer:
         """Kill it and start a fresh one on the same port: everything it held is gone."""
         self.stop(kill=True)
         return self.start(timeout)
+
+
+def _stop_at_exit(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(5.0)
 
 
 def start_redis(port: int = 0, program: str | None = None) -> RedisServer:
