@@ -40,10 +40,12 @@ notebooks: $(STAMP)
 		notebooks/[0-9]*.ipynb
 
 # Measure every server model (ring, latency, churn, capacity); the table is printed, the JSON
-# and the plots go to benchmarks/results/. Long: run it on a quiet machine.
+# and the plots go to benchmarks/results/; then what a hop between two servers through Redis costs
+# (benchmarks/cluster.py). Long: run it on a quiet machine.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/thread_cost.py
+	$(BIN)/python benchmarks/cluster.py
 
 # Pin the newest versions that satisfy pyproject.toml: a fresh venv, the dev set-up, pip freeze.
 # Then run `make clean test` and commit constraints.txt if everything passes.

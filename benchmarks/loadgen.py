@@ -91,10 +91,13 @@ class LoadGenerator:
     thread. Use it as a context manager: leaving the block closes every socket.
     """
 
-    def __init__(self, address: tuple[str, int]) -> None:
-        if address[0] != HOST:
+    def __init__(self, address: tuple[str, int] | list[tuple[str, int]]) -> None:
+        # Several addresses: servers that share one chat (benchmarks/cluster.py); client i
+        # connects to address i modulo their number.
+        self.addresses = address if isinstance(address, list) else [address]
+        if any(host != HOST for host, _port in self.addresses):
             raise ValueError("the load generator only talks to 127.0.0.1")
-        self.address = address
+        self.address = self.addresses[0]
         self.selector = selectors.DefaultSelector()
         self.conns: set[Conn] = set()
         self.hangups = 0  # connections the server closed after registration
@@ -144,7 +147,7 @@ class LoadGenerator:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        error = sock.connect_ex(self.address)
+        error = sock.connect_ex(self.addresses[index % len(self.addresses)])
         if error not in (0, errno.EINPROGRESS):
             sock.close()
             raise LoadError(f"cannot connect: {os.strerror(error)}")
@@ -395,7 +398,7 @@ def raise_fd_limit(needed: int) -> int:
 # --- the scenarios ----------------------------------------------------------------------------
 
 
-def ring(address: tuple[str, int], n: int, m: int, *, window: int = 16, timeout: float = 60.0,
+def ring(address: tuple[str, int] | list[tuple[str, int]], n: int, m: int, *, window: int = 16, timeout: float = 60.0,
          server_pid: int | None = None) -> dict:
     """N clients in a ring, each sending M numbered messages to the next (i -> i+1 mod N).
 
@@ -484,7 +487,7 @@ def ring(address: tuple[str, int], n: int, m: int, *, window: int = 16, timeout:
     }
 
 
-def latency(address: tuple[str, int], n: int, k: int, *, warmup: int = 50, chatter: float = 100.0,
+def latency(address: tuple[str, int] | list[tuple[str, int]], n: int, k: int, *, warmup: int = 50, chatter: float = 100.0,
             timeout: float = 60.0, server_pid: int | None = None) -> dict:
     """N connected clients; ``lat0`` sends K pings to ``lat1``, which answers each at once.
 

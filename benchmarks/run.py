@@ -181,18 +181,19 @@ def accepts(port: int) -> bool:
         return False
 
 
-def server_argv(name: str, command: str | None, *, port: int, max_clients: int) -> list[str]:
+def server_argv(name: str, command: str | None, *, port: int, max_clients: int,
+                extra_args: Sequence[str] = ()) -> list[str]:
     """The command line of a kit model (``command`` None) or of a peer (its command, with
     ``{port}`` and ``{max_clients}`` filled in; run as is, without a shell, so its pid is the
     server's own)."""
     if command is None:
         return [sys.executable, "-m", "chatlab.server", "--model", name, "--host", HOST,
-                "--port", str(port), "--max-clients", str(max_clients), "--quiet"]
+                "--port", str(port), "--max-clients", str(max_clients), "--quiet", *extra_args]
     return shlex.split(command.replace("{port}", str(port)).replace("{max_clients}", str(max_clients)))
 
 
 def start_server(name: str, *, max_clients: int, command: str | None = None, cpu: int | None = None,
-                 fd_limit: int | None = None) -> ServerProcess:
+                 fd_limit: int | None = None, extra_args: Sequence[str] = ()) -> ServerProcess:
     """Start a server on 127.0.0.1 and return once it listens.
 
     ``name`` is a kit model (``python -m chatlab.server --model NAME --port 0``) unless
@@ -206,7 +207,7 @@ def start_server(name: str, *, max_clients: int, command: str | None = None, cpu
     """
     given_port = free_port() if command is not None else 0
     try:
-        argv = server_argv(name, command, port=given_port, max_clients=max_clients)
+        argv = server_argv(name, command, port=given_port, max_clients=max_clients, extra_args=extra_args)
     except ValueError as exc:  # shlex: unbalanced quotes
         raise ServerStartError(f"{name!r}: cannot read the command {command!r}: {exc}") from None
     stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()

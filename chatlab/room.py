@@ -19,12 +19,20 @@ before anything else is sent to it, and from whichever thread announces next. So
 clients leaving at once cost a few rounds of one write per client, not a million writes. And
 a server hands over the lines of one read together (:meth:`ChatRoom.handle_lines`): what they
 send reaches each receiver as one write.
+
+A room can also be one part of a chat that spans several servers (:mod:`chatlab.broker`).
+Then its ``elsewhere`` is set, and the room asks it only when a name is not here: to claim a
+new name, to route a line to a client it does not have, to add the others to a who-list, and
+to pass on broadcasts and notices. What comes from the other servers enters through
+:meth:`ChatRoom.arrived`, :meth:`ChatRoom.notice_from_elsewhere` and :meth:`ChatRoom.tell`.
+With no ``elsewhere`` (one server, the usual case) none of this costs anything.
 """
 
 from __future__ import annotations
 
 import bisect
 import copy
+import heapq
 import logging
 import socket
 import threading
@@ -53,6 +61,34 @@ class Transport(Protocol):
 
     def registered(self, name: str) -> None:
         """The client is now called ``name`` (threads are renamed after it)."""
+
+
+class Elsewhere(Protocol):
+    """The rest of a chat that spans several servers, as a room sees it (a Broker is one).
+
+    Only :meth:`claim` may wait (for Redis); the rest queue the work or read memory, and
+    none of them calls back into the room from the calling thread.
+    """
+
+    def claim(self, name: str) -> bool | None:
+        """Reserve ``name`` on every server: True if it is now this server's, False if it is
+        taken, None if it cannot be checked now."""
+
+    def joined(self, name: str) -> None:
+        """A client of this room registered as ``name``: tell the other servers."""
+
+    def left(self, name: str) -> None:
+        """``name`` left this room: tell the other servers, and release the name."""
+
+    def direct(self, sender: str, to: str, text: str) -> str | None:
+        """Send to ``to``, a name this room does not have: None if it is on its way, or why
+        not (the sender is told so)."""
+
+    def broadcast(self, sender: str, text: str) -> str | None:
+        """Send a broadcast to the other servers' clients: None, or what to tell the sender."""
+
+    def names(self) -> list[str]:
+        """The names online on the other servers, sorted regardless of case."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +165,8 @@ class ChatRoom:
         # function that has deliver_notices() called once, at the end of the loop's turn: a
         # turn in which a hundred clients leave then costs one round of notices, not a hundred.
         self.notices_due: Callable[[], None] | None = None
+        # The other servers of the chat, when it spans several (chatlab.broker); None otherwise.
+        self.elsewhere: Elsewhere | None = None
         # Guards the registry (_connections, _by_name, _names, messages_out), the notices and the
         # event log: one lock, so that routing a message takes a lock once, not twice.
         self._lock = threading.Lock()
@@ -217,6 +255,8 @@ class ChatRoom:
         self._emit("left", record, text=reason)
         with self._lock:
             audience = self._leaving.pop(record, 0)
+        if audience and self.elsewhere is not None:  # the other servers hear it, also at a stop
+            self.elsewhere.left(record.name)  # type: ignore[arg-type]
         if announce and audience:
             self._announce(audience, protocol.format_notice(f"{record.name} left"))
 
@@ -238,6 +278,44 @@ class ChatRoom:
             ok = record.transport.write(data) if data else True
         if not ok:
             self._drop_slow(record)
+
+    # --- what the other servers of the chat send (chatlab.broker calls these) ---------------
+
+    def arrived(self, lines: list[tuple[str, str, str, str]]) -> list[tuple[str, str]]:
+        """Deliver lines from clients of other servers: ``(kind, sender, to, text)`` with kind
+        ``m`` (a direct message to ``to``) or ``b`` (a broadcast). One write per receiver.
+        Returns ``(sender, to)`` for every direct message whose receiver is not here (any more)."""
+        outgoing: Outgoing = {}
+        missing = []
+        with self._lock:
+            for kind, sender, to, text in lines:
+                line = protocol.format_message(sender, text)
+                receivers = self._by_name.values() if kind == "b" else [self._by_name.get(to.lower())]
+                for receiver in receivers:
+                    if receiver is None:
+                        missing.append((sender, to))
+                        continue
+                    receiver.messages_out += 1
+                    outgoing.setdefault(receiver, []).append(line)
+        for receiver, chunks in outgoing.items():
+            self._deliver(receiver, b"".join(chunks))
+        return missing
+
+    def notice_from_elsewhere(self, text: str) -> None:
+        """Tell every client online here ``* text`` (someone joined or left another server)."""
+        with self._lock:
+            audience = self._registrations + 1
+        self._announce(audience, protocol.format_notice(text))
+
+    def tell(self, name: str, data: bytes) -> bool:
+        """Send ``data`` to the client called ``name`` if it is here (an error about its line
+        to another server); False if it is not."""
+        with self._lock:
+            record = self._by_name.get(name.lower())
+        if record is None:
+            return False
+        self._deliver(record, data)
+        return True
 
     # --- what the dashboards read -------------------------------------------------------------
 
@@ -285,7 +363,9 @@ class ChatRoom:
     # --- the rules ---------------------------------------------------------------------------------
 
     def _online_locked(self) -> list[str]:
-        return list(self._names)
+        if self.elsewhere is None:
+            return list(self._names)
+        return list(heapq.merge(self._names, self.elsewhere.names(), key=str.lower))
 
     def refuse(
         self, record: ClientRecord, reason: str, reply: bytes | None = None, outgoing: Outgoing | None = None
@@ -363,6 +443,8 @@ class ChatRoom:
 
     def _register(self, record: ClientRecord, event: protocol.Register, outgoing: Outgoing | None) -> None:
         name = event.name
+        if self.elsewhere is not None and not self._claim_elsewhere(record, name, outgoing):
+            return
         # Holding the client's send lock from before others can find it until its welcome is
         # out means that whatever they send it comes after the welcome, never before. The
         # registry lock is not held while writing: in direct mode a client that does not read
@@ -392,9 +474,30 @@ class ChatRoom:
         if taken:
             self.refuse(record, "name taken", protocol.NAME_TAKEN, outgoing)
             return
+        if self.elsewhere is not None:  # before anything it says: the others hear of it first
+            self.elsewhere.joined(name)
         if not welcomed:
             self._drop_slow(record)
         self._deliver_notices()
+
+    def _claim_elsewhere(self, record: ClientRecord, name: str, outgoing: Outgoing | None) -> bool:
+        """Claim ``name`` on every server before taking it here; False if refused (and said so).
+        A name already taken here is left to the usual check (it is already ours elsewhere)."""
+        with self._lock:
+            if name.lower() in self._by_name:
+                return True
+        claimed = self.elsewhere.claim(name)  # type: ignore[union-attr]
+        if claimed:
+            return True
+        if claimed is None:
+            self.refuse(
+                record,
+                "cannot check names now: the other servers are unreachable; try again",
+                outgoing=outgoing,
+            )
+        else:
+            self.refuse(record, "name taken (on another server)", protocol.NAME_TAKEN, outgoing)
+        return False
 
     def _direct(self, record: ClientRecord, event: protocol.DirectMessage, outgoing: Outgoing | None) -> None:
         to, text = event.to, event.text
@@ -404,6 +507,9 @@ class ChatRoom:
                 target.messages_out += 1
                 logged = self._log_event("message", record, target.name, text)
         if target is None:
+            if self.elsewhere is not None:
+                self._direct_elsewhere(record, to, text, outgoing)
+                return
             self.refuse(record, f"unknown client {to!r}", protocol.format_unknown_client(to), outgoing)
             return
         record.messages_in += 1
@@ -424,6 +530,20 @@ class ChatRoom:
         line = protocol.format_message(record.name, text)  # type: ignore[arg-type]
         for other in others:
             self.send(other, line, outgoing)
+        if self.elsewhere is not None:
+            problem = self.elsewhere.broadcast(record.name, text)  # type: ignore[arg-type]
+            if problem is not None:
+                self.refuse(record, problem, outgoing=outgoing)
+
+    def _direct_elsewhere(self, record: ClientRecord, to: str, text: str, outgoing: Outgoing | None) -> None:
+        """A line for a name that is not here: the other servers may have it."""
+        problem = self.elsewhere.direct(record.name, to, text)  # type: ignore[union-attr, arg-type]
+        if problem is not None:
+            self.refuse(record, problem, outgoing=outgoing)
+            return
+        record.messages_in += 1
+        log.info("%s -> %s (elsewhere): %r", record.name, to, text)
+        self._emit("message", record, to=to, text=text)
 
     def _command(self, record: ClientRecord, event: protocol.Command, outgoing: Outgoing | None) -> None:
         command = event.name

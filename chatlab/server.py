@@ -80,11 +80,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
     parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     parser.add_argument("--code", help="a class code every client must send before its name")
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share one chat with every server given the same redis://HOST:PORT/DB (threads model)",
+    )
+    parser.add_argument("--server-id", help="this server's name among them (default HOSTNAME:PORT)")
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=1.0,
+        help="with --redis: seconds between heartbeats; a silent server counts as gone after 5 (default 1)",
+    )
     args = parser.parse_args(argv)
     if args.tls_key and not args.tls_cert:
         parser.error("--tls-key needs --tls-cert")
     if args.model != "threads" and args.delivery != "queue":
         parser.error("--delivery is a choice of --model threads")
+    if args.redis and (args.model != "threads" or args.delivery != "queue"):
+        parser.error("--redis needs --model threads with --delivery queue")
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)-7s %(message)s",
@@ -98,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"cannot use the certificate: {exc}")
     if args.code is not None and not args.code.strip():
         parser.error("--code must not be empty")
-    options = {"delivery": args.delivery} if args.model == "threads" else {}
+    options: dict = {"delivery": args.delivery} if args.model == "threads" else {}
+    if args.redis:
+        options.update(redis=args.redis, server_id=args.server_id, heartbeat=args.heartbeat)
     server = server_class(args.model)(
         args.host,
         args.port,
@@ -116,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             server.start()
+        except (ConnectionError, ValueError) as exc:  # --redis: Redis unreachable, or the id in use
+            log.error("%s", exc)
+            return 1
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
             return 1

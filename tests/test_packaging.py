@@ -16,12 +16,13 @@ def pip_requirements() -> set[str]:
 
 
 def conda_requirements() -> set[str]:
-    """The top-level conda dependencies, without python, pip and the pip: block."""
+    """The conda dependencies, without python and pip, plus what the pip: block installs from
+    PyPI (packages conda-forge does not have), without chatlab itself."""
     lines = (ROOT / "environment.yml").read_text().splitlines()
     start = lines.index("dependencies:")
     found = set()
     for line in lines[start + 1:]:
-        match = re.fullmatch(r"  - (\S+)", line)
+        match = re.fullmatch(r"  - (\S+)", line) or re.fullmatch(r"      - ([A-Za-z]\S+)", line)
         if match and not re.match(r"(python|pip)\b", match.group(1)):
             found.add(match.group(1))
     return found

@@ -32,6 +32,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 from .. import protocol
 from ..flood import Throttle, slow_down
@@ -336,6 +337,9 @@ class ServerBase:
     """
 
     model = "base"
+    # Whether this model can share a chat with other servers through Redis (``redis=``): the
+    # broker's threads write to clients, which only the threaded model allows from any thread.
+    shares_chats = False
     _running: weakref.WeakSet[ServerBase] = weakref.WeakSet()  # every server started here
 
     def __init__(
@@ -351,6 +355,9 @@ class ServerBase:
         tls: ssl.SSLContext | None = None,
         code: str | None = None,
         rate: float | None = None,
+        redis: str | None = None,
+        server_id: str | None = None,
+        heartbeat: float = 1.0,
     ) -> None:
         if rate is not None and not rate > 0:
             raise ValueError("rate must be a positive number of lines per second (or None)")
@@ -358,6 +365,14 @@ class ServerBase:
             raise ValueError("a class code is one line of visible text")
         self.tls = tls  # a server-side context (chatlab.tls.server_context): clients must use TLS
         self.code = code  # the class code a client must send before its name
+        if redis is not None and not self.shares_chats:
+            raise ValueError(
+                f"the {self.model} model cannot share a chat through Redis: use ChatServer (threads)"
+            )
+        self.redis = redis  # redis://HOST:PORT/DB: share the chat with other servers (chatlab.broker)
+        self.server_id = server_id  # this server's name among them; default host:port
+        self.heartbeat = heartbeat
+        self.broker: Any = None  # a chatlab.broker.Broker while running with redis
         self.host = host
         self.port = port
         self.max_line = max_line
@@ -416,8 +431,13 @@ class ServerBase:
         self.stopping = False
         self._stopped.clear()
         try:
+            if self.redis is not None:
+                self._join_chat()
             self._run(listener)
         except BaseException:
+            if self.broker is not None:
+                self.broker.stop()
+                self.broker = None
             self._listener = None
             listener.close()
             self._stopped.set()
@@ -439,12 +459,26 @@ class ServerBase:
             assert self._listener is not None
             self._halt(self._listener, timeout)
             self._listener = None
+            if self.broker is not None:  # after the clients: the other servers hear they left
+                self.broker.stop(timeout)
+                self.broker = None
             if lingering := [thread.name for thread in self.threads()]:
                 log.warning("stopped, but these threads still run: %s", ", ".join(lingering))
             else:
                 log.info("stopped")
             ServerBase._running.discard(self)
             self._stopped.set()
+
+    def _join_chat(self) -> None:
+        """Connect to the Redis that the servers of this chat share (chatlab.broker)."""
+        try:
+            from ..broker import Broker
+        except ImportError as exc:
+            raise ImportError("redis= needs the redis package: pip install 'chatlab[cluster]'") from exc
+        server_id = self.server_id or f"{socket.gethostname()}:{self.port}"
+        address = f"{self.host}:{self.port}"
+        broker = Broker(self.room, self.redis, server_id, address=address, heartbeat=self.heartbeat)  # type: ignore[arg-type]
+        self.broker = broker.start()  # only once it runs: a failed start leaves nothing to stop
 
     @classmethod
     def stop_all(cls) -> int:

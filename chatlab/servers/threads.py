@@ -146,12 +146,15 @@ class ChatServer(ServerBase):
     """
 
     model = "threads"
+    shares_chats = True
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, *, delivery: str = "queue", **options: Any
     ) -> None:
         if delivery not in DELIVERY_MODES:
             raise ValueError(f"delivery must be one of {DELIVERY_MODES}")
+        if delivery == "direct" and options.get("redis") is not None:
+            raise ValueError("redis= needs delivery='queue': the broker must never wait for a client")
         super().__init__(host, port, **options)
         self.delivery = delivery
         self.room.blocking_writes = delivery == "direct"

@@ -1,0 +1,552 @@
+"""Many servers, one chat: chatlab servers that share their clients through Redis.
+
+One chatlab process holds thousands of clients, but real chat systems run many server
+processes, and then "alice is on server one, bob on server two: how does her line reach him?"
+needs an answer. Ours is a broker in the middle that every server talks to, Redis (or Valkey,
+its open-source fork), and this module is all the code that talks to it::
+
+    alice --- server one ---\\                      /--- server two --- bob
+                             >---- Redis (broker) --<
+    carol --- server one ---/  names, heartbeats,   \\--- server two --- dave
+                               one inbox per server
+
+The room (:mod:`chatlab.room`) keeps the chat's rules and knows nothing of Redis: when a name
+is not here it asks its :class:`~chatlab.room.Elsewhere`, which is a :class:`Broker`. What
+Redis holds, every key under ``chatlab:``:
+
+``server:<id>`` (a string with a time to live)
+    "server <id> is alive". Every server rewrites its own key each ``heartbeat`` (1 s) with a
+    time to live of five heartbeats. A server killed without warning stops doing that, its key
+    expires, and the others, which look for live servers at every heartbeat, announce its
+    clients as left. Nobody has to tell them: silence is the signal.
+``name:<lower-case name>`` (a string with a time to live, holding the server's id)
+    Names are unique across all servers, regardless of case. A server claims a name with one
+    atomic ``SET key id NX PX ttl``: of two servers that try at once, Redis lets exactly one
+    win. The owner refreshes it with its heartbeat and deletes it when the client leaves (only
+    if it is still its own: a small Lua script compares and deletes in one step). A crashed
+    server's names expire with it, or are deleted by the first server to notice the crash,
+    and can be taken again.
+``inbox:<id>`` (a Redis Stream)
+    Lines for clients of server <id>: direct messages, broadcasts, "joined" and "left". A
+    sender appends (``XADD``); the receiving server alone reads (``XREAD BLOCK``) from the last
+    entry id it has seen. A stream is a log: an entry stays after it is read, so a server that
+    lost its connection to Redis for a moment reads on from where it was and loses nothing,
+    and since one thread of each server appends in order and one thread reads in order, the
+    lines from one sender to one receiver arrive in order and exactly once. Redis pub/sub would
+    be simpler but is at-most-once: a subscriber that is reconnecting misses what was
+    published meanwhile, and Redis cuts off a subscriber that reads too slowly
+    (``client-output-buffer-limit pubsub``), silently for everyone else. A stream instead
+    grows while its reader is slow, so every ``XADD`` trims it (``MAXLEN ~ inbox_limit``): a
+    stuck server loses its oldest lines instead of filling Redis's memory. (The limit counts
+    entries; one entry carries the lines of a busy moment, at most ``BATCH`` of them.)
+
+Who is where is not asked of Redis for every line: each server keeps a copy. When a server
+first sees another one (or sees them all again after an outage), it sends it a snapshot, the
+names of all its clients, and from then on its "joined" and "left" lines, through the same
+inbox and so in order, keep that copy current. So ``%server%who`` and the routing of a line
+cost no trip to Redis; only a name that is in no copy (it joined a moment ago) is looked up.
+
+Only the threaded server (``ChatServer``, with its default queue delivery) uses a broker: the
+broker's threads write to clients, and its writes never wait for a slow client. The event-loop
+models refuse ``redis=`` with a clear error.
+
+Three threads per server do the talking, so no client's thread ever waits for Redis except
+to claim its name: ``chatlab-broker-send`` takes what the room hands over and appends it, as
+few ``XADD`` s as possible (the lines of a busy moment for one server go in one entry);
+``chatlab-broker-read`` waits on the inbox and hands what arrives to the room;
+``chatlab-broker-heartbeat`` keeps the keys alive and watches the other servers come and go.
+
+Failures, and what a client sees. A line for a client that is on no server gets
+``! unknown client 'zed'``, as on one server. A line for a client whose server is down, or
+sent while Redis itself is unreachable, gets ``! cannot reach 'bob' ...``: never silence.
+Meanwhile the clients of one server go on chatting among themselves, and a new name cannot be
+checked, so a registration is refused (``! cannot check names now ...``): unique names come
+before availability. The server logs the outage once, retries with a growing pause (at most
+one second), and once Redis answers again it re-claims its clients' names and its key (a
+restarted Redis has forgotten everything) and tells every other server who is on it. Lines
+that were in Redis when it died are gone with it (it is a broker, not a database: nothing is
+saved to disk), and so are lines sent to a server in the few seconds between its crash and
+its key expiring.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from . import protocol
+
+if TYPE_CHECKING:
+    from .room import ChatRoom
+
+__all__ = ["Broker", "Line", "PREFIX"]
+
+log = logging.getLogger("chatlab.server")
+
+PREFIX = "chatlab:"
+HEARTBEAT = 1.0  # seconds between two heartbeats
+TTL_HEARTBEATS = 5  # a key lives this many heartbeats unless refreshed
+INBOX_LIMIT = 10_000  # entries an inbox keeps (about: MAXLEN ~ trims whole blocks)
+BATCH = 500  # lines at most in one stream entry
+READ_BLOCK_MS = 200  # how long one XREAD waits: also how soon the reader notices stop()
+MAX_BACKOFF = 1.0  # the longest pause between two tries while Redis is unreachable
+
+# "Append to the inbox of a live server": the check and the XADD happen in one step in Redis,
+# so a line is never appended to the inbox of a server known to be dead.
+SEND_IF_ALIVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'from', ARGV[2], 'lines', ARGV[3])
+return 1
+"""
+# "Delete this name if it is still mine": nobody else's claim is ever deleted.
+RELEASE_IF_MINE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# The heartbeat's name refresh: extend my names, re-claim those a restarted Redis forgot,
+# and report (0) a name somebody else holds now.
+REFRESH_NAMES = """
+local result = {}
+for i, key in ipairs(KEYS) do
+  local owner = redis.call('GET', key)
+  if owner == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]); result[i] = 1
+  elseif not owner then redis.call('SET', key, ARGV[1], 'PX', ARGV[2]); result[i] = 2
+  else result[i] = 0 end
+end
+return result
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One thing for another server's clients.
+
+    ``kind``: ``m`` a direct message (``sender`` to ``to``), ``b`` a broadcast, ``j`` and ``l``
+    ``sender`` joined or left, ``s`` a snapshot (``text`` is every name on the sending server,
+    comma-separated), ``e`` an error for ``sender`` about its line to ``to``.
+    """
+
+    kind: str
+    sender: str
+    to: str = ""
+    text: str = ""
+
+
+def pack(lines: list[Line]) -> str:
+    """Lines to one stream field. Names and texts never hold a NUL or a newline (the protocol
+    refuses control characters), so those two separate the fields and the lines."""
+    return "\n".join(f"{line.kind}\0{line.sender}\0{line.to}\0{line.text}" for line in lines)
+
+
+def unpack(data: str) -> list[Line]:
+    return [Line(*piece.split("\0", 3)) for piece in data.split("\n")]
+
+
+class Broker:
+    """The link from one server's room to the other servers of the chat, through Redis.
+
+    Resource handling: :meth:`start` connects (ConnectionError if Redis does not answer),
+    claims the server's id and starts the three ``chatlab-broker-...`` threads; :meth:`stop`
+    sends what is still queued, deletes this server's keys and joins the threads, bounded.
+    The room calls :meth:`claim` (in the registering client's thread: it asks Redis) and
+    :meth:`direct`, :meth:`broadcast`, :meth:`joined`, :meth:`left`, :meth:`names` (which
+    only queue or read memory).
+    """
+
+    def __init__(
+        self,
+        room: ChatRoom,
+        url: str,
+        server_id: str,
+        *,
+        address: str = "",
+        heartbeat: float = HEARTBEAT,
+        inbox_limit: int = INBOX_LIMIT,
+    ) -> None:
+        self.room = room
+        self.url = url
+        self.server_id = server_id
+        self.address = address
+        self.heartbeat = heartbeat
+        self.ttl_ms = int(heartbeat * TTL_HEARTBEATS * 1000)
+        self.inbox_limit = inbox_limit
+        self.reachable = True  # whether Redis answered the last time we asked
+        # No retries inside redis-py: our threads retry themselves, and a client's line must
+        # get its answer at once while Redis is down.
+        self.redis = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=5.0,
+            socket_connect_timeout=2.0,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._send_if_alive = self.redis.register_script(SEND_IF_ALIVE)
+        self._release_if_mine = self.redis.register_script(RELEASE_IF_MINE)
+        self._refresh_names = self.redis.register_script(REFRESH_NAMES)
+        self._lock = threading.Lock()  # guards the fields below and `reachable`
+        self._mine: dict[str, str] = {}  # lower-case -> name: the names this server holds
+        self._peers: set[str] = set()  # the other live servers, as of the last heartbeat
+        self._members: dict[str, dict[str, str]] = {}  # server id -> {lower-case: name}
+        self._down_since = 0.0
+        # After an outage the other servers need a moment to write their keys again: until
+        # then a missing key does not mean a dead server.
+        self._patient_until = 0.0
+        # What the room hands over for other servers: (server id, or None for every one, line).
+        self._outbox: queue.SimpleQueue[tuple[str | None, Line] | None] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # --- keys ---------------------------------------------------------------------------------
+
+    def server_key(self, server_id: str) -> str:
+        return f"{PREFIX}server:{server_id}"
+
+    def name_key(self, name: str) -> str:
+        return f"{PREFIX}name:{name.lower()}"
+
+    def inbox_key(self, server_id: str) -> str:
+        return f"{PREFIX}inbox:{server_id}"
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> Broker:
+        """Connect, claim this server's id, and start the threads."""
+        try:
+            self.redis.ping()
+            if not self.redis.set(self.server_key(self.server_id), self.address, nx=True, px=self.ttl_ms):
+                raise ValueError(f"server id {self.server_id!r} is in use by a live server")
+            # Read the inbox from its current end: lines left there by an earlier server with
+            # this id are not for us. (Nobody sends to us before our key exists.)
+            newest = self.redis.xrevrange(self.inbox_key(self.server_id), count=1)
+        except redis.RedisError as exc:
+            self.redis.close()
+            raise ConnectionError(f"cannot reach Redis at {self.url}: {exc}") from exc
+        last_id = newest[0][0] if newest else "0-0"
+        self._beat()
+        self.room.elsewhere = self
+        for role, target, args in (
+            ("send", self._send_loop, ()),
+            ("read", self._read_loop, (last_id,)),
+            ("heartbeat", self._heartbeat_loop, ()),
+        ):
+            thread = threading.Thread(target=target, args=args, name=f"chatlab-broker-{role}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        log.info("sharing the chat through %s as server %r", self.url, self.server_id)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Send what is queued (the "left" of every client, when the server stops), delete
+        this server's keys, and join the threads, all within about ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        self._outbox.put(None)  # the sender ends after what was queued before
+        self._threads[0].join(timeout)
+        self._stopping.set()
+        for thread in self._threads[1:]:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.room.elsewhere = None
+        try:
+            self.redis.delete(self.server_key(self.server_id), self.inbox_key(self.server_id))
+        except redis.RedisError:
+            pass  # they expire by themselves
+        self.redis.close()
+
+    # --- what the room calls ------------------------------------------------------------------
+
+    def claim(self, name: str) -> bool | None:
+        """Claim ``name`` for a client of this server: True if it is ours now, False if a
+        client of any server has it, None if Redis cannot be asked now."""
+        if not self.reachable:
+            return None
+        try:
+            claimed = self.redis.set(self.name_key(name), self.server_id, nx=True, px=self.ttl_ms)
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return None
+        if claimed:
+            with self._lock:
+                self._mine[name.lower()] = name
+        return bool(claimed)
+
+    def joined(self, name: str) -> None:
+        self._outbox.put((None, Line("j", name)))
+
+    def left(self, name: str) -> None:
+        """A client of this server left: tell the others, and release its name."""
+        with self._lock:
+            self._mine.pop(name.lower(), None)
+            self._outbox.put((None, Line("l", name)))  # see _beat: in order with the snapshots
+
+    def direct(self, sender: str, to: str, text: str) -> str | None:
+        """Send a line to a client of another server: None if it is on its way, or what to
+        tell the sender."""
+        server_id = self._where(to)
+        if server_id is None and self.reachable:
+            server_id = self._look_up(to)  # joined a moment ago: its notice has not come yet
+        if server_id is None:
+            return f"unknown client {to!r}"
+        if not self.reachable:
+            return f"cannot reach {to!r} now: the link to the other servers is down"
+        self._outbox.put((server_id, Line("m", sender, to, text)))
+        return None
+
+    def broadcast(self, sender: str, text: str) -> str | None:
+        """Send a broadcast to the clients of every other server (None), or say why not."""
+        if not self.reachable:
+            return "only this server's clients got that: the link to the other servers is down"
+        self._outbox.put((None, Line("b", sender, "", text)))
+        return None
+
+    def names(self) -> list[str]:
+        """The names online on the other servers (as far as we know), sorted."""
+        with self._lock:
+            found = [name for members in self._members.values() for name in members.values()]
+        return sorted(found, key=str.lower)
+
+    def peers(self) -> list[str]:
+        """The ids of the other live servers, as of the last heartbeat, sorted."""
+        with self._lock:
+            return sorted(self._peers)
+
+    # --- looking names up -----------------------------------------------------------------------
+
+    def _where(self, name: str) -> str | None:
+        key = name.lower()
+        with self._lock:
+            for server_id, members in self._members.items():
+                if key in members:
+                    return server_id
+        return None
+
+    def _look_up(self, name: str) -> str | None:
+        try:
+            owner: str | None = self.redis.get(self.name_key(name))  # type: ignore[assignment]
+        except redis.RedisError as exc:
+            self._lost(exc)
+            return None
+        return owner if owner and owner != self.server_id else None
+
+    # --- the sender thread --------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        """Append what the room handed over to the other servers' inboxes, in order.
+
+        Everything queued at this moment goes out together: one entry per receiving server,
+        all in one round trip (a pipeline). One thread does it, so the lines of one sender to
+        one server are appended in the order they were sent.
+        """
+        while True:
+            item = self._outbox.get()
+            batch = [item]
+            while item is not None and len(batch) < BATCH:
+                try:
+                    item = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(item)
+            self._send([entry for entry in batch if entry is not None])
+            if batch[-1] is None:
+                return
+
+    def _send(self, batch: list[tuple[str | None, Line]]) -> None:
+        with self._lock:
+            everyone = sorted(self._peers)
+        by_server: dict[str, list[Line]] = {}
+        released = []
+        for server_id, line in batch:
+            for target in everyone if server_id is None else [server_id]:
+                by_server.setdefault(target, []).append(line)
+            if line.kind == "l":
+                released.append(line.sender)
+        if not by_server and not released:
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for target, lines in by_server.items():
+                keys = [self.server_key(target), self.inbox_key(target)]
+                self._send_if_alive(keys, [self.inbox_limit, self.server_id, pack(lines)], client=pipe)
+            for name in released:
+                self._release_if_mine([self.name_key(name)], [self.server_id], client=pipe)
+            results = pipe.execute()
+        except redis.RedisError as exc:
+            self._lost(exc)
+            for lines in by_server.values():
+                self._undelivered(lines, "the link to the other servers is down")
+            return
+        for lines, appended in zip(by_server.values(), results, strict=False):
+            if not appended:
+                self._undelivered(lines, "their server is down")
+
+    def _undelivered(self, lines: list[Line], why: str) -> None:
+        """Tell the senders of direct messages that did not go out: never silence."""
+        for line in lines:
+            if line.kind == "m":
+                self.room.tell(line.sender, protocol.format_error(f"cannot reach {line.to!r}: {why}"))
+
+    # --- the reader thread ----------------------------------------------------------------------
+
+    def _read_loop(self, last_id: str) -> None:
+        """Wait for entries in this server's inbox and hand them to the room, in order."""
+        inbox = self.inbox_key(self.server_id)
+        pause = 0.0
+        while not self._stopping.is_set():
+            try:
+                if pause:  # Redis was unreachable: a fresh one has no inbox, start from its beginning
+                    if not self.redis.exists(inbox):
+                        last_id = "0-0"
+                    pause = 0.0
+                reply: Any = self.redis.xread({inbox: last_id}, count=100, block=READ_BLOCK_MS)
+            except redis.RedisError as exc:
+                self._lost(exc)
+                pause = min(MAX_BACKOFF, pause * 2 or 0.05)
+                self._stopping.wait(pause)
+                continue
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    try:
+                        self._arrived(fields["from"], unpack(fields["lines"]))
+                    except Exception:  # one bad entry must not deafen this server
+                        log.exception("cannot handle inbox entry %s", entry_id)
+
+    def _arrived(self, origin: str, lines: list[Line]) -> None:
+        """Lines from server ``origin``: messages go to the room together, the rest in order."""
+        messages: list[Line] = []
+        for line in lines:
+            if line.kind in ("m", "b"):
+                messages.append(line)
+                continue
+            self._deliver(origin, messages)
+            messages = []
+            if line.kind == "j":
+                self._member(origin, line.sender, True)
+            elif line.kind == "l":
+                self._member(origin, line.sender, False)
+            elif line.kind == "s":
+                self._snapshot(origin, [name for name in line.text.split(",") if name])
+            elif line.kind == "e":
+                self.room.tell(line.sender, protocol.format_error(line.text))
+        self._deliver(origin, messages)
+
+    def _deliver(self, origin: str, messages: list[Line]) -> None:
+        if not messages:
+            return
+        missing = self.room.arrived([(line.kind, line.sender, line.to, line.text) for line in messages])
+        for sender, to in missing:  # left a moment ago: the sender hears it, as on one server
+            self._outbox.put((origin, Line("e", sender, to, f"unknown client {to!r}")))
+
+    # --- who is where -------------------------------------------------------------------------------
+
+    def _member(self, server_id: str, name: str, online: bool) -> None:
+        with self._lock:
+            members = self._members.setdefault(server_id, {})
+            changed = (name.lower() in members) != online
+            if online:
+                members[name.lower()] = name
+            else:
+                members.pop(name.lower(), None)
+        if changed:
+            self._tell(name, server_id, "joined" if online else "left")
+
+    def _snapshot(self, server_id: str, names: list[str]) -> None:
+        """Server ``server_id`` says who is on it: announce the differences."""
+        new = {name.lower(): name for name in names}
+        with self._lock:
+            old = self._members.get(server_id, {})
+            self._members[server_id] = new
+        for key in sorted(old.keys() - new.keys()):
+            self._tell(old[key], server_id, "left")
+        for key in sorted(new.keys() - old.keys()):
+            self._tell(new[key], server_id, "joined")
+
+    def _tell(self, name: str, server_id: str, what: str) -> None:
+        log.info("%s %s (on server %s)", name, what, server_id)
+        self.room.notice_from_elsewhere(f"{name} {what}")
+
+    # --- the heartbeat thread -------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        pause = 0.0
+        while not self._stopping.wait(pause or self.heartbeat):
+            try:
+                self._beat()
+            except redis.RedisError as exc:
+                self._lost(exc)
+                pause = min(MAX_BACKOFF, pause * 2 or 0.05)
+                continue
+            pause = 0.0
+
+    def _beat(self) -> None:
+        """Say we are alive, keep our names, and see which servers came and went."""
+        with self._lock:
+            mine = dict(self._mine)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.server_key(self.server_id), self.address, px=self.ttl_ms)
+        pipe.pexpire(self.inbox_key(self.server_id), self.ttl_ms)
+        if mine:
+            self._refresh_names(
+                [self.name_key(key) for key in mine], [self.server_id, self.ttl_ms], client=pipe
+            )
+        results = pipe.execute()
+        if mine:
+            for name, kept in zip(mine.values(), results[2], strict=True):
+                if not kept:
+                    log.warning("%s: another server took this name while Redis was unreachable", name)
+        pattern = self.server_key("*")
+        live = {key[len(pattern) - 1 :] for key in self.redis.scan_iter(match=pattern, count=1000)}
+        live.discard(self.server_id)
+        self._back()
+        with self._lock:
+            new = live - self._peers
+            self._peers = live
+            patient = time.monotonic() < self._patient_until
+            gone = {
+                sid: self._members.pop(sid) for sid in list(self._members) if sid not in live and not patient
+            }
+            # A newcomer (or everyone, after an outage) learns who is here. Queued under the
+            # lock, like every "left", so that the queue's order is the order of the changes.
+            snapshot = ",".join(self._mine.values())
+            for server_id in sorted(new):
+                self._outbox.put((server_id, Line("s", "", "", snapshot)))
+        for server_id, members in gone.items():
+            if not members:  # stopped cleanly: its clients' "left" came before its key went
+                log.info("server %s is gone", server_id)
+                continue
+            log.warning("server %s stopped answering: its %d clients left", server_id, len(members))
+            # Its names would expire by themselves; freeing them now (if still that server's)
+            # means a name is free again as soon as its owner is announced as gone.
+            pipe = self.redis.pipeline(transaction=False)
+            for key in members:
+                self._release_if_mine([self.name_key(key)], [server_id], client=pipe)
+            pipe.execute()
+            for name in sorted(members.values(), key=str.lower):
+                self._tell(name, server_id, "left")
+
+    # --- outage and recovery --------------------------------------------------------------------
+
+    def _lost(self, exc: Exception) -> None:
+        """Redis did not answer: log it once per outage."""
+        with self._lock:
+            was_reachable, self.reachable = self.reachable, False
+            if was_reachable:
+                self._down_since = time.monotonic()
+                self._peers = set()  # after the outage every server gets a snapshot again
+        if was_reachable:
+            log.warning("redis unreachable (%s): remote clients get '!' until it is back", exc)
+
+    def _back(self) -> None:
+        with self._lock:
+            was_down, self.reachable = not self.reachable, True
+            down_for = time.monotonic() - self._down_since
+            if was_down:
+                self._patient_until = time.monotonic() + self.ttl_ms / 1000
+        if was_down:
+            log.warning("redis reachable again after %.1f s: names re-claimed", down_for)
