@@ -366,7 +366,8 @@ def test_every_thread_has_a_name_that_says_whose_it_is(server, connect, kit_thre
     alice = connect(server)
     alice.expect(GREETING)
     address = f"127.0.0.1:{alice.port}"
-    assert kit_threads() == ["chatlab-accept", f"chatlab-client-{address}"]
+    # The greeting goes out just before the client's thread starts: wait for the thread.
+    wait_until(lambda: kit_threads() == ["chatlab-accept", f"chatlab-client-{address}"])
     alice.send("alice")
     alice.expect("* welcome alice", "* online: alice")
     wait_until(lambda: kit_threads() == ["chatlab-accept", "chatlab-client-alice"])
