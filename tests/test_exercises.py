@@ -1,0 +1,138 @@
+"""Every lesson's exercises can be solved, and their check cells know it.
+
+In each lesson the cells a student edits are tagged ``exercise`` and the cells that check them
+``check``; the solutions sit in closed ``<details>`` blocks, one ```python block per exercise, in
+the same order. Here each lesson runs once, top to bottom, with every exercise cell replaced by
+its solution: every check cell must then say "✔". The stored notebook (checked by strict nbval)
+shows the same check cells saying "✘ not yet", so a check that cannot pass, or that passes the
+untouched stub, fails one of the two.
+
+A few claims that the lessons make about the kit are checked here too (issue 10, part 5).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from chatlab.client import ChatClient
+from chatlab.servers.base import SEND_BUFFER
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+DETAILS = re.compile(r"<details\b[^>]*>(.*?)</details>", re.S)
+PYTHON_BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.S | re.M)
+
+
+def tagged(notebook: nbformat.NotebookNode, tag: str) -> list[int]:
+    """Indexes of the cells that carry `tag`, in order."""
+    return [i for i, cell in enumerate(notebook.cells) if tag in cell.metadata.get("tags", [])]
+
+
+def solutions(notebook: nbformat.NotebookNode) -> list[str]:
+    """The ```python blocks inside the lesson's <details> blocks, dedented, in order."""
+    blocks = []
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            for details in DETAILS.findall(cell.source):
+                blocks += [textwrap.dedent(indent + body).strip() for indent, body in PYTHON_BLOCK.findall(details)]
+    return blocks
+
+
+def text_of(cell: nbformat.NotebookNode) -> str:
+    return "".join(output.get("text", "") for output in cell.outputs if output.output_type == "stream")
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[path.stem for path in LESSONS])
+def test_the_stored_lesson_hides_its_solutions(path: Path) -> None:
+    notebook = nbformat.read(path, as_version=4)
+    exercises, checks, blocks = tagged(notebook, "exercise"), tagged(notebook, "check"), solutions(notebook)
+    assert len(exercises) >= 1 and len(exercises) == len(blocks), "one solution block per exercise cell"
+    assert len(checks) >= len(exercises) - 1
+    sources = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
+    assert "<details" in sources and not re.search(r"<details[^>]*\bopen\b", sources), "solutions stay closed"
+    assert "<summary>" in sources
+    for index in checks:
+        assert text_of(notebook.cells[index]).startswith("✘ not yet"), notebook.cells[index].source[:80]
+        assert "Traceback" not in text_of(notebook.cells[index])
+    # At least one exercise asks for code (a def or a class), not only for a value.
+    assert any(re.search(r"^(async def|def|class) ", block, re.M) for block in blocks)
+    # A check cell never compares with the literal answer of a one-line solution.
+    for block in blocks:
+        if match := re.fullmatch(r"(\w+) = (.+)", block):
+            for index in checks:
+                source = notebook.cells[index].source
+                given_away = re.search(rf"(==|\bis) {re.escape(match[2])}(?!\w)", source)
+                assert not given_away, f"a check cell gives the answer away: {given_away}"
+    # The cleanup cell stays last.
+    assert "kit_threads()" in notebook.cells[-1].source
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[path.stem for path in LESSONS])
+def test_the_solutions_pass_the_checks(path: Path) -> None:
+    notebook = nbformat.read(path, as_version=4)
+    for index, solution in zip(tagged(notebook, "exercise"), solutions(notebook), strict=True):
+        notebook.cells[index].source = solution
+    client = NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    with client.setup_kernel():
+        for index, cell in enumerate(notebook.cells):
+            if cell.cell_type == "code":
+                client.execute_cell(cell, index)  # raises CellExecutionError if a cell fails
+        probe = nbformat.v4.new_code_cell("import chatlab; print(chatlab.kit_threads())")
+        notebook.cells.append(probe)
+        client.execute_cell(probe, len(notebook.cells) - 1)
+    for index in tagged(notebook, "check"):
+        assert text_of(notebook.cells[index]).startswith("✔"), (notebook.cells[index].source[:80],
+                                                                text_of(notebook.cells[index]))
+    assert text_of(probe) == "[]\n"
+
+
+def test_lesson_5_prints_the_port_where_it_asks_to_join_from_a_terminal() -> None:
+    notebook = nbformat.read(NOTEBOOKS / "05_chat_with_widgets.ipynb", as_version=4)
+    asks = [i for i, cell in enumerate(notebook.cells) if "Join from a terminal" in cell.source]
+    assert asks, "lesson 5 asks the student to join from a terminal"
+    following = notebook.cells[asks[0] + 1]
+    assert following.cell_type == "code" and "server.port" in following.source
+    assert re.search(r"--port=\d+ --name=", text_of(following))
+
+
+def run_the_benchmarks_cell(monkeypatch: pytest.MonkeyPatch, working_dir: Path, package_dir: Path) -> dict:
+    """Lesson 9's cell that finds benchmarks/, with chatlab installed in `package_dir`."""
+    notebook = nbformat.read(NOTEBOOKS / "09_three_models.ipynb", as_version=4)
+    source = next(cell.source for cell in notebook.cells if "BENCHMARKS" in cell.source and cell.cell_type == "code")
+    installed = types.SimpleNamespace(__file__=str(package_dir / "chatlab" / "__init__.py"))
+    monkeypatch.chdir(working_dir)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    namespace = {"chatlab": installed, "sys": sys}
+    exec(compile(source, "lesson 9", "exec"), namespace)  # noqa: S102 (the lesson's own cell)
+    return namespace
+
+
+def test_lesson_9_finds_the_benchmarks_when_the_kit_is_installed_without_e(monkeypatch, tmp_path) -> None:
+    site_packages = tmp_path / "site-packages"  # where `pip install .` puts chatlab: no benchmarks/
+    namespace = run_the_benchmarks_cell(monkeypatch, NOTEBOOKS, site_packages)
+    assert namespace["BENCHMARKS"] == ROOT / "benchmarks"
+    assert callable(namespace["run_benchmarks"])
+
+
+def test_lesson_9_says_what_it_needs_without_the_kits_folder(monkeypatch, tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="needs benchmarks/run.py from the kit's folder"):
+        run_the_benchmarks_cell(monkeypatch, tmp_path, tmp_path / "site-packages")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the doubling is Linux's")
+def test_lesson_7_linux_doubles_the_send_buffer_the_server_asks_for(kit_threads, start_server) -> None:
+    server = start_server(delivery="queue")
+    with ChatClient(port=server.port, name="ann"):
+        record = server.clients()[0]
+        assert record.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * SEND_BUFFER
