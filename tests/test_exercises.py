@@ -118,6 +118,7 @@ def run_the_benchmarks_cell(monkeypatch: pytest.MonkeyPatch, working_dir: Path, 
     return namespace
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the quick benchmark is Linux-only")
 def test_lesson_9_finds_the_benchmarks_when_the_kit_is_installed_without_e(monkeypatch, tmp_path) -> None:
     site_packages = tmp_path / "site-packages"  # where `pip install .` puts chatlab: no benchmarks/
     namespace = run_the_benchmarks_cell(monkeypatch, NOTEBOOKS, site_packages)
@@ -125,6 +126,7 @@ def test_lesson_9_finds_the_benchmarks_when_the_kit_is_installed_without_e(monke
     assert callable(namespace["run_benchmarks"])
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the quick benchmark is Linux-only")
 def test_lesson_9_says_what_it_needs_without_the_kits_folder(monkeypatch, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="needs benchmarks/run.py from the kit's folder"):
         run_the_benchmarks_cell(monkeypatch, tmp_path, tmp_path / "site-packages")
