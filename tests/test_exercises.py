@@ -13,10 +13,13 @@ A few claims that the lessons make about the kit are checked here too (issue 10,
 from __future__ import annotations
 
 import re
+import shutil
 import socket
+import subprocess
 import sys
 import textwrap
 import types
+import zipfile
 from pathlib import Path
 
 import nbformat
@@ -138,3 +141,23 @@ def test_lesson_7_linux_doubles_the_send_buffer_the_server_asks_for(kit_threads,
     with ChatClient(port=server.port, name="ann"):
         record = server.clients()[0]
         assert record.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * SEND_BUFFER
+
+
+@pytest.mark.skipif(not (shutil.which("git") and shutil.which("make")), reason="needs git and make")
+def test_make_handout_leaves_out_the_labs_solutions(tmp_path: Path) -> None:
+    """`make handout` in a small repository shaped like the kit's: the zip has the skeletons,
+    not the reference solutions."""
+    files = {"Makefile": (ROOT / "Makefile").read_text(), "notebooks/01_sockets.ipynb": "{}",
+             "notebooks/labs/lab1_server.py": "# TODO\n", "notebooks/labs/solutions/lab1_server.py": "# answer\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "kit"]):
+        subprocess.run(git + command, check=True, timeout=30)
+    subprocess.run(["make", "-C", str(tmp_path), "handout", "HANDOUT=out.zip"], check=True, timeout=60,
+                   capture_output=True)
+    with zipfile.ZipFile(tmp_path / "out.zip") as handout:
+        names = handout.namelist()
+    assert "chatlab/notebooks/labs/lab1_server.py" in names and "chatlab/Makefile" in names
+    assert not [name for name in names if "solutions" in name]
