@@ -161,3 +161,22 @@ def test_make_handout_leaves_out_the_labs_solutions(tmp_path: Path) -> None:
         names = handout.namelist()
     assert "chatlab/notebooks/labs/lab1_server.py" in names and "chatlab/Makefile" in names
     assert not [name for name in names if "solutions" in name]
+
+
+# Corrections found by review (issue 10, part 5): each claim stays in the lesson that needed it.
+CORRECTIONS = [
+    ("01_sockets", ["ConnectionRefusedError", "TimeoutError", "firewall"]),  # refused is not the only answer
+    ("06_byte_stream", ['sender.sendall(b"first line\\n")', 'sender.sendall(b"second line\\n")',
+                        "receiver.recv(1024)"]),  # two separate sends, one recv()
+    ("07_slow_client", ["SEND_BUFFER", "Linux doubles", "128 KiB"]),
+    ("08_many_clients", ["send_around()", "main thread", "not (only) the GIL"]),  # why messages/s stay flat
+    ("08_many_clients", ["server.threads()", "main thread", "one more"]),  # agrees with lesson 9's table
+    ("09_three_models", ["server.threads()", "main thread", "N + 2"]),
+    ("09_three_models", ["setswitchinterval", "hold the GIL for up to 100 ms"]),  # the cost of 100 ms
+]
+
+
+@pytest.mark.parametrize(("lesson", "phrases"), CORRECTIONS, ids=[f"{name}-{i}" for i, (name, _) in enumerate(CORRECTIONS)])
+def test_a_review_correction_stays_in_its_lesson(lesson: str, phrases: list[str]) -> None:
+    notebook = nbformat.read(NOTEBOOKS / f"{lesson}.ipynb", as_version=4)
+    assert any(all(phrase in " ".join(cell.source.split()) for phrase in phrases) for cell in notebook.cells)
