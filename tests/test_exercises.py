@@ -47,7 +47,8 @@ def solutions(notebook: nbformat.NotebookNode) -> list[str]:
     for cell in notebook.cells:
         if cell.cell_type == "markdown":
             for details in DETAILS.findall(cell.source):
-                blocks += [textwrap.dedent(indent + body).strip() for indent, body in PYTHON_BLOCK.findall(details)]
+                for indent, body in PYTHON_BLOCK.findall(details):
+                    blocks.append(textwrap.dedent(indent + body).strip())
     return blocks
 
 
@@ -112,7 +113,8 @@ def test_lesson_5_prints_the_port_where_it_asks_to_join_from_a_terminal() -> Non
 def run_the_benchmarks_cell(monkeypatch: pytest.MonkeyPatch, working_dir: Path, package_dir: Path) -> dict:
     """Lesson 9's cell that finds benchmarks/, with chatlab installed in `package_dir`."""
     notebook = nbformat.read(NOTEBOOKS / "09_three_models.ipynb", as_version=4)
-    source = next(cell.source for cell in notebook.cells if "BENCHMARKS" in cell.source and cell.cell_type == "code")
+    source = next(cell.source for cell in notebook.cells
+                  if cell.cell_type == "code" and "BENCHMARKS" in cell.source)
     installed = types.SimpleNamespace(__file__=str(package_dir / "chatlab" / "__init__.py"))
     monkeypatch.chdir(working_dir)
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -148,7 +150,8 @@ def test_make_handout_leaves_out_the_labs_solutions(tmp_path: Path) -> None:
     """`make handout` in a small repository shaped like the kit's: the zip has the skeletons,
     not the reference solutions."""
     files = {"Makefile": (ROOT / "Makefile").read_text(), "notebooks/01_sockets.ipynb": "{}",
-             "notebooks/labs/lab1_server.py": "# TODO\n", "notebooks/labs/solutions/lab1_server.py": "# answer\n"}
+             "notebooks/labs/lab1_server.py": "# TODO\n",
+             "notebooks/labs/solutions/lab1_server.py": "# answer\n"}
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
@@ -176,7 +179,8 @@ CORRECTIONS = [
 ]
 
 
-@pytest.mark.parametrize(("lesson", "phrases"), CORRECTIONS, ids=[f"{name}-{i}" for i, (name, _) in enumerate(CORRECTIONS)])
+@pytest.mark.parametrize(("lesson", "phrases"), CORRECTIONS,
+                         ids=[f"{name}-{i}" for i, (name, _) in enumerate(CORRECTIONS)])
 def test_a_review_correction_stays_in_its_lesson(lesson: str, phrases: list[str]) -> None:
     notebook = nbformat.read(NOTEBOOKS / f"{lesson}.ipynb", as_version=4)
     assert any(all(phrase in " ".join(cell.source.split()) for phrase in phrases) for cell in notebook.cells)
