@@ -60,7 +60,9 @@ def text_of(cell: nbformat.NotebookNode) -> str:
 def test_the_stored_lesson_hides_its_solutions(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     exercises, checks, blocks = tagged(notebook, "exercise"), tagged(notebook, "check"), solutions(notebook)
-    assert len(exercises) >= 1 and len(exercises) == len(blocks), "one solution block per exercise cell"
+    assert exercises, ("no cell tagged 'exercise': tag each cell the student edits 'exercise' and its check "
+                       "cell 'check', and give one ```python block per exercise in a closed <details> block")
+    assert len(exercises) == len(blocks), f"{len(exercises)} exercise cells but {len(blocks)} solution blocks"
     assert len(checks) >= len(exercises) - 1
     sources = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
     assert "<details" in sources and not re.search(r"<details[^>]*\bopen\b", sources), "solutions stay closed"
