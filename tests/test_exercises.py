@@ -63,7 +63,7 @@ def test_the_stored_lesson_hides_its_solutions(path: Path) -> None:
     assert exercises, ("no cell tagged 'exercise': tag each cell the student edits 'exercise' and its check "
                        "cell 'check', and give one ```python block per exercise in a closed <details> block")
     assert len(exercises) == len(blocks), f"{len(exercises)} exercise cells but {len(blocks)} solution blocks"
-    assert len(checks) == len(exercises) and all(e < c for e, c in zip(exercises, checks)), \
+    assert len(checks) == len(exercises) and all(e < c for e, c in zip(exercises, checks, strict=True)), \
         "every exercise cell has its check cell after it"
     sources = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
     assert "<details" in sources and not re.search(r"<details[^>]*\bopen\b", sources), "solutions stay closed"
