@@ -10,7 +10,7 @@ STAMP := $(VENV)/.chatlab-installed
 # JupyterLab refuses to run as root unless told to (containers, CI machines).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install lab lint test notebooks bench constraints clean
+.PHONY: install lab lint test notebooks bench constraints clean handout
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ constraints:
 	echo "# Made by 'make constraints' on $$(date -u +%Y-%m-%d) with $$(.venv-pin/bin/python --version)." > constraints.txt
 	.venv-pin/bin/python -m pip freeze --exclude-editable >> constraints.txt
 	rm -rf .venv-pin
+
+# The kit for students (INSTRUCTORS.md): everything committed at HEAD except the labs' reference
+# solutions, as a zip to hand out. Uncommitted changes are not in it.
+HANDOUT ?= chatlab-handout.zip
+handout:
+	git archive --format=zip --prefix=chatlab/ -o $(HANDOUT) HEAD -- . ':(exclude)notebooks/labs/solutions'
 
 clean:
 	rm -rf $(VENV) build *.egg-info tests/browser/screenshots
