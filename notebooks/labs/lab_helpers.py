@@ -2,7 +2,8 @@
 
 ``Wire`` is a raw connection to your server that prints every line it sends (``>``) and every
 line it receives (``<``), and never waits longer than its timeout for a line, so a cell that
-talks to an unfinished server ends anyway. ``lab_threads()`` lists your server's threads (their
+talks to an unfinished server ends anyway; ``hear()`` does the same for the kit's
+``ChatClient``. ``lab_threads()`` lists your server's threads (their
 names start with ``lab-``), and ``where_are_the_threads()`` says which line of your file each
 of them is running.
 """
@@ -82,3 +83,19 @@ def where_are_the_threads(module: object) -> None:
             stack = traceback.extract_stack(frames[thread.ident])
             ours = [frame for frame in stack if frame.filename == filename]
             print(f"{thread.name:14} {ours[-1].name}: {ours[-1].line}" if ours else f"{thread.name:14} ?")
+
+
+def hear(client: object, count: int = 1, timeout: float = 1.0) -> None:
+    """Print up to ``count`` lines a ``ChatClient`` received, as ``name < line``; stop at the
+    first that does not come within ``timeout`` seconds."""
+    name = getattr(client, "name", "?")
+    for _ in range(count):
+        try:
+            line = client.recv(timeout=timeout)  # type: ignore[attr-defined]
+        except TimeoutError:
+            print(f"{name} < (nothing within {timeout:g} s)")
+            return
+        except ConnectionError:
+            print(f"{name} < (connection closed)")
+            return
+        print(f"{name} < {line}")
