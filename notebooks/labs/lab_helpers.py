@@ -13,7 +13,17 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+import time
 import traceback
+
+SHOWN = 70  # characters of a line shown; a longer line is shortened
+
+
+def shortened(line: str) -> str:
+    """The line, or its start and end with its length in bytes if it is long."""
+    if len(line) <= SHOWN:
+        return line
+    return f"{line[:40]}...{line[-10:]} ({len(line.encode('utf-8'))} bytes)"
 
 
 class Wire:
@@ -36,12 +46,31 @@ class Wire:
         """Send one line (the ``\\n`` is added)."""
         self.sock.sendall(line.encode("utf-8") + b"\n")
         if not quiet:
-            print(f"{self.label} > {line}")
+            print(f"{self.label} > {shortened(line)}")
 
     def send_bytes(self, data: bytes) -> None:
         """Send bytes exactly as given, in one ``sendall()``."""
         self.sock.sendall(data)
         print(f"{self.label} > {data!r}")
+
+    def trickle(self, data: bytes, pause: float = 0.02) -> None:
+        """Send ``data`` one byte at a time, ``pause`` seconds apart: many small packets."""
+        for byte in data:
+            self.sock.sendall(bytes([byte]))
+            time.sleep(pause)
+        print(f"{self.label} > {data!r}, one byte at a time")
+
+    def drain(self, quiet: float = 0.3) -> int:
+        """Read, without printing, every line that comes until none has come for ``quiet``
+        seconds (at most 100 lines); return how many there were."""
+        self.sock.settimeout(quiet)
+        try:
+            count = 0
+            while count < 100 and self.line() is not None:
+                count += 1
+            return count
+        finally:
+            self.sock.settimeout(self.timeout)
 
     def line(self) -> str | None:
         """The next line, without its line end, or None if none came within the timeout."""
@@ -63,7 +92,7 @@ class Wire:
             if line is None:
                 print(f"{self.label} < (nothing within {self.timeout:g} s)")
                 return
-            print(f"{self.label} < {line}")
+            print(f"{self.label} < {shortened(line)}")
 
     def close(self) -> None:
         self.sock.close()
