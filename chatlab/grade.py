@@ -118,7 +118,9 @@ class Report:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        cells = []
+        # JupyterLab right-aligns table cells: every cell says how it wants to be laid out.
+        left = ' style="text-align:left;vertical-align:top"'
+        rows = []
         for result in self.results:
             mark = '<span style="color:#080">✔</span>' if result.ok else '<span style="color:#c00">✘</span>'
             detail = ""
@@ -126,19 +128,14 @@ class Report:
                 detail = html.escape(result.hint)
                 if result.transcript:
                     transcript = html.escape("\n".join(result.transcript))
-                    detail += f'<pre style="margin:0.3em 0 0 0">{transcript}</pre>'
-            cells.append(
-                f"<tr><td>{mark}</td><td>{html.escape(result.stage)}</td>"
-                f"<td>{html.escape(result.name)}</td>"
-                f'<td style="text-align:left">{detail}</td></tr>'
-            )
+                    detail += f'<pre style="margin:0.3em 0 0 0;text-align:left">{transcript}</pre>'
+            cells = (mark, html.escape(result.stage), html.escape(result.name), detail)
+            rows.append("<tr>" + "".join(f"<td{left}>{cell}</td>" for cell in cells) + "</tr>")
+        header = "".join(f"<th{left}>{title}</th>" for title in ("", "stage", "check", "what went wrong"))
         return (
-            '<table class="chatlab-grade">'
-            "<thead><tr><th></th><th>stage</th><th>check</th>"
-            '<th style="text-align:left">what went wrong</th></tr></thead>'
-            f"<tbody>{''.join(cells)}</tbody>"
-            f'<tfoot><tr><td colspan="4" style="text-align:left">{self.summary}</td></tr></tfoot>'
-            "</table>"
+            f'<table class="chatlab-grade"><thead><tr>{header}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody>"
+            f'<tfoot><tr><td colspan="4"{left}>{self.summary}</td></tr></tfoot></table>'
         )
 
 
@@ -178,10 +175,9 @@ class Transcript:
         self.lines.append(line)
 
     def add_received(self, who: str, line: bytes) -> None:
-        # Notices about clients of other checks (leaving late, say) are noise here.
-        if line.startswith(NOTICE) and any(
-            int(number) != self._number for number in re.findall(rb"[a-z0-9]+_(\d+)\b", line)
-        ):
+        # Notices about clients of other checks only (leaving late, say) are noise here.
+        checks = {int(number) for number in re.findall(rb"[a-z0-9]+_(\d+)\b", line)}
+        if line.startswith(NOTICE) and checks and self._number not in checks:
             return
         self.add(f"{who} < {shown(line)}")
 
@@ -317,7 +313,8 @@ class Connection:
             try:
                 self.read_line(deadline, None)
             except Failed:
-                self.run.transcript.lines.pop()  # "(nothing within ...)" is expected here
+                if not self.closed:
+                    self.run.transcript.lines.pop()  # "(nothing within ...)" is expected here
                 break
 
     # --- leaving ---------------------------------------------------------------------------
