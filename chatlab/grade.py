@@ -202,6 +202,7 @@ class Connection:
         self.run = run
         self.label = label  # the name it registers, or will; shown in the transcript
         self.buffer = bytearray()
+        self.last = b""  # the last line read
         self.closed = False  # the server closed its end
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:  # before connect(), so the window is small from the start
@@ -276,6 +277,7 @@ class Connection:
             self.run.transcript.add(f"{self.label} < (nothing within {self.run.timeout:g} s)")
             raise Failed(hint)
         self.run.transcript.add_received(self.label, line)
+        self.last = line
         return line
 
     def expect_notice(self, hint: str | None = None, wanted: Callable[[bytes], bool] | None = None) -> bytes:
@@ -413,8 +415,7 @@ def greeting(run: Run) -> None:
 @check(
     "threads",
     "register a name",
-    "a good name must be answered with a line starting '* ' (e.g. '* welcome amy'); "
-    "if this passed before, does the server forget the names of clients that left?",
+    "a good name must be answered with a line starting '* ' (e.g. '* welcome amy')",
     needs=["greeting on connect"],
 )
 def register(run: Run) -> None:
@@ -422,7 +423,15 @@ def register(run: Run) -> None:
     client = run.connect(name)
     client.expect_notice()
     client.send(name.encode() + b"\n")
-    client.expect_notice()
+    try:
+        client.expect_notice()
+    except Failed:
+        if client.last.startswith(ERROR):
+            raise Failed(
+                f"the good name {name!r} was refused; if this passed before, "
+                "does the server forget the names of clients that left?"
+            ) from None
+        raise
 
 
 @check(

@@ -323,3 +323,15 @@ def test_bytes_in_a_transcript_show_line_ends_and_invalid_bytes():
     assert shown(b"%amy%caf\xe9 \xff\n") == r"'%amy%caf\xe9 \xff\n'"
     assert shown("grüße\n".encode()) == r"'grüße\n'"
     assert shown(b"x" * 5000) == "'" + "x" * 59 + "...xxxxx' (5000 bytes)"
+
+
+def test_a_good_name_refused_says_what_may_be_wrong(start_server, connect):
+    """The usual reason a name the grader picks is taken: the server kept a client that left."""
+    server = start_server()
+    connect(server, "amy_2")  # holds the name the 'register a name' check uses
+    report = grade(address=server.address, stages=["threads"])
+    failed, *later = report.failed
+    assert failed.name == "register a name"
+    assert {result.hint for result in later} == {"needs 'register a name' to pass first"}
+    assert failed.hint.startswith("the good name 'amy_2' was refused; if this passed before")
+    assert failed.transcript[-1] == "amy_2 < '! name taken'"
