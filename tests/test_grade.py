@@ -42,6 +42,9 @@ CAUGHT_BY = {
     "blocking-send": {"slow reader does not stall others": None},
     "unlimited-lines": {"over-long line": None},
 }
+# A server that takes each recv() for a line garbles any stream of lines, so whether the
+# flood of the 'slow' stage breaks it as well depends on how the bytes happened to arrive.
+TOUCHED = {"one-recv-one-line": ["threads", "routing", "framing"]}
 
 
 def run_grader(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -106,7 +109,8 @@ def test_the_small_server_without_a_bug_gets_full_marks(broken_server):
 
 @pytest.mark.parametrize("bug", list(BUGS))
 def test_each_bug_fails_exactly_its_checks(bug, broken_server):
-    report = grade(address=broken_server(bug).address, timeout=1.0)
+    stages = TOUCHED.get(bug, list(STAGES))
+    report = grade(address=broken_server(bug).address, stages=stages, timeout=1.0)
     caught = CAUGHT_BY[bug]
     assert {r.name: r.hint for r in report.failed}.keys() == caught.keys(), str(report)
     for result in report.failed:
@@ -117,7 +121,7 @@ def test_each_bug_fails_exactly_its_checks(bug, broken_server):
         else:  # failed at once, for the check it needs
             assert result.hint == f"needs '{needed}' to pass first"
             assert result.transcript == ()
-    assert len(report.passed) == len(ALL_CHECKS) - len(caught)
+    assert len(report.passed) == sum(len(STAGES[stage]) for stage in stages) - len(caught)
 
 
 @pytest.mark.parametrize("bug", list(BUGS))
