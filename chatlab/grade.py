@@ -852,7 +852,12 @@ def started(command: Sequence[str], port: int, *, quiet: bool = False) -> Iterat
     pid: SIGTERM, and SIGKILL if it is still there after STOP_TIMEOUT seconds."""
     args = [part.replace("{port}", str(port)) for part in command]
     # Whatever it prints goes to standard error (or nowhere): standard output is the report's.
-    output = subprocess.DEVNULL if quiet else sys.stderr.fileno()
+    output: int | None = subprocess.DEVNULL
+    if not quiet:
+        try:
+            output = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):  # a notebook's stderr has no descriptor
+            output = None
     process = subprocess.Popen(
         args, stdin=subprocess.DEVNULL, stdout=output, stderr=output, start_new_session=True
     )
@@ -914,10 +919,13 @@ def grade(
     if not any("{port}" in part for part in command):
         raise ValueError("the command must contain {port}, where the grader puts the port")
     address = ("127.0.0.1", free_port())
-    with started(command, address[1], quiet=quiet) as process:
-        if (trouble := wait_until_listening(address, process)) is not None:
-            return Report([CheckResult(c.stage, c.name, False, trouble) for c in CHECKS if c.stage in stages])
-        return run_checks(address, stages, timeout)
+    try:
+        with started(command, address[1], quiet=quiet) as process:
+            if (trouble := wait_until_listening(address, process)) is None:
+                return run_checks(address, stages, timeout)
+    except OSError as exc:  # the program does not exist, or may not be run
+        trouble = f"cannot start {command[0]!r}: {exc.strerror or exc}"
+    return Report([CheckResult(c.stage, c.name, False, trouble) for c in CHECKS if c.stage in stages])
 
 
 # --- the program -------------------------------------------------------------------------------

@@ -232,6 +232,11 @@ def test_a_command_that_exits_at_once_fails_every_check():
     assert len(report.failed) == len(STAGES["threads"])
 
 
+def test_a_command_that_cannot_start_fails_every_check():
+    report = grade(["./no-such-server", "{port}"], stages=["threads"])
+    assert {r.hint for r in report.results} == {"cannot start './no-such-server': No such file or directory"}
+
+
 def test_the_command_needs_a_port_placeholder():
     with pytest.raises(ValueError, match="{port}"):
         grade([sys.executable, "server.py"])
