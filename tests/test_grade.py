@@ -153,6 +153,15 @@ def test_a_failure_shows_the_hint_and_the_transcript(broken_server):
     assert "amy_9 > '%*%hello everyone\\n'" in failed.transcript
 
 
+def test_an_over_long_line_delivered_shows_in_the_transcript(broken_server):
+    report = grade(address=broken_server("unlimited-lines").address, stages=["framing"], timeout=1.0)
+    [failed] = report.failed
+    assert failed.transcript[-2:] == (
+        "amy_15 < (nothing within 1 s)",  # no '! line too long'
+        "ben_15 < '%amy_15%xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...xxxxx' (12296 bytes)",
+    )
+
+
 def test_the_report_is_the_same_for_the_same_behaviour(broken_server):
     """Notebooks store the report (nbval): no times, no ports, the same transcript every time."""
     server = broken_server("drop-unknown")
