@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 
-SHOWN = 70  # characters of a line shown; a longer line is shortened
+SHOWN = 100  # characters of a line shown; a longer line is shortened
 
 
 def shortened(line: str) -> str:
