@@ -32,12 +32,13 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-# Re-run every lesson in place to refresh its stored outputs; read `git diff notebooks/` after.
+# Re-run every lesson and lab in place to refresh its stored outputs (nbconvert runs each notebook
+# in its own folder, so a lab imports its skeleton); read `git diff notebooks/` after.
 notebooks: $(STAMP)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.timeout=120 --ExecutePreprocessor.record_timing=False \
 		--ExecutePreprocessor.store_widget_state=False \
-		notebooks/[0-9]*.ipynb
+		notebooks/[0-9]*.ipynb notebooks/labs/lab[0-9]_*.ipynb
 
 # Measure every server model (ring, latency, churn, capacity); the table is printed, the JSON
 # and the plots go to benchmarks/results/; then what a hop between two servers through Redis costs

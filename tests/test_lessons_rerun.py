@@ -14,19 +14,23 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+LABS = sorted(NOTEBOOKS.glob("labs/lab[0-9]_*.ipynb"))  # they also stop every "lab-" thread
 
 
-@pytest.mark.parametrize("path", LESSONS, ids=[path.stem for path in LESSONS])
+@pytest.mark.parametrize("path", LESSONS + LABS, ids=[path.stem for path in LESSONS + LABS])
 def test_a_lesson_runs_twice_in_one_kernel(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+                            resources={"metadata": {"path": str(path.parent)}})
     code_cells = [(index, cell) for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
     with client.setup_kernel():
         for _ in range(2):
             for index, cell in code_cells:
                 client.execute_cell(cell, index)  # raises CellExecutionError if the cell fails
-        probe = nbformat.v4.new_code_cell("import chatlab; print(chatlab.kit_threads())")
+        probe = nbformat.v4.new_code_cell(
+            "import chatlab, threading; print(chatlab.kit_threads()"
+            " + sorted(t.name for t in threading.enumerate() if t.name.startswith('lab-')))"
+        )
         notebook.cells.append(probe)
         client.execute_cell(probe, len(notebook.cells) - 1)
     assert probe.outputs[-1]["text"] == "[]\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from .lab import JupyterLabServer, NotebookPage, code_cells_to_run, tagged_cell,
 
 CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+LABS = NOTEBOOKS / "labs"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -54,6 +56,12 @@ def lesson_names() -> list[str]:
     return sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
+def lab_names() -> list[str]:
+    """The labs, as paths under notebooks/ ("labs/lab1_....ipynb"): they run in that folder,
+    next to the server files they import."""
+    return sorted(f"{LABS.name}/{path.name}" for path in LABS.glob("lab[0-9]_*.ipynb"))
+
+
 @pytest.fixture(scope="module")  # ended before other tests: Playwright runs an event loop
 def chromium() -> Iterator[Any]:
     """A headless Chromium (Debian's) with a fresh profile, as one Playwright context."""
@@ -79,18 +87,20 @@ def chromium() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")  # ended before other tests: Playwright runs an event loop
 def stored_lessons() -> dict[str, nbformat.NotebookNode]:
-    """The lessons as stored in notebooks/, outputs included, read once for the session."""
-    return {name: nbformat.read(NOTEBOOKS / name, as_version=4) for name in lesson_names()}
+    """The lessons and labs as stored in notebooks/, outputs included, read once for the session."""
+    return {name: nbformat.read(NOTEBOOKS / name, as_version=4) for name in lesson_names() + lab_names()}
 
 
 @pytest.fixture(scope="module")  # ended before other tests: Playwright runs an event loop
 def jupyterlab(
     chromium: Any, stored_lessons: dict[str, nbformat.NotebookNode], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[JupyterLabServer]:
-    """JupyterLab over a copy of the lessons (outputs stripped) plus the harness notebook."""
+    """JupyterLab over a copy of the lessons and labs (outputs stripped; the labs with their
+    server files) plus the harness notebook."""
     if importlib.util.find_spec("jupyterlab") is None:
         missing("browser tests need JupyterLab (pip install jupyterlab)")
     root = tmp_path_factory.mktemp("lessons")
+    shutil.copytree(LABS, root / LABS.name, ignore=shutil.ignore_patterns("*.ipynb", "__pycache__"))
     for name, notebook in stored_lessons.items():
         nbformat.write(without_outputs(notebook), root / name)
     harness = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in HARNESS_CELLS])

@@ -1,8 +1,8 @@
 """The lessons in a real JupyterLab, in a real Chromium, clicked and typed into like a student.
 
 0. the harness itself notices a failing cell (so the checks below can fail);
-1. every lesson runs with Run All (lesson 5: down to its ``cleanup`` cell) and shows no error,
-   and its figures and widgets appear as often as in the stored notebook;
+1. every lesson and lab runs with Run All (lesson 5: down to its ``cleanup`` cell) and shows
+   no error, and its figures and widgets appear as often as in the stored notebook;
 2. in the widget chat lesson (05) alice's widget sends to bob's, with Send and with Enter, and
    an unknown recipient shows an error in alice's log only; the dashboard lists the clients;
 3. a terminal client in another process chats with the widgets while the kernel is idle;
@@ -26,7 +26,7 @@ import warnings
 
 import pytest
 
-from .conftest import HARNESS_NOTEBOOK, lesson_names
+from .conftest import HARNESS_NOTEBOOK, lab_names, lesson_names
 from .lab import NotebookPage, code_cells_to_run, error_report
 
 try:
@@ -67,7 +67,7 @@ def test_harness_sees_a_failing_cell(open_notebook):
     assert [cell["prompt"] for cell in state["cells"]] == ["[1]:", "[2]:", "[ ]:"]
 
 
-@pytest.mark.parametrize("name", lesson_names())
+@pytest.mark.parametrize("name", lesson_names() + lab_names())
 def test_lesson_runs_without_errors(name, open_notebook, stored_lessons, request):
     if name.startswith("05_"):
         # Run down to the cleanup cell only: the widget tests below use the live chat.
@@ -77,7 +77,7 @@ def test_lesson_runs_without_errors(name, open_notebook, stored_lessons, request
         notebook = open_notebook(name)
         notebook.run_all()
         state = notebook.wait_until_ran(code_cells_to_run(notebook.notebook))
-    notebook.screenshot(f"lesson_{name.removesuffix('.ipynb')}")
+    notebook.screenshot(f"lesson_{name.removesuffix('.ipynb').replace('/', '_')}")
     assert not error_report(state), f"{name} shows errors:\n" + "\n".join(error_report(state))
     expected = code_cells_to_run(notebook.notebook, notebook.cleanup_cell)
     not_run = [i for i in expected if not ran(state["cells"][i]["prompt"])]
