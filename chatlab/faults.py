@@ -37,13 +37,16 @@ notices within a tick that its connection or the link is closing; :meth:`FaultyL
 every connection and joins every thread, bounded.
 
 With ``record=True`` the link keeps a *wiretap*: every write and every end it passed on, in
-order, as :class:`WireRecord` rows (``link.wiretap``, or the bytes of one direction with
+the order they began (so a reply is never listed before the line it answers), as
+:class:`WireRecord` rows (``link.wiretap``, or the bytes of one direction with
 :meth:`FaultyLink.wire`).
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
+import itertools
 import logging
 import queue
 import random
@@ -88,6 +91,9 @@ class WireRecord:
     direction: str
     event: str = "data"
     data: bytes = b""
+    # Where it stands in the wiretap: taken when the write began, so that a write noted late
+    # (after send() returned) still stands before the reply it caused.
+    order: int = field(default=0, repr=False, compare=False)
 
 
 @dataclass(order=True)
@@ -296,6 +302,7 @@ class _Pump:
             size = self._fault("slice") or len(view)
             if not self._wait_for_bandwidth():
                 return False
+            began = self.link._begin()  # before send(): the reply cannot begin earlier
             try:
                 sent = self.target.send(view[:size])
             except TimeoutError:
@@ -308,7 +315,7 @@ class _Pump:
                 log.info("connection %d %s: cannot write: %s", self.connection.number, self.direction, exc)
                 self.connection.abort("reset")
                 return False
-            self.link._record(self.connection.number, self.direction, "data", bytes(view[:sent]))
+            self.link._record(self.connection.number, self.direction, "data", bytes(view[:sent]), began)
             self.delivered += sent
             self._pace(sent)
             view = view[sent:]
@@ -390,6 +397,7 @@ class FaultyLink:
         self._started = time.monotonic()
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # guards _connections, _count and wiretap
+        self._order = itertools.count()  # the wiretap's order: next() is atomic in CPython
         self._connections: list[_Connection] = []
         self._count = 0
         self.opened = 0
@@ -435,12 +443,23 @@ class FaultyLink:
         jitter = self._random.uniform(0.0, self.jitter) if self.jitter else 0.0
         return self.latency + jitter
 
-    def _record(self, connection: int, direction: str, event: str, data: bytes = b"") -> None:
+    def _begin(self) -> tuple[int, float]:
+        """A place in the wiretap's order and the time, taken as a write begins."""
+        return next(self._order), time.monotonic() - self._started
+
+    def _record(
+        self,
+        connection: int,
+        direction: str,
+        event: str,
+        data: bytes = b"",
+        began: tuple[int, float] | None = None,
+    ) -> None:
         if self.record:
-            with self._lock:
-                self.wiretap.append(
-                    WireRecord(time.monotonic() - self._started, connection, direction, event, data)
-                )
+            order, at = began or self._begin()
+            record = WireRecord(at, connection, direction, event, data, order)
+            with self._lock:  # a write noted late goes back to where it began
+                bisect.insort(self.wiretap, record, key=lambda r: r.order)
 
     def wire(self, direction: str, connection: int | None = None) -> bytes:
         """Every byte the wiretap saw going ``direction`` (of one connection, or all), in order."""

@@ -207,6 +207,21 @@ def test_direction_up_leaves_the_other_direction_alone(pair):
     wait_until(lambda: writes("up") == [1, 1, 1] and writes("down") == [5], message=str(link_pair.link.wiretap))
 
 
+def test_the_wiretap_lists_a_reply_after_the_line_it_answers(pair):
+    """The link notes a write once send() returns; by then the reply may be on its way back.
+    The wiretap still lists them in the order their writes began."""
+    link_pair = pair(record=True)
+    for round_number in range(50):
+        question, answer = f"q{round_number}\n".encode(), f"a{round_number}\n".encode()
+        link_pair.client.sendall(question)
+        assert read_exactly(link_pair.server, len(question)) == question
+        link_pair.server.sendall(answer)
+        assert read_exactly(link_pair.client, len(answer)) == answer
+    wait_until(lambda: len(link_pair.link.wire("down")) == len(link_pair.link.wire("up")) > 0)
+    said = b"".join(record.data for record in link_pair.link.wiretap if record.event == "data")
+    assert said == b"".join(f"q{i}\na{i}\n".encode() for i in range(50))
+
+
 def test_close_after_ends_both_sides_with_a_fin_after_exactly_that_many_bytes(pair):
     link_pair = pair(direction="down", close_after=100)
     link_pair.server.sendall(b"a" * 300)
