@@ -19,13 +19,14 @@ import time
 import pytest
 import trustme
 
-from chatlab import kit_threads, protocol
+from chatlab import kit_threads
 from chatlab.client import ChatClient, CodeRefused, TlsFailed
 from chatlab.servers import MODELS, ServerBase, server_class
 from chatlab.servers import base as servers_base
 from chatlab.widgets import ChatWidget, close_all
 from test_cli import Program, run  # noqa: F401  (run is a fixture)
 from transcript import GREETING, Peer, run_together, wait_until
+from test_models import start  # noqa: F401  (a fixture: a server of each model, stopped after the test)
 
 CODE = "owl-42"
 CODE_PROMPT = "* chatlab: this chat needs the class code; type it and press Enter"
@@ -55,23 +56,6 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return context
-
-
-@pytest.fixture(params=list(MODELS))
-def start(request):
-    """``start(**options)`` starts a server of the model under test on 127.0.0.1, port 0."""
-    servers: list[ServerBase] = []
-    before = set(kit_threads())
-
-    def start_server(**options: object) -> ServerBase:
-        server = server_class(request.param)("127.0.0.1", 0, **options).start()
-        servers.append(server)
-        return server
-
-    yield start_server
-    for server in servers:
-        server.stop()
-    wait_until(lambda: set(kit_threads()) <= before, message="the model's threads ended")
 
 
 @pytest.fixture

@@ -21,9 +21,10 @@ import pytest
 
 from chatlab import flood
 from chatlab.flood import Throttle, TokenBucket, slow_down
-from chatlab.servers import MODELS, ServerBase, server_class
+from chatlab.servers import ServerBase, server_class
 from test_cli import Program
 from transcript import Peer, wait_until
+from test_models import start  # noqa: F401  (a fixture: a server of each model, stopped after the test)
 
 FLOOD_LINES = 2000
 RATE = 500.0  # lines per second: a burst of 1000, so 2000 lines take at least 2 s
@@ -94,21 +95,6 @@ def test_the_notice_names_the_rate():
 
 
 # --- every model, over loopback ------------------------------------------------------------------
-
-
-@pytest.fixture(params=list(MODELS))
-def start(request, kit_threads):
-    """``start(**options)`` starts a server of the model under test on 127.0.0.1, port 0."""
-    servers: list[ServerBase] = []
-
-    def start_server(**options: object) -> ServerBase:
-        server = server_class(request.param)("127.0.0.1", 0, **options).start()
-        servers.append(server)
-        return server
-
-    yield start_server
-    for server in servers:
-        server.stop()
 
 
 class PingPong:
