@@ -23,7 +23,8 @@ send reaches each receiver as one write.
 A room can also be one part of a chat that spans several servers (:mod:`chatlab.broker`).
 Then its ``elsewhere`` is set, and the room asks it only when a name is not here: to claim a
 new name, to route a line to a client it does not have, to add the others to a who-list, and
-to pass on broadcasts and notices. What comes from the other servers enters through
+to pass on broadcasts and notices; after each read it tells it to send what that read handed
+over (:meth:`Elsewhere.flush`). What comes from the other servers enters through
 :meth:`ChatRoom.arrived`, :meth:`ChatRoom.notice_from_elsewhere` and :meth:`ChatRoom.tell`.
 With no ``elsewhere`` (one server, the usual case) none of this costs anything.
 """
