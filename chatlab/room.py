@@ -23,7 +23,8 @@ send reaches each receiver as one write.
 A room can also be one part of a chat that spans several servers (:mod:`chatlab.broker`).
 Then its ``elsewhere`` is set, and the room asks it only when a name is not here: to claim a
 new name, to route a line to a client it does not have, to add the others to a who-list, and
-to pass on broadcasts and notices. What comes from the other servers enters through
+to pass on broadcasts and notices; after each read it tells it to send what that read handed
+over (:meth:`Elsewhere.flush`). What comes from the other servers enters through
 :meth:`ChatRoom.arrived`, :meth:`ChatRoom.notice_from_elsewhere` and :meth:`ChatRoom.tell`.
 With no ``elsewhere`` (one server, the usual case) none of this costs anything.
 """
@@ -66,8 +67,8 @@ class Transport(Protocol):
 class Elsewhere(Protocol):
     """The rest of a chat that spans several servers, as a room sees it (a Broker is one).
 
-    Only :meth:`claim` may wait (for Redis); the rest queue the work or read memory, and
-    none of them calls back into the room from the calling thread.
+    Only :meth:`claim` and :meth:`flush` may wait (for Redis); the rest queue the work or
+    read memory. Only :meth:`flush` calls back into the room from the calling thread.
     """
 
     def claim(self, name: str) -> bool | None:
@@ -89,6 +90,10 @@ class Elsewhere(Protocol):
 
     def names(self) -> list[str]:
         """The names online on the other servers, sorted regardless of case."""
+
+    def flush(self) -> None:
+        """The lines of one read are handled: send what they handed over. The room calls it
+        holding no lock, since a line that cannot be sent is reported with :meth:`ChatRoom.tell`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +234,8 @@ class ChatRoom:
         finally:
             for receiver, chunks in outgoing.items():
                 self._deliver(receiver, b"".join(chunks))
+            if self.elsewhere is not None:  # and what they sent to other servers' clients
+                self.elsewhere.flush()
 
     def handle(self, record: ClientRecord, line: bytes | protocol.LineTooLong) -> None:
         """Act on one line from ``record``'s client."""
