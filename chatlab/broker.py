@@ -26,6 +26,10 @@ Redis holds, every key under ``chatlab:``:
     if it is still its own: a small Lua script compares and deletes in one step). A crashed
     server's names expire with it, or are deleted by the first server to notice the crash,
     and can be taken again.
+``read:<id>`` (a string with a time to live)
+    The id of the last inbox entry server <id> has delivered, written with every heartbeat.
+    When a server dies, the others compare it with the dead server's inbox: a direct message
+    their own clients sent after it may never have arrived, and its sender is told so.
 ``inbox:<id>`` (a Redis Stream)
     Lines for clients of server <id>: direct messages, broadcasts, "joined" and "left". A
     sender appends (``XADD``); the receiving server alone reads (``XREAD BLOCK``) from the last
@@ -83,8 +87,13 @@ before availability. The server logs the outage once, retries with a growing pau
 one second), and once Redis answers again it re-claims its clients' names and its key (a
 restarted Redis has forgotten everything) and tells every other server who is on it. Lines
 that were in Redis when it died are gone with it (it is a broker, not a database: nothing is
-saved to disk), and so are lines sent to a server in the few seconds between its crash and
-its key expiring.
+saved to disk). A server that crashes cannot say which lines it never delivered: for a few
+seconds its key lives on and lines still go to its inbox. So when the others notice it is gone,
+each one reads what is left in its inbox after the last entry it said it had delivered, and
+tells its own clients which of their direct messages may not have arrived
+(``! 'bob' may not have got your line "...": their server stopped answering``). That comes
+late, within about the time it takes to notice the crash, but it comes: no silence. (The last
+heartbeat's worth of lines may have arrived after all, hence "may".)
 """
 
 from __future__ import annotations
@@ -238,6 +247,7 @@ class Broker:
         self._peers: set[str] = set()  # the other live servers, as of the last heartbeat
         self._members: dict[str, dict[str, str]] = {}  # server id -> {lower-case: name}
         self._down_since = 0.0
+        self._last_read = "0-0"  # the last inbox entry delivered (the reader writes it)
         # After an outage the other servers need a moment to write their keys again: until
         # then a missing key does not mean a dead server.
         self._patient_until = 0.0
@@ -262,6 +272,9 @@ class Broker:
     def inbox_key(self, server_id: str) -> str:
         return f"{PREFIX}inbox:{server_id}"
 
+    def read_key(self, server_id: str) -> str:
+        return f"{PREFIX}read:{server_id}"
+
     # --- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> Broker:
@@ -276,7 +289,8 @@ class Broker:
         except redis.RedisError as exc:
             self.redis.close()
             raise ConnectionError(f"cannot reach Redis at {self.url}: {exc}") from exc
-        last_id = newest[0][0] if newest else "0-0"
+        last_id: str = newest[0][0] if newest else "0-0"  # type: ignore[index, assignment]
+        self._last_read = last_id
         self._beat()
         self.room.elsewhere = self
         for role, target, args in (
@@ -303,7 +317,9 @@ class Broker:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.room.elsewhere = None
         try:
-            self.redis.delete(self.server_key(self.server_id), self.inbox_key(self.server_id))
+            self.redis.delete(
+                self.server_key(self.server_id), self.inbox_key(self.server_id), self.read_key(self.server_id)
+            )
         except redis.RedisError:
             pass  # they expire by themselves
         self._send_connection.disconnect()
@@ -511,6 +527,7 @@ class Broker:
                         self._arrived(entry["from"], unpack(entry["lines"]))
                     except Exception:  # one bad entry must not deafen this server
                         log.exception("cannot handle inbox entry %s", entry_id)
+                    self._last_read = entry_id  # the heartbeat tells the others (read:<id>)
 
     def _arrived(self, origin: str, lines: list[Line]) -> None:
         """Lines from server ``origin``: messages go to the room together, the rest in order."""
@@ -585,14 +602,17 @@ class Broker:
             mine = dict(self._mine)
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.server_key(self.server_id), self.address, px=self.ttl_ms)
-        pipe.pexpire(self.inbox_key(self.server_id), self.ttl_ms)
+        # The inbox and what was read of it outlive the key, so that when this server dies the
+        # others can still see what it never delivered (see _undelivered_by).
+        pipe.pexpire(self.inbox_key(self.server_id), 3 * self.ttl_ms)
+        pipe.set(self.read_key(self.server_id), self._last_read, px=3 * self.ttl_ms)
         if mine:
             self._refresh_names(
                 [self.name_key(key) for key in mine], [self.server_id, self.ttl_ms], client=pipe
             )
         results = pipe.execute()
         if mine:
-            for name, kept in zip(mine.values(), results[2], strict=True):
+            for name, kept in zip(mine.values(), results[3], strict=True):
                 if not kept:
                     log.warning("%s: another server took this name while Redis was unreachable", name)
         pattern = self.server_key("*")
@@ -624,6 +644,22 @@ class Broker:
             pipe.execute()
             for name in sorted(members.values(), key=str.lower):
                 self._tell(name, server_id, "left")
+            self._undelivered_by(server_id)
+
+    def _undelivered_by(self, server_id: str) -> None:
+        """Server ``server_id`` died: tell our clients which of their direct messages to it
+        it may never have delivered (those after the last entry it said it had read)."""
+        last_read: Any = self.redis.get(self.read_key(server_id)) or "0-0"
+        entries: Any = self.redis.xrange(self.inbox_key(server_id), min=f"({last_read}")
+        for _entry_id, fields in entries:
+            if fields.get("from") != self.server_id:
+                continue  # another server's lines: that server tells its own clients
+            for line in unpack(fields["lines"]):
+                if line.kind == "m":
+                    why = f"{line.to!r} may not have got your line {line.text!r}"
+                    self.room.tell(
+                        line.sender, protocol.format_error(f"{why}: their server stopped answering")
+                    )
 
     # --- outage and recovery --------------------------------------------------------------------
 

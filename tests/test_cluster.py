@@ -249,10 +249,16 @@ def test_a_server_killed_without_warning_is_noticed_and_its_clients_leave(run, r
     alice.read_until("* bob joined")
     alice.send("%bob%before")
     bob.read_until("%alice%before")
+    time.sleep(2.5)  # two heartbeats: the doomed server has said it delivered "before"
     killed_at = time.monotonic()
     program.proc.send_signal(signal.SIGKILL)
+    alice.send("%bob%into the void")  # its key still lives for a few seconds: this goes to its inbox
     alice.sock.settimeout(15)
     assert alice.read_line(timeout=15) == "* bob left"
+    # ... and nobody will ever read it there: alice is told, late but not never.
+    assert alice.read_line(timeout=5) == (
+        "! 'bob' may not have got your line 'into the void': their server stopped answering"
+    )
     assert time.monotonic() - killed_at < 15
     assert alice.who() == ["alice"]
     alice.send("%bob%after")
