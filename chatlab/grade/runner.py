@@ -37,6 +37,9 @@ START_TIMEOUT = 10.0  # for a started command to accept connections
 STOP_TIMEOUT = 3.0  # after SIGTERM, before SIGKILL
 
 
+# --- results -------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """How one check went: ``ok``, and for a failure a hint and what was said on the wire."""
@@ -99,6 +102,9 @@ class Report:
             f"<tbody>{''.join(rows)}</tbody>"
             f'<tfoot><tr><td colspan="4"{left}>{self.summary}</td></tr></tfoot></table>'
         )
+
+
+# --- grading ----------------------------------------------------------------------------------
 
 
 def run_checks(address: tuple[str, int], stages: Sequence[str], timeout: float) -> Report:
