@@ -61,3 +61,16 @@ def test_constraints_pin_every_requirement_to_a_version_it_allows():
         name = requirement.name.lower().replace("_", "-")
         assert name in pins, f"{name} is not pinned in constraints.txt (run `make constraints`)"
         assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} breaks {requirement}"
+
+
+def test_every_package_of_chatlab_goes_into_the_wheel():
+    """setuptools packages exactly what pyproject.toml lists: a sub-package left out is missing
+    from a normal (non-editable) install, though every editable install still finds it."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "chatlab").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert "chatlab.servers" in found and "chatlab.grade" in found
+    assert listed == found
