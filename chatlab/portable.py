@@ -7,8 +7,8 @@ it, and each decides by what the system *has* (``hasattr(socket, "MSG_DONTWAIT")
 name, so the fallback is the same code on every system that lacks the feature, and the tests
 run it on Linux too (with the POSIX-only names removed: ``tests/windows_standin``).
 
-- :func:`send_without_waiting`: hand bytes to the kernel only if it takes them at once.
-  Linux and macOS have a flag for one ``send()`` (``MSG_DONTWAIT``); Windows has none.
+- :class:`NoWaitSender`: hand bytes to the kernel only if it takes them at once. Linux and
+  macOS have a flag for one ``send()`` (``MSG_DONTWAIT``); Windows has none.
 - :func:`make_listener`: a listening socket that a restarted server can bind at once, and that
   a second server cannot bind while the first one listens. ``SO_REUSEADDR`` gives the first on
   Linux and macOS; on Windows it would let a second socket take a port in use, so it is left
@@ -24,31 +24,68 @@ from __future__ import annotations
 import socket
 import subprocess
 
-__all__ = ["CAN_SEND_WITHOUT_WAITING", "make_listener", "send_without_waiting", "stop_process", "wake_accept"]
+__all__ = [
+    "CAN_SEND_WITHOUT_WAITING",
+    "UNTIMED",
+    "NoWaitSender",
+    "make_listener",
+    "stop_process",
+    "wake_accept",
+]
 
 _DONTWAIT: int | None = getattr(socket, "MSG_DONTWAIT", None)
 CAN_SEND_WITHOUT_WAITING = _DONTWAIT is not None
 """Whether one ``send()`` can be told not to wait (``MSG_DONTWAIT``): Linux and macOS, not Windows."""
 
+UNTIMED: float | None = None if CAN_SEND_WITHOUT_WAITING else 7 * 24 * 3600.0
+"""The timeout for a reader that waits "for ever" on a socket that a :class:`NoWaitSender`
+also sends to: ``None`` (a plain blocking wait) on Linux and macOS. On Windows that socket must
+stay in non-blocking mode (see :class:`NoWaitSender`), so its reader waits with a timeout
+instead, which Python keeps by asking the system "anything to read?" before each ``recv()``;
+a week, after which a client that sent nothing at all is dropped."""
 
-def send_without_waiting(sock: socket.socket, data: bytes) -> int:
-    """Send what the kernel takes at once, never waiting; the number of bytes it took.
 
-    On Linux and macOS this is one ``send()`` with ``MSG_DONTWAIT``: the bytes that fit into the
-    socket's buffer now, 0 when it is full. Windows has no such flag, and a blocking ``send()``
-    there waits while the buffer is full, so this sends nothing and returns 0: the caller
-    queues the bytes for a thread that may wait (the threaded server's writer thread). The
-    promise is the same everywhere: the calling thread never waits for a slow receiver.
+class NoWaitSender:
+    """Sends to one connection without ever waiting: :meth:`send` hands the kernel what it
+    takes at once and says how much that was (0 when the socket's buffer is full).
 
-    Raises what ``send()`` raises when the connection is gone (``OSError``), or
-    ``TimeoutError`` on a socket with a timeout (Python then waits up to it, whatever the flag).
+    On Linux and macOS that is one ``send()`` with ``MSG_DONTWAIT``: only this call does not
+    wait, and the socket is left as it is. Windows has no such flag, and a socket's blocking
+    mode belongs to the connection, not to one Python object. So there a second socket object
+    for the same connection (``sock.dup()``) is put in non-blocking mode and sends, and whoever
+    reads the socket waits with a timeout (:data:`UNTIMED`) rather than in a blocking
+    ``recv()``, which non-blocking mode would end at once. Either way the promise is the same:
+    the calling thread never waits for a slow receiver.
+
+    Resource handling: on Windows the second object holds a handle of its own; :meth:`close`
+    it when the socket is closed.
     """
-    if _DONTWAIT is None:
-        return 0
-    try:
-        return sock.send(data, _DONTWAIT)
-    except BlockingIOError:  # the buffer is full
-        return 0
+
+    __slots__ = ("_sock", "_twin")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._twin: socket.socket | None = None
+        if _DONTWAIT is None:
+            self._twin = sock.dup()
+            self._twin.setblocking(False)
+
+    def send(self, data: bytes) -> int:
+        """Send what the kernel takes at once of ``data``; the number of bytes it took.
+
+        Raises what ``send()`` raises when the connection is gone (``OSError``), or
+        ``TimeoutError`` on Linux and macOS when the socket has a timeout (Python then waits up
+        to it for room, whatever the flag)."""
+        try:
+            if self._twin is not None:
+                return self._twin.send(data)
+            return self._sock.send(data, _DONTWAIT)  # type: ignore[arg-type]  # not None here
+        except BlockingIOError:  # the buffer is full
+            return 0
+
+    def close(self) -> None:
+        if self._twin is not None:
+            self._twin.close()
 
 
 def make_listener(host: str, port: int, backlog: int = socket.SOMAXCONN) -> socket.socket:

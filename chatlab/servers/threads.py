@@ -13,8 +13,7 @@ receiver's socket without waiting: the kernel takes it at once while the receive
 When the receiver's socket is full, the line waits in its bounded :class:`Outbox`, and a writer
 thread (``chatlab-writer-bob``) starts that alone waits for bob and ends once bob has caught up.
 A receiver that stops reading stalls nobody, and once its outbox overflows it is disconnected.
-(Windows cannot tell one ``send()`` not to wait: there every line takes the writer's way, see
-:func:`chatlab.portable.send_without_waiting`.)
+(:class:`chatlab.portable.NoWaitSender` does the write that never waits, on every system.)
 With ``delivery="direct"`` the sender's thread writes into the receiver's socket and waits
 until it is taken, as in the report: simple, and one client that stops reading freezes every
 client that writes to it (lesson 7 shows it).
@@ -35,7 +34,7 @@ import threading
 import time
 from typing import Any
 
-from ..portable import send_without_waiting, wake_accept
+from ..portable import UNTIMED, NoWaitSender, wake_accept
 from ..room import ClientRecord
 from ..tls import TlsLayer
 from .base import (
@@ -73,13 +72,14 @@ class _QueuedTransport:
     the outbox is empty again.
     """
 
-    __slots__ = ("server", "record", "outbox", "tls")  # one per client: keep it small
+    __slots__ = ("server", "record", "outbox", "tls", "nowait")  # one per client: keep it small
 
     def __init__(self, server: ChatServer, record: ClientRecord, tls: TlsLayer | None = None) -> None:
         self.server = server
         self.record = record
         self.outbox = Outbox(server.max_backlog)
         self.tls = tls  # with TLS, what is written is encrypted first (send_lock keeps the order)
+        self.nowait = NoWaitSender(record.sock)
 
     def write(self, data: bytes) -> bool:
         record = self.record
@@ -90,7 +90,7 @@ class _QueuedTransport:
         if record.writer is not None:  # it is behind: keep the order, queue behind the rest
             return self.outbox.put(data)
         try:
-            sent = send_without_waiting(record.sock, data)  # 0 where the OS cannot (Windows)
+            sent = self.nowait.send(data)
         except TimeoutError:  # before it registers, its socket has a timeout, and that passed
             return False
         except OSError:
@@ -112,7 +112,7 @@ class _QueuedTransport:
     def registered(self, name: str) -> None:
         """Called in the client's own thread once it has a name: no more name timeout, and its
         threads are renamed after it."""
-        self.record.sock.settimeout(None)  # wait for its lines as long as it likes
+        self.record.sock.settimeout(UNTIMED)  # wait for its lines as long as it likes
         for thread, role in ((self.record.thread, "client"), (self.record.writer, "writer")):
             if thread is not None:
                 thread.name = f"chatlab-{role}-{name}"
@@ -221,6 +221,7 @@ class ChatServer(ServerBase):
         )
         sock.settimeout(self.name_timeout)  # a connection that never registers ends
         if not session.open():
+            record.transport.nowait.close()
             refuse_full(sock)
             return
         self._track(record.thread)
@@ -229,6 +230,7 @@ class ChatServer(ServerBase):
         except BaseException:
             self._untrack(record.thread)
             session.leave("server error")
+            record.transport.nowait.close()
             sock.close()
             session.departed()
             raise
@@ -334,5 +336,6 @@ class ChatServer(ServerBase):
         if writer is not None:
             writer.join()
         with record.send_lock:  # no sender thread is half-way through a write
+            transport.nowait.close()
             record.sock.close()
         session.departed()
