@@ -1,16 +1,22 @@
-# Two commands do all the set-up on a fresh machine with Python 3.11+:
-#   make lab    create .venv, install chatlab with everything, open the lessons in JupyterLab
-#   make test   the same set-up, then the lint (ruff, mypy) and every test and notebook (pytest --nbval)
+# A few commands do all the set-up on a fresh machine with Python 3.11+:
+#   make install  create .venv and install the kit (chatlab-kit, imported as chatlab) with
+#                 everything, editable: pip install -c constraints.txt -e '.[dev]'
+#   make lab      the same set-up, then open the lessons in JupyterLab
+#   make test     the same set-up, then the lint (ruff, mypy) and every test and notebook (pytest --nbval)
+#   make wheel    build the kit's wheel into dist/, to install without a clone
 # Every install takes the versions pinned in constraints.txt, so a classroom gets the same
 # JupyterLab, ipywidgets and matplotlib; `make constraints` refreshes the pins.
+# CI (.ci/run) and the Dev Container (.devcontainer/devcontainer.json) set up with `make install`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.chatlab-installed
 # JupyterLab refuses to run as root unless told to (containers, CI machines).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+# More options for JupyterLab: the Dev Container passes --ip=0.0.0.0 --no-browser.
+LAB_FLAGS ?=
 
-.PHONY: install lab lint test notebooks bench constraints clean handout
+.PHONY: install lab lint test notebooks bench constraints clean handout wheel
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +27,13 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=notebooks
+	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=notebooks $(LAB_FLAGS)
+
+# The wheel (dist/chatlab_kit-VERSION-py3-none-any.whl): `pip install FILE.whl` anywhere installs
+# the servers, the client, the grader and the fault link (no dependencies); add the lessons'
+# with `pip install 'FILE.whl[lessons]'`.
+wheel:
+	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir dist .
 
 # ruff and mypy read their settings from pyproject.toml (they check chatlab/).
 lint: $(STAMP)
@@ -66,4 +78,4 @@ handout:
 	git archive --format=zip --prefix=chatlab/ -o $(HANDOUT) HEAD -- . ':(exclude)notebooks/labs/solutions'
 
 clean:
-	rm -rf $(VENV) build *.egg-info tests/browser/screenshots
+	rm -rf $(VENV) build dist *.egg-info tests/browser/screenshots
