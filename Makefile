@@ -61,14 +61,30 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/cluster.py
 
 # Pin the newest versions that satisfy pyproject.toml: a fresh venv, the dev set-up, pip freeze.
-# Then run `make clean test` and commit constraints.txt if everything passes.
+# The explanation at the top of constraints.txt and the block kept by hand at its end (pins for
+# systems where a frozen pin has no wheel) stay; the frozen pins of that block's packages go.
+# Then run `make clean test`, check the other systems (below), and commit constraints.txt.
+# pip's --platform changes only which wheels it accepts, not the markers it evaluates, so the
+# other systems are checked with uv (https://docs.astral.sh/uv/, `pip install uv`), for example:
+#   uv pip compile pyproject.toml --extra dev -c constraints.txt --only-binary :all: \
+#       --python-version 3.11.9 --python-platform x86_64-pc-windows-msvc   (and x86_64-apple-darwin,
+#       aarch64-apple-darwin, aarch64-manylinux_2_28; and --python-version 3.11.2, 3.13)
 constraints:
 	rm -rf .venv-pin
 	$(PYTHON) -m venv .venv-pin
 	.venv-pin/bin/python -m pip install --quiet --upgrade pip
 	.venv-pin/bin/python -m pip install --quiet -e '.[dev]'
-	echo "# Made by 'make constraints' on $$(date -u +%Y-%m-%d) with $$(.venv-pin/bin/python --version)." > constraints.txt
-	.venv-pin/bin/python -m pip freeze --exclude-editable >> constraints.txt
+	.venv-pin/bin/python -m pip freeze --exclude-editable > .venv-pin/frozen.txt
+	sed -n '/^# --- Kept by hand/,$$p' constraints.txt > .venv-pin/by-hand.txt
+	{ echo "# Made by 'make constraints' on $$(date -u +%Y-%m-%d) with $$(.venv-pin/bin/python --version), on $$(uname -s) $$(uname -m)."; \
+	  sed -n '2,/^[^#]/{/^#/p}' constraints.txt; \
+	  awk -F '[=;]' 'NR == FNR { if (!/^#/) kept[tolower($$1)]; next } !(tolower($$1) in kept)' \
+	      .venv-pin/by-hand.txt .venv-pin/frozen.txt; \
+	  cat .venv-pin/by-hand.txt; } > .venv-pin/constraints.txt
+	mv .venv-pin/constraints.txt constraints.txt
+	@echo "constraints.txt: now check the pins kept by hand at its end against these frozen ones:"
+	@sed -n 's/^\([A-Za-z0-9_.-]*\)==.*/^\1==/p' .venv-pin/by-hand.txt | sort -u > .venv-pin/kept.txt
+	@grep -i -f .venv-pin/kept.txt .venv-pin/frozen.txt || true
 	rm -rf .venv-pin
 
 # The kit for students (INSTRUCTORS.md): everything committed at HEAD except the labs' reference
