@@ -32,7 +32,9 @@ lab: $(STAMP)
 # The wheel (dist/chatlab_kit-VERSION-py3-none-any.whl): `pip install FILE.whl` anywhere installs
 # the servers, the client, the grader and the fault link (no dependencies); add the lessons'
 # with `pip install 'FILE.whl[lessons]'`.
+# build/ goes first: setuptools would put a stale copy of a removed module into the wheel.
 wheel:
+	rm -rf build
 	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir dist .
 
 # ruff and mypy read their settings from pyproject.toml (they check chatlab/).

