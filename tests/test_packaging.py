@@ -318,3 +318,39 @@ def test_the_dev_container_opens_the_lessons_in_jupyterlab_on_a_forwarded_port()
     for flag in ("--ServerApp.root_dir=notebooks", "--ip=0.0.0.0", "--no-browser"):
         assert flag in lab
     assert "pip install --quiet -c constraints.txt -e '.[dev]'" in dry.stdout
+
+
+def test_make_constraints_keeps_the_explanation_and_the_pins_kept_by_hand(tmp_path):
+    """`make constraints` rewrites constraints.txt from a Linux pip freeze: the lines at the top
+    that explain the file and the per-system block at its end must come through unchanged, and
+    the block's packages must not be pinned a second time. Here the recipe's rewriting part runs
+    on a freeze of exactly today's Linux pins, so it must give back today's file."""
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    dry = subprocess.run(["make", "-n", "constraints"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("sed -n '/^# --- Kept by hand"))
+    last = lines.index("mv .venv-pin/constraints.txt constraints.txt")
+    shutil.copy2(ROOT / "constraints.txt", tmp_path)
+    (tmp_path / ".venv-pin" / "bin").mkdir(parents=True)
+    python = tmp_path / ".venv-pin" / "bin" / "python"
+    python.write_text("#!/bin/sh\necho Python 3.11.7\n")
+    python.chmod(0o755)
+    linux = environment("Linux x86_64", "3.11.7")
+    frozen = [f"{pin.name}=={pinned_version(name, linux)}" for name, (pin, *_) in pins().items()]
+    (tmp_path / ".venv-pin" / "frozen.txt").write_text("\n".join(frozen) + "\n")  # in pip freeze's order
+    rewrite = subprocess.run(
+        ["sh", "-c", "\n".join(lines[first : last + 1])],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert rewrite.returncode == 0, rewrite.stderr
+    before = (ROOT / "constraints.txt").read_text().splitlines()
+    after = (tmp_path / "constraints.txt").read_text().splitlines()
+    assert re.fullmatch(
+        r"# Made by 'make constraints' on [\d-]+ with Python 3\.11\.7, on \S+ \S+\.", after[0]
+    )
+    assert after[1:] == before[1:]
