@@ -1,16 +1,22 @@
-# Two commands do all the set-up on a fresh machine with Python 3.11+:
-#   make lab    create .venv, install chatlab with everything, open the lessons in JupyterLab
-#   make test   the same set-up, then the lint (ruff, mypy) and every test and notebook (pytest --nbval)
+# A few commands do all the set-up on a fresh machine with Python 3.11+:
+#   make install  create .venv and install the kit (chatlab-kit, imported as chatlab) with
+#                 everything, editable: pip install -c constraints.txt -e '.[dev]'
+#   make lab      the same set-up, then open the lessons in JupyterLab
+#   make test     the same set-up, then the lint (ruff, mypy) and every test and notebook (pytest --nbval)
+#   make wheel    build the kit's wheel into dist/, to install without a clone
 # Every install takes the versions pinned in constraints.txt, so a classroom gets the same
 # JupyterLab, ipywidgets and matplotlib; `make constraints` refreshes the pins.
+# CI (.ci/run) and the Dev Container (.devcontainer/devcontainer.json) set up with `make install`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.chatlab-installed
 # JupyterLab refuses to run as root unless told to (containers, CI machines).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+# More options for JupyterLab: the Dev Container passes --ip=0.0.0.0 --no-browser.
+LAB_FLAGS ?=
 
-.PHONY: install lab lint test notebooks bench constraints clean handout
+.PHONY: install lab lint test notebooks bench constraints clean handout wheel
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +27,15 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=notebooks
+	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=notebooks $(LAB_FLAGS)
+
+# The wheel (dist/chatlab_kit-VERSION-py3-none-any.whl): `pip install FILE.whl` anywhere installs
+# the servers, the client, the grader and the fault link (no dependencies); add the lessons'
+# with `pip install 'FILE.whl[lessons]'`.
+# build/ goes first: setuptools would put a stale copy of a removed module into the wheel.
+wheel:
+	rm -rf build
+	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir dist .
 
 # ruff and mypy read their settings from pyproject.toml (they check chatlab/).
 lint: $(STAMP)
@@ -49,14 +63,30 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/cluster.py
 
 # Pin the newest versions that satisfy pyproject.toml: a fresh venv, the dev set-up, pip freeze.
-# Then run `make clean test` and commit constraints.txt if everything passes.
+# The explanation at the top of constraints.txt and the block kept by hand at its end (pins for
+# systems where a frozen pin has no wheel) stay; the frozen pins of that block's packages go.
+# Then run `make clean test`, check the other systems (below), and commit constraints.txt.
+# pip's --platform changes only which wheels it accepts, not the markers it evaluates, so the
+# other systems are checked with uv (https://docs.astral.sh/uv/, `pip install uv`), for example:
+#   uv pip compile pyproject.toml --extra dev -c constraints.txt --only-binary :all: \
+#       --python-version 3.11.9 --python-platform x86_64-pc-windows-msvc   (and x86_64-apple-darwin,
+#       aarch64-apple-darwin, aarch64-manylinux_2_28; and --python-version 3.11.2, 3.13)
 constraints:
 	rm -rf .venv-pin
 	$(PYTHON) -m venv .venv-pin
 	.venv-pin/bin/python -m pip install --quiet --upgrade pip
 	.venv-pin/bin/python -m pip install --quiet -e '.[dev]'
-	echo "# Made by 'make constraints' on $$(date -u +%Y-%m-%d) with $$(.venv-pin/bin/python --version)." > constraints.txt
-	.venv-pin/bin/python -m pip freeze --exclude-editable >> constraints.txt
+	.venv-pin/bin/python -m pip freeze --exclude-editable > .venv-pin/frozen.txt
+	sed -n '/^# --- Kept by hand/,$$p' constraints.txt > .venv-pin/by-hand.txt
+	{ echo "# Made by 'make constraints' on $$(date -u +%Y-%m-%d) with $$(.venv-pin/bin/python --version), on $$(uname -s) $$(uname -m)."; \
+	  sed -n '2,/^[^#]/{/^#/p}' constraints.txt; \
+	  awk -F '[=;]' 'NR == FNR { if (!/^#/) kept[tolower($$1)]; next } !(tolower($$1) in kept)' \
+	      .venv-pin/by-hand.txt .venv-pin/frozen.txt; \
+	  cat .venv-pin/by-hand.txt; } > .venv-pin/constraints.txt
+	mv .venv-pin/constraints.txt constraints.txt
+	@echo "constraints.txt: now check the pins kept by hand at its end against these frozen ones:"
+	@sed -n 's/^\([A-Za-z0-9_.-]*\)==.*/^\1==/p' .venv-pin/by-hand.txt | sort -u > .venv-pin/kept.txt
+	@grep -i -f .venv-pin/kept.txt .venv-pin/frozen.txt || true
 	rm -rf .venv-pin
 
 # The kit for students (INSTRUCTORS.md): everything committed at HEAD except the labs' reference
@@ -66,4 +96,4 @@ handout:
 	git archive --format=zip --prefix=chatlab/ -o $(HANDOUT) HEAD -- . ':(exclude)notebooks/labs/solutions'
 
 clean:
-	rm -rf $(VENV) build *.egg-info tests/browser/screenshots
+	rm -rf $(VENV) build dist *.egg-info tests/browser/screenshots
