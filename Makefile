@@ -10,7 +10,7 @@ STAMP := $(VENV)/.chatlab-installed
 # JupyterLab refuses to run as root unless told to (containers, CI machines).
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install lab lint test notebooks bench constraints clean handout
+.PHONY: install lab lint test notebooks bench constraints clean handout site
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,18 @@ constraints:
 HANDOUT ?= chatlab-handout.zip
 handout:
 	git archive --format=zip --prefix=chatlab/ -o $(HANDOUT) HEAD -- . ':(exclude)notebooks/labs/solutions'
+
+# The course website, made from the stored notebooks (nothing runs) and from README.md and
+# INSTRUCTORS.md as they are now: Sphinx with MyST-NB and the Furo theme, pinned in
+# site/requirements.txt. Open build/site/html/index.html; tests/browser/test_site.py checks it.
+SITE_STAMP := $(VENV)/.chatlab-site-installed
+
+$(SITE_STAMP): $(STAMP) site/requirements.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r site/requirements.txt
+	touch $(SITE_STAMP)
+
+site: $(SITE_STAMP)
+	$(BIN)/python site/build.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info tests/browser/screenshots
