@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import posixpath
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 PROTOCOL_PAGE = "protocol.md"
 README_PAGE = "readme.md"
 INSTRUCTORS_PAGE = "instructors.md"
+FILES = "_files"  # pictures the Markdown files show, copied from the repository
 PROTOCOL_HEADING = "The protocol"
 # Marks the added notes, so that a test can find them in the pages.
 RUN_NOTE_CLASS = "chatlab-how-to-run"
@@ -132,6 +134,7 @@ class Links:
         self.pages["INSTRUCTORS.md"] = INSTRUCTORS_PAGE
         self.pages["README.md"] = README_PAGE
         self.protocol_anchors = protocol_anchors
+        self.files: dict[str, Path] = {}  # pictures to copy: path under src/ -> repository file
 
     def target(self, repo_file: str, link: str, page: str) -> str | None:
         """The link to write in the site's source ``page`` (a path under src/), or None where
@@ -154,13 +157,25 @@ class Links:
             return f"#{anchor}"
         return relative + (f"#{anchor}" if anchor else "")
 
+    def picture(self, repo_file: str, link: str, page: str) -> str:
+        """A picture from the repository is copied into the site's ``_files/`` (same path as
+        in the repository); any other link is left as it is (Sphinx warns if it is missing)."""
+        if re.match(r"^[a-z][a-z0-9+.-]*:", link, re.I):
+            return link
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(repo_file), link))
+        if resolved.startswith("../") or not (REPO / resolved).is_file():
+            return link
+        copy = f"{FILES}/{resolved}"
+        self.files[copy] = REPO / resolved
+        return posixpath.relpath(copy, posixpath.dirname(page) or ".")
+
     def rewrite(self, markdown: str, repo_file: str, page: str) -> str:
         """Rewrite every Markdown link outside code for ``page``'s place on the site."""
 
         def one(match: re.Match[str]) -> str:
             bang, text, link, title = match.group(1), match.group(2), match.group(3), match.group(4) or ""
-            if bang:  # a picture: leave it, the browser check reports one that is missing
-                return match.group(0)
+            if bang:
+                return f"![{text}]({self.picture(repo_file, link, page)}{title})"
             target = self.target(repo_file, link, page)
             return text if target is None else f"[{text}]({target}{title})"
 
@@ -388,8 +403,12 @@ def write_sources(src: Path) -> list[str]:
         pages[notebook.src_name] = nbformat.writes(site_notebook(notebook, links)) + "\n"
     for name, text in pages.items():
         write_if_changed(src / name, text)
+    for name, original in links.files.items():
+        if not (src / name).exists() or (src / name).read_bytes() != original.read_bytes():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(original, src / name)
     for old in [p for p in src.rglob("*") if p.is_file()]:
-        if old.relative_to(src).as_posix() not in pages:
+        if old.relative_to(src).as_posix() not in pages.keys() | links.files.keys():
             old.unlink()  # a lesson renumbered or removed since the last build
     return list(pages)
 

@@ -214,6 +214,11 @@ def page_of(notebook_name: str) -> str:
     return notebook_name.removesuffix(".ipynb") + ".html"
 
 
+def number(name: str) -> int:
+    """A lesson's or lab's number: "10_..." is 10, "labs/lab2_..." is 2."""
+    return int(re.search(r"(\d+)_", name).group(1))
+
+
 def pictures_stored(notebook: nbformat.NotebookNode) -> int:
     return sum(
         1
@@ -307,7 +312,7 @@ def test_home_page_lists_the_course_in_order(chromium, site):
         listed = page.eval_on_selector_all(TOC_LINKS, "(links) => links.map((a) => a.getAttribute('href'))")
     finally:
         page.close()
-    course = [page_of(name) for name in lesson_names() + lab_names()]
+    course = [page_of(name) for name in sorted(lesson_names(), key=number) + sorted(lab_names(), key=number)]
     assert lesson_names() and lab_names(), "no lessons or labs found in notebooks/"
     assert listed == [*course, "protocol.html", "instructors.html", "readme.html"]
     screenshot(chromium, site.base + "index.html", "site_home")
