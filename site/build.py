@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,7 +124,9 @@ def first_paragraph(markdown: str) -> str:
     return next(p for p in paragraphs if not p.lstrip().startswith("#")).strip()
 
 
-LINK = re.compile(r"(!?)\[((?:[^\[\]]|\[[^\]]*\])*)\]\(([^()\s]+)(\s+\"[^\"]*\")?\)")
+LINK = r"(?P<bang>!?)\[(?P<text>(?:[^\[\]]|\[[^\]]*\])*)\]\((?P<link>[^()\s]+)(?P<title>\s+\"[^\"]*\")?\)"
+# A `code span` or a [link](target), whichever starts first: a link's text may hold code.
+CODE_OR_LINK = re.compile(r"(?P<code>`+)(?P<span>.*?[^`])(?P=code)(?!`)|" + LINK)
 
 
 class Links:
@@ -134,6 +137,12 @@ class Links:
         self.pages["INSTRUCTORS.md"] = INSTRUCTORS_PAGE
         self.pages["README.md"] = README_PAGE
         self.protocol_anchors = protocol_anchors
+        # a lesson's or lab's names in code spans: "01_sockets", "labs/lab1_...", "notebooks/..."
+        self.named = {}
+        for nb in notebooks:
+            stem = nb.src_name.removesuffix(".ipynb")
+            for name in (stem, posixpath.basename(stem), "notebooks/" + stem):
+                self.named[name] = nb.src_name
         self.files: dict[str, Path] = {}  # pictures to copy: path under src/ -> repository file
 
     def target(self, repo_file: str, link: str, page: str) -> str | None:
@@ -170,42 +179,42 @@ class Links:
         return posixpath.relpath(copy, posixpath.dirname(page) or ".")
 
     def rewrite(self, markdown: str, repo_file: str, page: str) -> str:
-        """Rewrite every Markdown link outside code for ``page``'s place on the site."""
+        """Rewrite every Markdown link outside code blocks for ``page``'s place on the site, and
+        make a `code span` naming a lesson or lab (`01_sockets`, `labs/lab1_....ipynb`) a link
+        to its page."""
 
         def one(match: re.Match[str]) -> str:
-            bang, text, link, title = match.group(1), match.group(2), match.group(3), match.group(4) or ""
-            if bang:
+            if match.group("code"):
+                src_name = self.named.get(match.group("span").strip().removesuffix(".ipynb"))
+                if src_name is None:
+                    return match.group(0)
+                return f"[{match.group(0)}]({posixpath.relpath(src_name, posixpath.dirname(page) or '.')})"
+            text, link, title = match.group("text"), match.group("link"), match.group("title") or ""
+            if match.group("bang"):
                 return f"![{text}]({self.picture(repo_file, link, page)}{title})"
             target = self.target(repo_file, link, page)
             return text if target is None else f"[{text}]({target}{title})"
 
-        return outside_code(markdown, lambda text: LINK.sub(one, text))
+        return outside_fences(markdown, lambda text: CODE_OR_LINK.sub(one, text))
 
 
-def outside_code(markdown: str, change) -> str:
-    """Apply ``change`` to the Markdown outside fenced code blocks and inline code spans."""
+def outside_fences(markdown: str, change: Callable[[str], str]) -> str:
+    """Apply ``change`` to the Markdown outside fenced code blocks."""
     parts, block, in_fence = [], [], False
     for line in markdown.splitlines(keepends=True):
         if FENCE.match(line):
             if not in_fence:
-                parts.append(("text", "".join(block)))
+                parts.append(change("".join(block)))
                 block = []
             in_fence = not in_fence
             block.append(line)
             if not in_fence:
-                parts.append(("code", "".join(block)))
+                parts.append("".join(block))
                 block = []
             continue
         block.append(line)
-    parts.append(("code" if in_fence else "text", "".join(block)))
-    out = []
-    for kind, text in parts:
-        if kind == "code":
-            out.append(text)
-        else:  # keep `code spans` as they are
-            pieces = re.split(r"(`+[^`]*`+)", text)
-            out.append("".join(p if p.startswith("`") else change(p) for p in pieces))
-    return "".join(out)
+    parts.append("".join(block) if in_fence else change("".join(block)))
+    return "".join(parts)
 
 
 # ---- How to run a page ----------------------------------------------------------------------

@@ -30,4 +30,5 @@ html_theme = "furo"
 html_title = "chatlab: a course on sockets and threads"
 html_copy_source = False  # the notebooks are in the repository; no second copy on the site
 html_show_sourcelink = False
-html_static_path: list[str] = []
+html_static_path = ["static"]
+html_css_files = ["chatlab.css"]
