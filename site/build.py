@@ -45,7 +45,7 @@ PROTOCOL_PAGE = "protocol.md"
 README_PAGE = "readme.md"
 INSTRUCTORS_PAGE = "instructors.md"
 FILES = "_files"  # pictures the Markdown files show, copied from the repository
-PROTOCOL_HEADING = "The protocol"
+PROTOCOL_WORD = "protocol"  # the README's section on it is its first "## ..." heading with this word
 # Marks the added notes, so that a test can find them in the pages.
 RUN_NOTE_CLASS = "chatlab-how-to-run"
 WIDGET_NOTE_CLASS = "chatlab-widget-note"
@@ -100,16 +100,16 @@ def headings(markdown: str) -> list[tuple[int, int, str]]:
     return found
 
 
-def section(markdown: str, title: str) -> tuple[str, int, int]:
-    """The section under the heading ``title`` (to the next heading of its level or higher),
-    with its first and past-last line index."""
-    lines = markdown.splitlines()
-    marks = headings(markdown)
+def protocol_section(readme: str) -> tuple[str, int, int]:
+    """The README's section on the protocol (from its heading to the next heading of its level
+    or higher), with its first and past-last line index."""
+    lines = readme.splitlines()
+    marks = headings(readme)
     for position, (index, level, text) in enumerate(marks):
-        if text == title:
+        if level == 2 and PROTOCOL_WORD in text.lower():
             end = next((i for i, lvl, _ in marks[position + 1 :] if lvl <= level), len(lines))
             return "\n".join(lines[index:end]), index, end
-    raise SystemExit(f"site: no section '{title}' found")
+    raise SystemExit(f"site: README.md has no '## ...' section about the {PROTOCOL_WORD}")
 
 
 def slug(title: str) -> str:
@@ -132,11 +132,11 @@ CODE_OR_LINK = re.compile(r"(?P<code>`+)(?P<span>.*?[^`])(?P=code)(?!`)|" + LINK
 class Links:
     """Where a link written in the repository (relative to its file) leads on the site."""
 
-    def __init__(self, notebooks: list[Notebook], protocol_anchors: set[str]) -> None:
+    def __init__(self, notebooks: list[Notebook], protocol_anchors: list[str]) -> None:
         self.pages = {nb.repo_name: nb.src_name for nb in notebooks}
         self.pages["INSTRUCTORS.md"] = INSTRUCTORS_PAGE
         self.pages["README.md"] = README_PAGE
-        self.protocol_anchors = protocol_anchors
+        self.protocol_anchors = protocol_anchors  # its section's heading first, then those inside
         # a lesson's or lab's names in code spans: "01_sockets", "labs/lab1_...", "notebooks/..."
         self.named = {}
         for nb in notebooks:
@@ -156,7 +156,7 @@ class Links:
             resolved = posixpath.normpath(posixpath.join(posixpath.dirname(repo_file), path))
         if resolved == "README.md" and anchor in self.protocol_anchors:
             site_path = PROTOCOL_PAGE  # the README's protocol section has a page of its own
-            anchor = "" if anchor == slug(PROTOCOL_HEADING) else anchor
+            anchor = "" if anchor == self.protocol_anchors[0] else anchor
         elif resolved in self.pages:
             site_path = self.pages[resolved]
         else:
@@ -220,12 +220,14 @@ def outside_fences(markdown: str, change: Callable[[str], str]) -> str:
 # ---- How to run a page ----------------------------------------------------------------------
 
 
-def ways_to_run() -> list[str]:
-    """The ways this repository offers, as Markdown bullets: the ones present now."""
+def ways_to_run(readme_anchors: set[str]) -> list[str]:
+    """The ways this repository offers to run the notebooks, as Markdown (links written from the
+    site's root): the ones present now."""
+    how = "readme.md#two-commands" if "two-commands" in readme_anchors else "readme.md"
     ways = [
         "**On your computer** (Python 3.11+ and `make`): `make lab` in the repository creates "
         "`.venv`, installs chatlab with everything and opens the lessons in JupyterLab "
-        "(see the README's [two commands](readme.md#two-commands)).",
+        f"(see [the README]({how})).",
     ]
     if (REPO / ".devcontainer").exists():
         ways.append(
@@ -248,14 +250,14 @@ def relative_links(markdown: str, page: str) -> str:
     return re.sub(r"\]\((?![a-z]+:|#)", "](" + "../" * depth, markdown)
 
 
-def run_note(notebook: Notebook) -> str:
+def run_note(notebook: Notebook, ways: list[str]) -> str:
     where = f"`notebooks/{notebook.src_name}`"
     extra = (
         f" The lab's server file, `lab{notebook.number}_server.py`, is next to it in `notebooks/labs/`."
         if notebook.kind == "lab"
         else ""
     )
-    bullets = "\n".join(f"- {way}" for way in ways_to_run())
+    bullets = "\n".join(f"- {way}" for way in ways)
     text = (
         f":::{{admonition}} Run this {notebook.kind}\n:class: tip {RUN_NOTE_CLASS}\n\n"
         f"This page shows {where} as it is stored: its outputs and pictures come from a real "
@@ -272,7 +274,7 @@ WIDGET_NOTE = (
 )
 
 
-def site_notebook(notebook: Notebook, links: Links) -> nbformat.NotebookNode:
+def site_notebook(notebook: Notebook, links: Links, ways: list[str]) -> nbformat.NotebookNode:
     """The stored notebook with its links rewritten, a note on how to run it after the title
     cell, and a note after each cell that shows a widget. Outputs stay as stored."""
     nb = nbformat.read(notebook.path, as_version=4)
@@ -285,7 +287,8 @@ def site_notebook(notebook: Notebook, links: Links) -> nbformat.NotebookNode:
             note_id = f"{cell.get('id', 'cell')}-widget-note"
             cells.append(nbformat.v4.new_markdown_cell(WIDGET_NOTE, id=note_id))
     title_at = next((i for i, c in enumerate(cells) if c.cell_type == "markdown"), -1)
-    cells.insert(title_at + 1, nbformat.v4.new_markdown_cell(run_note(notebook), id="chatlab-how-to-run"))
+    note = nbformat.v4.new_markdown_cell(run_note(notebook, ways), id="chatlab-how-to-run")
+    cells.insert(title_at + 1, note)
     nb.cells = cells
     return nb
 
@@ -293,9 +296,9 @@ def site_notebook(notebook: Notebook, links: Links) -> nbformat.NotebookNode:
 # ---- The pages made from README.md and INSTRUCTORS.md ---------------------------------------
 
 
-def home_page(readme: str, notebooks: list[Notebook]) -> str:
+def home_page(readme: str, notebooks: list[Notebook], ways: list[str]) -> str:
     intro = first_paragraph(readme)
-    ways = "\n".join(f"- {way}" for way in ways_to_run())
+    bullets = "\n".join(f"- {way}" for way in ways)
     lessons = "\n".join(nb.src_name.removesuffix(".ipynb") for nb in notebooks if nb.kind == "lesson")
     labs = "\n".join(nb.src_name.removesuffix(".ipynb") for nb in notebooks if nb.kind == "lab")
     count = {kind: sum(nb.kind == kind for nb in notebooks) for kind in ("lesson", "lab")}
@@ -313,7 +316,7 @@ The server and clients speak [a small line protocol](protocol.md); teachers star
 
 These pages are for reading: nothing runs in your browser. To run a lesson or a lab:
 
-{ways}
+{bullets}
 
 The chat windows and the server dashboard are widgets: they come alive only when their cells
 run in a kernel. On these pages each widget shows as its text form, with a note saying so.
@@ -359,9 +362,9 @@ def demote_to_page(text: str, title: str) -> str:
 
 
 def protocol_page(readme: str, links: Links) -> str:
-    text, _, _ = section(readme, PROTOCOL_HEADING)
+    text, _, _ = protocol_section(readme)
     body = links.rewrite(text, "README.md", PROTOCOL_PAGE)
-    page = demote_to_page(body, PROTOCOL_HEADING)
+    page = demote_to_page(body, headings(text)[0][2])
     title, _, rest = page.partition("\n")
     return f"{title}\n\n*From the README: [the whole README](readme.md).*\n{rest}"
 
@@ -369,7 +372,7 @@ def protocol_page(readme: str, links: Links) -> str:
 def readme_page(readme: str, links: Links) -> str:
     """The whole README; its protocol section becomes a pointer to the protocol's page."""
     lines = readme.splitlines()
-    _, start, end = section(readme, PROTOCOL_HEADING)
+    _, start, end = protocol_section(readme)
     pointer = [lines[start], "", f"The protocol has [a page of its own]({PROTOCOL_PAGE}).", ""]
     text = "\n".join(lines[:start] + pointer + lines[end:]) + "\n"
     marks = headings(text)
@@ -400,16 +403,17 @@ def write_sources(src: Path) -> list[str]:
         raise SystemExit("site: no lesson or lab found in notebooks/")
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     instructors = (REPO / "INSTRUCTORS.md").read_text(encoding="utf-8")
-    protocol, _, _ = section(readme, PROTOCOL_HEADING)
-    links = Links(notebooks, {slug(title) for _, _, title in headings(protocol)})
+    protocol, _, _ = protocol_section(readme)
+    links = Links(notebooks, [slug(title) for _, _, title in headings(protocol)])
+    ways = ways_to_run({slug(title) for _, _, title in headings(readme)})
     pages = {
-        "index.md": home_page(readme, notebooks),
+        "index.md": home_page(readme, notebooks, ways),
         PROTOCOL_PAGE: protocol_page(readme, links),
         README_PAGE: readme_page(readme, links),
         INSTRUCTORS_PAGE: instructors_page(instructors, links),
     }
     for notebook in notebooks:
-        pages[notebook.src_name] = nbformat.writes(site_notebook(notebook, links)) + "\n"
+        pages[notebook.src_name] = nbformat.writes(site_notebook(notebook, links, ways)) + "\n"
     for name, text in pages.items():
         write_if_changed(src / name, text)
     for name, original in links.files.items():
