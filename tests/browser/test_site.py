@@ -56,6 +56,11 @@ IMAGES_JS = """async () => {
                                    output: image.closest('.cell_output') !== null}));
 }"""
 LINKS_JS = "() => [...document.querySelectorAll('a[href]')].map((a) => a.href)"
+TEXTS_JS = """() => ({
+    title: document.querySelector('article h1')?.innerText ?? '',
+    run_notes: [...document.querySelectorAll('.chatlab-how-to-run')].map((e) => e.innerText),
+    widget_notes: [...document.querySelectorAll('.chatlab-widget-note')].map((e) => e.innerText),
+})"""
 IDS_JS = "() => [...document.querySelectorAll('[id], a[name]')].map((e) => e.id || e.getAttribute('name'))"
 
 
@@ -109,15 +114,19 @@ class Page:
     images: list[dict[str, Any]] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
+    texts: dict[str, Any] = field(default_factory=dict)  # its title and the notes build.py adds
     failed: list[str] = field(default_factory=list)  # same-site requests answered >= 400 or failed
     foreign: list[str] = field(default_factory=list)  # requests to any other host (blocked)
 
 
-@dataclass
+@dataclass(repr=False)
 class Crawl:
     base: str
     pages: dict[str, Page]
     files: dict[str, int]  # same-site links to files that are not pages: their HTTP status
+
+    def __repr__(self) -> str:  # short, for pytest's report of a failed assertion
+        return f"<Crawl of {self.base}: {len(self.pages)} pages, {len(self.files)} other files>"
 
     def problems(self) -> list[str]:
         """Everything a visitor would find broken, one line each."""
@@ -147,8 +156,8 @@ def page_url(url: str) -> str:
     return url + "index.html" if url.endswith("/") else url
 
 
-def crawl(context: Any, base: str, start: str = "index.html") -> Crawl:
-    """Open every page reachable from ``start`` (same site only), one at a time, and record
+def crawl(context: Any, base: str, starts: tuple[str, ...] = ("index.html",)) -> Crawl:
+    """Open every page reachable from ``starts`` (same site only), one at a time, and record
     what each showed; links to other files are fetched for their status."""
     page = context.new_page()
     events: dict[str, list[str]] = {"failed": [], "foreign": []}
@@ -173,7 +182,7 @@ def crawl(context: Any, base: str, start: str = "index.html") -> Crawl:
     page.on("response", answered)
     pages: dict[str, Page] = {}
     files: dict[str, int] = {}
-    queue = [base + start]
+    queue = [base + start for start in starts]
     try:
         while queue and len(pages) < MAX_PAGES:
             url = queue.pop(0)
@@ -190,6 +199,7 @@ def crawl(context: Any, base: str, start: str = "index.html") -> Crawl:
                 found.images = page.evaluate(IMAGES_JS)
                 found.links = page.evaluate(LINKS_JS)
                 found.ids = set(page.evaluate(IDS_JS))
+                found.texts = page.evaluate(TEXTS_JS)
             # the page's own status is reported above; the files it asked for are reported here
             found.failed = [f for f in events["failed"] if not f.startswith(url + " ")]
             found.foreign = list(events["foreign"])
@@ -203,7 +213,8 @@ def crawl(context: Any, base: str, start: str = "index.html") -> Crawl:
 
 @pytest.fixture(scope="module")
 def site(chromium: Any, site_url: str) -> Crawl:
-    return crawl(chromium, site_url)
+    # the search page is reached by the search box (a form), not by a link
+    return crawl(chromium, site_url, ("index.html", "search.html"))
 
 
 def stored(name: str) -> nbformat.NotebookNode:
@@ -319,31 +330,22 @@ def test_home_page_lists_the_course_in_order(chromium, site):
 
 
 @pytest.mark.parametrize("name", lesson_names() + lab_names())
-def test_lesson_page_shows_the_stored_notebook(name, chromium, site):
+def test_lesson_page_shows_the_stored_notebook(name, site):
     url = site.base + page_of(name)
     assert url in site.pages, f"{page_of(name)} is not reachable from the home page"
     notebook = stored(name)
     shown = [image for image in site.pages[url].images if image["output"]]
     assert len(shown) == pictures_stored(notebook), "pictures on the page vs outputs in the notebook"
     assert all(image["width"] > 0 for image in shown)
-    page = chromium.new_page()
-    try:
-        page.goto(url, wait_until="load")
-        title = page.locator("article h1").first.inner_text()
-        run_note = page.locator(".chatlab-how-to-run")
-        assert run_note.count() == 1, "the page says how to run it, once"
-        assert "make lab" in run_note.inner_text()
-        assert f"notebooks/{name}" in run_note.inner_text()
-        widget_notes = page.locator(".chatlab-widget-note")
-        assert widget_notes.count() == widget_cells(notebook)
-        for index in range(widget_notes.count()):
-            assert "live only in a running kernel" in widget_notes.nth(index).inner_text()
-    finally:
-        page.close()
+    texts = site.pages[url].texts
+    assert len(texts["run_notes"]) == 1, "the page says how to run it, once"
+    assert "make lab" in texts["run_notes"][0] and f"notebooks/{name}" in texts["run_notes"][0]
+    assert len(texts["widget_notes"]) == widget_cells(notebook), "a note under each widget"
+    assert all("live only in a running kernel" in note for note in texts["widget_notes"])
     markdown = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
     heading = re.search(r"^# (.+)$", outside_fences(markdown), re.M)
     assert heading, f"{name} has no '# title' heading"
-    assert title.rstrip("#¶ \n") == heading.group(1).replace("`", "").strip()
+    assert texts["title"].rstrip("#¶ \n") == heading.group(1).replace("`", "").strip()
 
 
 def test_screenshots_of_a_lesson_with_a_picture_and_of_a_lab(chromium, site):
@@ -389,3 +391,16 @@ def test_protocol_and_instructors_pages_follow_the_markdown(chromium, site):
         assert page.locator("article h2").count() == len(sections)
     finally:
         page.close()
+
+
+def test_search_finds_the_lessons(chromium, site):
+    """The search box works offline: its index is part of the site."""
+    page = chromium.new_page()
+    try:
+        page.goto(site.base + "search.html?q=socket", wait_until="load")
+        results = page.locator("#search-results ul.search li a")
+        results.first.wait_for()
+        found = results.evaluate_all("(links) => links.map((a) => a.getAttribute('href'))")
+    finally:
+        page.close()
+    assert any(href.startswith(page_of(lesson_names()[0])) for href in found), found
