@@ -1,7 +1,8 @@
 """The course website (``make site``, site/build.py) in a real Chromium, read like a visitor.
 
 The site is built afresh from this tree into a temporary folder (Sphinx, MyST-NB, Furo: about
-10 s), served on 127.0.0.1, and every page reachable from the home page is opened:
+10 s), served on 127.0.0.1, and every page reachable from the home page (and the search page)
+is opened once, about 30 s in all:
 
 0. the checker itself reports a missing picture, a dead link, a missing anchor and a script
    from another host (so the checks below can fail);
@@ -13,7 +14,8 @@ The site is built afresh from this tree into a temporary folder (Sphinx, MyST-NB
 3. every lesson and lab page shows as many pictures as its stored notebook holds, says how to
    run it (``make lab``), and has a note under each widget saying it is live only in a kernel;
 4. the protocol page is the README's section and the instructors' page is INSTRUCTORS.md, as
-   they are now.
+   they are now;
+5. the search box finds the lessons (its index is part of the site).
 
 The tests skip, saying why, without Chromium, Playwright or the site's tools
 (``pip install -r site/requirements.txt``, which ``make site`` does); where
