@@ -16,7 +16,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 # More options for JupyterLab: the Dev Container passes --ip=0.0.0.0 --no-browser.
 LAB_FLAGS ?=
 
-.PHONY: install lab lint test notebooks bench constraints clean handout wheel
+.PHONY: install lab lint test notebooks bench constraints clean handout wheel site
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -94,6 +94,18 @@ constraints:
 HANDOUT ?= chatlab-handout.zip
 handout:
 	git archive --format=zip --prefix=chatlab/ -o $(HANDOUT) HEAD -- . ':(exclude)notebooks/labs/solutions'
+
+# The course website, made from the stored notebooks (nothing runs) and from README.md and
+# INSTRUCTORS.md as they are now: Sphinx with MyST-NB and the Furo theme, pinned in
+# site/requirements.txt. Open build/site/html/index.html; tests/browser/test_site.py checks it.
+SITE_STAMP := $(VENV)/.chatlab-site-installed
+
+$(SITE_STAMP): $(STAMP) site/requirements.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r site/requirements.txt
+	touch $(SITE_STAMP)
+
+site: $(SITE_STAMP)
+	$(BIN)/python site/build.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info tests/browser/screenshots
