@@ -16,13 +16,14 @@ with ``--redis`` where the chat spans two servers) and a fresh Redis (``chatlab.
 - **latency**: ``lat0`` pings ``lat1``, which answers at once, while 3 more clients chat lightly
   (``loadgen.latency``); p50/p95/p99 of the round trip. Cross-server: lat0 and lat1 on
   different servers, so a round trip crosses twice.
-- **recovery**: alice on server one, bob on server two; Redis is killed (SIGKILL) and started
+- **recovery**: alice on server one, bob on server two; Redis is killed (``Popen.kill()``) and started
   again on the same port, empty. The figure is the time from the start of the restart (Redis's
   own start included) until a line from alice reaches bob again (she sends one every 20 ms;
   each gets an answer or arrives).
 
 With two CPUs or more, everything on the server side (the servers and Redis) is pinned to
-one CPU and the load generator to another, as in ``run.py``: so the cross-server figures pay
+one CPU and the load generator to another, as in ``run.py`` (Linux and Windows; macOS cannot
+pin, and the table says so): so the cross-server figures pay
 for the second server and Redis out of the same single core the same-server figure had. The
 same-server ring of the ``asyncio-peer`` (an independent server, ``../shared/peers/``) is
 measured in the same run when it exists, as a yardstick. Medians of ``--repeat`` runs; the
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import select
 import socket
@@ -41,6 +41,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen  # noqa: E402
@@ -166,14 +168,14 @@ def run_all(*, quick: bool, repeat: int, pin_cpus: bool, out: str | None, progre
               "k": QUICK_LATENCY_ROUND_TRIPS if quick else LATENCY_ROUND_TRIPS}
     cpus = run.plan_cpus(pin_cpus)
     if cpus.get("loadgen_cpu") is not None:
-        os.sched_setaffinity(0, {cpus["loadgen_cpu"]})
+        run.pin_self([cpus["loadgen_cpu"]])
     loadgen.raise_fd_limit(sizes["ring"] + 64)
     peer = run.default_peers().get(run.BASELINE_PEER)
     plan = [("ring", "same", None), ("ring", "cross", None), ("latency", "same", None), ("latency", "cross", None),
             ("recovery", "cross", None)]
     if peer:
         plan.insert(0, ("ring", "same", peer))
-    load_at_start = round(os.getloadavg()[0], 2)
+    load_at_start = round(psutil.getloadavg()[0], 2)
     runs: dict[str, list[dict]] = {}
     for r in range(repeat):
         for scenario, layout, command in plan:  # interleaved: a disturbance hits every cell
@@ -186,7 +188,8 @@ def run_all(*, quick: bool, repeat: int, pin_cpus: bool, out: str | None, progre
     summaries = {key: run.summarize(results) for key, results in runs.items()}
     results = {
         "meta": {"python": platform.python_version(), "cpus": cpus, "repeat": repeat, "sizes": sizes,
-                 "params": params, "load_at_start": load_at_start, "load_at_end": round(os.getloadavg()[0], 2),
+                 "params": params, "load_at_start": load_at_start, "load_at_end": round(psutil.getloadavg()[0], 2),
+                 "not_on_this_system": run.not_on_this_system(),
                  "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
         "summaries": summaries,
         "runs": runs,
@@ -240,6 +243,7 @@ def table(results: dict) -> str:
     rows.append("")
     rows.append(f"Medians of {meta['repeat']} runs, {meta['time']}; Python {meta['python']}, {cpus['cpus']} CPUs; "
                 f"{pinned}; 1-min load {meta['load_at_start']} at the start, {meta['load_at_end']} at the end.")
+    rows += [f"Not on this system: {note}." for note in meta.get("not_on_this_system", [])]
     for key, summary in s.items():
         trouble = [f"{k}={summary[k]}" for k in FAULTS if summary.get(k)] + summary.get("failures", [])
         if summary.get("server_warnings") and not key.startswith("recovery"):

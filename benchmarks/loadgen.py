@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import selectors
 import socket
 import statistics
@@ -32,7 +31,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import psutil
+
 from chatlab import protocol
+
+try:
+    import resource  # the limit on open files: Linux and macOS
+except ImportError:  # Windows
+    resource = None  # type: ignore[assignment]
 
 HOST = "127.0.0.1"
 RECV_SIZE = 65536
@@ -148,7 +154,7 @@ class LoadGenerator:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         error = sock.connect_ex(self.addresses[index % len(self.addresses)])
-        if error not in (0, errno.EINPROGRESS):
+        if error not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):  # under way (Windows says EWOULDBLOCK)
             sock.close()
             raise LoadError(f"cannot connect: {os.strerror(error)}")
         conn = Conn(name, index, sock, protocol.LineFramer(MAX_SERVER_LINE), on_ready=on_ready)
@@ -335,33 +341,31 @@ class LoadGenerator:
 # --- measuring the server's process ----------------------------------------------------------
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """The resident memory (KiB) and thread count of process ``pid``, from /proc/PID/status."""
-    status: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as file:
-        for line in file:
-            key, _, value = line.partition(":")
-            if key == "VmRSS":
-                status["rss_kib"] = int(value.split()[0])
-            elif key == "Threads":
-                status["threads"] = int(value)
-    return status
+def process_status(pid: int) -> dict[str, int]:
+    """The resident memory (KiB) and thread count of process ``pid``, all its threads counted.
+
+    psutil asks the operating system: on Linux it reads ``/proc/PID/status`` and ``statm`` (the
+    same VmRSS and Threads as ``ps``), on macOS and Windows it makes those systems' own calls.
+    Windows may count a few threads of its own (its thread pool) in every process.
+    """
+    process = psutil.Process(pid)
+    with process.oneshot():
+        return {"rss_kib": process.memory_info().rss // 1024, "threads": process.num_threads()}
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time that process ``pid`` has used, all its threads together."""
-    with open(f"/proc/{pid}/stat") as file:
-        fields = file.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 class CpuMeter:
     """CPU time used by the server process and by this (generator) process over an interval.
 
     ``share`` 1.0 means one core busy all the time. A generator share near 1.0 while the
-    server's stays lower means the generator, not the server, set the pace. /proc counts the
-    server's time in clock ticks (usually 10 ms), so over less than ``MIN_SECONDS`` its share
-    would be mostly rounding (0, or several cores on a two-core machine): it is None then.
+    server's stays lower means the generator, not the server, set the pace. The system counts
+    the server's time in clock ticks (10 ms on Linux), so over less than ``MIN_SECONDS`` its
+    share would be mostly rounding (0, or several cores on a two-core machine): it is None then.
     """
 
     MIN_SECONDS = 0.25
@@ -381,17 +385,34 @@ class CpuMeter:
         return result
 
 
-def raise_fd_limit(needed: int) -> int:
-    """Raise this process's soft limit on open files up to the hard limit; returns the new soft limit.
+WINDOWS_SELECT_LIMIT = 512
+"""The most sockets one ``select()`` watches on Windows, where ``selectors`` has nothing else."""
 
-    Raises :class:`LoadError` if even the hard limit is below ``needed``.
+
+def raise_fd_limit(needed: int) -> int | None:
+    """Make room for ``needed`` open sockets in this process; the soft limit on open files now.
+
+    Linux and macOS limit the files (sockets included) a process may open: this raises the soft
+    limit up to the hard one (``resource``), and child processes started later inherit it.
+    Windows has no such limit and no ``resource`` module: None. There the selector is
+    ``select()``, which watches at most 512 sockets.
+
+    Raises :class:`LoadError` if even the hard limit, or Windows' ``select()``, is below ``needed``.
     """
+    if resource is None:  # Windows
+        if selectors.DefaultSelector is selectors.SelectSelector and needed > WINDOWS_SELECT_LIMIT:
+            raise LoadError(f"{needed} sockets needed, but select() on this system watches at most "
+                            f"{WINDOWS_SELECT_LIMIT}")
+        return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < needed:
         raise LoadError(f"{needed} file descriptors needed, but the hard limit (ulimit -Hn) is {hard}")
     if soft != resource.RLIM_INFINITY and soft < needed:
         soft = hard if hard != resource.RLIM_INFINITY else needed
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        except (ValueError, OSError) as exc:  # macOS caps it below an unlimited hard limit
+            raise LoadError(f"{needed} file descriptors needed, but the limit cannot be raised: {exc}") from None
     return soft
 
 
@@ -595,13 +616,13 @@ def capacity(address: tuple[str, int], n: int, *, server_pid: int, timeout: floa
              parallel: int = 100) -> dict:
     """N idle registered clients: the server's memory and threads before and with them.
 
-    ``kib_per_client`` is the growth of the server's resident memory (VmRSS) divided by N,
+    ``kib_per_client`` is the growth of the server's resident memory (RSS) divided by N,
     measured once every "joined" notice has been delivered. Then all N leave at once and a
     fresh client asks ``%server%who`` until it is alone: ``empty_after_s``.
     """
     deadline = time.monotonic() + timeout
     raise_fd_limit(n + 64)
-    before = proc_status(server_pid)
+    before = process_status(server_pid)
     with LoadGenerator(address) as gen:
         meter = CpuMeter(server_pid)
         start = time.monotonic()
@@ -609,18 +630,18 @@ def capacity(address: tuple[str, int], n: int, *, server_pid: int, timeout: floa
             conns = gen.open((f"idle{i}" for i in range(n)), deadline=deadline, parallel=parallel)
             gen.settle(conns, deadline)
         except LoadError as exc:  # say how far it got
-            status = proc_status(server_pid)
+            status = process_status(server_pid)
             raise LoadError(f"{exc} after {time.monotonic() - start:.1f} s; the server had "
                             f"{status['threads']} threads and {status['rss_kib'] // 1024} MiB") from exc
         setup = time.monotonic() - start
         cpu = meter.shares()  # while registering
         gen.pump(lambda: False, min(deadline, time.monotonic() + 0.2))  # let the server rest
-        with_clients = proc_status(server_pid)
+        with_clients = process_status(server_pid)
         hangups, errors = gen.hangups, sum(c.errors for c in conns)
         for conn in conns:
             gen.close(conn)
         empty_after, names = gen.who_until_alone("capprobe", deadline)
-    after = proc_status(server_pid)
+    after = process_status(server_pid)
     return {
         "n": n,
         "rss_before_kib": before["rss_kib"], "rss_with_kib": with_clients["rss_kib"],

@@ -12,7 +12,7 @@ threads or memory. Peers are servers from outside the kit, measured the same way
 yardsticks: any command with ``{port}`` in it (``--peer NAME=COMMAND``), and by default the
 two in ``../shared/peers/`` when that folder exists. The load generator (``loadgen.py``)
 runs in this process. Where the machine has two cores or more, the server and the generator
-are pinned to different ones. Before the first cell the runner waits (a bounded time) for the
+are pinned to different ones (Linux and Windows; macOS cannot pin a process). Before the first cell the runner waits (a bounded time) for the
 load average to drop, and the report says whether the machine was quiet. Each cell runs
 ``--repeat`` times, interleaving the servers, and the table shows medians, with each server's
 ratio to the ``asyncio-peer`` (without it, to ``asyncio``, else to the first model). Results go
@@ -20,6 +20,10 @@ to ``benchmarks/results/bench-TIME.json`` and ``.png``.
 
 From a notebook, call :func:`run_benchmarks` (it runs in the caller's thread, prints
 nothing unless given ``progress=print``, and returns the results as a dict).
+
+The figures about a process (memory, threads, CPU time, the port it listens on) come from
+psutil, which asks the operating system: ``/proc`` on Linux, other calls on macOS and Windows.
+What a system cannot do is left out and said so (``meta["not_on_this_system"]``).
 """
 
 from __future__ import annotations
@@ -29,9 +33,7 @@ import json
 import os
 import platform
 import re
-import resource
 import shlex
-import signal
 import socket
 import statistics
 import subprocess
@@ -41,6 +43,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
+
+try:
+    import resource  # limits on open files: Linux and macOS; Windows has no such limit
+except ImportError:
+    resource = None  # type: ignore[assignment]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # loadgen.py sits next to this file
 import loadgen  # noqa: E402
@@ -113,14 +122,17 @@ class ServerProcess:
         return _read(self.stdout) + _read(self.stderr)
 
     def stop(self) -> dict:
-        """SIGTERM to its pid (chatlab's CLI turns it into a clean stop), then SIGKILL if it hangs.
+        """``terminate()``, then ``kill()`` if it hangs (``chatlab.portable.stop_process`` does the same).
+
+        On Linux and macOS ``terminate()`` sends SIGTERM, which chatlab's CLI turns into a clean
+        stop (exit status 0); on Windows it ends the process at once.
 
         Returns the exit code, whether it stopped in time, and the lines the server wrote to
         standard error (the readiness line aside).
         """
         in_time = True
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.terminate()
             try:
                 self.process.wait(SERVER_STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -136,33 +148,92 @@ class ServerProcess:
 
 
 def listening_port(pid: int) -> int | None:
-    """The port of a socket that process ``pid`` listens on, read from /proc (Linux).
+    """The port of an IPv4 TCP socket that process ``pid`` listens on, as ``ss -ltnp`` shows it.
 
-    For a server that does not print a "listening on" line, the runner finds the port the way
-    ``ss -ltnp`` does: the process's socket inodes, matched against the kernel's table of TCP
-    sockets in state 0A (LISTEN).
+    For a server that does not print a "listening on" line. psutil finds the process's sockets
+    in state LISTEN (on Linux from ``/proc``; on macOS and Windows with their own calls).
     """
     try:
-        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-        with open(f"/proc/{pid}/net/tcp") as table:
-            rows = table.read().splitlines()[1:]
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        process = psutil.Process(pid)
+        connections = process.net_connections(kind="tcp4") if hasattr(process, "net_connections") \
+            else process.connections(kind="tcp4")  # psutil before 6.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    for row in rows:
-        fields = row.split()
-        local, state, inode = fields[1], fields[3], fields[9]
-        if state == "0A" and f"socket:[{inode}]" in inodes:
-            return int(local.rpartition(":")[2], 16)
+    for connection in connections:
+        if connection.status == psutil.CONN_LISTEN:
+            return connection.laddr.port
     return None
 
 
+# --- pinning to CPUs: what differs by system ------------------------------------------------------
+#
+# Linux pins each thread (``os.sched_setaffinity``), so every thread of the server is pinned, and
+# new ones inherit it from the thread that starts them. Windows pins a whole process (psutil's
+# ``cpu_affinity``, the process's affinity mask), all its threads at once. macOS has no call for
+# it: nothing is pinned there, and the results say so.
+
+PER_THREAD_PINNING = hasattr(os, "sched_setaffinity")  # Linux
+CAN_PIN = PER_THREAD_PINNING or hasattr(psutil.Process, "cpu_affinity")  # Linux, Windows (not macOS)
+CANNOT_PIN = "this system cannot pin a process to a CPU (macOS): the server and the generator share the CPUs"
+
+
+def allowed_cpus() -> list[int] | None:
+    """The CPUs this process may run on, or None if this system cannot tell or pin (macOS)."""
+    if PER_THREAD_PINNING:
+        return sorted(os.sched_getaffinity(0))
+    if CAN_PIN:
+        return sorted(psutil.Process().cpu_affinity())
+    return None
+
+
+def pin_self(cpus: Sequence[int]) -> None:
+    """Let this thread (Windows: this process) run on ``cpus`` only; a no-op where it cannot pin."""
+    if PER_THREAD_PINNING:
+        os.sched_setaffinity(0, set(cpus))
+    elif CAN_PIN:
+        psutil.Process().cpu_affinity(list(cpus))
+
+
 def pin(pid: int, cpu: int) -> None:
-    """Pin every thread of process ``pid`` (new threads inherit it) to one CPU."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    """Pin every thread of process ``pid`` (new threads inherit it) to one CPU; a no-op where it cannot pin."""
+    if PER_THREAD_PINNING:
         try:
-            os.sched_setaffinity(int(tid), {cpu})
-        except (ProcessLookupError, OSError):
-            pass  # that thread has just ended
+            threads = psutil.Process(pid).threads()
+        except psutil.NoSuchProcess:
+            return
+        for thread in threads:
+            try:
+                os.sched_setaffinity(thread.id, {cpu})
+            except (ProcessLookupError, OSError):
+                pass  # that thread has just ended
+    elif CAN_PIN:
+        try:
+            psutil.Process(pid).cpu_affinity([cpu])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+def set_fd_limit(pid: int, soft: int) -> None:
+    """Set the soft limit on open files of process ``pid`` (a child just started) to ``soft``.
+
+    Only Linux can set another process's limit (``resource.prlimit``). Elsewhere nothing is
+    done: on macOS the child inherited this process's limit, which :func:`loadgen.raise_fd_limit`
+    raised just before it started; Windows has no limit on open sockets per process.
+    """
+    if resource is not None and hasattr(resource, "prlimit"):
+        hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def not_on_this_system() -> list[str]:
+    """What the benchmark leaves out on this system, one sentence each (none on Linux)."""
+    missing = []
+    if not CAN_PIN:
+        missing.append(CANNOT_PIN)
+    if not hasattr(os, "getloadavg"):
+        missing.append("this system has no load average (Windows): psutil estimates one from its first call on, "
+                       "so the wait for a quiet machine sees 0 at first")
+    return missing
 
 
 def free_port() -> int:
@@ -198,12 +269,13 @@ def start_server(name: str, *, max_clients: int, command: str | None = None, cpu
 
     ``name`` is a kit model (``python -m chatlab.server --model NAME --port 0``) unless
     ``command`` is given: a peer's command line, run with a free port in place of ``{port}``.
-    The server is ready when it prints its "listening on" line, or /proc shows it listening,
+    The server is ready when it prints its "listening on" line, or psutil shows it listening,
     or (a peer) its port accepts a connection; at most SERVER_START_TIMEOUT seconds.
 
     The file-descriptor limit and the CPU are set from here right after the start
-    (``prlimit``, ``sched_setaffinity``) rather than in a ``preexec_fn``, which is unsafe in a
-    process with threads, such as a Jupyter kernel. Raises :class:`ServerStartError`.
+    (:func:`set_fd_limit`, :func:`pin`; each only where the system can) rather than in a
+    ``preexec_fn``, which is unsafe in a process with threads, such as a Jupyter kernel, and
+    does not exist on Windows. Raises :class:`ServerStartError`.
     """
     given_port = free_port() if command is not None else 0
     try:
@@ -220,8 +292,7 @@ def start_server(name: str, *, max_clients: int, command: str | None = None, cpu
     server = ServerProcess(name, process, stdout, stderr)
     try:
         if fd_limit is not None:
-            hard = resource.prlimit(process.pid, resource.RLIMIT_NOFILE)[1]
-            resource.prlimit(process.pid, resource.RLIMIT_NOFILE, (fd_limit, hard))
+            set_fd_limit(process.pid, fd_limit)
         if cpu is not None:
             pin(process.pid, cpu)
     except (ProcessLookupError, OSError):
@@ -252,13 +323,13 @@ def start_server(name: str, *, max_clients: int, command: str | None = None, cpu
 
 def wait_for_quiet(threshold: float, max_wait: float, progress: Callable[[str], None]) -> dict:
     """Wait until the 1-minute load average is below ``threshold``, at most ``max_wait`` s."""
-    first = load = os.getloadavg()[0]
+    first = load = psutil.getloadavg()[0]
     start = time.monotonic()
     if load >= threshold and max_wait > 0:
         progress(f"load average {load:.2f} >= {threshold}: waiting up to {max_wait:.0f} s for a quiet machine")
     while load >= threshold and time.monotonic() - start < max_wait:
         time.sleep(min(5.0, max(0.0, max_wait - (time.monotonic() - start))))
-        load = os.getloadavg()[0]
+        load = psutil.getloadavg()[0]
     quiet = load < threshold
     if not quiet:
         progress(f"the machine is not quiet (load average {load:.2f}); measuring anyway")
@@ -268,7 +339,10 @@ def wait_for_quiet(threshold: float, max_wait: float, progress: Callable[[str], 
 
 def plan_cpus(want: bool) -> dict:
     """Which CPU the server gets and which the generator gets (different ones), if possible."""
-    cpus = sorted(os.sched_getaffinity(0))
+    cpus = allowed_cpus()
+    if cpus is None:  # macOS
+        return {"pinned": False, "why_not": "not asked" if not want else CANNOT_PIN,
+                "cpus": psutil.cpu_count() or 1}
     if want and len(cpus) >= 2:
         return {"pinned": True, "server_cpu": cpus[-1], "loadgen_cpu": cpus[0], "cpus": len(cpus)}
     reason = "not asked" if not want else f"only {len(cpus)} CPU available"
@@ -297,8 +371,9 @@ def run_cell(scenario: str, size: int, model: str, params: dict, cpus: dict, com
     except loadgen.LoadError as exc:
         return {"error": f"skipped: {exc}"}
     try:
+        fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if resource is not None else None
         server = start_server(model, max_clients=size + 16 if scenario != "churn" else 64, command=command,
-                              cpu=cpus.get("server_cpu"), fd_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+                              cpu=cpus.get("server_cpu"), fd_limit=fd_limit)
     except ServerStartError as exc:
         return {"error": str(exc)}
     try:
@@ -533,7 +608,7 @@ def run_benchmarks(
     into ``out`` unless it is None. Returns ``{"meta", "cells", "table", ...}``.
 
     Resource handling: every server process is stopped before the next cell starts; this
-    thread's CPU affinity is restored on return.
+    thread's CPU affinity (on Windows, this process's) is restored on return.
     """
     say = progress or (lambda text: None)
     if repeat < 1:
@@ -557,9 +632,9 @@ def run_benchmarks(
     cpus = plan_cpus(pin_cpus)
     say("pinned: server on CPU {server_cpu}, load generator on CPU {loadgen_cpu}".format(**cpus)
         if cpus["pinned"] else f"not pinned ({cpus['why_not']})")
-    own_affinity = os.sched_getaffinity(0)
+    own_affinity = allowed_cpus()
     if cpus["pinned"]:
-        os.sched_setaffinity(0, {cpus["loadgen_cpu"]})
+        pin_self([cpus["loadgen_cpu"]])
     try:
         available, missing = [], {}
         for name, command in commands.items():
@@ -603,7 +678,8 @@ def run_benchmarks(
                 say(f"[{round_number}/{repeat}] {cell['model']:>14} {cell['scenario']:>8} "
                     f"{cell['size']:>5}: {_brief(run)}")
     finally:
-        os.sched_setaffinity(0, own_affinity)
+        if own_affinity is not None:
+            pin_self(own_affinity)
 
     for cell in cells.values():
         cell["summary"] = summarize(cell["runs"])
@@ -617,7 +693,8 @@ def run_benchmarks(
         "window": window, "ring1_window": RING1_WINDOW,
         "repeat": repeat, "quick": quick, "sizes": plan,
         "python": platform.python_version(), "machine": platform.machine(),
-        "cpus": cpus, "quiet": quiet, "load_at_end": round(os.getloadavg()[0], 2),
+        "cpus": cpus, "quiet": quiet, "load_at_end": round(psutil.getloadavg()[0], 2),
+        "not_on_this_system": not_on_this_system(),
     }
     results = {"meta": meta, "cells": list(cells.values())}
     results["table"] = markdown_table(results["cells"], available)
@@ -662,6 +739,7 @@ def notes(results: dict) -> str:
         windows = {"ring": f"ring: W={meta['window']}", "ring1": f"ring1: W={meta['ring1_window']}, as people chat"}
         lines.append("window W: each sender keeps W messages in flight before waiting for them to arrive ("
                      + "; ".join(windows[name] for name in rings) + ").")
+    lines += [f"Not on this system: {note}." for note in meta.get("not_on_this_system", [])]
     missing = {**meta["models_missing"], **meta["peers_missing"]}
     if missing:
         lines.append("Not measured: " + ", ".join(missing)

@@ -6,7 +6,7 @@ Usage::
 
 Two figures put the threaded server's own numbers (``run.py``) in proportion:
 
-- memory: the growth of this process's resident memory (VmRSS) per ``threading.Thread``
+- memory: the growth of this process's resident memory (RSS, from psutil) per ``threading.Thread``
   that is blocked in ``recv()`` on a socket pair, divided by the number of threads. That is
   the least a thread-per-client server can spend per idle client.
 - start-up: the time to start a thread that does nothing and wait for it to end (median of
@@ -23,13 +23,12 @@ import statistics
 import threading
 import time
 
+import psutil
+
 
 def rss_kib() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    """This process's resident memory in KiB (VmRSS on Linux), as psutil reads it from the system."""
+    return psutil.Process().memory_info().rss // 1024
 
 
 def memory_per_thread(n: int, recv_size: int = 1024) -> float:

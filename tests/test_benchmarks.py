@@ -5,12 +5,19 @@ order, at the right client, with W messages in flight or one at a time; the serv
 empty after churn and capacity; the table and the JSON hold every cell; with a peer (an
 independent server from ``shared/peers`` beside the project) the ratios are against it.
 Nothing about speed is asserted (the machine may be busy).
+
+The process figures come from psutil on every system. With ``tests/windows_standin`` on
+``PYTHONPATH`` the benchmarks run without ``resource`` and ``os.sched_setaffinity``, as on
+Windows; the tests that fake a system without pinning (macOS) or without ``resource`` run the
+remaining branches on Linux.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import selectors
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +89,7 @@ def test_a_quick_run_from_the_command_line_is_complete_and_loses_nothing(bench, 
                 assert run["back_to_empty"] is True and run["who_at_end"] == ["capprobe"]
                 assert run["hangups"] == 0 and run["errors"] == 0
                 assert run["rss_with_kib"] > 0 and run["threads_with"] >= run["threads_before"]
+                assert run["threads_with"] == cell["size"] + 2  # main, accept, 1 per client
         assert cell["summary"]["runs_ok"] == 2
 
     # The table printed is the one saved; one row per metric and size, one column per model.
@@ -93,6 +101,7 @@ def test_a_quick_run_from_the_command_line_is_complete_and_loses_nothing(bench, 
     assert faults == ["0/0/0/0"] * (len(bench.QUICK_SIZES["ring"]) + len(bench.QUICK_SIZES["ring1"]))
     assert {row[0] for row in rows[1:]} == set(bench.SCENARIOS)
     assert "failed" not in results["table"] and "skipped" not in results["table"]
+    assert meta["not_on_this_system"] == [] and "Not on this system" not in completed.stdout
 
 
 def test_a_model_or_a_peer_that_does_not_start_is_left_out_and_said_so(bench):
@@ -175,7 +184,7 @@ def test_a_peer_is_measured_like_a_model_and_a_window_1_ring_loses_nothing(bench
             assert run["window"] == (4 if cell["scenario"] == "ring" else 1)
             faults = {k: run[k] for k in RING_FAULTS}
             assert faults == dict.fromkeys(faults, 0) and run["messages"] == cell["size"] * 50, run
-        else:  # the peer's memory and threads are read from /proc like a model's
+        else:  # the peer's memory and threads come from psutil like a model's
             assert run["back_to_empty"] is True and run["rss_with_kib"] > 0
             assert run["threads_with"] == (1 if cell["model"] == "asyncio-peer" else 22)
 
@@ -189,6 +198,71 @@ def test_a_peer_is_measured_like_a_model_and_a_window_1_ring_loses_nothing(bench
     assert "ratios are server/asyncio-peer" in completed.stdout
     window = "window W: each sender keeps W messages in flight before waiting for them to arrive"
     assert window in completed.stdout
+
+
+def test_the_port_a_server_listens_on_is_found_from_its_pid(bench):
+    """For a server that does not print its port: psutil's LISTEN socket of that pid."""
+    server = bench.start_server("threads", max_clients=4)
+    try:
+        assert server.port > 0 and bench.listening_port(server.pid) == server.port
+    finally:
+        assert server.stop()["server_exit"] == 0
+    assert bench.listening_port(server.pid) is None  # it has ended
+
+
+def test_the_server_memory_and_threads_are_the_whole_process(bench):
+    """psutil counts every thread of the server process: main, accept and 1 per client."""
+    server = bench.start_server("threads", max_clients=8)
+    try:
+        alone = bench.loadgen.process_status(server.pid)
+        result = bench.loadgen.capacity(server.address, 5, server_pid=server.pid, timeout=30.0)
+    finally:
+        server.stop()
+    assert alone["threads"] == 2 and alone["rss_kib"] > 1024
+    assert result["threads_before"] == 2 and result["threads_with"] == 7 and result["rss_with_kib"] > 0
+    assert result["back_to_empty"] is True
+
+
+def test_without_pinning_the_benchmark_runs_and_says_so(bench, monkeypatch):
+    """On a system that cannot pin a process to a CPU (macOS), faked here: nothing is pinned,
+    every check still holds, and the notes say what was left out."""
+    monkeypatch.setattr(bench, "PER_THREAD_PINNING", False)
+    monkeypatch.setattr(bench, "CAN_PIN", False)
+    own = bench.allowed_cpus()
+    assert own is None
+    results = bench.run_benchmarks(["threads"], quick=True, repeat=1, scenarios=["ring", "capacity"],
+                                   sizes={"ring": [3], "capacity": [10]}, out=None, plots=False)
+    meta = results["meta"]
+    assert meta["cpus"]["pinned"] is False and meta["cpus"]["why_not"] == bench.CANNOT_PIN
+    assert meta["not_on_this_system"] == [bench.CANNOT_PIN]
+    assert f"Not on this system: {bench.CANNOT_PIN}." in bench.notes(results)
+    for cell in results["cells"]:
+        (run,) = cell["runs"]
+        assert "error" not in run and run["server_exit"] == 0, run
+    ring = next(cell for cell in results["cells"] if cell["scenario"] == "ring")
+    assert {k: ring["summary"][k] for k in ("lost", "duplicated", "reordered", "misdelivered")} == {
+        "lost": 0, "duplicated": 0, "reordered": 0, "misdelivered": 0}
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux: the affinity of this thread")
+def test_pinning_leaves_this_thread_as_it_was(bench):
+    before = os.sched_getaffinity(0)
+    bench.run_benchmarks(["threads"], quick=True, repeat=1, scenarios=["ring"], sizes={"ring": [3]},
+                         out=None, plots=False)
+    assert os.sched_getaffinity(0) == before
+
+
+def test_without_a_limit_on_open_files_only_select_limits_the_generator(bench, monkeypatch):
+    """Windows has no ``resource`` module and no limit on open sockets; its selector is
+    ``select()``, which watches at most 512 sockets. Both faked here."""
+    monkeypatch.setattr(bench.loadgen, "resource", None)
+    monkeypatch.setattr(selectors, "DefaultSelector", selectors.SelectSelector)
+    assert bench.loadgen.raise_fd_limit(bench.loadgen.WINDOWS_SELECT_LIMIT) is None
+    with pytest.raises(bench.loadgen.LoadError, match="at most 512"):
+        bench.loadgen.raise_fd_limit(bench.loadgen.WINDOWS_SELECT_LIMIT + 1)
+    monkeypatch.setattr(bench, "resource", None)  # and no limit to hand to the server either
+    run = bench.run_cell("ring", 3, "threads", {"m": 10, "window": 4}, {"pinned": False})
+    assert "error" not in run and run["lost"] == 0 and run["server_exit"] == 0, run
 
 
 class FaultyRoom(ChatRoom):
