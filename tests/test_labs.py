@@ -161,10 +161,10 @@ def test_handed_out_lab5_file_exits_with_a_message() -> None:
 
 @pytest.mark.parametrize("number", [2, 3, 4], ids=["lab2", "lab3", "lab4"])
 def test_handed_out_file_holds_no_earlier_solution(number: int) -> None:
-    """Lab N's handed-out file gives no more of lab N-1's reference than lab 1's frame does, so
-    an instructor who leaves out start/ hands out no earlier solution."""
+    """Lab N's handed-out file gives no more of lab N-1's reference than lab N-1's own handed-out
+    file does, so an instructor who leaves out start/ hands out no earlier solution."""
     previous = LABS / "solutions" / f"lab{number - 1}_server.py"
-    from_frame = shares.measure(LABS / "lab1_server.py", previous)
+    from_frame = shares.measure(LABS / f"lab{number - 1}_server.py", previous)
     from_this = shares.measure(LABS / f"lab{number}_server.py", previous)
     assert from_this.written >= from_frame.written - 2, (from_this, from_frame)
 
@@ -294,6 +294,7 @@ def test_lab5_reference_says_server_full_when_there_is_no_room() -> None:
                 assert second.recv(100) == b""
             first.sendall(b"amy\n")
             assert read_line(first) == b"* welcome amy\n"
+            assert read_line(first) == b"* online: amy\n"
             first.sendall(b"%amy%a\x1b[2Jb\n")
             assert read_line(first) == b"! control characters are not allowed\n"
     finally:
