@@ -23,10 +23,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from transcript import wait_until
 
 from chatlab.grade import STAGES as CHECKS_BY_STAGE
 from chatlab.grade import grade
-from transcript import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 LABS = ROOT / "notebooks" / "labs"
@@ -92,7 +92,17 @@ def read_line(sock: socket.socket) -> bytes:
 def run_grader(path: Path, stages: list[str]) -> subprocess.CompletedProcess:
     """What a student runs: python -m chatlab.grade --stage ... -- python FILE --port {port}."""
     options = [arg for stage in stages for arg in ("--stage", stage)]
-    command = [sys.executable, "-m", "chatlab.grade", *options, "--", sys.executable, str(path), "--port", "{port}"]
+    command = [
+        sys.executable,
+        "-m",
+        "chatlab.grade",
+        *options,
+        "--",
+        sys.executable,
+        str(path),
+        "--port",
+        "{port}",
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=LABS)
 
 
@@ -150,11 +160,16 @@ def test_handed_out_file_runs_and_fails_its_lab_politely(number: int, serve) -> 
 
 def test_handed_out_lab5_file_exits_with_a_message() -> None:
     finished = subprocess.run(
-        [sys.executable, str(LABS / "lab5_server.py"), "--port", "0"], capture_output=True, text=True, timeout=30
+        [sys.executable, str(LABS / "lab5_server.py"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert finished.returncode == 1
     assert "no server yet" in finished.stderr
-    report = grade(command=[sys.executable, str(LABS / "lab5_server.py"), "--port", "{port}"], stages=["threads"])
+    report = grade(
+        command=[sys.executable, str(LABS / "lab5_server.py"), "--port", "{port}"], stages=["threads"]
+    )
     assert report.failed and not report.passed
     assert "exited" in str(report)
 
@@ -176,7 +191,10 @@ def test_the_student_writes_at_least_the_target_share(number: int) -> None:
 
 
 def test_code_lines_skip_comments_docstrings_and_blanks() -> None:
-    source = '"""Doc."""\n\nimport os  # why\n\n\ndef f():\n    """Doc\n    more."""\n    # only a comment\n    return 1\n'
+    source = (
+        '"""Doc."""\n\nimport os  # why\n\n\n'
+        'def f():\n    """Doc\n    more."""\n    # only a comment\n    return 1\n'
+    )
     assert shares.code_lines(source) == ["import os", "def f():", "return 1"]
 
 
@@ -187,7 +205,9 @@ def test_code_lines_skip_comments_docstrings_and_blanks() -> None:
 def test_start_file_passes_the_labs_before_and_not_its_own(number: int, serve) -> None:
     server = serve(LABS / "start" / f"lab{number}_server.py")
     earlier = grade(address=server.address, stages=STAGES[: number - 1])
-    assert not earlier.failed, f"start/lab{number}_server.py should hold labs 1..{number - 1} solved:\n{earlier}"
+    assert not earlier.failed, (
+        f"start/lab{number}_server.py should hold labs 1..{number - 1} solved:\n{earlier}"
+    )
     own = grade(address=server.address, stages=[STAGES[number - 1]])
     assert own.failed, f"start/lab{number}_server.py passes its own lab:\n{own}"
 
@@ -200,8 +220,12 @@ def test_handout_without_start_files_has_no_solution(tmp_path: Path) -> None:
     names = {}
     for starts in ("yes", "no"):
         target = tmp_path / f"handout-{starts}.zip"
-        subprocess.run(["make", "-C", str(ROOT), "handout", f"HANDOUT={target}", f"STARTS={starts}"],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            ["make", "-C", str(ROOT), "handout", f"HANDOUT={target}", f"STARTS={starts}"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         names[starts] = zipfile.ZipFile(target).namelist()
     assert "chatlab/notebooks/labs/lab1_server.py" in names["no"]
     assert not [n for n in names["yes"] if "/labs/solutions/" in n]
@@ -254,11 +278,16 @@ def test_stop_closes_the_port_and_every_thread_with_clients_connected(path: Path
 
 
 @pytest.mark.parametrize(
-    "path", [*server_files(), LABS / "solutions" / "lab5_server.py"], ids=lambda p: f"{p.parent.name}-{p.stem}"
+    "path",
+    [*server_files(), LABS / "solutions" / "lab5_server.py"],
+    ids=lambda p: f"{p.parent.name}-{p.stem}",
 )
 def test_the_program_says_where_it_listens_and_ends_on_sigterm(path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, str(path), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        [sys.executable, str(path), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         assert process.stdout is not None
@@ -282,7 +311,9 @@ def test_lab5_reference_says_server_full_when_there_is_no_room() -> None:
     path = LABS / "solutions" / "lab5_server.py"
     process = subprocess.Popen(
         [sys.executable, str(path), "--port", "0", "--max-clients", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         assert process.stdout is not None

@@ -117,7 +117,8 @@ class ChatServer:
         self.clients: dict[str, Client] = {}  # registered clients by name.lower()
 
     async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = "%s:%d" % writer.get_extra_info("peername")[:2]
+        host, port = writer.get_extra_info("peername")[:2]
+        peer = f"{host}:{port}"
         client = Client(writer, peer)
         if len(self.connections) >= self.max_clients:
             log.warning("%s refused: the server is full", peer)
