@@ -190,6 +190,15 @@ def test_the_student_writes_at_least_the_target_share(number: int) -> None:
     assert measured.share >= SHARE_TARGETS[number], measured
 
 
+def test_instructors_md_states_the_measured_shares() -> None:
+    """The table in INSTRUCTORS.md is what shares.py measures now: the figures cannot drift."""
+    text = (ROOT / "INSTRUCTORS.md").read_text("utf-8")
+    for number in EVERY:
+        measured = shares.handed_out(number)
+        row = f"| {number} | {measured.reference_lines} | {measured.written} ({measured.share:.0%}) |"
+        assert row in text, f"INSTRUCTORS.md should have a row starting {row!r} (see shares.py)"
+
+
 def test_code_lines_skip_comments_docstrings_and_blanks() -> None:
     source = (
         '"""Doc."""\n\nimport os  # why\n\n\n'

@@ -51,6 +51,7 @@ class Client:
     address: tuple[str, int]
     name: str | None = None  # set when the name is accepted
     outbox: queue.Queue[bytes | None] = field(default_factory=lambda: queue.Queue(MAX_OUTBOX), repr=False)
+    dropped: bool = False  # set once its outbox was full: it is being disconnected
 
 
 class LineFramer:
@@ -288,7 +289,9 @@ class ChatServer:
         try:
             client.outbox.put_nowait((text + "\n").encode("utf-8"))
         except queue.Full:
-            log.warning("connection %d is too far behind; disconnecting it", client.number)
+            if not client.dropped:  # say it once, however many lines still come for it
+                client.dropped = True
+                log.warning("connection %d is too far behind; disconnecting it", client.number)
             shutdown(client.sock)
 
     def write_loop(self, client: Client) -> None:
