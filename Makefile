@@ -90,10 +90,14 @@ constraints:
 	rm -rf .venv-pin
 
 # The kit for students (INSTRUCTORS.md): everything committed at HEAD except the labs' reference
-# solutions, as a zip to hand out. Uncommitted changes are not in it.
+# solutions, as a zip to hand out. Uncommitted changes are not in it. STARTS=no also leaves out
+# notebooks/labs/start/ (lab N's start file holds lab N-1 solved): then no earlier lab's solution
+# is in the handout, and every student carries their own file from lab to lab.
 HANDOUT ?= chatlab-handout.zip
+STARTS ?= yes
+HANDOUT_EXCLUDE := ':(exclude)notebooks/labs/solutions' $(if $(filter no,$(STARTS)),':(exclude)notebooks/labs/start',)
 handout:
-	git archive --format=zip --prefix=chatlab/ -o $(HANDOUT) HEAD -- . ':(exclude)notebooks/labs/solutions'
+	git archive --format=zip --prefix=chatlab/ -o $(HANDOUT) HEAD -- . $(HANDOUT_EXCLUDE)
 
 # The course website, made from the stored notebooks (nothing runs) and from README.md and
 # INSTRUCTORS.md as they are now: Sphinx with MyST-NB and the Furo theme, pinned in

@@ -3,13 +3,15 @@
 ``Wire`` is a raw connection to your server that prints every line it sends (``>``) and every
 line it receives (``<``), and never waits longer than its timeout for a line, so a cell that
 talks to an unfinished server ends anyway; ``hear()`` does the same for the kit's
-``ChatClient``. ``lab_threads()`` lists your server's threads (their
-names start with ``lab-``), and ``where_are_the_threads()`` says which line of your file each
-of them is running.
+``ChatClient``, and ``join_chat()`` makes one that says politely when your server does not let
+it in yet. ``lab_threads()`` lists your server's threads (their names start with ``lab-``), and
+``where_are_the_threads()`` says which line of your file each of them is running.
+``OneClientAtATime`` is a demonstration: the mistake lab 1 is about, in a server of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import threading
@@ -103,21 +105,25 @@ def lab_threads() -> list[str]:
     return sorted(thread.name for thread in threading.enumerate() if thread.name.startswith("lab-"))
 
 
-def where_are_the_threads(module: object) -> None:
-    """For each ``lab-`` thread, print the innermost line of ``module``'s file it is running."""
+def where_are_the_threads(module: object, prefix: str = "lab-") -> None:
+    """For each thread whose name starts with ``prefix``, print the innermost line of
+    ``module``'s file it is running."""
     frames = sys._current_frames()  # thread ident -> the frame it is running now
     filename = getattr(module, "__file__", "")
     for thread in sorted(threading.enumerate(), key=lambda t: t.name):
-        if thread.name.startswith("lab-") and thread.ident in frames:
+        if thread.name.startswith(prefix) and thread.ident in frames:
             stack = traceback.extract_stack(frames[thread.ident])
             ours = [frame for frame in stack if frame.filename == filename]
-            print(f"{thread.name:14} {ours[-1].name}: {ours[-1].line}" if ours else f"{thread.name:14} ?")
+            print(f"{thread.name:20} {ours[-1].name}: {ours[-1].line}" if ours else f"{thread.name:20} ?")
 
 
 def hear(client: object, count: int = 1, timeout: float = 1.0) -> None:
     """Print up to ``count`` lines a ``ChatClient`` received, as ``name < line``; stop at the
     first that does not come within ``timeout`` seconds."""
     name = getattr(client, "name", "?")
+    if isinstance(client, NotJoined):
+        print(f"{name} < (not in the chat: {client.reason})")
+        return
     for _ in range(count):
         try:
             line = client.recv(timeout=timeout)  # type: ignore[attr-defined]
@@ -128,3 +134,80 @@ def hear(client: object, count: int = 1, timeout: float = 1.0) -> None:
             print(f"{name} < (connection closed)")
             return
         print(f"{name} < {line}")
+
+
+class NotJoined:
+    """Stands in for a ``ChatClient`` that your server did not let in: sending does nothing,
+    and ``hear()`` says why it is not there. Cells then run on an unfinished server too."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        self.online: list[str] = []
+
+    def send(self, to: str, text: str) -> None:
+        pass
+
+    def send_line(self, line: str) -> None:
+        pass
+
+    def broadcast(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def join_chat(address: tuple[str, int], name: str, **options: object):
+    """A ``ChatClient`` called ``name`` on the server at ``address``, or, when the server does
+    not greet, refuses the name or does not answer within a second, a :class:`NotJoined`."""
+    from chatlab import ChatClient, NameRefused  # the kit's client, which the lessons use
+
+    options.setdefault("timeout", 1)
+    try:
+        return ChatClient(*address, name, **options)
+    except NameRefused as refused:
+        return NotJoined(name, f"the name was refused: {refused}")
+    except TimeoutError:
+        return NotJoined(name, "no welcome within 1 s")
+    except (ConnectionError, OSError) as exc:
+        return NotJoined(name, f"the connection failed: {exc}")
+
+
+class OneClientAtATime:
+    """A demonstration server that makes lab 1's first mistake on purpose: its only thread
+    accepts a connection and then serves it itself, until that client leaves. Meanwhile the
+    next connection waits in the listening socket's queue, and nobody greets it. (Its thread is
+    called ``demo-accept``; ``stop()`` ends it.)"""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.address: tuple[str, int] = self.listener.getsockname()[:2]
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="demo-accept", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                conn.settimeout(0.1)
+                conn.sendall(b"* welcome to the demo: this server serves one client at a time\n")
+                while not self.stopping.is_set():  # serve this client until it leaves
+                    try:
+                        if not conn.recv(4096):
+                            break
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        with contextlib.suppress(OSError):
+            self.listener.close()

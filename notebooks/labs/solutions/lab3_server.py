@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 log = logging.getLogger("lab")
 log.addHandler(logging.NullHandler())  # a notebook shows nothing unless it asks; main() shows all
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-RESERVED_NAMES = {"server", "all", "*"}
-MESSAGE_PATTERN = re.compile(r"%([^%]+)%(.*)", re.DOTALL)  # %name%text; the text may hold '%'
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # what a name may be
+RESERVED_NAMES = {"server", "all", "*"}  # names nobody may have, in any case
 GREETING = "* welcome to the lab chat: type your name (1-32 of A-Z a-z 0-9 _ . -) and press Enter"
+ACCEPT_POLL = 0.2  # seconds: the listener's timeout, so that the accept loop sees self.stopping
+MESSAGE_PATTERN = re.compile(r"%([^%]+)%(.*)", re.DOTALL)  # %name%text; the text may hold '%'
 MAX_LINE = 4096  # the longest line a client may send, in bytes, without its line end
-RECV_SIZE = 65536
-ACCEPT_POLL = 0.2  # seconds: how often the accept loop looks whether it should stop
+RECV_SIZE = 65536  # the most bytes one recv() asks for
 
 
 @dataclass(eq=False)  # eq=False: two clients are the same only if they are the same object
@@ -49,7 +49,7 @@ class Client:
     sock: socket.socket
     address: tuple[str, int]
     name: str | None = None  # set when the name is accepted
-    send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one writer at a time
+    send_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # one writer at a time
 
 
 class LineFramer:
@@ -101,30 +101,26 @@ class ChatServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.listener = socket.create_server((host, port))
-        self.listener.settimeout(ACCEPT_POLL)
+        self.listener.settimeout(ACCEPT_POLL)  # accept() raises TimeoutError after ACCEPT_POLL s
         self.address: tuple[str, int] = self.listener.getsockname()[:2]
         self.lock = threading.Lock()  # guards the four fields below
         self.clients: dict[str, Client] = {}  # registered clients by name.lower()
-        self.connections: set[Client] = set()  # every open connection, named or not
-        self.threads: list[threading.Thread] = []
-        self.stopping = False
-        self.numbers = itertools.count(1)
+        self.connections: set[Client] = set()  # every open connection: stop() shuts each down
+        self.threads: list[threading.Thread] = []  # the threads you start: stop() joins each
+        self.stopping = False  # set by stop(): from then on no connection is taken in
+        self.numbers = itertools.count(1)  # connection numbers, for thread names and the log
 
-    # --- starting and stopping ------------------------------------------------------------------
+    # --- starting and stopping (given) -----------------------------------------------------------
 
     def start(self) -> ChatServer:
-        self.accept_thread = self.start_thread(self.accept_loop, "lab-accept")
+        """Start the thread ``lab-accept``, which runs ``accept_loop()``, and return at once."""
+        self.accept_thread = threading.Thread(target=self.accept_loop, name="lab-accept", daemon=True)
+        self.accept_thread.start()
         return self
 
-    def start_thread(self, target, name: str, *args: object) -> threading.Thread:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        with self.lock:
-            self.threads = [t for t in self.threads if t.is_alive()]  # forget the ended ones
-            self.threads.append(thread)
-        thread.start()
-        return thread
-
     def stop(self, timeout: float = 5.0) -> None:
+        """Shut down every connection in ``self.connections``, join ``lab-accept`` and every
+        thread in ``self.threads`` (all within ``timeout`` seconds), close the listener."""
         with self.lock:
             self.stopping = True  # from now on no connection is taken in
             connections = list(self.connections)
@@ -138,9 +134,10 @@ class ChatServer:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.listener.close()
 
-    # --- the accept thread ----------------------------------------------------------------------
+    # --- the accept thread -----------------------------------------------------------------------
 
     def accept_loop(self) -> None:
+        """The thread ``lab-accept``: take in connections and start a thread for each."""
         while not self.stopping:
             try:
                 sock, address = self.listener.accept()
@@ -152,15 +149,20 @@ class ChatServer:
                 continue
             sock.settimeout(None)  # the client's thread may wait for its lines as long as it likes
             client = Client(next(self.numbers), sock, address)
+            thread = threading.Thread(
+                target=self.serve_client, args=(client,), name=f"lab-client-{client.number}", daemon=True
+            )
             with self.lock:
-                if self.stopping:
+                if self.stopping:  # stop() has begun and would not see this connection
                     sock.close()
                     return
                 self.connections.add(client)
+                self.threads = [t for t in self.threads if t.is_alive()]  # forget the ended ones
+                self.threads.append(thread)
             log.info("connection %d from %s:%d", client.number, *address)
-            self.start_thread(self.serve_client, f"lab-client-{client.number}", client)
+            thread.start()
 
-    # --- one client's thread --------------------------------------------------------------------
+    # --- one client's thread ---------------------------------------------------------------------
 
     def serve_client(self, client: Client) -> None:
         """Serve one connection from greeting to goodbye. Runs in ``lab-client-N``."""
@@ -208,23 +210,32 @@ class ChatServer:
                 self.refuse(client, error)
                 continue
             with self.lock:
-                if name.lower() not in self.clients:
+                taken = name.lower() in self.clients
+                if not taken:
                     client.name = name
                     self.clients[name.lower()] = client
                     online = ", ".join(sorted(c.name for c in self.clients.values() if c.name))
-                    # Still under the lock: the welcome is this client's first line after its
-                    # name, before any other thread can find it and send it something.
-                    self.send_to(client, f"* welcome {name}")
-                    self.send_to(client, f"* online: {online}")
-                    log.info("connection %d is %s", client.number, name)
-                    return True
-            self.refuse(client, "name taken")
+                    # Other threads can find the client from here on. Holding its send lock
+                    # until the welcome is out keeps the welcome its first line; nobody else
+                    # can hold that lock yet, so this never waits.
+                    client.send_lock.acquire()
+            if taken:
+                self.refuse(client, "name taken")
+                continue
+            try:  # the sends wait for the socket: outside the shared lock
+                self.send_to(client, f"* welcome {name}")
+                self.send_to(client, f"* online: {online}")
+            finally:
+                client.send_lock.release()
+            log.info("connection %d is %s", client.number, name)
+            return True
         return False
 
     def unregister(self, client: Client) -> None:
+        """Forget a client that has left, so that its name is free again."""
         with self.lock:
             if client.name is None or self.clients.get(client.name.lower()) is not client:
-                return
+                return  # it never had a name (or, impossible here, someone else has it now)
             del self.clients[client.name.lower()]
         self.tell_others(client, f"* {client.name} left")
 
@@ -248,22 +259,17 @@ class ChatServer:
                 self.send_to(receiver, f"%{client.name}%{text}")
 
     def command(self, client: Client, command: str) -> None:
+        """Answer ``%server%COMMAND``."""
         if command == "who":
             with self.lock:
                 names = sorted(c.name for c in self.clients.values() if c.name)
             self.send_to(client, "* online: " + ", ".join(names))
         elif command == "help":
-            for text in (
-                "%name%text sends text to name",
-                "%*%text sends text to everyone else",
-                "%server%who lists who is online",
-                "%server%help shows this help",
-            ):
-                self.send_to(client, "* " + text)
+            self.send_to(client, "* %name%text to one client, %*%text to all, %server%who, %server%help")
         else:
             self.refuse(client, f"unknown command {command!r}; try %server%help")
 
-    # --- sending ----------------------------------------------------------------------------------
+    # --- sending ---------------------------------------------------------------------------------
 
     def refuse(self, client: Client, reason: str) -> None:
         """Tell the client what was wrong with its last line, and note it in the log."""
