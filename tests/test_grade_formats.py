@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -306,11 +307,16 @@ def test_a_server_over_its_memory_limit_fails_instead_of_eating_the_machine(tmp_
     assert "the server exited (status 1)" in done.stdout
 
 
-def test_user_needs_root():
-    if IS_ROOT:
-        pytest.skip("as root, --user works (see the platform scripts' tests)")
-    with pytest.raises(ValueError, match="root"):
-        limited([sys.executable, "-c", "pass"], None, "nobody")
+@pytest.mark.skipif(resource is None, reason="--user is for POSIX systems")
+def test_user_needs_root_and_a_real_user():
+    if IS_ROOT:  # as root, --user works: see the platform scripts' tests
+        with pytest.raises(ValueError, match="no user 'no-such-student'"):
+            limited([sys.executable, "-c", "pass"], None, "no-such-student")
+    else:
+        with pytest.raises(ValueError, match="needs the grader to run as root"):
+            limited([sys.executable, "-c", "pass"], None, "nobody")
+    done = run_grader("--user", "no-such-student", "--", sys.executable, str(LAB1), "--port", "{port}")
+    assert done.returncode == 2 and done.stdout == ""  # a usage error, before anything starts
 
 
 # --- the platforms' scripts ----------------------------------------------------------------------
@@ -430,6 +436,25 @@ def test_prairielearn_with_two_files_is_not_gradable(tmp_path):
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert results["gradable"] is False and results["score"] == 0.0
     assert results["message"].startswith("Submit exactly one .py file")
+
+
+def test_the_gradescope_zip_holds_the_scripts_at_its_root_and_the_kit(tmp_path):
+    out = tmp_path / "autograder.zip"
+    done = subprocess.run(
+        [sys.executable, str(KIT / "grading" / "gradescope" / "make_zip.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    with zipfile.ZipFile(out) as archive:
+        entries = {info.filename: info for info in archive.infolist()}
+    for script in ("setup.sh", "run_autograder"):
+        assert entries[script].external_attr >> 16 & 0o111, f"{script} must be executable"
+    assert {"chatlab/pyproject.toml", "chatlab/README.md", "chatlab/chatlab/grade/__main__.py"} <= set(
+        entries
+    )
+    assert not any(name.startswith(("chatlab/tests/", "chatlab/notebooks/")) for name in entries)
 
 
 # --- --batch: a folder of submissions ------------------------------------------------------------

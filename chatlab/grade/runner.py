@@ -277,8 +277,15 @@ def limited(command: Sequence[str], limits: Limits | None, user: str | None) -> 
             raise ValueError("running the server as another user needs a POSIX system") from None
         log.warning("no resource limits on this system (no 'resource' module): the server runs without them")
         return list(command)
-    if user is not None and getattr(os, "geteuid", lambda: -1)() != 0:
-        raise ValueError(f"running the server as {user!r} needs the grader to run as root")
+    if user is not None:
+        import pwd  # POSIX only, like resource
+
+        if getattr(os, "geteuid", lambda: -1)() != 0:
+            raise ValueError(f"running the server as {user!r} needs the grader to run as root")
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise ValueError(f"there is no user {user!r} on this system") from None
     settings = {"limits": limits.as_rlimits(user) if limits else {}, "user": user}
     return [sys.executable, "-c", LIMITED, json.dumps(settings), *command]
 
