@@ -14,10 +14,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 from xml.etree import ElementTree
@@ -305,6 +307,40 @@ def test_a_server_over_its_memory_limit_fails_instead_of_eating_the_machine(tmp_
     assert done.returncode == 1
     assert "Cannot allocate memory" in log.read_text() and "allocated" not in log.read_text()
     assert "the server exited (status 1)" in done.stdout
+
+
+LISTEN_AND_WAIT = """\
+import os, socket, sys, time
+listener = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+with open(sys.argv[2], "w") as pidfile:
+    pidfile.write(str(os.getpid()))
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="checks pids with os.kill(pid, 0)")
+def test_a_grader_that_is_terminated_stops_its_server_first(tmp_path):
+    """What a batch does to a submission that takes too long: terminate() its grader."""
+    pidfile = tmp_path / "pid"
+    grader = subprocess.Popen(
+        [sys.executable, "-m", "chatlab.grade", "--quiet", "--server-log", str(tmp_path / "log"),
+         "--timeout", "30", "--", sys.executable, "-c", LISTEN_AND_WAIT, "{port}", str(pidfile)],
+        cwd=KIT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        for _ in range(200):  # the server is up, and the grader waits 30 s for its greeting
+            if pidfile.exists() and pidfile.read_text():
+                break
+            time.sleep(0.05)
+        server = int(pidfile.read_text())
+        time.sleep(0.5)
+        grader.terminate()
+        out, err = grader.communicate(timeout=15)
+    finally:
+        grader.kill()
+    assert grader.returncode == 128 + signal.SIGTERM and err == b""
+    with pytest.raises(ProcessLookupError):
+        os.kill(server, 0)
 
 
 @pytest.mark.skipif(resource is None, reason="--user is for POSIX systems")

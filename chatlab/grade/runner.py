@@ -253,7 +253,10 @@ if settings["limits"]:
         hard = resource.getrlimit(kind)[1]
         if hard != resource.RLIM_INFINITY:
             value = min(value, hard)
-        resource.setrlimit(kind, (value, value))
+        try:
+            resource.setrlimit(kind, (value, value))
+        except (ValueError, OSError) as exc:  # say so in the server's log, and go on
+            print(f"chatlab.grade: cannot set {name} to {value}: {exc}", file=sys.stderr, flush=True)
 if settings["user"]:
     import pwd
     user = pwd.getpwnam(settings["user"])
