@@ -6,7 +6,8 @@ reference solution, or ``broken_servers.py`` with one bug), writing real files. 
 and PrairieLearn scripts run against a temporary platform folder, with a good and a broken
 submission, and their ``results.json`` is checked against the fields each platform documents.
 ``--batch`` grades a folder in grader processes of their own, with limits, and (as root, with
-``unshare``) in a network namespace; the submissions report what they were allowed.
+``unshare``) in a network namespace; the submissions report what they were allowed. Where
+CHATLAB_REQUIRE_NETNS is set (CI sets it), a batch without a network namespace fails the test.
 """
 
 from __future__ import annotations
@@ -546,6 +547,7 @@ def test_batch_grades_each_submission_apart_keeps_its_reports_and_exits_1(tmp_pa
     outside = (reports / "bob.server.log").read_text()
     namespace, why_not = network_namespace()
     if namespace is None:
+        assert not os.environ.get("CHATLAB_REQUIRE_NETNS"), f"no network namespace: {why_not}"
         assert f"each submission runs without a network namespace: {why_not}" in done.stderr
         assert "outside: reached" in outside
     else:  # in a namespace of its own, with loopback only: the grader reached it, nobody else
