@@ -17,7 +17,9 @@ machine allows it (Linux, root, ``unshare``) in a network namespace of its own w
 loopback interface. It writes one CSV row per file (each check's points, the totals and the
 first failure's hint), keeps each submission's report (``NAME.txt``, ``NAME.json``) and server
 output (``NAME.server.log``) in the reports folder (beside the CSV: ``grades.csv`` keeps them in
-``grades-reports/``), and exits with status 1 when any submission failed a check.
+``grades-reports/``), and exits with status 1 when any submission failed a check. It says on
+standard error how each submission went; with ``--quiet`` it says nothing, and its own
+messages go to ``batch.log`` in the reports folder.
 """
 
 from __future__ import annotations
@@ -156,11 +158,12 @@ def grade_folder(
     return 1 if any_failed else 0
 
 
-def set_up_logging(quiet: bool, server_log: Path) -> None:
-    """The grader's own messages: to standard error, or with --quiet to the server's log."""
+def set_up_logging(quiet: bool, log_file: Path) -> None:
+    """The grader's own messages: to standard error, or with --quiet to ``log_file``."""
     handler: logging.Handler
     if quiet:
-        handler = logging.FileHandler(server_log, mode="a", encoding="utf-8", delay=True)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, mode="a", encoding="utf-8", delay=True)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
@@ -218,7 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sum(map(bool, (command, args.address, args.batch))) != 1:
         parser.error("give exactly one of: -- COMMAND, --address HOST:PORT, --batch DIR")
     server_log = args.server_log or (QUIET_LOG if args.quiet else None)
-    set_up_logging(args.quiet, server_log or QUIET_LOG)
+    reports = args.reports or (
+        args.csv.with_name(f"{args.csv.stem}-reports") if args.csv else Path("chatlab-grade-reports")
+    )
+    # The grader's own messages, with --quiet: beside the server's output, or the batch's reports.
+    set_up_logging(args.quiet, reports / "batch.log" if args.batch else server_log or QUIET_LOG)
     if hasattr(signal, "SIGTERM"):  # stopped by a batch or a platform: stop the server on the way out
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if args.batch is not None:
@@ -226,9 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{args.batch} is not a folder")
         if args.format != "text" or args.output or args.user or args.server_log:
             parser.error("--batch writes a CSV and each submission's reports: --csv, --reports")
-        reports = args.reports or (
-            args.csv.with_name(f"{args.csv.stem}-reports") if args.csv else Path("chatlab-grade-reports")
-        )
         return grade_folder(args.batch, args.stage, args.timeout, args.csv, reports, args.quiet)
     if args.address:
         host, _, port = args.address.rpartition(":")
