@@ -39,7 +39,7 @@ from pathlib import Path
 
 from .checks import CHECKS, STAGES
 from .formats import FORMATS, as_json, render, report_from_json
-from .runner import DEFAULT_TIMEOUT, STOP_TIMEOUT, Limits, Report, failed_to_start, grade
+from .runner import DEFAULT_TIMEOUT, STOP_TIMEOUT, Limits, Report, every_check_failed, grade
 
 log = logging.getLogger("chatlab.grade")
 
@@ -106,13 +106,13 @@ def grade_submission(
         except subprocess.TimeoutExpired:
             process.kill()
             said, _ = process.communicate()
-        return failed_to_start(stages, f"grading took more than {SUBMISSION_TIMEOUT:g} s: stopped")
+        return every_check_failed(stages, f"grading took more than {SUBMISSION_TIMEOUT:g} s: stopped")
     if process.returncode in (0, 1) and report_file.exists():
         return report_from_json(json.loads(report_file.read_text(encoding="utf-8")))
     lines = said.decode(errors="replace").strip().splitlines() or ["(nothing)"]
     with server_log.open("a", encoding="utf-8") as kept:
         kept.write("\n".join(["", "--- the grader's own output ---", *lines, ""]))
-    return failed_to_start(
+    return every_check_failed(
         stages, f"the grader could not grade it (status {process.returncode}): {lines[-1]}"
     )
 

@@ -408,9 +408,9 @@ def grade(
             if (trouble := wait_until_listening(address, process)) is None:
                 report = run_checks(address, stages, timeout)
         if trouble is not None:
-            report = failed_to_start(stages, trouble)
+            report = every_check_failed(stages, trouble)
     except OSError as exc:  # the program does not exist, or may not be run
-        report = failed_to_start(stages, f"cannot start {command[0]!r}: {exc.strerror or exc}")
+        report = every_check_failed(stages, f"cannot start {command[0]!r}: {exc.strerror or exc}")
     finally:
         if output_file is not None:
             output_file.close()
@@ -419,7 +419,9 @@ def grade(
     return report
 
 
-def failed_to_start(stages: Sequence[str], trouble: str) -> Report:
+def every_check_failed(stages: Sequence[str], trouble: str) -> Report:
+    """The report when no check could run at all (the server never listened, say): each
+    check of ``stages`` failed, with ``trouble`` as its hint."""
     return Report(
         [CheckResult(c.stage, c.name, False, trouble, (), c.points) for c in CHECKS if c.stage in stages]
     )
