@@ -280,6 +280,48 @@ def test_a_server_that_crashes_shows_its_last_words_to_the_student(tmp_path):
     assert results["output"].splitlines()[-1] == "Traceback: NameError: accept_loop"
 
 
+CRASHES_ON_A_SPACE = """\
+import os, socket, sys, threading
+listener = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+
+def serve(connection):
+    try:
+        connection.sendall(b"* your name?\\n")
+        for line in connection.makefile("rb"):
+            if b" " in line:  # the grader's 'two words': a crash, as a student's server may have
+                print("Traceback (most recent call last):", file=sys.stderr)
+                print("ValueError: too many values to unpack", file=sys.stderr, flush=True)
+                os._exit(7)
+            connection.sendall(b"* welcome\\n")
+    except OSError:  # a client of an earlier check reset its connection
+        pass
+
+while True:
+    threading.Thread(target=serve, args=(listener.accept()[0],), daemon=True).start()
+"""
+
+
+def test_a_server_that_exits_during_a_check_is_named_and_the_rest_fail_at_once(tmp_path):
+    report_file = tmp_path / "report.json"
+    done = run_grader(
+        "--quiet", "--format", "json", "--output", str(report_file), "--server-log", str(tmp_path / "log"),
+        "--stage", "threads", "--timeout", "1", "--", sys.executable, "-c", CRASHES_ON_A_SPACE, "{port}",
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (1, "")
+    greeting, register, invalid, *later = report_from_json(json.loads(report_file.read_text())).results
+    assert greeting.ok and register.ok and not invalid.ok
+    assert invalid.hint == "the server exited (status 7) during this check: read its output (a traceback?)"
+    assert invalid.transcript[-3:] == (
+        "(the server exited (status 7); its last lines:)",
+        "Traceback (most recent call last):",
+        "ValueError: too many values to unpack",
+    )
+    assert later and {r.hint for r in later} == {
+        "the server exited (status 7) during 'invalid names refused'"
+    }
+    assert all(r.transcript == () for r in later)  # none of them waited
+
+
 @pytest.mark.skipif(resource is None, reason="no resource limits on this system (Windows)")
 def test_limits_are_set_in_the_server_before_it_runs(tmp_path):
     server = submission(tmp_path, "limited.py", LAB1, report=TELL_LIMITS)

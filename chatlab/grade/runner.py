@@ -6,7 +6,9 @@ the terminal reaches the grader, not the server), waits (bounded) until the port
 the checks and stops the program by its pid (``terminate()``, then ``kill()``: SIGTERM and
 SIGKILL on POSIX, TerminateProcess on Windows). Only the stages asked for are reported, but
 :func:`run_checks` also runs the checks they need from other stages; a check whose needs failed
-is not run, and fails naming the first of them.
+is not run, and fails naming the first of them. When a started server exits, the check during
+which it did says so (with the server's last lines, when its output goes to a file), and every
+check after it fails at once.
 
 A started command can be given :class:`Limits` (CPU time, memory, processes, open files) and a
 user to run as. Both are set by a few lines of Python that run in the new process and then
@@ -33,7 +35,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -48,6 +50,8 @@ START_TIMEOUT = 10.0  # for a started command to accept connections
 STOP_TIMEOUT = 3.0  # after terminate(), before kill()
 LOG_TAIL = 20  # lines of a started server's output kept in the report
 LOG_LINE_CHARS = 200  # a longer line of it is cut
+LAST_WORDS = 5  # lines of it shown with the check during which the server exited
+EXIT_GRACE = 0.2  # seconds a failed check waits to see whether the server is exiting
 
 
 # --- results -------------------------------------------------------------------------------
@@ -145,9 +149,18 @@ class Report:
 # --- grading ----------------------------------------------------------------------------------
 
 
-def run_checks(address: tuple[str, int], stages: Sequence[str], timeout: float) -> Report:
+def run_checks(
+    address: tuple[str, int],
+    stages: Sequence[str],
+    timeout: float,
+    process: subprocess.Popen | None = None,
+    log_file: Path | None = None,
+) -> Report:
     """Run the checks of ``stages`` against the server at ``address``; also the checks they
-    need from other stages, which are not reported."""
+    need from other stages, which are not reported.
+
+    With the started server's ``process``, a check that fails because the server exited says
+    so (with its last lines from ``log_file``), and the checks after it fail at once."""
     by_name = {c.name: c for c in CHECKS}
     wanted = {c.name for c in CHECKS if c.stage in stages}
     todo = set(wanted)
@@ -156,6 +169,7 @@ def run_checks(address: tuple[str, int], stages: Sequence[str], timeout: float) 
             todo.update(c.needs)
     outcome: dict[str, bool] = {}
     report = Report()
+    gone: str | None = None  # the hint for every check once the server has exited
     for number, c in enumerate(CHECKS, 1):
         if c.name not in todo:
             continue
@@ -166,8 +180,16 @@ def run_checks(address: tuple[str, int], stages: Sequence[str], timeout: float) 
             result = CheckResult(
                 c.stage, c.name, False, f"needs '{need.name}'{where} to pass first", (), c.points
             )
+        elif gone is not None:
+            result = CheckResult(c.stage, c.name, False, gone, (), c.points)
         else:
             result = run_one(c, address, timeout, number)
+            if not result.ok and process is not None and (ended := how_it_ended(process)):
+                last = log_tail(log_file)[-LAST_WORDS:] if log_file is not None else ()
+                said = f"(the server {ended}{'; its last lines:' if last else ''})"
+                hint = f"the server {ended} during this check: read its output (a traceback?)"
+                result = replace(result, hint=hint, transcript=(*result.transcript, said, *last))
+                gone = f"the server {ended} during '{c.name}'"
         outcome[c.name] = result.ok
         if c.name in wanted:
             report.results.append(result)
@@ -189,6 +211,15 @@ def run_one(c: Check, address: tuple[str, int], timeout: float, number: int) -> 
     finally:
         run.close()
     return CheckResult(c.stage, c.name, True, points=c.points)
+
+
+def how_it_ended(process: subprocess.Popen) -> str | None:
+    """None while ``process`` runs (given a moment to finish exiting), else how it ended."""
+    try:
+        status = process.wait(EXIT_GRACE)
+    except subprocess.TimeoutExpired:
+        return None
+    return f"was killed by signal {-status}" if status < 0 else f"exited (status {status})"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -406,7 +437,8 @@ def grade(
         output = output_file if output_file is not None else server_output(quiet)
         with started(command, address[1], output=output, limits=limits, user=user) as process:
             if (trouble := wait_until_listening(address, process)) is None:
-                report = run_checks(address, stages, timeout)
+                log_path = Path(log_file) if log_file is not None else None
+                report = run_checks(address, stages, timeout, process, log_path)
         if trouble is not None:
             report = every_check_failed(stages, trouble)
     except OSError as exc:  # the program does not exist, or may not be run
