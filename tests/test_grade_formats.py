@@ -27,7 +27,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from chatlab.grade import FORMATS, STAGES, CheckResult, Report, render
+from chatlab.grade import FORMATS, STAGES, CheckResult, Report, grade, render
 from chatlab.grade.__main__ import network_namespace
 from chatlab.grade.formats import report_from_json
 from chatlab.grade.runner import Limits, limited
@@ -336,6 +336,24 @@ def test_limits_are_set_in_the_server_before_it_runs(tmp_path):
     assert limits["RLIMIT_AS"] == defaults.memory_bytes
     assert limits["RLIMIT_NOFILE"] == defaults.open_files
     assert defaults.more_processes <= limits["RLIMIT_NPROC"] <= 1 << 20
+
+
+@pytest.mark.skipif(resource is None, reason="no resource limits on this system (Windows)")
+def test_a_server_over_its_cpu_limit_is_killed_and_the_hint_says_so(tmp_path):
+    spin = "import socket, sys\ns = socket.create_server(('127.0.0.1', int(sys.argv[1])))\nwhile True: pass"
+    report = grade(
+        [sys.executable, "-c", spin, "{port}"],
+        stages=["threads"],
+        timeout=3,  # the greeting never comes; the kernel stops the server after 1 s of CPU
+        limits=Limits(cpu_seconds=1),
+        log_file=tmp_path / "log",
+    )
+    first, *later = report.results
+    killed_by = {f"the server was killed by signal {int(signal.SIGKILL)} during this check"}
+    if hasattr(signal, "SIGXCPU"):  # what macOS sends at the limit
+        killed_by.add(f"the server was killed by signal {int(signal.SIGXCPU)} during this check")
+    assert first.hint.split(":")[0] in killed_by
+    assert later and all(r.hint.startswith("needs '") for r in later)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is enforced on Linux")
