@@ -180,18 +180,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = argv.index("--")
         argv, command = argv[:split], argv[split + 1 :]
     parser = argparse.ArgumentParser(
-        prog="python -m chatlab.grade",
+        prog="chatlab-grade" if Path(sys.argv[0]).stem == "chatlab-grade" else "python -m chatlab.grade",
         description="Grade a chat server against the chatlab protocol.",
         usage="%(prog)s [--stage NAME ...] [--timeout S] [--format F] [--output FILE] [--quiet] "
         "(-- COMMAND ... | --address HOST:PORT | --batch DIR)",
     )
     parser.add_argument("--stage", action="extend", nargs="+", choices=list(STAGES), help="default: all")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for a line")
-    parser.add_argument("--address", help="HOST:PORT of a server that is already running")
+    parser.add_argument(
+        "--timeout", type=float, metavar="S", default=DEFAULT_TIMEOUT, help="seconds to wait for a line"
+    )
+    parser.add_argument(
+        "--address", metavar="HOST:PORT", help="HOST:PORT of a server that is already running"
+    )
     parser.add_argument(
         "--format", choices=list(FORMATS), default="text", help="the report's format (default: text)"
     )
-    parser.add_argument("--output", type=Path, help="write the report here (default: standard output)")
+    parser.add_argument(
+        "--output", type=Path, metavar="FILE", help="write the report here (default: standard output)"
+    )
     parser.add_argument(
         "--quiet",
         action="store_true",
@@ -200,21 +206,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--server-log",
         type=Path,
+        metavar="FILE",
         help=f"where a started server's output goes (default: standard error; with --quiet, {QUIET_LOG})",
     )
     parser.add_argument(
         "--limits", action="store_true", help="start the server with limits (CPU, memory, processes, files)"
     )
-    parser.add_argument("--user", help="start the server as this user (the grader must run as root)")
     parser.add_argument(
-        "--batch", type=Path, help="grade every *.py in this folder as 'python FILE --port {port}'"
+        "--user", metavar="NAME", help="start the server as this user (the grader must run as root)"
     )
     parser.add_argument(
-        "--csv", type=Path, help="with --batch: write the CSV here (default: standard output)"
+        "--batch",
+        type=Path,
+        metavar="DIR",
+        help="grade every *.py in this folder as 'python FILE --port {port}'",
+    )
+    parser.add_argument(
+        "--csv", type=Path, metavar="FILE", help="with --batch: write the CSV here (default: standard output)"
     )
     parser.add_argument(
         "--reports",
         type=Path,
+        metavar="DIR",
         help="with --batch: keep each submission's reports here (default: beside the CSV, NAME-reports/)",
     )
     args = parser.parse_args(argv)
