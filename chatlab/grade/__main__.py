@@ -189,9 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, metavar="S", default=DEFAULT_TIMEOUT, help="seconds to wait for a line"
     )
-    parser.add_argument(
-        "--address", metavar="HOST:PORT", help="HOST:PORT of a server that is already running"
-    )
+    parser.add_argument("--address", metavar="HOST:PORT", help="grade a server that is already running there")
     parser.add_argument(
         "--format", choices=list(FORMATS), default="text", help="the report's format (default: text)"
     )
