@@ -32,22 +32,24 @@ FLOOD_BYTES = 4 << 20  # sent to it in all: far more than the kernel's buffers h
 
 @dataclass(frozen=True)
 class Check:
-    """One check: its stage, its name, the hint shown when it fails, the checks it needs."""
+    """One check: its stage, its name, the hint shown when it fails, the checks it needs, and
+    the points it is worth."""
 
     stage: str
     name: str
     hint: str
     needs: tuple[str, ...]
     function: Callable[[Run], None]
+    points: int = 1
 
 
 CHECKS: list[Check] = []
 """Every check, in the order they run."""
 
 
-def check(stage: str, name: str, hint: str, needs: Sequence[str] = ()) -> Callable:
+def check(stage: str, name: str, hint: str, needs: Sequence[str] = (), points: int = 1) -> Callable:
     def add(function: Callable[[Run], None]) -> Callable[[Run], None]:
-        CHECKS.append(Check(stage, name, hint, tuple(needs), function))
+        CHECKS.append(Check(stage, name, hint, tuple(needs), function, points))
         return function
 
     return add
