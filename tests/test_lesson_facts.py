@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -180,7 +181,7 @@ def test_after_the_peer_closed_its_socket_the_first_send_works_and_a_later_one_f
 def test_ctrl_c_interrupts_a_wait_without_a_timeout_on_linux_and_macos() -> None:
     """L10: "there a signal interrupts any wait ... threading.Event().wait(), with no timeout"."""
     program = (
-        "import threading\nprint('ready', flush=True)\ntry:\n    threading.Event().wait()\n"
+        "import threading\ntry:\n    print('ready', flush=True)\n    threading.Event().wait()\n"
         "except KeyboardInterrupt:\n    print('KeyboardInterrupt', flush=True)\n"
     )
     proc = subprocess.Popen(
@@ -188,13 +189,13 @@ def test_ctrl_c_interrupts_a_wait_without_a_timeout_on_linux_and_macos() -> None
     )
     try:
         assert proc.stdout.readline() == "ready\n"
-        proc.send_signal(__import__("signal").SIGINT)
+        proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(TIMEOUT)
-    assert out == "KeyboardInterrupt\n" and proc.returncode == 0
+    assert (out, proc.returncode) == ("KeyboardInterrupt\n", 0)
 
 
 def test_a_list_changed_under_its_loop_skips_an_element_without_an_error() -> None:
