@@ -496,14 +496,43 @@ def test_a_restarted_redis_has_forgotten_every_inbox(redis_server: RedisServer) 
         r.close()
 
 
-def test_lesson_12_runs_to_the_end_without_a_redis_server_and_says_what_to_install() -> None:
-    """Issue 17: where no Redis server can be found, the first Redis cell says what to install,
-    the cells that need Redis say they skipped, and nothing raises."""
+NO_REDIS = {
+    "no server": (
+        "import chatlab.redis_server\nchatlab.redis_server.find_redis_server = lambda: None",
+        None,
+        "No Redis server here. Install one: sudo apt-get install redis-server",
+    ),
+    "no client": (
+        "import sys\nsys.modules['redis'] = None  # import redis fails, as after pip install '.[lessons]'",
+        None,
+        "No Python client for Redis: pip install 'redis>=5'",
+    ),
+    "nobody at MY_REDIS": (
+        "",
+        'MY_REDIS = "redis://127.0.0.1:1/0"',
+        "no Redis answers at redis://127.0.0.1:1/0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", NO_REDIS)
+def test_lesson_12_runs_to_the_end_without_redis_and_says_what_to_do(case: str) -> None:
+    """Issue 17: without a Redis server, without the redis client, or with MY_REDIS pointing at
+    nothing, the first Redis cell says what to do, the cells that need Redis say they skipped,
+    the pictures still show, and nothing raises. Then what_to_install() with the platform faked."""
+    setup, my_redis, expected = NO_REDIS[case]
     notebook = nbformat.read(LESSON_12, as_version=4)
-    hide = nbformat.v4.new_code_cell(
-        "import chatlab.redis_server\nchatlab.redis_server.find_redis_server = lambda: None"
+    start = next(cell for cell in notebook.cells if "MY_REDIS = None" in cell.source)
+    if my_redis:
+        start.source = start.source.replace("MY_REDIS = None", my_redis, 1)
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(setup))
+    probe = nbformat.v4.new_code_cell(
+        "real = sys.platform\n"
+        "for sys.platform in ('win32', 'darwin'):\n"
+        "    print(what_to_install())\n"
+        "sys.platform = real"
     )
-    notebook.cells.insert(0, hide)
+    notebook.cells.append(probe)
     client = NotebookClient(
         notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
     )
@@ -515,8 +544,7 @@ def test_lesson_12_runs_to_the_end_without_a_redis_server_and_says_what_to_insta
     def printed(cell: nbformat.NotebookNode) -> str:
         return "".join(output.get("text", "") for output in cell.outputs)
 
-    start = next(cell for cell in notebook.cells if "MY_REDIS = None" in cell.source)
-    assert "No Redis server here. Install one: sudo apt-get install redis-server" in printed(start)
+    assert expected in printed(start)
     marked = [
         cell
         for cell in notebook.cells
@@ -530,6 +558,16 @@ def test_lesson_12_runs_to_the_end_without_a_redis_server_and_says_what_to_insta
         if "draw_topology()" in cell.source or "draw_one_message()" in cell.source
     ]
     assert pictures and all("<Figure" in str(cell.outputs) for cell in pictures)
+    if case == "no server":
+        windows, macos = printed(probe).splitlines()
+        for advice in (
+            "WSL",
+            "Memurai",
+            "docker run --rm -p 6379:6379 redis",
+            'MY_REDIS = "redis://127.0.0.1:6379/0"',
+        ):
+            assert advice in windows
+        assert "brew install redis" in macos
 
 
 # --- the claims review found wrong: they must not come back ----------------------------------
