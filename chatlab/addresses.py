@@ -29,8 +29,10 @@ ANY_ADDRESS = ("0.0.0.0", "")
 
 
 def _linux_addresses() -> list[tuple[str, str]]:
-    import fcntl  # not on Windows
-
+    try:
+        import fcntl  # not on Windows
+    except ImportError:
+        return _addresses_of_this_name()
     found = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # any socket will do
         for _, name in socket.if_nameindex():

@@ -27,6 +27,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable
+from types import ModuleType
 
 from . import protocol
 from .tls import NotTls, TlsLayer, client_context
@@ -363,8 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     interactive = sys.stdin.isatty()
     prompt = "> " if interactive else ""
+    readline: ModuleType | None = None
     if interactive:
-        import readline  # noqa: F401  (line editing and history for input())
+        try:
+            import readline  # line editing and history for input(); not on Windows
+        except ImportError:
+            pass
 
     # Two threads print: the reader shows what arrives, this one its own notices. The lock
     # keeps every line whole, and the introduction before the first incoming line.
@@ -373,12 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     def show(line: str) -> None:
         # Incoming lines appear above what you are typing, which is drawn again after them.
         with output:
-            if interactive:
-                import readline
-
+            if readline is not None:  # clear the line being typed, show this one, draw it again
                 sys.stdout.write("\r\x1b[K" + _safe(line) + "\n" + prompt + readline.get_line_buffer())
                 sys.stdout.flush()
-            else:
+            else:  # no readline (Windows): the line appears where the cursor is
                 print(_safe(line), flush=True)
 
     name = args.name or input("your name: ").strip()

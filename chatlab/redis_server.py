@@ -23,12 +23,13 @@ import importlib.util
 import logging
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .portable import stop_process
 
 __all__ = ["RedisServer", "find_redis_server", "start_redis"]
 
@@ -113,16 +114,11 @@ class RedisServer:
             return False
 
     def stop(self, kill: bool = False, timeout: float = 5.0) -> None:
-        """Stop it by its pid: SIGTERM (SIGKILL with ``kill``, or if it has not ended in time)."""
+        """Stop it by its pid: ask it to stop (SIGTERM), or end it at once with ``kill`` (SIGKILL;
+        on Windows both end it at once); see :func:`chatlab.portable.stop_process`."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
+        if process is not None:
+            stop_process(process, timeout, kill=kill)
 
     def restart(self, timeout: float = START_TIMEOUT) -> RedisServer:
         """Kill it and start a fresh one on the same port: everything it held is gone."""

@@ -36,6 +36,7 @@ from typing import Any
 
 from .. import protocol
 from ..flood import Throttle, slow_down
+from ..portable import make_listener
 from ..room import ChatRoom, ClientRecord, ServerEvent
 from ..tls import NotTls, TlsLayer
 
@@ -418,14 +419,7 @@ class ServerBase:
     def _start(self) -> ServerBase:
         if self.running:
             raise RuntimeError("the server is already running")
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((self.host, self._requested_port))
-            listener.listen(socket.SOMAXCONN)
-        except OSError:
-            listener.close()
-            raise
+        listener = make_listener(self.host, self._requested_port)
         self.port = listener.getsockname()[1]
         self._listener = listener
         self.stopping = False

@@ -13,6 +13,8 @@ receiver's socket without waiting: the kernel takes it at once while the receive
 When the receiver's socket is full, the line waits in its bounded :class:`Outbox`, and a writer
 thread (``chatlab-writer-bob``) starts that alone waits for bob and ends once bob has caught up.
 A receiver that stops reading stalls nobody, and once its outbox overflows it is disconnected.
+(Windows cannot tell one ``send()`` not to wait: there every line takes the writer's way, see
+:func:`chatlab.portable.send_without_waiting`.)
 With ``delivery="direct"`` the sender's thread writes into the receiver's socket and waits
 until it is taken, as in the report: simple, and one client that stops reading freezes every
 client that writes to it (lesson 7 shows it).
@@ -33,6 +35,7 @@ import threading
 import time
 from typing import Any
 
+from ..portable import send_without_waiting, wake_accept
 from ..room import ClientRecord
 from ..tls import TlsLayer
 from .base import (
@@ -87,9 +90,7 @@ class _QueuedTransport:
         if record.writer is not None:  # it is behind: keep the order, queue behind the rest
             return self.outbox.put(data)
         try:
-            sent = record.sock.send(data, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sent = 0
+            sent = send_without_waiting(record.sock, data)  # 0 where the OS cannot (Windows)
         except TimeoutError:  # before it registers, its socket has a timeout, and that passed
             return False
         except OSError:
@@ -174,13 +175,16 @@ class ChatServer(ServerBase):
 
     def _halt(self, listener: socket.socket, timeout: float) -> None:
         self._halting.set()
-        shutdown(listener)  # wakes accept() on Linux
-        listener.close()
         # First the accept thread, which may be taking in one last client: after it has ended,
         # no new connection can appear while the others are shut down and joined (a writer
         # thread still may, and its client's thread joins it before ending).
         assert self._accept_thread is not None
+        shutdown(listener)  # wakes accept() on Linux
+        self._accept_thread.join(0.1)
+        if self._accept_thread.is_alive():
+            wake_accept(listener)  # macOS and Windows: a connection of our own wakes it
         self._accept_thread.join(timeout)
+        listener.close()
         for record in self.room.connections():
             shutdown(record.sock)  # wakes each client's thread in recv(): it cleans up and ends
         self._join_threads(timeout)
@@ -197,6 +201,9 @@ class ChatServer(ServerBase):
                 log.warning("accept failed: %s", exc)  # e.g. out of file descriptors
                 time.sleep(0.05)
                 continue
+            if self.stopping:  # woken by wake_accept(), or a client in the last moment
+                sock.close()
+                break
             try:
                 self._take_in(sock, address)
             except Exception:  # e.g. "can't start new thread": refuse this one, keep accepting

@@ -1,0 +1,114 @@
+"""What differs between Linux, macOS and Windows, in one place.
+
+Sockets and threads behave alike on the three systems almost everywhere the kit goes. Where
+they do not, the kit calls one of the small functions here instead of writing
+``if sys.platform ...`` in many places. Each function says what differs and what it does about
+it, and each decides by what the system *has* (``hasattr(socket, "MSG_DONTWAIT")``), not by its
+name, so the fallback is the same code on every system that lacks the feature, and the tests
+run it on Linux too (with the POSIX-only names removed: ``tests/windows_standin``).
+
+- :func:`send_without_waiting`: hand bytes to the kernel only if it takes them at once.
+  Linux and macOS have a flag for one ``send()`` (``MSG_DONTWAIT``); Windows has none.
+- :func:`make_listener`: a listening socket that a restarted server can bind at once, and that
+  a second server cannot bind while the first one listens. ``SO_REUSEADDR`` gives the first on
+  Linux and macOS; on Windows it would let a second socket take a port in use, so it is left
+  out there.
+- :func:`wake_accept`: wake a thread blocked in ``accept()`` so that it can see the server is
+  stopping. ``shutdown()`` of the listening socket does that on Linux only.
+- :func:`stop_process`: ask a program to stop, then make it. There is no ``SIGKILL`` on Windows;
+  ``Popen.terminate()`` and ``Popen.kill()`` work everywhere.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+__all__ = ["CAN_SEND_WITHOUT_WAITING", "make_listener", "send_without_waiting", "stop_process", "wake_accept"]
+
+_DONTWAIT: int | None = getattr(socket, "MSG_DONTWAIT", None)
+CAN_SEND_WITHOUT_WAITING = _DONTWAIT is not None
+"""Whether one ``send()`` can be told not to wait (``MSG_DONTWAIT``): Linux and macOS, not Windows."""
+
+
+def send_without_waiting(sock: socket.socket, data: bytes) -> int:
+    """Send what the kernel takes at once, never waiting; the number of bytes it took.
+
+    On Linux and macOS this is one ``send()`` with ``MSG_DONTWAIT``: the bytes that fit into the
+    socket's buffer now, 0 when it is full. Windows has no such flag, and a blocking ``send()``
+    there waits while the buffer is full, so this sends nothing and returns 0: the caller
+    queues the bytes for a thread that may wait (the threaded server's writer thread). The
+    promise is the same everywhere: the calling thread never waits for a slow receiver.
+
+    Raises what ``send()`` raises when the connection is gone (``OSError``), or
+    ``TimeoutError`` on a socket with a timeout (Python then waits up to it, whatever the flag).
+    """
+    if _DONTWAIT is None:
+        return 0
+    try:
+        return sock.send(data, _DONTWAIT)
+    except BlockingIOError:  # the buffer is full
+        return 0
+
+
+def make_listener(host: str, port: int, backlog: int = socket.SOMAXCONN) -> socket.socket:
+    """A TCP socket listening on ``(host, port)``; ``port=0`` lets the system pick one.
+
+    A server restarted on the same port binds it at once, though its old connections still
+    wait in TIME_WAIT, and a second server on a port in use fails with "Address already in
+    use", on every system. Linux and macOS need ``SO_REUSEADDR`` for the first. Windows binds
+    past TIME_WAIT by itself, and there ``SO_REUSEADDR`` would let a second socket take a port
+    that is in use, so it is not set (as ``socket.create_server`` does). Windows is told apart
+    by the option only it has, ``SO_EXCLUSIVEADDRUSE``.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if not hasattr(socket, "SO_EXCLUSIVEADDRUSE"):  # not Windows
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(backlog)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def wake_accept(listener: socket.socket, timeout: float = 1.0) -> None:
+    """Wake a thread blocked in ``listener.accept()``; call it after telling that thread to stop.
+
+    On Linux ``shutdown()`` of the listening socket makes a waiting ``accept()`` fail at once;
+    on macOS and Windows it does not, and closing the socket from another thread is not a
+    reliable wake-up either. What works everywhere: connect to it. ``accept()`` returns that
+    connection, and the accepting thread, seeing the server stop, closes it and ends.
+    """
+    try:
+        host, port = listener.getsockname()[:2]
+    except OSError:
+        return  # already closed: nothing waits in accept()
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"  # listening on every interface: loopback is one of them
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        pass  # it stopped listening meanwhile: accept() has returned already
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 5.0, *, kill: bool = False) -> int | None:
+    """Stop a program we started, by its pid, and wait for it; its exit status.
+
+    ``terminate()`` asks it to stop (SIGTERM on Linux and macOS, which the kit's programs turn
+    into a clean stop); if it has not ended within ``timeout`` seconds, or with ``kill=True``,
+    ``kill()`` ends it (SIGKILL; ``TerminateProcess`` on Windows, where ``terminate()`` already
+    ends it at once, with no clean-up).
+    """
+    if process.poll() is None:
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+    return process.returncode
