@@ -154,6 +154,16 @@ class ClientRecord:
         return self.name or f"{self.ip}:{self.port}"
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteMessage:
+    """A line from a client of another server of the chat, for :meth:`ChatRoom.arrived`:
+    a direct message to ``to``, or a broadcast to every client here if ``to`` is None."""
+
+    sender: str
+    text: str
+    to: str | None = None
+
+
 Outgoing = dict[ClientRecord, list[bytes]]
 """What the lines of one read sent, not written yet: receiver -> its pieces, in order."""
 
@@ -288,20 +298,24 @@ class ChatRoom:
 
     # --- what the other servers of the chat send (chatlab.broker calls these) ---------------
 
-    def arrived(self, lines: list[tuple[str, str, str, str]]) -> list[tuple[str, str]]:
-        """Deliver lines from clients of other servers: ``(kind, sender, to, text)`` with kind
-        ``m`` (a direct message to ``to``) or ``b`` (a broadcast). One write per receiver.
+    def arrived(self, messages: list[RemoteMessage]) -> list[tuple[str, str]]:
+        """Deliver lines from clients of other servers, in order: direct messages (``to`` set)
+        and broadcasts (``to`` None, for everyone here). One write per receiver.
         Returns ``(sender, to)`` for every direct message whose receiver is not here (any more)."""
         outgoing: Outgoing = {}
         missing = []
         with self._lock:
-            for kind, sender, to, text in lines:
-                line = protocol.format_message(sender, text)
-                receivers = self._by_name.values() if kind == "b" else [self._by_name.get(to.lower())]
-                for receiver in receivers:
+            for message in messages:
+                line = protocol.format_message(message.sender, message.text)
+                if message.to is None:
+                    receivers = list(self._by_name.values())
+                else:
+                    receiver = self._by_name.get(message.to.lower())
                     if receiver is None:
-                        missing.append((sender, to))
+                        missing.append((message.sender, message.to))
                         continue
+                    receivers = [receiver]
+                for receiver in receivers:
                     receiver.messages_out += 1
                     outgoing.setdefault(receiver, []).append(line)
         for receiver, chunks in outgoing.items():
