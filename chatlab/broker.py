@@ -36,10 +36,12 @@ Redis holds, every key under ``chatlab:``:
     entry id it has seen. A stream is a log: an entry stays after it is read, so a server that
     lost its connection to Redis for a moment reads on from where it was and loses nothing,
     and since each server appends from one queue, one thread at a time, and one thread reads
-    in order, the lines from one sender to one receiver arrive in order and exactly once. Redis pub/sub would
-    be simpler but is at-most-once: a subscriber that is reconnecting misses what was
-    published meanwhile, and Redis cuts off a subscriber that reads too slowly
-    (``client-output-buffer-limit pubsub``), silently for everyone else. A stream instead
+    in order, the lines from one sender to one receiver arrive in order, at most once; a
+    possible loss is reported (a line in the inbox of a server that crashed before reading
+    it: see "Failures" below). Redis pub/sub would be simpler but is at-most-once without a
+    word: a subscriber that is reconnecting misses what was published meanwhile, and Redis
+    cuts off a subscriber that reads too slowly (``client-output-buffer-limit pubsub``),
+    silently for everyone else. A stream instead
     grows while its reader is slow, so every ``XADD`` trims it (``MAXLEN ~ inbox_limit``): a
     stuck server loses its oldest lines instead of filling Redis's memory. (The limit counts
     entries; one entry carries the lines of a busy moment, at most ``BATCH`` of them.)
@@ -49,6 +51,11 @@ first sees another one (or sees them all again after an outage), it sends it a s
 names of all its clients, and from then on its "joined" and "left" lines, through the same
 inbox and so in order, keep that copy current. So ``%server%who`` and the routing of a line
 cost no trip to Redis; only a name that is in no copy (it joined a moment ago) is looked up.
+
+The broker is three parts, each in a module of its own: who is where is plain data, a
+:class:`~chatlab.directory.Directory` (no Redis, no threads: it is tested on its own); what
+goes out waits in a :class:`~chatlab.sendqueue.SendQueue`, which decides which thread sends
+it; and this module does the talking to Redis, with the threads that read and keep the keys.
 
 Only the threaded server (``ChatServer``, with its default queue delivery) uses a broker: the
 broker's threads write to clients, and its writes never wait for a slow client. The event-loop
