@@ -174,7 +174,7 @@ class ChatRoom:
     def __init__(self, *, max_clients: int = 100, history: int = 1000) -> None:
         self.max_clients = max_clients
         # Whether a transport's write may wait for its client (the threaded server's direct
-        # delivery). Then every thread delivers its own notices: see _deliver_notices.
+        # delivery). Then every thread delivers its own notices: see _deliver_notices_soon.
         self.blocking_writes = False
         # Where one thread serves every client (the event loops), the model sets this to a
         # function that has deliver_notices() called once, at the end of the loop's turn: a
@@ -197,10 +197,10 @@ class ChatRoom:
         self._events: deque[tuple] = deque(maxlen=history)
         # A tuple, replaced (never changed) by subscribe(): reading it needs no lock.
         self._subscribers: tuple[Callable[[ServerEvent], None], ...] = ()
-        self._notices = NoticeBoard()  # "joined" and "left" lines not everyone has had (_lock)
+        self._notice_board = NoticeBoard()  # "joined" and "left" lines not everyone has had (_lock)
         self._registrations = 0  # how many clients have registered so far
         self._leaving: dict[ClientRecord, int] = {}  # removed, not yet departed: its audience
-        self._announcing = threading.Lock()  # held by the one thread delivering notices
+        self._delivering_notices = threading.Lock()  # held by the one thread delivering notices
         # The rules of the chat: what each kind of line does (one method each, below).
         self._rules: dict[type, Callable[[ClientRecord, Any, Outgoing | None], None]] = {
             protocol.Register: self._register,
@@ -275,7 +275,7 @@ class ChatRoom:
         if audience and self.elsewhere is not None:  # the other servers hear it, also at a stop
             self.elsewhere.left(record.name)  # type: ignore[arg-type]
         if announce and audience:
-            self._announce(audience, protocol.format_notice(f"{record.name} left"))
+            self._post_notice(audience, protocol.format_notice(f"{record.name} left"))
 
     def send(self, record: ClientRecord, data: bytes, outgoing: Outgoing | None = None) -> None:
         """Hand bytes to one client's transport; drop the client if it is too far behind.
@@ -290,8 +290,8 @@ class ChatRoom:
 
     def _deliver(self, record: ClientRecord, data: bytes) -> None:
         with record.send_lock:
-            if record.notices_seen is not None and record.notices_seen < self._notices.end:
-                data = self._unseen_notices(record) + data
+            if record.notices_seen is not None and record.notices_seen < self._notice_board.end:
+                data = self._take_unseen_notices(record) + data
             ok = record.transport.write(data) if data else True
         if not ok:
             self._drop_slow(record)
@@ -326,7 +326,7 @@ class ChatRoom:
         """Tell every client online here ``* text`` (someone joined or left another server)."""
         with self._lock:
             audience = self._registrations + 1
-        self._announce(audience, protocol.format_notice(text))
+        self._post_notice(audience, protocol.format_notice(text))
 
     def tell(self, name: str, data: bytes) -> bool:
         """Send ``data`` to the client called ``name`` if it is here (an error about its line
@@ -396,17 +396,23 @@ class ChatRoom:
         self._emit("error", record, text=reason)
         self.send(record, reply or protocol.format_error(reason), outgoing)
 
-    def _announce(self, audience: int, notice: bytes) -> None:
-        """Tell ``notice`` to every client online whose ``order`` is below ``audience``: for
+    # --- notices: "* bob joined" and "* bob left" ---------------------------------------------
+    # _post_notice puts one on the board (_notice_board) and calls _deliver_notices_soon, which
+    # either calls deliver_notices now or asks the model to (notices_due). deliver_notices runs
+    # _catch_everyone_up, which writes to each client behind; every write to a client first
+    # takes what it has not had (_take_unseen_notices).
+
+    def _post_notice(self, audience: int, notice: bytes) -> None:
+        """Post ``notice`` for every client online whose ``order`` is below ``audience``: for
         "* bob joined" those that registered before bob, for "* bob left" those that registered
-        before bob left (the others never saw bob). The notice waits in the list until
-        :meth:`_deliver_notices`, or the next send to a client, takes it along.
+        before bob left (the others never saw bob). The notice waits on the board until
+        :meth:`deliver_notices`, or the next send to a client, takes it along.
         """
         with self._lock:
-            self._notices.post(audience, notice)
-        self._deliver_notices()
+            self._notice_board.post(audience, notice)
+        self._deliver_notices_soon()
 
-    def _deliver_notices(self) -> None:
+    def _deliver_notices_soon(self) -> None:
         """Deliver the waiting notices now, or ask the model to soon (``notices_due``)."""
         if self.notices_due is not None:
             self.notices_due()
@@ -417,40 +423,40 @@ class ChatRoom:
         """Write the waiting notices to every client online that has not had them yet.
 
         Where writes never wait, one thread at a time does it for everyone (it holds the
-        ``_announcing`` flag) and goes round again while notices keep coming; the others go on
-        at once. Where a write can wait for a client that does not read (``blocking_writes``),
+        ``_delivering_notices`` lock) and goes round again while notices keep coming; the others
+        go on at once. Where a write can wait for a client that does not read (``blocking_writes``),
         every thread delivers the notices itself, so a thread stuck on one client holds up
         only itself, not the notices of the whole room.
         """
         if self.blocking_writes:
-            self._notice_round()
+            self._catch_everyone_up()
             return
-        while len(self._notices) and self._announcing.acquire(blocking=False):
+        while len(self._notice_board) and self._delivering_notices.acquire(blocking=False):
             try:
-                while self._notice_round():
+                while self._catch_everyone_up():
                     pass
             finally:
-                self._announcing.release()
+                self._delivering_notices.release()
             # A notice added during the last round found the flag taken: look once more.
 
-    def _notice_round(self) -> bool:
+    def _catch_everyone_up(self) -> bool:
         """Bring every client online up to date; False if every one of them already was."""
         with self._lock:
-            end = self._notices.end
+            end = self._notice_board.end
             seen = {r: r.notices_seen for r in self._by_name.values() if r.notices_seen is not None}
             behind = [r for r, count in seen.items() if count < end]
-            self._notices.forget_before(min(seen.values(), default=end))
+            self._notice_board.forget_before(min(seen.values(), default=end))
         for record in behind:
             self._deliver(record, b"")
         return bool(behind)
 
-    def _unseen_notices(self, record: ClientRecord) -> bytes:
+    def _take_unseen_notices(self, record: ClientRecord) -> bytes:
         """The notices ``record`` has not been sent yet, marked as sent (under its send_lock)."""
         with self._lock:
             if record.notices_seen is None:
                 return b""
-            unseen = self._notices.since(record.notices_seen, record.order)
-            record.notices_seen = self._notices.end
+            unseen = self._notice_board.since(record.notices_seen, record.order)
+            record.notices_seen = self._notice_board.end
         return unseen
 
     def _malformed(self, record: ClientRecord, event: protocol.Malformed, outgoing: Outgoing | None) -> None:
@@ -480,7 +486,7 @@ class ChatRoom:
                     welcome = protocol.format_welcome(name, self._online_locked())
                     self._registrations += 1
                     record.order = self._registrations
-                    record.notices_seen = self._notices.end  # older notices are not news to it
+                    record.notices_seen = self._notice_board.end  # older notices are not news to it
             if not taken:
                 record.transport.registered(name)  # renamed first: the client never sees old names
                 log.info("%s:%d is %s", record.ip, record.port, name)
@@ -488,7 +494,7 @@ class ChatRoom:
                 # Its "joined" notice (for those who came before it) is queued before its welcome
                 # goes out: once it is welcomed, the others hear of it before anything it says.
                 with self._lock:
-                    self._notices.post(record.order, protocol.format_notice(f"{name} joined"))
+                    self._notice_board.post(record.order, protocol.format_notice(f"{name} joined"))
                 # Replies to its earlier lines of the same read (a refused name, say) go first.
                 earlier = b"".join(outgoing.pop(record, [])) if outgoing else b""
                 welcomed = record.transport.write(earlier + welcome)
@@ -499,7 +505,7 @@ class ChatRoom:
             self.elsewhere.joined(name)
         if not welcomed:
             self._drop_slow(record)
-        self._deliver_notices()
+        self._deliver_notices_soon()
 
     def _claim_elsewhere(self, record: ClientRecord, name: str, outgoing: Outgoing | None) -> bool:
         """Claim ``name`` on every server before taking it here; False if refused (and said so).
