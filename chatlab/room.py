@@ -103,6 +103,8 @@ class ServerEvent:
     ``kind`` is one of ``connected``, ``registered``, ``message``, ``error``, ``left``.
     ``client`` is the name (None before registration); for a message ``to`` is the receiver's
     name, or ``"*"`` for a broadcast; ``text`` is the message, the error or why a client left.
+    For the error "unknown client 'zed'" or "unknown command 'dance'", ``unknown`` is that
+    name or command (``zed``, ``dance``), so nobody has to read it back out of ``text``.
     """
 
     kind: str
@@ -111,6 +113,7 @@ class ServerEvent:
     to: str | None = None
     text: str = ""
     time: float = field(default_factory=time.time)
+    unknown: str | None = None
 
 
 @dataclass(eq=False, slots=True)  # slots: a thousand clients, a thousand records
@@ -389,11 +392,18 @@ class ChatRoom:
         return list(heapq.merge(self._names, self.elsewhere.names(), key=str.lower))
 
     def refuse(
-        self, record: ClientRecord, reason: str, reply: bytes | None = None, outgoing: Outgoing | None = None
+        self,
+        record: ClientRecord,
+        reason: str,
+        reply: bytes | None = None,
+        outgoing: Outgoing | None = None,
+        *,
+        unknown: str | None = None,
     ) -> None:
-        """Tell a client, the log and the subscribers that something of its was refused."""
+        """Tell a client, the log and the subscribers that something of its was refused
+        (``unknown``: the unknown name or command it was refused for, see ServerEvent)."""
         log.warning("%s:%d %s: %s", record.ip, record.port, record.name or "(no name yet)", reason)
-        self._emit("error", record, text=reason)
+        self._emit("error", record, text=reason, unknown=unknown)
         self.send(record, reply or protocol.format_error(reason), outgoing)
 
     # --- notices: "* bob joined" and "* bob left" ---------------------------------------------
@@ -537,7 +547,8 @@ class ChatRoom:
             if self.elsewhere is not None:
                 self._direct_elsewhere(record, to, text, outgoing)
                 return
-            self.refuse(record, f"unknown client {to!r}", protocol.format_unknown_client(to), outgoing)
+            reply = protocol.format_unknown_client(to)
+            self.refuse(record, f"unknown client {to!r}", reply, outgoing, unknown=to)
             return
         record.messages_in += 1
         log.info("%s -> %s: %r", record.name, target.name, text)
@@ -580,18 +591,32 @@ class ChatRoom:
             self.send(record, protocol.HELP, outgoing)
         else:
             self.refuse(
-                record, f"unknown command {command!r}", protocol.format_unknown_command(command), outgoing
+                record,
+                f"unknown command {command!r}",
+                protocol.format_unknown_command(command),
+                outgoing,
+                unknown=command,
             )
 
-    def _emit(self, kind: str, record: ClientRecord, *, to: str | None = None, text: str = "") -> None:
+    def _emit(
+        self,
+        kind: str,
+        record: ClientRecord,
+        *,
+        to: str | None = None,
+        text: str = "",
+        unknown: str | None = None,
+    ) -> None:
         """Log an event and tell the subscribers."""
         with self._lock:
-            event = self._log_event(kind, record, to, text)
+            event = self._log_event(kind, record, to, text, unknown)
         self._tell_subscribers(event)
 
-    def _log_event(self, kind: str, record: ClientRecord, to: str | None, text: str) -> tuple:
+    def _log_event(
+        self, kind: str, record: ClientRecord, to: str | None, text: str, unknown: str | None = None
+    ) -> tuple:
         """Add an event to the log (with ``_lock`` held); returns it, as a tuple."""
-        event = (kind, record.name, (record.ip, record.port), to, text, time.time())
+        event = (kind, record.name, (record.ip, record.port), to, text, time.time(), unknown)
         self._events.append(event)
         return event
 
