@@ -32,19 +32,21 @@ Redis holds, every key under ``chatlab:``:
     their own clients sent after it may never have arrived, and its sender is told so.
 ``inbox:<id>`` (a Redis Stream)
     Lines for clients of server <id>: direct messages, broadcasts, "joined" and "left". A
-    sender appends (``XADD``); the receiving server alone reads (``XREAD BLOCK``) from the last
-    entry id it has seen. A stream is a log: an entry stays after it is read, so a server that
-    lost its connection to Redis for a moment reads on from where it was and loses nothing,
-    and since each server appends from one queue, one thread at a time, and one thread reads
-    in order, the lines from one sender to one receiver arrive in order, at most once; a
-    possible loss is reported (a line in the inbox of a server that crashed before reading
-    it: see "Failures" below). Redis pub/sub would be simpler but is at-most-once without a
-    word: a subscriber that is reconnecting misses what was published meanwhile, and Redis
-    cuts off a subscriber that reads too slowly (``client-output-buffer-limit pubsub``),
-    silently for everyone else. A stream instead
-    grows while its reader is slow, so every ``XADD`` trims it (``MAXLEN ~ inbox_limit``): a
-    stuck server loses its oldest lines instead of filling Redis's memory. (The limit counts
-    entries; one entry carries the lines of a busy moment, at most ``BATCH`` of them.)
+    sender appends (``XADD``); the receiving server alone reads (``XREAD BLOCK``) from the
+    last entry id it has seen. A stream is a log: an entry stays after it is read, so a server
+    that lost its connection to Redis for a moment reads on from where it was and loses
+    nothing, and since each server appends from one queue, one thread at a time, and one
+    thread reads in order, the lines from one sender to one receiver arrive in order, at most
+    once; a possible loss is reported. (A line can be lost: a trimmed inbox loses its oldest
+    entries, a restarted Redis has forgotten its streams, a crashed server never read the end
+    of its inbox. Where the kit can know, the sender is told: see "Failures" below.) Redis
+    pub/sub would be simpler but is at-most-once without a word: a subscriber that is
+    reconnecting misses what was published meanwhile, and Redis cuts off a subscriber that
+    reads too slowly (``client-output-buffer-limit pubsub``), silently for everyone else. A
+    stream instead grows while its reader is slow, so every ``XADD`` trims it (``MAXLEN ~
+    inbox_limit``): a stuck server loses its oldest lines instead of filling Redis's memory.
+    (The limit counts entries; one entry carries the lines of a busy moment, at most ``BATCH``
+    of them.)
 
 Who is where is not asked of Redis for every line: each server keeps a copy. When a server
 first sees another one (or sees them all again after an outage), it sends it a snapshot, the
