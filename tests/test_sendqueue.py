@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 
 import pytest
+from transcript import wait_until
 
 from chatlab.sendqueue import SendQueue
-from transcript import wait_until
 
 pytestmark = pytest.mark.usefixtures("kit_threads")
 
