@@ -32,23 +32,32 @@ Redis holds, every key under ``chatlab:``:
     their own clients sent after it may never have arrived, and its sender is told so.
 ``inbox:<id>`` (a Redis Stream)
     Lines for clients of server <id>: direct messages, broadcasts, "joined" and "left". A
-    sender appends (``XADD``); the receiving server alone reads (``XREAD BLOCK``) from the last
-    entry id it has seen. A stream is a log: an entry stays after it is read, so a server that
-    lost its connection to Redis for a moment reads on from where it was and loses nothing,
-    and since each server appends from one queue, one thread at a time, and one thread reads
-    in order, the lines from one sender to one receiver arrive in order and exactly once. Redis pub/sub would
-    be simpler but is at-most-once: a subscriber that is reconnecting misses what was
-    published meanwhile, and Redis cuts off a subscriber that reads too slowly
-    (``client-output-buffer-limit pubsub``), silently for everyone else. A stream instead
-    grows while its reader is slow, so every ``XADD`` trims it (``MAXLEN ~ inbox_limit``): a
-    stuck server loses its oldest lines instead of filling Redis's memory. (The limit counts
-    entries; one entry carries the lines of a busy moment, at most ``BATCH`` of them.)
+    sender appends (``XADD``); the receiving server alone reads (``XREAD BLOCK``) from the
+    last entry id it has seen. A stream is a log: an entry stays after it is read, so a server
+    that lost its connection to Redis for a moment reads on from where it was and loses
+    nothing, and since each server appends from one queue, one thread at a time, and one
+    thread reads in order, the lines from one sender to one receiver arrive in order, at most
+    once; a possible loss is reported. (A line can be lost: a trimmed inbox loses its oldest
+    entries, a restarted Redis has forgotten its streams, a crashed server never read the end
+    of its inbox. Where the kit can know, the sender is told: see "Failures" below.) Redis
+    pub/sub would be simpler but is at-most-once without a word: a subscriber that is
+    reconnecting misses what was published meanwhile, and Redis cuts off a subscriber that
+    reads too slowly (``client-output-buffer-limit pubsub``), silently for everyone else. A
+    stream instead grows while its reader is slow, so every ``XADD`` trims it (``MAXLEN ~
+    inbox_limit``): a stuck server loses its oldest lines instead of filling Redis's memory.
+    (The limit counts entries; one entry carries the lines of a busy moment, at most ``BATCH``
+    of them.)
 
 Who is where is not asked of Redis for every line: each server keeps a copy. When a server
 first sees another one (or sees them all again after an outage), it sends it a snapshot, the
 names of all its clients, and from then on its "joined" and "left" lines, through the same
 inbox and so in order, keep that copy current. So ``%server%who`` and the routing of a line
 cost no trip to Redis; only a name that is in no copy (it joined a moment ago) is looked up.
+
+The broker is three parts, each in a module of its own: who is where is plain data, a
+:class:`~chatlab.directory.Directory` (no Redis, no threads: it is tested on its own); what
+goes out waits in a :class:`~chatlab.sendqueue.SendQueue`, which decides which thread sends
+it; and this module does the talking to Redis, with the threads that read and keep the keys.
 
 Only the threaded server (``ChatServer``, with its default queue delivery) uses a broker: the
 broker's threads write to clients, and its writes never wait for a slow client. The event-loop
@@ -101,7 +110,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +119,9 @@ from redis.connection import ConnectionInterface
 from redis.retry import Retry
 
 from . import protocol
+from .directory import Directory
+from .room import RemoteMessage
+from .sendqueue import SendQueue
 
 if TYPE_CHECKING:
     from .room import ChatRoom
@@ -153,13 +164,21 @@ return result
 """
 
 
+# The kinds of Line, one letter each on the wire (a busy inbox entry carries hundreds of lines).
+DIRECT = "m"  # a direct message, ``sender`` to ``to``
+BROADCAST = "b"  # a broadcast from ``sender``
+JOINED = "j"  # ``sender`` joined the sending server
+LEFT = "l"  # ``sender`` left it
+SNAPSHOT = "s"  # ``text``: every name on the sending server, comma-separated
+ERROR = "e"  # an error for ``sender`` about its line to ``to`` (``text``)
+
+
 @dataclass(frozen=True, slots=True)
 class Line:
-    """One thing for another server's clients.
+    """One thing for another server's clients, as it travels in an inbox entry.
 
-    ``kind``: ``m`` a direct message (``sender`` to ``to``), ``b`` a broadcast, ``j`` and ``l``
-    ``sender`` joined or left, ``s`` a snapshot (``text`` is every name on the sending server,
-    comma-separated), ``e`` an error for ``sender`` about its line to ``to``.
+    ``kind`` is one of the six above (:data:`DIRECT`, :data:`BROADCAST`, :data:`JOINED`,
+    :data:`LEFT`, :data:`SNAPSHOT`, :data:`ERROR`); the room never sees these letters.
     """
 
     kind: str
@@ -205,6 +224,10 @@ class Broker:
     The room calls :meth:`claim` (in the registering client's thread: it asks Redis),
     :meth:`direct`, :meth:`broadcast`, :meth:`joined`, :meth:`left`, :meth:`names` (which
     only queue or read memory), and :meth:`flush` after each read (which may append).
+
+    Who is where is a :class:`~chatlab.directory.Directory` (plain data, behind ``_lock``);
+    what goes out waits in a :class:`~chatlab.sendqueue.SendQueue`; this class does the
+    talking to Redis.
     """
 
     def __init__(
@@ -242,22 +265,15 @@ class Broker:
         self._read_connection = self.redis.connection_pool.make_connection()
         self._release_if_mine = self.redis.register_script(RELEASE_IF_MINE)
         self._refresh_names = self.redis.register_script(REFRESH_NAMES)
-        self._lock = threading.Lock()  # guards the fields below and `reachable`
-        self._mine: dict[str, str] = {}  # lower-case -> name: the names this server holds
-        self._peers: set[str] = set()  # the other live servers, as of the last heartbeat
-        self._members: dict[str, dict[str, str]] = {}  # server id -> {lower-case: name}
+        self._lock = threading.Lock()  # guards the directory, `reachable` and the fields below
+        self._directory = Directory()
         self._down_since = 0.0
         self._last_read = "0-0"  # the last inbox entry delivered (the reader writes it)
         # After an outage the other servers need a moment to write their keys again: until
         # then a missing key does not mean a dead server.
         self._patient_until = 0.0
-        # What the room hands over for other servers: (server id, or None for every one, line),
-        # in order. One thread at a time appends from the front (the one that set `_sending`):
-        # the sender thread, or a client's own thread (see flush).
-        self._queue: deque[tuple[str | None, Line]] = deque()
-        self._sending = False
-        self._closing = False
-        self._queue_changed = threading.Condition()  # guards the three fields above
+        # What the room hands over for other servers: (server id, or None for every one, line).
+        self._queue: SendQueue[tuple[str | None, Line]] = SendQueue(self._send, BATCH)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -294,7 +310,7 @@ class Broker:
         self._beat()
         self.room.elsewhere = self
         for role, target, args in (
-            ("send", self._send_loop, ()),
+            ("send", self._queue.run, ()),
             ("read", self._read_loop, (last_id,)),
             ("heartbeat", self._heartbeat_loop, ()),
         ):
@@ -308,9 +324,7 @@ class Broker:
         """Send what is queued (the "left" of every client, when the server stops), delete
         this server's keys, and join the threads, all within about ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        with self._queue_changed:  # the sender ends after what was queued before
-            self._closing = True
-            self._queue_changed.notify()
+        self._queue.close()  # the sender ends after what was queued before
         self._threads[0].join(timeout)
         self._stopping.set()
         for thread in self._threads[1:]:
@@ -340,58 +354,53 @@ class Broker:
             return None
         if claimed:
             with self._lock:
-                self._mine[name.lower()] = name
+                self._directory.add_mine(name)
         return bool(claimed)
 
     def joined(self, name: str) -> None:
-        self._put(None, Line("j", name))
+        self._queue.put((None, Line(JOINED, name)))
 
     def left(self, name: str) -> None:
         """A client of this server left: tell the others, and release its name."""
         with self._lock:
-            self._mine.pop(name.lower(), None)
-            self._put(None, Line("l", name))  # see _beat: in order with the snapshots
+            self._directory.remove_mine(name)
+            self._queue.put((None, Line(LEFT, name)))  # see _see_peers: in order with the snapshots
 
     def direct(self, sender: str, to: str, text: str) -> str | None:
         """Send a line to a client of another server: None if it is on its way, or what to
         tell the sender."""
-        server_id = self._where(to)
+        with self._lock:
+            server_id = self._directory.where(to)
         if server_id is None and self.reachable:
             server_id = self._look_up(to)  # joined a moment ago: its notice has not come yet
         if server_id is None:
             return f"unknown client {to!r}"
         if not self.reachable:
             return f"cannot reach {to!r} now: the link to the other servers is down"
-        self._put(server_id, Line("m", sender, to, text), wake=False)  # the room will flush()
+        self._queue.put((server_id, Line(DIRECT, sender, to, text)), wake=False)  # the room will flush()
         return None
 
     def broadcast(self, sender: str, text: str) -> str | None:
         """Send a broadcast to the clients of every other server (None), or say why not."""
         if not self.reachable:
             return "only this server's clients got that: the link to the other servers is down"
-        self._put(None, Line("b", sender, "", text), wake=False)  # the room will flush()
+        self._queue.put((None, Line(BROADCAST, sender, "", text)), wake=False)  # the room will flush()
         return None
 
     def names(self) -> list[str]:
         """The names online on the other servers (as far as we know), sorted."""
         with self._lock:
-            found = [name for members in self._members.values() for name in members.values()]
-        return sorted(found, key=str.lower)
+            return self._directory.names()
 
     def peers(self) -> list[str]:
         """The ids of the other live servers, as of the last heartbeat, sorted."""
         with self._lock:
-            return sorted(self._peers)
+            return self._directory.peers()
 
-    # --- looking names up -----------------------------------------------------------------------
-
-    def _where(self, name: str) -> str | None:
-        key = name.lower()
-        with self._lock:
-            for server_id, members in self._members.items():
-                if key in members:
-                    return server_id
-        return None
+    def flush(self) -> None:
+        """The room has handled the lines of one read: append what they handed over now, in
+        this thread if no other is sending (see :class:`~chatlab.sendqueue.SendQueue`)."""
+        self._queue.flush()
 
     def _look_up(self, name: str) -> str | None:
         try:
@@ -401,68 +410,19 @@ class Broker:
             return None
         return owner if owner and owner != self.server_id else None
 
-    # --- sending: one queue, one thread at a time appends -----------------------------------
-
-    def flush(self) -> None:
-        """The room has handled the lines of one read: append what they handed over now.
-
-        The client's own thread does it, if no other thread is sending: then its lines reach
-        Redis without waking another thread, one ``XADD`` per receiving server for the whole
-        read. Otherwise they wait in the queue behind the earlier lines, and the sender thread
-        takes them next: order is kept, and no client's thread waits behind another's lines.
-        """
-        with self._queue_changed:
-            if self._sending or not self._queue:
-                return  # whoever is sending takes ours too, when it is done with its own
-            batch = self._take()
-        self._send(batch)
-        self._sent()
-
-    def _put(self, server_id: str | None, line: Line, *, wake: bool = True) -> None:
-        """Queue a line for one server (None: for every one). ``wake=False``: the caller sends
-        it itself a moment later (flush), so the sender thread need not wake up for it."""
-        with self._queue_changed:
-            self._queue.append((server_id, line))
-            if wake:
-                self._queue_changed.notify()
-
-    def _take(self) -> list[tuple[str | None, Line]]:
-        """Take the first lines of the queue (at most BATCH) to send them: only one thread at a
-        time may, so the lines of one sender to one server are appended in the order they were
-        queued. Call with the queue's lock held; call _sent() once they are sent."""
-        self._sending = True
-        return [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
-
-    def _sent(self) -> None:
-        with self._queue_changed:
-            self._sending = False
-            # Lines queued meanwhile are the sender thread's now; at a stop it waits for us.
-            if self._queue or self._closing:
-                self._queue_changed.notify()
-
-    def _send_loop(self) -> None:
-        """The sender thread: append what is queued while nobody else does, until stop()."""
-        while True:
-            with self._queue_changed:
-                while self._sending or not self._queue:
-                    if self._closing and not self._sending:
-                        return
-                    self._queue_changed.wait()
-                batch = self._take()
-            self._send(batch)
-            self._sent()
+    # --- sending (in whichever thread the send queue chose) --------------------------------
 
     def _send(self, batch: list[tuple[str | None, Line]]) -> None:
         """Append a batch to the other servers' inboxes: one entry per receiving server, all in
         one round trip (a pipeline: every command written at once, then every answer read)."""
         with self._lock:
-            everyone = sorted(self._peers)
+            everyone = self._directory.peers()
         by_server: dict[str, list[Line]] = {}
         released = []
         for server_id, line in batch:
             for target in everyone if server_id is None else [server_id]:
                 by_server.setdefault(target, []).append(line)
-            if line.kind == "l":
+            if line.kind == LEFT:
                 released.append(line.sender)
         if not by_server and not released:
             return
@@ -494,7 +454,7 @@ class Broker:
     def _undelivered(self, lines: list[Line], why: str) -> None:
         """Tell the senders of direct messages that did not go out: never silence."""
         for line in lines:
-            if line.kind == "m":
+            if line.kind == DIRECT:
                 self.room.tell(line.sender, protocol.format_error(f"cannot reach {line.to!r}: {why}"))
 
     # --- the reader thread ----------------------------------------------------------------------
@@ -533,51 +493,36 @@ class Broker:
         """Lines from server ``origin``: messages go to the room together, the rest in order."""
         messages: list[Line] = []
         for line in lines:
-            if line.kind in ("m", "b"):
+            if line.kind in (DIRECT, BROADCAST):
                 messages.append(line)
                 continue
             self._deliver(origin, messages)
             messages = []
-            if line.kind == "j":
-                self._member(origin, line.sender, True)
-            elif line.kind == "l":
-                self._member(origin, line.sender, False)
-            elif line.kind == "s":
-                self._snapshot(origin, [name for name in line.text.split(",") if name])
-            elif line.kind == "e":
+            if line.kind in (JOINED, LEFT):
+                with self._lock:
+                    changed = self._directory.member(origin, line.sender, line.kind == JOINED)
+                if changed:
+                    self._tell(line.sender, origin, "joined" if line.kind == JOINED else "left")
+            elif line.kind == SNAPSHOT:
+                names = [name for name in line.text.split(",") if name]
+                with self._lock:
+                    gone, new = self._directory.snapshot(origin, names)
+                for name in gone:
+                    self._tell(name, origin, "left")
+                for name in new:
+                    self._tell(name, origin, "joined")
+            elif line.kind == ERROR:
                 self.room.tell(line.sender, protocol.format_error(line.text))
         self._deliver(origin, messages)
 
     def _deliver(self, origin: str, messages: list[Line]) -> None:
         if not messages:
             return
-        missing = self.room.arrived([(line.kind, line.sender, line.to, line.text) for line in messages])
+        missing = self.room.arrived(
+            [RemoteMessage(m.sender, m.text, to=m.to if m.kind == DIRECT else None) for m in messages]
+        )
         for sender, to in missing:  # left a moment ago: the sender hears it, as on one server
-            self._put(origin, Line("e", sender, to, f"unknown client {to!r}"))
-
-    # --- who is where -------------------------------------------------------------------------------
-
-    def _member(self, server_id: str, name: str, online: bool) -> None:
-        with self._lock:
-            members = self._members.setdefault(server_id, {})
-            changed = (name.lower() in members) != online
-            if online:
-                members[name.lower()] = name
-            else:
-                members.pop(name.lower(), None)
-        if changed:
-            self._tell(name, server_id, "joined" if online else "left")
-
-    def _snapshot(self, server_id: str, names: list[str]) -> None:
-        """Server ``server_id`` says who is on it: announce the differences."""
-        new = {name.lower(): name for name in names}
-        with self._lock:
-            old = self._members.get(server_id, {})
-            self._members[server_id] = new
-        for key in sorted(old.keys() - new.keys()):
-            self._tell(old[key], server_id, "left")
-        for key in sorted(new.keys() - old.keys()):
-            self._tell(new[key], server_id, "joined")
+            self._queue.put((origin, Line(ERROR, sender, to, f"unknown client {to!r}")))
 
     def _tell(self, name: str, server_id: str, what: str) -> None:
         log.info("%s %s (on server %s)", name, what, server_id)
@@ -598,8 +543,18 @@ class Broker:
 
     def _beat(self) -> None:
         """Say we are alive, keep our names, and see which servers came and went."""
+        self._keep_alive()
+        pattern = self.server_key("*")
+        live = {key[len(pattern) - 1 :] for key in self.redis.scan_iter(match=pattern, count=1000)}
+        live.discard(self.server_id)
+        self._back()
+        for server_id, members in self._see_peers(live).items():
+            self._bury(server_id, members)
+
+    def _keep_alive(self) -> None:
+        """Rewrite this server's keys, with their time to live, and refresh its names."""
         with self._lock:
-            mine = dict(self._mine)
+            mine = self._directory.mine()
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.server_key(self.server_id), self.address, px=self.ttl_ms)
         # The inbox and what was read of it outlive the key, so that when this server dies the
@@ -608,43 +563,42 @@ class Broker:
         pipe.set(self.read_key(self.server_id), self._last_read, px=3 * self.ttl_ms)
         if mine:
             self._refresh_names(
-                [self.name_key(key) for key in mine], [self.server_id, self.ttl_ms], client=pipe
+                [self.name_key(name) for name in mine], [self.server_id, self.ttl_ms], client=pipe
             )
         results = pipe.execute()
         if mine:
-            for name, kept in zip(mine.values(), results[3], strict=True):
+            for name, kept in zip(mine, results[3], strict=True):
                 if not kept:
                     log.warning("%s: another server took this name while Redis was unreachable", name)
-        pattern = self.server_key("*")
-        live = {key[len(pattern) - 1 :] for key in self.redis.scan_iter(match=pattern, count=1000)}
-        live.discard(self.server_id)
-        self._back()
+
+    def _see_peers(self, live: set[str]) -> dict[str, dict[str, str]]:
+        """The servers alive now: newcomers get a snapshot; returns the gone ones' members."""
         with self._lock:
-            new = live - self._peers
-            self._peers = live
+            new = self._directory.see_peers(live)
             patient = time.monotonic() < self._patient_until
-            gone = {
-                sid: self._members.pop(sid) for sid in list(self._members) if sid not in live and not patient
-            }
+            gone = {} if patient else self._directory.remove_gone()
             # A newcomer (or everyone, after an outage) learns who is here. Queued under the
             # lock, like every "left", so that the queue's order is the order of the changes.
-            snapshot = ",".join(self._mine.values())
+            snapshot = ",".join(self._directory.mine())
             for server_id in sorted(new):
-                self._put(server_id, Line("s", "", "", snapshot))
-        for server_id, members in gone.items():
-            if not members:  # stopped cleanly: its clients' "left" came before its key went
-                log.info("server %s is gone", server_id)
-                continue
-            log.warning("server %s stopped answering: its %d clients left", server_id, len(members))
-            # Its names would expire by themselves; freeing them now (if still that server's)
-            # means a name is free again as soon as its owner is announced as gone.
-            pipe = self.redis.pipeline(transaction=False)
-            for key in members:
-                self._release_if_mine([self.name_key(key)], [server_id], client=pipe)
-            pipe.execute()
-            for name in sorted(members.values(), key=str.lower):
-                self._tell(name, server_id, "left")
-            self._undelivered_by(server_id)
+                self._queue.put((server_id, Line(SNAPSHOT, "", "", snapshot)))
+        return gone
+
+    def _bury(self, server_id: str, members: dict[str, str]) -> None:
+        """Server ``server_id`` is gone: free its names, and tell our clients who left with it."""
+        if not members:  # stopped cleanly: its clients' "left" came before its key went
+            log.info("server %s is gone", server_id)
+            return
+        log.warning("server %s stopped answering: its %d clients left", server_id, len(members))
+        # Its names would expire by themselves; freeing them now (if still that server's)
+        # means a name is free again as soon as its owner is announced as gone.
+        pipe = self.redis.pipeline(transaction=False)
+        for key in members:
+            self._release_if_mine([self.name_key(key)], [server_id], client=pipe)
+        pipe.execute()
+        for name in sorted(members.values(), key=str.lower):
+            self._tell(name, server_id, "left")
+        self._undelivered_by(server_id)
 
     def _undelivered_by(self, server_id: str) -> None:
         """Server ``server_id`` died: tell our clients which of their direct messages to it
@@ -655,7 +609,7 @@ class Broker:
             if fields.get("from") != self.server_id:
                 continue  # another server's lines: that server tells its own clients
             for line in unpack(fields["lines"]):
-                if line.kind == "m":
+                if line.kind == DIRECT:
                     why = f"{line.to!r} may not have got your line {line.text!r}"
                     self.room.tell(
                         line.sender, protocol.format_error(f"{why}: their server stopped answering")
@@ -669,7 +623,7 @@ class Broker:
             was_reachable, self.reachable = self.reachable, False
             if was_reachable:
                 self._down_since = time.monotonic()
-                self._peers = set()  # after the outage every server gets a snapshot again
+                self._directory.forget_peers()  # after the outage every server gets a snapshot again
         if was_reachable:
             log.warning("redis unreachable (%s): remote clients get '!' until it is back", exc)
 

@@ -86,7 +86,7 @@ class ChatClient:
     def __init__(
         self,
         host: str = "127.0.0.1",
-        port: int = 5050,
+        port: int = protocol.DEFAULT_PORT,
         name: str = "",
         *,
         timeout: float = 5.0,
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m chatlab.client``: chat from a terminal; lines you type are sent as written."""
     parser = argparse.ArgumentParser(prog="chatlab-client", description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5050)
+    parser.add_argument("--port", type=int, default=protocol.DEFAULT_PORT)
     parser.add_argument("--name", help="your name (asked for if missing)")
     parser.add_argument("--tls", action="store_true", help="encrypt, and check the server's certificate")
     parser.add_argument(

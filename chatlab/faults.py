@@ -102,8 +102,9 @@ class _Piece:
     data: bytes | str = field(compare=False)  # bytes, or EOF / RESET
 
 
-class _Connection:
-    """One accepted client and its own connection upstream, with a pump each way."""
+class _RelayedConnection:
+    """One client relayed by the link: its accepted socket and the link's own connection
+    upstream for it, with a pump each way."""
 
     def __init__(self, link: FaultyLink, number: int, client: socket.socket, server: socket.socket) -> None:
         self.link = link
@@ -169,7 +170,7 @@ class _Pump:
     """One direction of one connection: a reader thread, a queue of due pieces, a writer thread."""
 
     def __init__(
-        self, connection: _Connection, direction: str, source: socket.socket, target: socket.socket
+        self, connection: _RelayedConnection, direction: str, source: socket.socket, target: socket.socket
     ) -> None:
         self.connection = connection
         self.link = connection.link
@@ -398,7 +399,7 @@ class FaultyLink:
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # guards _connections, _count and wiretap
         self._order = itertools.count()  # the wiretap's order: next() is atomic in CPython
-        self._connections: list[_Connection] = []
+        self._connections: list[_RelayedConnection] = []
         self._count = 0
         self.opened = 0
         """How many connections the link has passed on so far (each with its own upstream connection)."""
@@ -497,14 +498,14 @@ class FaultyLink:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a slice is a packet
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER_SIZE)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER_SIZE)
-        connection = _Connection(self, number, client, server)
+        connection = _RelayedConnection(self, number, client, server)
         with self._lock:
             self._connections.append(connection)
             self.opened += 1
         log.info("connection %d from %s:%d to %s:%d (%s)", number, *address, *self.upstream, self.describe())
         connection.start()
 
-    def _forget(self, connection: _Connection) -> None:
+    def _forget(self, connection: _RelayedConnection) -> None:
         with self._lock:
             if connection in self._connections:
                 self._connections.remove(connection)

@@ -31,6 +31,8 @@ import unicodedata
 from dataclasses import dataclass
 
 ENCODING = "utf-8"
+DEFAULT_PORT = 5050
+"""The TCP port a chatlab server listens on, and a client connects to, unless told otherwise."""
 DEFAULT_MAX_LINE = 4096
 """Longest line (in bytes, without its line end) a server accepts by default."""
 

@@ -103,6 +103,8 @@ class ServerEvent:
     ``kind`` is one of ``connected``, ``registered``, ``message``, ``error``, ``left``.
     ``client`` is the name (None before registration); for a message ``to`` is the receiver's
     name, or ``"*"`` for a broadcast; ``text`` is the message, the error or why a client left.
+    For the error "unknown client 'zed'" or "unknown command 'dance'", ``unknown`` is that
+    name or command (``zed``, ``dance``), so nobody has to read it back out of ``text``.
     """
 
     kind: str
@@ -111,6 +113,7 @@ class ServerEvent:
     to: str | None = None
     text: str = ""
     time: float = field(default_factory=time.time)
+    unknown: str | None = None
 
 
 @dataclass(eq=False, slots=True)  # slots: a thousand clients, a thousand records
@@ -154,6 +157,16 @@ class ClientRecord:
         return self.name or f"{self.ip}:{self.port}"
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteMessage:
+    """A line from a client of another server of the chat, for :meth:`ChatRoom.arrived`:
+    a direct message to ``to``, or a broadcast to every client here if ``to`` is None."""
+
+    sender: str
+    text: str
+    to: str | None = None
+
+
 Outgoing = dict[ClientRecord, list[bytes]]
 """What the lines of one read sent, not written yet: receiver -> its pieces, in order."""
 
@@ -164,7 +177,7 @@ class ChatRoom:
     def __init__(self, *, max_clients: int = 100, history: int = 1000) -> None:
         self.max_clients = max_clients
         # Whether a transport's write may wait for its client (the threaded server's direct
-        # delivery). Then every thread delivers its own notices: see _deliver_notices.
+        # delivery). Then every thread delivers its own notices: see _deliver_notices_soon.
         self.blocking_writes = False
         # Where one thread serves every client (the event loops), the model sets this to a
         # function that has deliver_notices() called once, at the end of the loop's turn: a
@@ -187,10 +200,10 @@ class ChatRoom:
         self._events: deque[tuple] = deque(maxlen=history)
         # A tuple, replaced (never changed) by subscribe(): reading it needs no lock.
         self._subscribers: tuple[Callable[[ServerEvent], None], ...] = ()
-        self._notices = NoticeBoard()  # "joined" and "left" lines not everyone has had (_lock)
+        self._notice_board = NoticeBoard()  # "joined" and "left" lines not everyone has had (_lock)
         self._registrations = 0  # how many clients have registered so far
         self._leaving: dict[ClientRecord, int] = {}  # removed, not yet departed: its audience
-        self._announcing = threading.Lock()  # held by the one thread delivering notices
+        self._delivering_notices = threading.Lock()  # held by the one thread delivering notices
         # The rules of the chat: what each kind of line does (one method each, below).
         self._rules: dict[type, Callable[[ClientRecord, Any, Outgoing | None], None]] = {
             protocol.Register: self._register,
@@ -265,7 +278,7 @@ class ChatRoom:
         if audience and self.elsewhere is not None:  # the other servers hear it, also at a stop
             self.elsewhere.left(record.name)  # type: ignore[arg-type]
         if announce and audience:
-            self._announce(audience, protocol.format_notice(f"{record.name} left"))
+            self._post_notice(audience, protocol.format_notice(f"{record.name} left"))
 
     def send(self, record: ClientRecord, data: bytes, outgoing: Outgoing | None = None) -> None:
         """Hand bytes to one client's transport; drop the client if it is too far behind.
@@ -280,28 +293,32 @@ class ChatRoom:
 
     def _deliver(self, record: ClientRecord, data: bytes) -> None:
         with record.send_lock:
-            if record.notices_seen is not None and record.notices_seen < self._notices.end:
-                data = self._unseen_notices(record) + data
+            if record.notices_seen is not None and record.notices_seen < self._notice_board.end:
+                data = self._take_unseen_notices(record) + data
             ok = record.transport.write(data) if data else True
         if not ok:
             self._drop_slow(record)
 
     # --- what the other servers of the chat send (chatlab.broker calls these) ---------------
 
-    def arrived(self, lines: list[tuple[str, str, str, str]]) -> list[tuple[str, str]]:
-        """Deliver lines from clients of other servers: ``(kind, sender, to, text)`` with kind
-        ``m`` (a direct message to ``to``) or ``b`` (a broadcast). One write per receiver.
+    def arrived(self, messages: list[RemoteMessage]) -> list[tuple[str, str]]:
+        """Deliver lines from clients of other servers, in order: direct messages (``to`` set)
+        and broadcasts (``to`` None, for everyone here). One write per receiver.
         Returns ``(sender, to)`` for every direct message whose receiver is not here (any more)."""
         outgoing: Outgoing = {}
         missing = []
         with self._lock:
-            for kind, sender, to, text in lines:
-                line = protocol.format_message(sender, text)
-                receivers = self._by_name.values() if kind == "b" else [self._by_name.get(to.lower())]
-                for receiver in receivers:
+            for message in messages:
+                line = protocol.format_message(message.sender, message.text)
+                if message.to is None:
+                    receivers = list(self._by_name.values())
+                else:
+                    receiver = self._by_name.get(message.to.lower())
                     if receiver is None:
-                        missing.append((sender, to))
+                        missing.append((message.sender, message.to))
                         continue
+                    receivers = [receiver]
+                for receiver in receivers:
                     receiver.messages_out += 1
                     outgoing.setdefault(receiver, []).append(line)
         for receiver, chunks in outgoing.items():
@@ -312,7 +329,7 @@ class ChatRoom:
         """Tell every client online here ``* text`` (someone joined or left another server)."""
         with self._lock:
             audience = self._registrations + 1
-        self._announce(audience, protocol.format_notice(text))
+        self._post_notice(audience, protocol.format_notice(text))
 
     def tell(self, name: str, data: bytes) -> bool:
         """Send ``data`` to the client called ``name`` if it is here (an error about its line
@@ -375,24 +392,37 @@ class ChatRoom:
         return list(heapq.merge(self._names, self.elsewhere.names(), key=str.lower))
 
     def refuse(
-        self, record: ClientRecord, reason: str, reply: bytes | None = None, outgoing: Outgoing | None = None
+        self,
+        record: ClientRecord,
+        reason: str,
+        reply: bytes | None = None,
+        outgoing: Outgoing | None = None,
+        *,
+        unknown: str | None = None,
     ) -> None:
-        """Tell a client, the log and the subscribers that something of its was refused."""
+        """Tell a client, the log and the subscribers that something of its was refused
+        (``unknown``: the unknown name or command it was refused for, see ServerEvent)."""
         log.warning("%s:%d %s: %s", record.ip, record.port, record.name or "(no name yet)", reason)
-        self._emit("error", record, text=reason)
+        self._emit("error", record, text=reason, unknown=unknown)
         self.send(record, reply or protocol.format_error(reason), outgoing)
 
-    def _announce(self, audience: int, notice: bytes) -> None:
-        """Tell ``notice`` to every client online whose ``order`` is below ``audience``: for
+    # --- notices: "* bob joined" and "* bob left" ---------------------------------------------
+    # _post_notice puts one on the board (_notice_board) and calls _deliver_notices_soon, which
+    # either calls deliver_notices now or asks the model to (notices_due). deliver_notices runs
+    # _catch_everyone_up, which writes to each client behind; every write to a client first
+    # takes what it has not had (_take_unseen_notices).
+
+    def _post_notice(self, audience: int, notice: bytes) -> None:
+        """Post ``notice`` for every client online whose ``order`` is below ``audience``: for
         "* bob joined" those that registered before bob, for "* bob left" those that registered
-        before bob left (the others never saw bob). The notice waits in the list until
-        :meth:`_deliver_notices`, or the next send to a client, takes it along.
+        before bob left (the others never saw bob). The notice waits on the board until
+        :meth:`deliver_notices`, or the next send to a client, takes it along.
         """
         with self._lock:
-            self._notices.post(audience, notice)
-        self._deliver_notices()
+            self._notice_board.post(audience, notice)
+        self._deliver_notices_soon()
 
-    def _deliver_notices(self) -> None:
+    def _deliver_notices_soon(self) -> None:
         """Deliver the waiting notices now, or ask the model to soon (``notices_due``)."""
         if self.notices_due is not None:
             self.notices_due()
@@ -403,40 +433,40 @@ class ChatRoom:
         """Write the waiting notices to every client online that has not had them yet.
 
         Where writes never wait, one thread at a time does it for everyone (it holds the
-        ``_announcing`` flag) and goes round again while notices keep coming; the others go on
-        at once. Where a write can wait for a client that does not read (``blocking_writes``),
+        ``_delivering_notices`` lock) and goes round again while notices keep coming; the others
+        go on at once. Where a write can wait for a client that does not read (``blocking_writes``),
         every thread delivers the notices itself, so a thread stuck on one client holds up
         only itself, not the notices of the whole room.
         """
         if self.blocking_writes:
-            self._notice_round()
+            self._catch_everyone_up()
             return
-        while len(self._notices) and self._announcing.acquire(blocking=False):
+        while len(self._notice_board) and self._delivering_notices.acquire(blocking=False):
             try:
-                while self._notice_round():
+                while self._catch_everyone_up():
                     pass
             finally:
-                self._announcing.release()
+                self._delivering_notices.release()
             # A notice added during the last round found the flag taken: look once more.
 
-    def _notice_round(self) -> bool:
+    def _catch_everyone_up(self) -> bool:
         """Bring every client online up to date; False if every one of them already was."""
         with self._lock:
-            end = self._notices.end
+            end = self._notice_board.end
             seen = {r: r.notices_seen for r in self._by_name.values() if r.notices_seen is not None}
             behind = [r for r, count in seen.items() if count < end]
-            self._notices.forget_before(min(seen.values(), default=end))
+            self._notice_board.forget_before(min(seen.values(), default=end))
         for record in behind:
             self._deliver(record, b"")
         return bool(behind)
 
-    def _unseen_notices(self, record: ClientRecord) -> bytes:
+    def _take_unseen_notices(self, record: ClientRecord) -> bytes:
         """The notices ``record`` has not been sent yet, marked as sent (under its send_lock)."""
         with self._lock:
             if record.notices_seen is None:
                 return b""
-            unseen = self._notices.since(record.notices_seen, record.order)
-            record.notices_seen = self._notices.end
+            unseen = self._notice_board.since(record.notices_seen, record.order)
+            record.notices_seen = self._notice_board.end
         return unseen
 
     def _malformed(self, record: ClientRecord, event: protocol.Malformed, outgoing: Outgoing | None) -> None:
@@ -466,7 +496,7 @@ class ChatRoom:
                     welcome = protocol.format_welcome(name, self._online_locked())
                     self._registrations += 1
                     record.order = self._registrations
-                    record.notices_seen = self._notices.end  # older notices are not news to it
+                    record.notices_seen = self._notice_board.end  # older notices are not news to it
             if not taken:
                 record.transport.registered(name)  # renamed first: the client never sees old names
                 log.info("%s:%d is %s", record.ip, record.port, name)
@@ -474,7 +504,7 @@ class ChatRoom:
                 # Its "joined" notice (for those who came before it) is queued before its welcome
                 # goes out: once it is welcomed, the others hear of it before anything it says.
                 with self._lock:
-                    self._notices.post(record.order, protocol.format_notice(f"{name} joined"))
+                    self._notice_board.post(record.order, protocol.format_notice(f"{name} joined"))
                 # Replies to its earlier lines of the same read (a refused name, say) go first.
                 earlier = b"".join(outgoing.pop(record, [])) if outgoing else b""
                 welcomed = record.transport.write(earlier + welcome)
@@ -485,7 +515,7 @@ class ChatRoom:
             self.elsewhere.joined(name)
         if not welcomed:
             self._drop_slow(record)
-        self._deliver_notices()
+        self._deliver_notices_soon()
 
     def _claim_elsewhere(self, record: ClientRecord, name: str, outgoing: Outgoing | None) -> bool:
         """Claim ``name`` on every server before taking it here; False if refused (and said so).
@@ -517,7 +547,8 @@ class ChatRoom:
             if self.elsewhere is not None:
                 self._direct_elsewhere(record, to, text, outgoing)
                 return
-            self.refuse(record, f"unknown client {to!r}", protocol.format_unknown_client(to), outgoing)
+            reply = protocol.format_unknown_client(to)
+            self.refuse(record, f"unknown client {to!r}", reply, outgoing, unknown=to)
             return
         record.messages_in += 1
         log.info("%s -> %s: %r", record.name, target.name, text)
@@ -560,18 +591,32 @@ class ChatRoom:
             self.send(record, protocol.HELP, outgoing)
         else:
             self.refuse(
-                record, f"unknown command {command!r}", protocol.format_unknown_command(command), outgoing
+                record,
+                f"unknown command {command!r}",
+                protocol.format_unknown_command(command),
+                outgoing,
+                unknown=command,
             )
 
-    def _emit(self, kind: str, record: ClientRecord, *, to: str | None = None, text: str = "") -> None:
+    def _emit(
+        self,
+        kind: str,
+        record: ClientRecord,
+        *,
+        to: str | None = None,
+        text: str = "",
+        unknown: str | None = None,
+    ) -> None:
         """Log an event and tell the subscribers."""
         with self._lock:
-            event = self._log_event(kind, record, to, text)
+            event = self._log_event(kind, record, to, text, unknown)
         self._tell_subscribers(event)
 
-    def _log_event(self, kind: str, record: ClientRecord, to: str | None, text: str) -> tuple:
+    def _log_event(
+        self, kind: str, record: ClientRecord, to: str | None, text: str, unknown: str | None = None
+    ) -> tuple:
         """Add an event to the log (with ``_lock`` held); returns it, as a tuple."""
-        event = (kind, record.name, (record.ip, record.port), to, text, time.time())
+        event = (kind, record.name, (record.ip, record.port), to, text, time.time(), unknown)
         self._events.append(event)
         return event
 

@@ -17,7 +17,6 @@ what was drawn with ``fig.findobj(lambda a: a.get_gid() == ...)``.
 
 from __future__ import annotations
 
-import ast
 import math
 import re
 import sys
@@ -298,18 +297,17 @@ _REFUSED_LINES = {
 }
 
 
-def _refusal(reason: str) -> tuple[str, bool, str]:
+def _refusal(event: ServerEvent) -> tuple[str, bool, str]:
     """A refused line as drawn: (the line that came in, whether that is wire text, the reply).
 
     The log keeps why a line was refused, not the line: ``unknown client 'zed'`` came from a
-    line ``%zed%...`` whose text is not known. The server quotes names with ``repr``.
+    line ``%zed%...`` whose text is not known; the event names the unknown one (``unknown``).
     """
-    if reason.startswith("unknown client "):
-        name = ast.literal_eval(reason.removeprefix("unknown client "))
-        return f"%{name}%…", True, _as_text(protocol.format_unknown_client(name))
-    if reason.startswith("unknown command "):
-        command = ast.literal_eval(reason.removeprefix("unknown command "))
-        return f"%server%{command}", True, _as_text(protocol.format_unknown_command(command))
+    reason, unknown = event.text, event.unknown
+    if unknown is not None and reason.startswith("unknown client "):
+        return f"%{unknown}%…", True, _as_text(protocol.format_unknown_client(unknown))
+    if unknown is not None and reason.startswith("unknown command "):
+        return f"%server%{unknown}", True, _as_text(protocol.format_unknown_command(unknown))
     return _REFUSED_LINES.get(reason, "(a line)"), False, _as_text(protocol.format_error(reason))
 
 
@@ -615,7 +613,7 @@ def _draw_step(ax, step: _Step, y: float, lanes: _Lanes) -> None:
         _server_note(ax, y, f"{sender}: {event.text}", ERROR_COLOR, f"error:{sender}", wire=False)
     elif event.kind == "error":  # a refused line: it comes in, the error goes back
         x = lanes.x[sender]
-        line, wire, reply = _refusal(event.text)
+        line, wire, reply = _refusal(event)
         _arrow(ax, x, 0, y, lanes.colors[sender], f"refused:{sender}")
         _arrow_label(ax, lanes, x, 0, y, line, wire=wire)
         ax.plot([0], [y], marker="X", markersize=10, color=ERROR_COLOR, markeredgecolor="white", zorder=5)

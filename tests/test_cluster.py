@@ -249,7 +249,16 @@ def test_a_server_killed_without_warning_is_noticed_and_its_clients_leave(run, r
     alice.read_until("* bob joined")
     alice.send("%bob%before")
     bob.read_until("%alice%before")
-    time.sleep(2.5)  # two heartbeats: the doomed server has said it delivered "before"
+    # Wait until its heartbeat says it delivered "before" (read:<id>, a stream entry id): what
+    # is sent after the kill is then the only line it may not have delivered.
+    import redis
+
+    def entry(entry_id: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in entry_id.split("-"))
+
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        before = client.xrevrange("chatlab:inbox:doomed", count=1)[0][0]
+        wait_until(lambda: entry(client.get("chatlab:read:doomed") or "0-0") >= entry(before), timeout=10)
     killed_at = time.monotonic()
     program.proc.send_signal(signal.SIGKILL)
     alice.send("%bob%into the void")  # its key still lives for a few seconds: this goes to its inbox

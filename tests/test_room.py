@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from chatlab.room import ChatRoom, ClientRecord
+from chatlab.room import ChatRoom, ClientRecord, RemoteMessage
 from transcript import run_together
 
 
@@ -118,7 +118,7 @@ def test_a_burst_of_leaves_costs_a_few_writes_per_client_not_one_per_notice(room
     assert sorted(lines(watcher)) == sorted(f"* {r.name} left" for r in crowd)  # each once
     assert len(watcher.transport.writes) <= len(crowd)
     # Every notice reached everyone it is for, so the room keeps none of them any more.
-    assert len(room._notices) == 0  # every client online has had them all
+    assert len(room._notice_board) == 0  # every client online has had them all
 
 
 def test_many_clients_registering_at_once_each_hear_of_every_later_one_once(room, admit):
@@ -154,7 +154,7 @@ def test_where_one_thread_serves_everyone_a_turn_of_leaves_costs_one_round_of_no
     room.deliver_notices()  # the end of the turn
     assert len(watcher.transport.writes) == writes + 1
     assert lines(watcher)[-30:] == [f"* {r.name} left" for r in crowd]
-    assert len(room._notices) == 0
+    assert len(room._notice_board) == 0
 
 
 def test_the_who_list_stays_in_order_whatever_the_case_as_clients_come_and_go(room, admit):
@@ -165,3 +165,18 @@ def test_the_who_list_stays_in_order_whatever_the_case_as_clients_come_and_go(ro
     admit("bert")
     assert room.online() == ["alice", "bert", "carol", "Dave"]
     assert lines(admit("zoe"))[1] == "* online: alice, bert, carol, Dave, zoe"
+
+
+def test_lines_from_other_servers_arrive_by_name_one_write_per_receiver(room, admit):
+    bob, carol = admit("bob"), admit("carol")
+    before = len(bob.transport.writes), len(carol.transport.writes)
+    missing = room.arrived(
+        [
+            RemoteMessage("alice", "hi bob", to="BOB"),
+            RemoteMessage("alice", "to everyone"),  # no `to`: a broadcast
+            RemoteMessage("dave", "anyone?", to="zed"),
+        ]
+    )
+    assert missing == [("dave", "zed")]  # the broker tells dave: zed is not here
+    assert bob.transport.writes[before[0] :] == [b"%alice%hi bob\n%alice%to everyone\n"]
+    assert carol.transport.writes[before[1] :] == [b"%alice%to everyone\n"]
