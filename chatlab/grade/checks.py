@@ -346,7 +346,7 @@ def broadcast_all(run: Run) -> None:
     "who",
     "'%server%who' must be answered with one line starting '* ' that names everyone online "
     "(e.g. '* online: amy, ben, cat')",
-    needs=["register a name"],
+    needs=["register a name", "two clients at once"],
 )
 def who(run: Run) -> None:
     amy, ben, cat = run.register("amy"), run.register("ben"), run.register("cat")
@@ -360,7 +360,7 @@ def who(run: Run) -> None:
     "joined notice",
     "when a client registers, the others must get a line starting '* ' that names it "
     "(e.g. '* ben joined')",
-    needs=["register a name"],
+    needs=["register a name", "two clients at once"],
 )
 def joined(run: Run) -> None:
     amy = run.register("amy")
@@ -414,8 +414,10 @@ def stress_worker(run: Run, worker: int, problems: list[str]) -> None:
                     time.sleep(0.05)
                     continue
                 sock.sendall(name.encode() + b"\n")
-                while (line := reader.readline()) and line.startswith(NOTICE) and name.encode() not in line:
-                    pass  # other clients' joined and left notices
+                while (line := reader.readline()).startswith(b"%") or (
+                    line.startswith(NOTICE) and name.encode() not in line
+                ):
+                    pass  # the others' messages, and their joined and left notices
                 if not line.startswith(NOTICE):
                     problems.append(f"{name} was not registered: {shown(line) if line else 'no answer'}")
                     sock.close()

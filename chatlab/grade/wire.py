@@ -368,24 +368,36 @@ class Run:
         ``! server full`` (the clients of the check before may not be gone yet) is asked again
         for up to FULL_WAIT seconds."""
         give_up = time.monotonic() + FULL_WAIT
+        tries = 0
         while True:
+            start = len(self.transcript.lines)
             client = self.connect(label, **options)
             line = client.read_line(time.monotonic() + self.timeout, self.no_greeting(client))
             if line.startswith(NOTICE):
-                return client
+                return self.let_in(client, tries)
             if not is_full(line):
                 raise Failed(f"a new connection must first get a line starting '* ', not {shown(line)}")
-            self.wait_for_room(client, give_up)
+            tries += 1
+            self.wait_for_room(client, give_up, start)
 
-    def wait_for_room(self, client: Connection, give_up: float) -> None:
+    def let_in(self, client: Connection, tries: int) -> Connection:
+        if tries:
+            self.transcript.add(f"({client.label} was told the server is full {tries} times, then let in)")
+        return client
+
+    def wait_for_room(self, client: Connection, give_up: float, start: int) -> None:
+        """After ``! server full``: close, and try again soon (only the last try is shown)."""
         client.close()
         self.connections.remove(client)
         if time.monotonic() > give_up:
+            others = len(self.connections)
+            who = f"only this check's {others} other clients were" if others else "no other client was"
             raise Failed(
-                f"the server said {shown(client.last)} for {FULL_WAIT:g} s while only this check's "
-                f"{len(self.connections)} clients were connected: does it still count clients that "
-                "left (every earlier check's client has closed its connection)?"
+                f"the server said {shown(client.last)} for {FULL_WAIT:g} s while {who} connected: "
+                "does it still count clients that left (every earlier check's client has closed "
+                "its connection)?"
             )
+        del self.transcript.lines[start:]
         time.sleep(0.1)
 
     def no_greeting(self, client: Connection) -> str:
@@ -395,16 +407,19 @@ class Run:
         """A connection registered as ``base_N``: greeting read, name sent, a notice back."""
         name = self.name(base)
         give_up = time.monotonic() + FULL_WAIT
+        tries = 0
         while True:
+            start = len(self.transcript.lines)
             client = self.greeted(name, **options)
             client.send(name.encode() + b"\n")
             deadline = time.monotonic() + self.timeout
             line = client.read_line(deadline, f"could not register: the name {name!r} got no answer")
             if line.startswith(NOTICE):
-                return client
+                return self.let_in(client, tries)
             if not is_full(line):
-                raise Failed(f"could not register: the good name {name!r} was refused")
-            self.wait_for_room(client, give_up)
+                raise Failed(f"could not register: the good name {name!r} was refused with {shown(line)}")
+            tries += 1
+            self.wait_for_room(client, give_up, start)
 
     def explain(self, hint: str) -> str:
         """``hint``, or how the server program ended when it has (a crash explains it all)."""
