@@ -714,6 +714,16 @@ def flood_slow_reader(run: Run) -> tuple[Connection, Connection, Connection, Con
     stopped = flood(fay, lines, run.timeout)
     if stopped == "stalled":
         run.transcript.add(f"(the server took none of {fay.label}'s bytes for {run.timeout:g} s)")
+        try:
+            gone = fay.label.lower() not in who_answer(pat)
+        except Failed:
+            gone = False
+        if gone:
+            raise Failed(
+                f"the server stopped reading {fay.label}, the client that sends, and no longer lists "
+                f"it, though its connection is open: did its thread end with an exception (because "
+                f"{sam.label} was too far behind?) Disconnect the client that is too far behind, not its sender"
+            )
         raise Failed(
             f"the server stopped reading {fay.label} while {sam.label} did not read: a send "
             "to a slow client must not block the sender's thread"
