@@ -125,7 +125,9 @@ class Server:
         message = f"%{client.name}%{body}\n".encode()
         with self.lock:
             if to in ("*", "all"):
-                receivers = [c for c in self.clients.values() if c is not client or self.bug == "echo-broadcast"]
+                receivers = [
+                    c for c in self.clients.values() if c is not client or self.bug == "echo-broadcast"
+                ]
             else:
                 receivers = [c for c in [self.clients.get(to.lower())] if c is not None]
         if not receivers and to not in ("*", "all") and self.bug != "drop-unknown":
@@ -177,8 +179,10 @@ class Server:
 
 def unsafe(char: str) -> bool:
     """A control character, or a bidi embedding, override or isolate (a tab is fine)."""
-    return (unicodedata.category(char) == "Cc" and char != "\t") or "\u202a" <= char <= "\u202e" or (
-        "\u2066" <= char <= "\u2069"
+    return (
+        (unicodedata.category(char) == "Cc" and char != "\t")
+        or "\u202a" <= char <= "\u202e"
+        or ("\u2066" <= char <= "\u2069")
     )
 
 

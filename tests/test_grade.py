@@ -25,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from broken_servers import BUGS, Server
+
 from chatlab.grade import CHECKS, STAGES, CheckResult, Report, grade, shown
 from chatlab.servers import MODELS, server_class
 
@@ -119,7 +119,9 @@ def test_every_kit_model_gets_full_marks(model):
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_the_command_line_starts_a_kit_server_and_gives_full_marks(model):
-    done = run_grader("--", sys.executable, "-m", "chatlab.server", "--port", "{port}", "--model", model, "--quiet")
+    done = run_grader(
+        "--", sys.executable, "-m", "chatlab.server", "--port", "{port}", "--model", model, "--quiet"
+    )
     lines = done.stdout.splitlines()
     assert done.returncode == 0, done.stdout + done.stderr
     assert lines[-1] == SUMMARY
@@ -260,7 +262,9 @@ SLEEPER = textwrap.dedent(
 @pytest.mark.parametrize("sigterm", ["obey", "ignore"])
 def test_the_grader_stops_the_process_it_started(sigterm, tmp_path):
     pidfile = tmp_path / "pid"
-    report = grade([sys.executable, "-c", SLEEPER, "{port}", str(pidfile), sigterm], stages=["threads"], timeout=0.5)
+    report = grade(
+        [sys.executable, "-c", SLEEPER, "{port}", str(pidfile), sigterm], stages=["threads"], timeout=0.5
+    )
     assert untimed(report.results[0].transcript) == ["amy_1 < (nothing within 0.5 s)"]
     pid = int(pidfile.read_text())
     with pytest.raises(ProcessLookupError):  # SIGTERM, or SIGKILL when it ignores SIGTERM
@@ -304,12 +308,18 @@ def test_the_command_line_grades_a_running_server_by_address():
 def test_batch_grades_a_folder_of_submissions_into_a_csv(tmp_path):
     submissions = tmp_path / "submissions"
     submissions.mkdir()
-    run_small_server = f"import runpy, sys\nrunpy.run_path({str(TESTS / 'broken_servers.py')!r}, run_name='__main__')\n"
+    run_small_server = (
+        f"import runpy, sys\nrunpy.run_path({str(TESTS / 'broken_servers.py')!r}, run_name='__main__')\n"
+    )
     (submissions / "alice.py").write_text(run_small_server)
-    (submissions / "bob.py").write_text("import sys\nsys.argv += ['--bug', 'echo-broadcast']\n" + run_small_server)
+    (submissions / "bob.py").write_text(
+        "import sys\nsys.argv += ['--bug', 'echo-broadcast']\n" + run_small_server
+    )
     (submissions / "notes.txt").write_text("not a submission")
     sheet = tmp_path / "grades.csv"
-    done = run_grader("--batch", str(submissions), "--stage", "routing", "--timeout", "1", "--csv", str(sheet))
+    done = run_grader(
+        "--batch", str(submissions), "--stage", "routing", "--timeout", "1", "--csv", str(sheet)
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     routing = list(STAGES["routing"])
     with sheet.open(newline="") as lines:
@@ -448,7 +458,14 @@ def corpus_reports():
 
 def test_the_corpus_is_what_the_tests_say():
     assert set(CAUGHT) == {path.stem for path in CORPUS.glob("bug_*.py")}
-    assert {"ok_asyncio", "ok_capacity20", "ok_selectors", "ok_slow_start", "ok_small_outbox", "ok_socketserver"} <= set(CONFORMING)
+    assert {
+        "ok_asyncio",
+        "ok_capacity20",
+        "ok_selectors",
+        "ok_slow_start",
+        "ok_small_outbox",
+        "ok_socketserver",
+    } <= set(CONFORMING)
 
 
 @pytest.mark.parametrize("stem", CONFORMING)
@@ -495,5 +512,7 @@ def test_a_server_still_full_is_told_plainly():
     )
     report = grade([sys.executable, "-c", server, "{port}"], stages=["threads"], timeout=0.5)
     greeting = report.results[0]
-    assert greeting.hint.startswith("the server said '! server full' for 5 s while no other client was connected")
+    assert greeting.hint.startswith(
+        "the server said '! server full' for 5 s while no other client was connected"
+    )
     assert untimed(greeting.transcript)[-1] == "amy_1 < '! server full'"

@@ -1,17 +1,22 @@
 """The checks: what the grader asks of a chat server, in four stages, one per lab.
 
-The stages run in this order: ``threads`` (greeting, registration, 20 clients at once),
-``routing`` (direct messages, errors, broadcast, who, joined and left), ``framing`` (lines split
-and merged by TCP, a partial line at the end, over-long lines, invalid UTF-8) and ``slow`` (a
-client that stops reading, abrupt disconnects). Each check is a function of a
-:class:`~chatlab.grade.wire.Run`, added to :data:`CHECKS` by the :func:`check` decorator with
-its stage, its name, the hint shown when it fails and the checks it needs: when the greeting
-fails, everything that needs it fails at once instead of waiting for its own timeout.
+The stages run in this order: ``threads`` (greeting, registration, two and then 20 clients at
+once, names refused and freed), ``routing`` (direct messages and their text, errors, broadcast,
+who, joined and left, many clients coming and going at once), ``framing`` (lines split and
+merged by TCP, ``\\r\\n``, a partial line at the end, over-long lines with and without their
+end, invalid UTF-8, control characters) and ``slow`` (a client that stops reading, abrupt
+disconnects). Each check is a function of a :class:`~chatlab.grade.wire.Run`, added to
+:data:`CHECKS` by the :func:`check` decorator with its stage, its name, the hint shown when it
+fails and the checks it needs: when the greeting fails, everything that needs it fails at once
+instead of waiting for its own timeout. Each check is about one rule of the README's protocol,
+and needs only what it cannot do without, so that one narrow bug costs the checks about it
+and no others; its hints name what happened (the server said it was full, exited, stopped
+greeting, took nothing for two seconds), not only the rule.
 
 Limits the checks assume from the README: a name is 1-32 of ``A-Z a-z 0-9 _ . -`` and not
-``server``, ``all`` or ``*``; a line may be up to 4096 bytes
+``server``, ``all`` or ``*`` in any case; a line may be up to 4096 bytes
 (:data:`chatlab.protocol.DEFAULT_MAX_LINE`), so the grader sends a line of three times that as
-an over-long one.
+an over-long one, and 256 times that without its end; 20 clients at once must fit.
 """
 
 from __future__ import annotations
@@ -140,7 +145,7 @@ def reserved_names(run: Run) -> None:
     client = run.greeted(run.name("amy"))
     for bad in (b"Server", b"ALL", b"sErVeR"):
         client.send(bad + b"\n")
-        client.expect_error(f"the name {bad.decode()!r} is reserved (in any case) and must be refused with '! '")
+        client.expect_error(f"the name {bad.decode()!r} is reserved (in any case): refuse it with '! '")
 
 
 @check(
@@ -358,8 +363,7 @@ def who(run: Run) -> None:
 @check(
     "routing",
     "joined notice",
-    "when a client registers, the others must get a line starting '* ' that names it "
-    "(e.g. '* ben joined')",
+    "when a client registers, the others must get a line starting '* ' that names it (e.g. '* ben joined')",
     needs=["register a name", "two clients at once"],
 )
 def joined(run: Run) -> None:
@@ -543,7 +547,7 @@ def crlf(run: Run) -> None:
     line = shown(name.encode() + b"\r\n")
     amy.expect_notice(f"the name line {line} must register {name!r}: the '\\r' is not part of the name")
     amy.send(f"%{ben.label}%hi\r\n".encode())
-    ben.expect_message(f"%{amy.label}%hi".encode(), "'%ben%hi\\r\\n' must reach ben as '%amy%hi', without the '\\r'")
+    ben.expect_message(f"%{amy.label}%hi".encode(), "'%ben%hi\\r\\n' must reach ben as '%amy%hi' (no '\\r')")
 
 
 @check(
@@ -710,7 +714,8 @@ def flood_slow_reader(run: Run) -> tuple[Connection, Connection, Connection, Con
     head = f"%{sam.label}%".encode()
     count = FLOOD_BYTES // (len(head) + FLOOD_LINE + 1)
     lines = b"".join(head + b"%06d " % i + b"x" * (FLOOD_LINE - 7) + b"\n" for i in range(count))
-    run.transcript.add(f"{fay.label} > {shown(head + b'000000 xxx')} ... {count} numbered lines, and {sam.label} reads none")
+    first = shown(head + b"000000 xxx")
+    run.transcript.add(f"{fay.label} > {first} ... {count} numbered lines, and {sam.label} reads none")
     stopped = flood(fay, lines, run.timeout)
     if stopped == "stalled":
         run.transcript.add(f"(the server took none of {fay.label}'s bytes for {run.timeout:g} s)")
@@ -722,7 +727,8 @@ def flood_slow_reader(run: Run) -> tuple[Connection, Connection, Connection, Con
             raise Failed(
                 f"the server stopped reading {fay.label}, the client that sends, and no longer lists "
                 f"it, though its connection is open: did its thread end with an exception (because "
-                f"{sam.label} was too far behind?) Disconnect the client that is too far behind, not its sender"
+                f"{sam.label} was too far behind?) Disconnect the client that is too far behind, "
+                "not its sender"
             )
         raise Failed(
             f"the server stopped reading {fay.label} while {sam.label} did not read: a send "
@@ -744,9 +750,9 @@ def flood_slow_reader(run: Run) -> tuple[Connection, Connection, Connection, Con
             time.sleep(0.1)
     else:
         if stopped == "errors":
-            run.transcript.add(f"{fay.label} < an error about {sam.label} (it was dropped): {fay.label} stops")
+            run.transcript.add(f"{fay.label} < an error about {sam.label} (dropped): {fay.label} stops")
         else:
-            run.transcript.add(f"(all of {fay.label}'s lines were sent)")  # into the kernel's buffers, at least
+            run.transcript.add(f"(all of {fay.label}'s lines were sent)")  # to the kernel, at least
         fay.discard()
     pat.send(f"%{quinn.label}%still moving?\n".encode())
     quinn.expect_message(f"%{pat.label}%still moving?".encode())
@@ -817,7 +823,8 @@ def still_serving(run: Run, leave: Callable[[Connection], None], how: str) -> No
     pat.expect_notice(None, names(xan))  # xan joined
     leave(xan)
     # What the notice says is the 'left notice' check's business; here it must come at all.
-    pat.expect_notice(f"the others must be told that {xan.label} left ({how}): '* {xan.label} left'", names(xan))
+    told = f"the others must be told that {xan.label} left ({how}): '* {xan.label} left'"
+    pat.expect_notice(told, names(xan))
     pat.send(b"%*%anyone there?\n")
     quinn.expect_message(f"%{pat.label}%anyone there?".encode())
     pat.send(f"%{quinn.label}%still here\n".encode())

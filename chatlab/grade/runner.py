@@ -245,8 +245,8 @@ def grade(
     127.0.0.1 and stopped afterwards) or a running server's ``address``.
 
     ``stages`` picks stages by name (all of :data:`STAGES` by default); ``timeout`` is how
-    long to wait for any one line; what a started command prints is thrown away unless
-    ``quiet`` is False (then it goes to standard error).
+    long to wait for any one line; what a started command prints is kept in a temporary file
+    (its last lines explain a crash) unless ``quiet`` is False (then it goes to standard error).
     """
     if (command is None) == (address is None):
         raise ValueError("give a command or an address, not both")
