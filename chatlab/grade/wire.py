@@ -372,7 +372,14 @@ class Run:
         while True:
             start = len(self.transcript.lines)
             client = self.connect(label, **options)
-            line = client.read_line(time.monotonic() + self.timeout, self.no_greeting(client))
+            try:
+                line = client.read_line(
+                    time.monotonic() + self.timeout, NO_GREETING.format(timeout=self.timeout)
+                )
+            except Failed:
+                if client.closed:
+                    raise Failed("the server closed a new connection without a word (no greeting)") from None
+                raise
             if line.startswith(NOTICE):
                 return self.let_in(client, tries)
             if not is_full(line):
@@ -399,9 +406,6 @@ class Run:
             )
         del self.transcript.lines[start:]
         time.sleep(0.1)
-
-    def no_greeting(self, client: Connection) -> str:
-        return NO_GREETING.format(timeout=self.timeout)
 
     def register(self, base: str, **options: int) -> Connection:
         """A connection registered as ``base_N``: greeting read, name sent, a notice back."""
