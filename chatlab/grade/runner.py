@@ -21,14 +21,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .checks import CHECKS, STAGES, Check
-from .wire import Failed, Run, exited
+from .wire import Failed, Run
 
 log = logging.getLogger("chatlab.grade")
 
@@ -108,15 +107,9 @@ class Report:
 # --- grading ----------------------------------------------------------------------------------
 
 
-def run_checks(
-    address: tuple[str, int],
-    stages: Sequence[str],
-    timeout: float,
-    ended: Callable[[], str | None] | None = None,
-) -> Report:
+def run_checks(address: tuple[str, int], stages: Sequence[str], timeout: float) -> Report:
     """Run the checks of ``stages`` against the server at ``address``; also the checks they
-    need from other stages, which are not reported. ``ended`` says how the server program
-    ended, once it has (see :class:`~chatlab.grade.wire.Run`)."""
+    need from other stages, which are not reported."""
     by_name = {c.name: c for c in CHECKS}
     wanted = {c.name for c in CHECKS if c.stage in stages}
     todo = set(wanted)
@@ -134,26 +127,19 @@ def run_checks(
             where = "" if need.stage in stages else f" (stage {need.stage})"
             result = CheckResult(c.stage, c.name, False, f"needs '{need.name}'{where} to pass first")
         else:
-            result = run_one(c, address, timeout, number, ended)
+            result = run_one(c, address, timeout, number)
         outcome[c.name] = result.ok
         if c.name in wanted:
             report.results.append(result)
     return report
 
 
-def run_one(
-    c: Check,
-    address: tuple[str, int],
-    timeout: float,
-    number: int,
-    ended: Callable[[], str | None] | None = None,
-) -> CheckResult:
-    run = Run(address, timeout, number, ended)
+def run_one(c: Check, address: tuple[str, int], timeout: float, number: int) -> CheckResult:
+    run = Run(address, timeout, number)
     try:
         c.function(run)
     except Failed as failure:
-        hint = run.explain(failure.hint or c.hint)
-        return CheckResult(c.stage, c.name, False, hint, run.transcript.shown_lines())
+        return CheckResult(c.stage, c.name, False, failure.hint or c.hint, run.transcript.shown_lines())
     except Exception as exc:  # the grader's own bug must not hide the other checks
         log.exception("check %r crashed", c.name)
         run.transcript.add(f"(the grader crashed: {exc!r})")
@@ -174,13 +160,9 @@ def started(command: Sequence[str], port: int, *, quiet: bool = False) -> Iterat
     """Run ``command`` (``{port}`` filled in) in its own session; stop it afterwards by its
     pid: SIGTERM, and SIGKILL if it is still there after STOP_TIMEOUT seconds."""
     args = [part.replace("{port}", str(port)) for part in command]
-    # Whatever it prints goes to standard error (or to a file, read when it exits): standard
-    # output is the report's.
-    output: int | None = None
-    log_file = tempfile.TemporaryFile() if quiet else None
-    if log_file is not None:
-        output = log_file.fileno()
-    else:
+    # Whatever it prints goes to standard error (or nowhere): standard output is the report's.
+    output: int | None = subprocess.DEVNULL
+    if not quiet:
         try:
             output = sys.stderr.fileno()
         except (AttributeError, OSError, ValueError):  # a notebook's stderr has no descriptor
@@ -188,24 +170,10 @@ def started(command: Sequence[str], port: int, *, quiet: bool = False) -> Iterat
     process = subprocess.Popen(
         args, stdin=subprocess.DEVNULL, stdout=output, stderr=output, start_new_session=True
     )
-    process.log_file = log_file  # type: ignore[attr-defined]
     try:
         yield process
     finally:
         stop(process)
-        if log_file is not None:
-            log_file.close()
-
-
-def how_it_ended(process: subprocess.Popen) -> str | None:
-    """None while ``process`` runs; then its exit status and last log lines (when kept)."""
-    if process.poll() is None:
-        return None
-    log = b""
-    if (log_file := getattr(process, "log_file", None)) is not None:
-        log_file.seek(0)
-        log = log_file.read()[-4096:]
-    return exited(process.returncode, log)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -245,8 +213,8 @@ def grade(
     127.0.0.1 and stopped afterwards) or a running server's ``address``.
 
     ``stages`` picks stages by name (all of :data:`STAGES` by default); ``timeout`` is how
-    long to wait for any one line; what a started command prints is kept in a temporary file
-    (its last lines explain a crash) unless ``quiet`` is False (then it goes to standard error).
+    long to wait for any one line; what a started command prints is thrown away unless
+    ``quiet`` is False (then it goes to standard error).
     """
     if (command is None) == (address is None):
         raise ValueError("give a command or an address, not both")
@@ -263,7 +231,7 @@ def grade(
     try:
         with started(command, address[1], quiet=quiet) as process:
             if (trouble := wait_until_listening(address, process)) is None:
-                return run_checks(address, stages, timeout, lambda: how_it_ended(process))
+                return run_checks(address, stages, timeout)
     except OSError as exc:  # the program does not exist, or may not be run
         trouble = f"cannot start {command[0]!r}: {exc.strerror or exc}"
     return Report([CheckResult(c.stage, c.name, False, trouble) for c in CHECKS if c.stage in stages])

@@ -13,8 +13,7 @@ in check 6), opens its :class:`Connection` objects and closes them all at the en
 While it waits for one connection it reads every other connection of the run as well, so the
 transcript shows each line when it arrived, with its offset from the start of the check
 (``+0.012s``), in time order. A check fails by raising :class:`Failed`, as every wait does when
-its line does not come within the run's ``timeout``. When the server program has exited, the
-failure says so instead (its exit status and its last log lines, from the runner's ``ended``).
+its line does not come within the run's ``timeout``.
 """
 
 from __future__ import annotations
@@ -41,18 +40,6 @@ NO_GREETING = (
     "the connection was accepted but no greeting came within {timeout:g} s: is the accept "
     "loop busy serving another client, or is a thread waiting for a lock it holds?"
 )
-
-
-LOG_LINES = 3  # the last lines of a server's log shown when it exited
-
-
-def exited(status: int, log: bytes = b"") -> str:
-    """The hint for a server program that exited: its status and the last lines it printed."""
-    hint = f"the server exited with status {status}"
-    lines = [line.strip() for line in log.decode("utf-8", "replace").splitlines()]
-    if last := [line for line in lines if line.strip("^~ ")]:  # not the carets under a traceback
-        hint += "; its last lines: " + " | ".join(last[-LOG_LINES:])
-    return hint
 
 
 class Failed(Exception):
@@ -310,26 +297,14 @@ class Connection:
 
 
 class Run:
-    """One check's run: its names, its connections (all closed at the end) and its transcript.
+    """One check's run: its names, its connections (all closed at the end) and its transcript."""
 
-    ``ended``, when the runner started the server program, says how it ended (its exit status
-    and last log lines), or None while it runs.
-    """
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        timeout: float,
-        number: int,
-        ended: Callable[[], str | None] | None = None,
-    ) -> None:
+    def __init__(self, address: tuple[str, int], timeout: float, number: int) -> None:
         self.address = address
         self.timeout = timeout
         self.number = number
-        self.ended = ended
         self.transcript = Transcript(number)
         self.connections: list[Connection] = []
-        self.refused = False
 
     def name(self, base: str) -> str:
         """This check's own name for a client: ``amy`` in check 6 is ``amy_6``, so no two
@@ -355,11 +330,7 @@ class Run:
                 return
 
     def connect(self, label: str, **options: int) -> Connection:
-        try:
-            connection = Connection(self, label, **options)
-        except Failed:
-            self.refused = True
-            raise
+        connection = Connection(self, label, **options)
         self.connections.append(connection)
         return connection
 
@@ -424,22 +395,6 @@ class Run:
                 raise Failed(f"could not register: the good name {name!r} was refused with {shown(line)}")
             tries += 1
             self.wait_for_room(client, give_up, start)
-
-    def explain(self, hint: str) -> str:
-        """``hint``, or how the server program ended when it has (a crash explains it all)."""
-        if self.ended is None:
-            return hint
-        how = self.ended()
-        if how is None and self.lost:  # a crashing program may take a moment to exit
-            deadline = time.monotonic() + 0.5
-            while (how := self.ended()) is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-        return how or hint
-
-    @property
-    def lost(self) -> bool:
-        """Whether the server closed one of the run's connections, or refused one."""
-        return self.refused or any(c.closed for c in self.connections)
 
     def close(self) -> None:
         for connection in self.connections:
