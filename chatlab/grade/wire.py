@@ -12,8 +12,10 @@ in check 6), opens its :class:`Connection` objects and closes them all at the en
 :class:`Transcript` of what was sent (``>``) and received (``<``), shown when the check fails.
 While it waits for one connection it reads every other connection of the run as well, so the
 transcript shows each line when it arrived, with its offset from the start of the check
-(``+0.012s``), in time order. A check fails by raising :class:`Failed`, as every wait does when
-its line does not come within the run's ``timeout``.
+(``+0.012s``), in time order; lines that arrive at once (within SETTLE) on several connections
+are shown in the order the check opened them, so that a report is the same from run to run
+for the same server behaviour, up to the offsets. A check fails by raising :class:`Failed`, as
+every wait does when its line does not come within the run's ``timeout``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ SHOWN_CHARS = 70  # a longer line is shortened in the transcript
 LONGEST_REPLY = 1 << 20  # bytes without a line end the grader reads before it calls them a line
 FULL_WAIT = 5.0  # seconds to wait for a server that says it is full to make room
 CLOSE_WAIT = 1.0  # after a clean close (FIN), seconds to wait for the server to close too
+SETTLE = 0.003  # lines arriving this close together count as arriving at once
 
 NOTICE = b"* "
 ERROR = b"! "
@@ -323,6 +326,9 @@ class Run:
                 return
             remaining = max(deadline - time.monotonic(), 0.0)
             readable, _, _ = select.select([c.sock for c in open_], [], [], remaining)
+            if readable:  # lines the server sent at one moment are shown in the run's order
+                time.sleep(SETTLE)
+                readable, _, _ = select.select([c.sock for c in open_], [], [], 0)
             for connection in open_:
                 if connection.sock in readable:
                     connection.receive(0)
