@@ -107,19 +107,6 @@ def register(run: Run) -> None:
 
 @check(
     "threads",
-    "two clients at once",
-    "a second connection was accepted but never greeted while the first one waits for its "
-    "name: does the accept loop serve each client itself instead of giving it a thread?",
-    needs=["greeting on connect"],
-)
-def two_clients(run: Run) -> None:
-    run.greeted(run.name("amy"))  # and then it says nothing
-    second = run.connect(run.name("ben"))
-    second.expect_notice()
-
-
-@check(
-    "threads",
     "invalid names refused",
     "a name that breaks the rules (1-32 of A-Z a-z 0-9 _ . -) must be "
     "answered with a line starting '! ', and the client may try again",
@@ -146,6 +133,19 @@ def reserved_names(run: Run) -> None:
     for bad in (b"Server", b"ALL", b"sErVeR"):
         client.send(bad + b"\n")
         client.expect_error(f"the name {bad.decode()!r} is reserved (in any case): refuse it with '! '")
+
+
+@check(
+    "threads",
+    "two clients at once",
+    "a second connection was accepted but never greeted while the first one waits for its "
+    "name: does the accept loop serve each client itself instead of giving it a thread?",
+    needs=["greeting on connect"],
+)
+def two_clients(run: Run) -> None:
+    run.greeted(run.name("amy"))  # and then it says nothing
+    second = run.connect(run.name("ben"))
+    second.expect_notice()
 
 
 @check(
