@@ -126,7 +126,7 @@ def invalid_names(run: Run) -> None:
     "threads",
     "reserved names in any case",
     "'server', 'all' and '*' are reserved in any case: 'Server' and 'ALL' must be refused with '! '",
-    needs=["invalid names refused"],
+    needs=["register a name"],
 )
 def reserved_names(run: Run) -> None:
     client = run.greeted(run.name("amy"))
