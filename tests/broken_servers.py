@@ -14,6 +14,7 @@ import queue
 import re
 import socket
 import threading
+import unicodedata
 
 BUGS = {
     "echo-broadcast": "a broadcast goes back to its sender too",
@@ -110,6 +111,8 @@ class Server:
             text = line.decode()
         except UnicodeDecodeError:
             return self.deliver(client, b"! invalid utf-8\n")
+        if any(unsafe(char) for char in text):
+            return self.deliver(client, b"! control characters are not allowed\n")
         if client.name is None:
             return self.register(client, text.strip())
         to, percent, body = text[1:].partition("%")
@@ -122,7 +125,9 @@ class Server:
         message = f"%{client.name}%{body}\n".encode()
         with self.lock:
             if to in ("*", "all"):
-                receivers = [c for c in self.clients.values() if c is not client or self.bug == "echo-broadcast"]
+                receivers = [
+                    c for c in self.clients.values() if c is not client or self.bug == "echo-broadcast"
+                ]
             else:
                 receivers = [c for c in [self.clients.get(to.lower())] if c is not None]
         if not receivers and to not in ("*", "all") and self.bug != "drop-unknown":
@@ -170,6 +175,15 @@ class Server:
         client.outbox.put(None)
         client.writer.join(5)
         client.sock.close()
+
+
+def unsafe(char: str) -> bool:
+    """A control character, or a bidi embedding, override or isolate (a tab is fine)."""
+    return (
+        (unicodedata.category(char) == "Cc" and char != "\t")
+        or "\u202a" <= char <= "\u202e"
+        or ("\u2066" <= char <= "\u2069")
+    )
 
 
 def shutdown(sock: socket.socket) -> None:

@@ -1,33 +1,43 @@
 """The checks: what the grader asks of a chat server, in four stages, one per lab.
 
-The stages run in this order: ``threads`` (greeting, registration, 20 clients at once),
-``routing`` (direct messages, errors, broadcast, who, joined and left), ``framing`` (lines split
-and merged by TCP, a partial line at the end, over-long lines, invalid UTF-8) and ``slow`` (a
-client that stops reading, abrupt disconnects). Each check is a function of a
-:class:`~chatlab.grade.wire.Run`, added to :data:`CHECKS` by the :func:`check` decorator with
-its stage, its name, the hint shown when it fails and the checks it needs: when the greeting
-fails, everything that needs it fails at once instead of waiting for its own timeout.
+The stages run in this order: ``threads`` (greeting, registration, two and then 20 clients at
+once, names refused and freed), ``routing`` (direct messages and their text, errors, broadcast,
+who, joined and left, many clients coming and going at once), ``framing`` (lines split and
+merged by TCP, ``\\r\\n``, a partial line at the end, over-long lines with and without their
+end, invalid UTF-8, control characters) and ``slow`` (a client that stops reading, abrupt
+disconnects). Each check is a function of a :class:`~chatlab.grade.wire.Run`, added to
+:data:`CHECKS` by the :func:`check` decorator with its stage, its name, the hint shown when it
+fails and the checks it needs: when the greeting fails, everything that needs it fails at once
+instead of waiting for its own timeout. Each check is about one rule of the README's protocol,
+and needs only what it cannot do without, so that one narrow bug costs the checks about it
+and no others; its hints name what happened (the server said it was full, exited, stopped
+greeting, took nothing for two seconds), not only the rule.
 
 Limits the checks assume from the README: a name is 1-32 of ``A-Z a-z 0-9 _ . -`` and not
-``server``, ``all`` or ``*``; a line may be up to 4096 bytes
+``server``, ``all`` or ``*`` in any case; a line may be up to 4096 bytes
 (:data:`chatlab.protocol.DEFAULT_MAX_LINE`), so the grader sends a line of three times that as
-an over-long one.
+an over-long one, and 256 times that without its end; 20 clients at once must fit.
 """
 
 from __future__ import annotations
 
 import select
+import socket
+import struct
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .. import protocol
-from .wire import ERROR, Connection, Failed, Run, names, shown, words
+from .wire import ERROR, FULL_WAIT, NOTICE, Connection, Failed, Run, names, shown, words
 
 MAX_LINE = protocol.DEFAULT_MAX_LINE  # the README's limit, 4096 bytes
 LONG_LINE = 3 * MAX_LINE  # what the grader sends as an over-long line
 FLOOD_LINE = 1000  # bytes of text in each line sent to a client that does not read
 FLOOD_BYTES = 4 << 20  # sent to it in all: far more than the kernel's buffers hold
+ENDLESS_LINE = 1 << 20  # bytes of one line sent without its end: 256 times the limit
+FLOOD_REPLIES = 100  # replies (acks) to the flood's sender after which the server may drop it
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ def check(stage: str, name: str, hint: str, needs: Sequence[str] = (), points: i
     "does the server accept and greet before it reads?",
 )
 def greeting(run: Run) -> None:
-    run.connect(run.name("amy")).expect_notice()
+    run.greeted(run.name("amy"))
 
 
 @check(
@@ -76,30 +86,37 @@ def greeting(run: Run) -> None:
 )
 def register(run: Run) -> None:
     name = run.name("amy")
-    client = run.connect(name)
-    client.expect_notice()
+    client = run.greeted(name)
     client.send(name.encode() + b"\n")
     try:
         client.expect_notice()
     except Failed:
         if client.last.startswith(ERROR):
+            raise Failed(f"the good name {name!r} was refused with {shown(client.last)}") from None
+        if client.closed:
+            raise
+        # No answer at all: is the server stuck for everyone, or only for this client?
+        probe = run.connect(run.name("probe"))
+        try:
+            probe.expect_notice()
+        except Failed:
             raise Failed(
-                f"the good name {name!r} was refused; if this passed before, "
-                "does the server forget the names of clients that left?"
+                f"after {name!r} was sent, the server stopped answering anyone (a new connection "
+                "was accepted but never greeted): is a thread waiting for a lock it holds (a "
+                "method that takes the lock, called while the lock is held)?"
             ) from None
-        raise
+        raise Failed(f"the name {name!r} got no answer within {run.timeout:g} s") from None
 
 
 @check(
     "threads",
     "invalid names refused",
-    "a name that breaks the rules (1-32 of A-Z a-z 0-9 _ . -, not 'server') must be "
+    "a name that breaks the rules (1-32 of A-Z a-z 0-9 _ . -) must be "
     "answered with a line starting '! ', and the client may try again",
     needs=["register a name"],
 )
 def invalid_names(run: Run) -> None:
-    client = run.connect(run.name("amy"))
-    client.expect_notice()
+    client = run.greeted(run.name("amy"))
     for bad in (b"two words", b"x" * 33, b"server"):
         client.send(bad + b"\n")
         client.expect_error(f"the name {bad.decode()!r} breaks the rules and must be refused with '! '")
@@ -110,15 +127,40 @@ def invalid_names(run: Run) -> None:
 
 @check(
     "threads",
+    "reserved names in any case",
+    "'server', 'all' and '*' are reserved in any case: 'Server' and 'ALL' must be refused with '! '",
+    needs=["register a name"],
+)
+def reserved_names(run: Run) -> None:
+    client = run.greeted(run.name("amy"))
+    for bad in (b"Server", b"ALL", b"sErVeR"):
+        client.send(bad + b"\n")
+        client.expect_error(f"the name {bad.decode()!r} is reserved (in any case): refuse it with '! '")
+
+
+@check(
+    "threads",
+    "two clients at once",
+    "a second connection was accepted but never greeted while the first one waits for its "
+    "name: does the accept loop serve each client itself instead of giving it a thread?",
+    needs=["greeting on connect"],
+)
+def two_clients(run: Run) -> None:
+    run.greeted(run.name("amy"))  # and then it says nothing
+    second = run.connect(run.name("ben"))
+    second.expect_notice()
+
+
+@check(
+    "threads",
     "duplicate name refused",
     "a name already online must be refused with '! ', whatever its case, and the client may try again",
-    needs=["register a name"],
+    needs=["register a name", "two clients at once"],
 )
 def duplicate_name(run: Run) -> None:
     kim = run.name("kim")
     run.register("kim")
-    client = run.connect(run.name("lee"))
-    client.expect_notice()
+    client = run.greeted(run.name("lee"))
     client.send(kim.encode() + b"\n")
     client.expect_error(f"{kim!r} is online already: the same name must be refused with '! '")
     client.send(kim.upper().encode() + b"\n")
@@ -130,17 +172,41 @@ def duplicate_name(run: Run) -> None:
 
 @check(
     "threads",
+    "a name is free again after its client leaves",
+    "when a client leaves, its name must be free again: does the server forget the name "
+    "of a client that disconnects?",
+    needs=["register a name"],
+)
+def name_freed(run: Run) -> None:
+    amy = run.register("amy")
+    amy.close(note=True)
+    name = amy.label
+    give_up = time.monotonic() + run.timeout
+    while True:  # the server may take a moment to notice that amy left: ask again until then
+        again = run.greeted(name)
+        again.send(name.encode() + b"\n")
+        line = again.read_line(time.monotonic() + run.timeout, f"the name {name!r} got no answer")
+        if line.startswith(NOTICE):
+            return
+        if time.monotonic() > give_up:
+            raise Failed(
+                f"{name!r} left, but its name was still refused {run.timeout:g} s later "
+                f"({shown(line)}): free a client's name when it leaves"
+            )
+        again.close()
+        time.sleep(0.1)
+
+
+@check(
+    "threads",
     "20 clients at once",
     "20 clients connected at once must all be served: does one client waiting for its name "
     "block the accept loop or the others (give every client a thread of its own)?",
-    needs=["register a name"],
+    needs=["register a name", "two clients at once"],
 )
 def twenty_clients(run: Run) -> None:
-    clients = [run.connect(run.name(f"c{i:02d}")) for i in range(1, 21)]
-    for client in clients[:19]:
-        client.expect_notice()  # greeted, and then idle: no name yet
+    clients = [run.greeted(run.name(f"c{i:02d}")) for i in range(1, 21)]  # idle: no name yet
     last = clients[19]
-    last.expect_notice()
     last.send(last.label.encode() + b"\n")
     last.expect_notice("while 19 connections wait without a name, a 20th must still register")
     for client in clients[:19]:
@@ -152,23 +218,64 @@ def twenty_clients(run: Run) -> None:
 # routing (lab 2): %name%text, errors, broadcast, who, joined and left
 
 
+def deliver(run: Run, text: bytes, hint: str | None = None) -> None:
+    """amy sends ``text`` to ben, who must get it byte for byte."""
+    amy, ben = run.register("amy"), run.register("ben")
+    amy.send(f"%{ben.label}%".encode() + text + b"\n")
+    ben.expect_message(f"%{amy.label}%".encode() + text, hint)
+
+
 @check(
     "routing",
     "direct message",
     "'%ben%text' from amy must reach ben as '%amy%text', byte for byte",
-    needs=["register a name"],
+    needs=["register a name", "two clients at once"],
 )
 def direct_message(run: Run) -> None:
+    deliver(run, b"hi ben")
+
+
+@check(
+    "routing",
+    "text with '%'",
+    "the text may contain '%': only the first two '%' frame the name ('%ben%50% done' "
+    "reaches ben as '%amy%50% done')",
+    needs=["direct message"],
+)
+def text_with_percent(run: Run) -> None:
+    deliver(run, b"50% done? 100%")
+
+
+@check(
+    "routing",
+    "empty text",
+    "the text may be empty: '%ben%' reaches ben as '%amy%'",
+    needs=["direct message"],
+)
+def empty_text(run: Run) -> None:
+    deliver(run, b"")
+
+
+@check(
+    "routing",
+    "UTF-8 text",
+    "the text is UTF-8: deliver its bytes unchanged",
+    needs=["direct message"],
+)
+def utf8_text(run: Run) -> None:
+    deliver(run, "grüße, 世界 ✓ שלום".encode())
+
+
+@check(
+    "routing",
+    "recipient in any case",
+    "names are unique regardless of case, so '%BEN%text' must reach ben as well",
+    needs=["direct message"],
+)
+def recipient_in_any_case(run: Run) -> None:
     amy, ben = run.register("amy"), run.register("ben")
-    to_ben, from_amy = f"%{ben.label}%".encode(), f"%{amy.label}%".encode()
-    for text, hint in (
-        (b"hi ben", None),
-        (b"50% done? 100%", "the text may contain '%': only the first two '%' frame the name"),
-        ("grüße, 世界 ✓".encode(), "the text is UTF-8: deliver its bytes unchanged"),
-        (b"", "the text may be empty: '%ben%' reaches ben as '%amy%'"),
-    ):
-        amy.send(to_ben + text + b"\n")
-        ben.expect_message(from_amy + text, hint)
+    amy.send(f"%{ben.label.upper()}%hi\n".encode())
+    ben.expect_message(f"%{amy.label}%hi".encode())
 
 
 @check(
@@ -207,15 +314,9 @@ def line_without_name(run: Run) -> None:
     )
 
 
-@check(
-    "routing",
-    "broadcast",
-    "'%*%text' must reach every other client exactly once as '%sender%text'",
-    needs=["direct message"],
-)
-def broadcast(run: Run) -> None:
+def broadcast_from_amy(run: Run, to: bytes) -> None:
     amy, ben, cat = run.register("amy"), run.register("ben"), run.register("cat")
-    amy.send(b"%*%hello everyone\n")
+    amy.send(b"%" + to + b"%hello everyone\n")
     for other in (ben, cat):
         other.expect_message(f"%{amy.label}%hello everyone".encode())
     for other in (ben, cat):  # anything between the broadcast and this would be a duplicate
@@ -230,31 +331,178 @@ def broadcast(run: Run) -> None:
 
 @check(
     "routing",
+    "broadcast",
+    "'%*%text' must reach every other client exactly once as '%sender%text'",
+    needs=["direct message"],
+)
+def broadcast(run: Run) -> None:
+    broadcast_from_amy(run, b"*")
+
+
+@check(
+    "routing",
+    "broadcast as %all%",
+    "'%all%text' is the same as '%*%text': it must reach every other client",
+    needs=["broadcast"],
+)
+def broadcast_all(run: Run) -> None:
+    broadcast_from_amy(run, b"all")
+
+
+@check(
+    "routing",
     "who",
-    "'%server%who' must be answered with a line starting '* ' that names everyone online "
+    "'%server%who' must be answered with one line starting '* ' that names everyone online "
     "(e.g. '* online: amy, ben, cat')",
-    needs=["register a name"],
+    needs=["register a name", "two clients at once"],
 )
 def who(run: Run) -> None:
     amy, ben, cat = run.register("amy"), run.register("ben"), run.register("cat")
+    amy.drain()  # the welcome may list who was online then: that is not the answer
     amy.send(b"%server%who\n")
     amy.expect_notice(wanted=names(amy, ben, cat))
 
 
 @check(
     "routing",
-    "joined and left notices",
-    "when a client registers, and when it leaves, the others must get a line starting '* ' "
-    "that names it (e.g. '* ben joined', '* ben left')",
-    needs=["register a name"],
+    "joined notice",
+    "when a client registers, the others must get a line starting '* ' that names it (e.g. '* ben joined')",
+    needs=["register a name", "two clients at once"],
 )
-def joined_and_left(run: Run) -> None:
+def joined(run: Run) -> None:
     amy = run.register("amy")
     ben = run.register("ben")
     amy.expect_notice("the others must be told that ben joined: '* ben joined'", names(ben))
-    amy.drain()
+
+
+def left_notice(watcher: Connection, leaver: Connection, how: str) -> None:
+    """``watcher`` must get a notice naming ``leaver`` that does not say it joined."""
+    hint = f"the others must be told that {leaver.label} left ({how}): '* {leaver.label} left'"
+    line = watcher.expect_notice(hint, names(leaver))
+    if {"joined", "join", "joins", "welcome"} & words(line):
+        raise Failed(f"{leaver.label} left, but the notice says {shown(line)}: say that it left")
+
+
+@check(
+    "routing",
+    "left notice",
+    "when a client leaves, the others must get a line starting '* ' that names it and says "
+    "it left (e.g. '* ben left')",
+    needs=["joined notice"],
+)
+def left(run: Run) -> None:
+    amy = run.register("amy")
+    ben = run.register("ben")
+    amy.expect_notice(None, names(ben))
     ben.close(note=True)
-    amy.expect_notice("the others must be told that ben left: '* ben left'", names(ben))
+    left_notice(amy, ben, "it closed its connection")
+
+
+STRESS_WORKERS = 12  # clients at once (with the watcher, fewer than the 20 the threads stage asks for)
+STRESS_ROUNDS = 3  # each worker joins, broadcasts and leaves this many times
+
+
+def stress_worker(run: Run, worker: int, problems: list[str]) -> None:
+    """Join, broadcast twice and leave (by FIN or RST), STRESS_ROUNDS times, on raw sockets."""
+    for round_ in range(STRESS_ROUNDS):
+        name = run.name(f"w{worker:02d}r{round_}")
+        give_up = time.monotonic() + FULL_WAIT
+        while True:
+            try:
+                sock = socket.create_connection(run.address, timeout=run.timeout)
+            except OSError as exc:
+                problems.append(f"{name} cannot connect: {exc.strerror or exc}")
+                return
+            reader = sock.makefile("rb")
+            try:
+                greeting = reader.readline()
+                if greeting.startswith(ERROR) and b"full" in greeting.lower() and time.monotonic() < give_up:
+                    sock.close()
+                    time.sleep(0.05)
+                    continue
+                sock.sendall(name.encode() + b"\n")
+                while (line := reader.readline()).startswith(b"%") or (
+                    line.startswith(NOTICE) and name.encode() not in line
+                ):
+                    pass  # the others' messages, and their joined and left notices
+                if not line.startswith(NOTICE):
+                    problems.append(f"{name} was not registered: {shown(line) if line else 'no answer'}")
+                    sock.close()
+                    return
+                sock.sendall(f"%*%hello from {name}\n%*%bye from {name}\n".encode())
+            except OSError as exc:
+                problems.append(f"{name}: {exc.strerror or exc}")
+                sock.close()
+                return
+            break
+        if worker % 2:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+
+def who_answer(client: Connection) -> set[str]:
+    """The names in the answer to '%server%who' (the first notice after it naming the asker)."""
+    client.drain()
+    client.send(b"%server%who\n")
+    return words(client.expect_notice(None, names(client)))
+
+
+@check(
+    "routing",
+    "many clients join, broadcast and leave at once",
+    "many clients that join, broadcast and leave at once must all be forgotten: are the "
+    "registry's reads and changes all made under one lock?",
+    needs=["broadcast", "who"],
+)
+def many_at_once(run: Run) -> None:
+    watcher = run.register("watch")
+    watcher.listening = False  # it hears them come and go; only the end matters
+    problems: list[str] = []
+    workers = [
+        threading.Thread(target=stress_worker, args=(run, worker, problems), daemon=True)
+        for worker in range(STRESS_WORKERS)
+    ]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(10 * run.timeout)
+    count = STRESS_WORKERS * STRESS_ROUNDS
+    run.transcript.add(
+        f"({STRESS_WORKERS} clients at once joined, sent '%*%' twice and left, {STRESS_ROUNDS} times "
+        f"each: {count} names, {problems[0] if problems else 'every one registered'})"
+    )
+    watcher.discard()
+    if problems or any(thread.is_alive() for thread in workers):
+        raise Failed(
+            f"of {count} clients that joined and left at once, not all could register "
+            f"({problems[0] if problems else 'one got stuck'}): is the registry changed without a lock?"
+        )
+    stress_names = {run.name(f"w{w:02d}r{r}") for w in range(STRESS_WORKERS) for r in range(STRESS_ROUNDS)}
+    give_up = time.monotonic() + run.timeout
+    while True:
+        start = len(run.transcript.lines)
+        if not (kept := sorted(stress_names & who_answer(watcher))):
+            break
+        if time.monotonic() > give_up:
+            raise Failed(
+                f"{len(kept)} of the {count} clients that joined, broadcast and left at once are still "
+                f"listed {run.timeout:g} s later ({', '.join(kept[:3])}...): a thread that crashed "
+                "before it removed its client? (a loop over the registry while another thread "
+                "changes it raises 'dictionary changed size during iteration': take the lock, "
+                "loop over a copy)"
+            )
+        time.sleep(0.1)
+        del run.transcript.lines[start:]  # only the last question is worth showing
+    watcher.close(note=True)
+    run.connections.remove(watcher)
+    for i in range(1, 21):  # no slot was lost: 20 clients fit again
+        try:
+            run.register(f"c{i:02d}")
+        except Failed as failure:
+            raise Failed(
+                f"after {count} clients joined and left at once, the {i}th of 20 new clients could "
+                f"not register ({failure.hint}): does the server lose count of clients that leave?"
+            ) from None
 
 
 # framing (lab 3): TCP is a byte stream; limits and bad bytes
@@ -289,17 +537,38 @@ def one_line_in_many_packets(run: Run) -> None:
 
 @check(
     "framing",
+    "lines ending '\\r\\n'",
+    "a line may end with '\\r\\n' (telnet, Windows): the '\\r' is part of the line end, in "
+    "the name line as in every other",
+    needs=["direct message"],
+)
+def crlf(run: Run) -> None:
+    ben = run.register("ben")
+    name = run.name("amy")
+    amy = run.greeted(name)
+    amy.send(name.encode() + b"\r\n")
+    line = shown(name.encode() + b"\r\n")
+    amy.expect_notice(f"the name line {line} must register {name!r}: the '\\r' is not part of the name")
+    amy.send(f"%{ben.label}%hi\r\n".encode())
+    ben.expect_message(f"%{amy.label}%hi".encode(), "'%ben%hi\\r\\n' must reach ben as '%amy%hi' (no '\\r')")
+
+
+@check(
+    "framing",
     "partial line at EOF",
     "bytes after the last '\\n' of a client that disconnects are not a line: drop them",
-    needs=["direct message", "joined and left notices"],
+    needs=["direct message", "who"],
 )
 def partial_line_at_eof(run: Run) -> None:
     ben, cat = run.register("ben"), run.register("cat")
     amy = run.register("amy")
-    ben.expect_notice("the others must be told that amy joined", names(amy))
     amy.send(f"%{ben.label}%half a line".encode(), " with no line end")
     amy.close(note=True)
-    ben.expect_notice(None, names(amy))  # amy left; a message before it fails the check
+    give_up = time.monotonic() + run.timeout
+    while amy.label.lower() in who_answer(cat):  # until the server has seen amy go
+        if time.monotonic() > give_up:
+            raise Failed(f"{amy.label} left, but the server still lists it: forget a client that disconnects")
+        time.sleep(0.05)
     cat.send(f"%{ben.label}%next\n".encode())
     ben.expect_message(f"%{cat.label}%next".encode())
 
@@ -328,6 +597,26 @@ def over_long_line(run: Run) -> None:
 
 @check(
     "framing",
+    "over-long line without its end",
+    f"a line must be refused as soon as it passes {MAX_LINE} bytes, before its '\\n' comes: "
+    "a server that waits for the '\\n' keeps every byte a client sends (memory without limit)",
+    needs=["over-long line"],
+)
+def endless_line(run: Run) -> None:
+    amy, ben = run.register("amy"), run.register("ben")
+    head = f"%{ben.label}%".encode()
+    amy.send(head + b"y" * ENDLESS_LINE, f" and no line end ({ENDLESS_LINE // MAX_LINE} times the limit)")
+    amy.expect_error()
+    amy.send(b"y" * 100 + b"\n", " (the end of that line)")
+    amy.send(head + b"after\n")
+    ben.expect_message(
+        f"%{amy.label}%after".encode(),
+        "after an over-long line is refused, the rest of it is dropped and the next line must arrive",
+    )
+
+
+@check(
+    "framing",
     "invalid UTF-8",
     "a line that is not valid UTF-8 must be refused with a line starting '! ' "
     "(e.g. '! invalid utf-8'), and the connection stays",
@@ -348,35 +637,137 @@ def invalid_utf8(run: Run) -> None:
     )
 
 
+@check(
+    "framing",
+    "control characters",
+    "a text with control characters (an escape sequence, a bidi override U+202E) must be "
+    "refused with '! ', while the direction marks of ordinary Hebrew or Arabic text are delivered",
+    needs=["UTF-8 text"],
+)
+def control_characters(run: Run) -> None:
+    amy, ben = run.register("amy"), run.register("ben")
+    for bad, what in (("\x1b[2J", "an escape sequence"), ("\u202e", "a bidi override (U+202E)")):
+        amy.send(f"%{ben.label}%look{bad}here\n".encode())
+        try:
+            amy.expect_error(f"a text with {what} could forge what a screen shows: refuse it with '! '")
+        except Failed:
+            ben.drain()  # the transcript shows whether ben got the line instead
+            raise
+    fine = "שלום\u200f!"  # with a right-to-left mark: ordinary Hebrew
+    amy.send(f"%{ben.label}%{fine}\n".encode())
+    ben.expect_message(
+        f"%{amy.label}%{fine}".encode(),
+        "the direction marks U+200E, U+200F and U+061C are part of ordinary text: deliver them",
+    )
+
+
 # slow (lab 4): a client that does not read, and clients that vanish
 
 
-def flood(sender: Connection, data: bytes, timeout: float) -> bool:
-    """Send all of ``data`` while throwing away what comes back; False if the server stops
-    taking it for ``timeout`` seconds (or all of it takes more than 5 times that)."""
+def flood(sender: Connection, data: bytes, timeout: float) -> tuple[str | None, int]:
+    """Send all of ``data`` while reading what comes back. Returns what stopped it (None when
+    it was all sent): "stalled" (the server took nothing for ``timeout`` seconds), "errors"
+    (an error came back: the receiver is gone) or "closed"; and how many lines came back."""
     sock = sender.sock
     sock.setblocking(False)
     view = memoryview(data)
-    sent = 0
+    sent = replies = 0
     give_up = time.monotonic() + 5 * timeout
     try:
-        while sent < len(data) and time.monotonic() < give_up:
+        while sent < len(data):
+            if time.monotonic() > give_up:
+                return "stalled", replies
             readable, writable, _ = select.select([sock], [sock], [], timeout)
             if not readable and not writable:
-                return False  # the server took nothing for `timeout` seconds
+                return "stalled", replies  # the server took nothing for `timeout` seconds
             if readable:
-                if not sock.recv(65536):
-                    return False
+                try:
+                    got = sock.recv(65536)
+                except BlockingIOError:
+                    got = b"?"
+                if not got:
+                    return "closed", replies
+                replies += got.count(b"\n")
+                if got.startswith(ERROR) or b"\n" + ERROR in got:
+                    # The receiver is gone: the sender has made its point. It ends the line it
+                    # is in, so that its next line is a line of its own.
+                    sock.setblocking(True)
+                    sock.sendall(view[sent : data.index(b"\n", sent) + 1])
+                    return "errors", replies
             if writable:
                 try:
                     sent += sock.send(view[sent : sent + 65536])
                 except BlockingIOError:
                     pass
-        return sent == len(data)
+        return None, replies
     except OSError:
-        return False
+        return "closed", replies
     finally:
         sock.setblocking(True)
+
+
+def flood_slow_reader(run: Run) -> tuple[Connection, int | None]:
+    """sam stops reading, and fay sends it far more than the kernel's buffers hold; pat and
+    quinn must still talk. Returns sam, and how many lines it should get if it stays (None
+    when fay was cut off before it sent them all)."""
+    sam = run.register("sam", rcvbuf=4096)  # and then never reads again
+    sam.listening = False
+    fay = run.register("fay", sndbuf=16384)
+    pat, quinn = run.register("pat"), run.register("quinn")
+    fay.listening = False  # flood() reads it
+    run.pump()  # what came before the flood is shown before it
+    head = f"%{sam.label}%".encode()
+    total = FLOOD_BYTES // (len(head) + FLOOD_LINE + 1)
+    lines = b"".join(head + b"%06d " % i + b"x" * (FLOOD_LINE - 7) + b"\n" for i in range(total))
+    first = shown(head + b"000000 xxx")
+    run.transcript.add(f"{fay.label} > {first} ... {total} numbered lines, and {sam.label} reads none")
+    count: int | None = total
+    stopped, replies = flood(fay, lines, run.timeout)
+    if stopped == "stalled":
+        run.transcript.add(f"(the server took none of {fay.label}'s bytes for {run.timeout:g} s)")
+        try:
+            gone = fay.label.lower() not in who_answer(pat)
+        except Failed:
+            gone = False
+        if gone:
+            raise Failed(
+                f"the server stopped reading {fay.label}, the client that sends, and no longer lists "
+                f"it, though its connection is open: did its thread end with an exception (because "
+                f"{sam.label} was too far behind?) Disconnect the client that is too far behind, "
+                "not its sender"
+            )
+        raise Failed(
+            f"the server stopped reading {fay.label} while {sam.label} did not read: a send "
+            "to a slow client must not block the sender's thread"
+        )
+    if stopped == "closed":
+        run.transcript.add(f"{fay.label} < {replies} lines, then (connection closed)")
+        fay.closed = True
+        count = None
+        # A server may drop sam and then fay too, when fay falls behind with the errors about
+        # sam, or drop fay when it falls behind with its own replies (acks, say); but while
+        # sam is still there, and fay was told nothing, it was the sender that was dropped.
+        give_up = time.monotonic() + run.timeout
+        while replies < FLOOD_REPLIES and sam.label.lower() in who_answer(pat):
+            if time.monotonic() > give_up:
+                raise Failed(
+                    f"the server closed the connection of {fay.label}, the client that sends, while "
+                    f"{sam.label}, which did not read, stays: disconnect the client that is too far "
+                    "behind, not its sender"
+                )
+            time.sleep(0.1)
+    else:
+        if stopped == "errors":
+            run.transcript.add(f"{fay.label} < an error about {sam.label} (dropped): {fay.label} stops")
+        else:
+            run.transcript.add(f"(all of {fay.label}'s lines were sent)")  # to the kernel, at least
+        fay.discard()
+    pat.send(f"%{quinn.label}%still moving?\n".encode())
+    quinn.expect_message(f"%{pat.label}%still moving?".encode())
+    if not fay.closed:
+        fay.send(f"%{pat.label}%done\n".encode())
+        pat.expect_message(f"%{fay.label}%done".encode())
+    return sam, count
 
 
 @check(
@@ -387,66 +778,91 @@ def flood(sender: Connection, data: bytes, timeout: float) -> bool:
     needs=["direct message"],
 )
 def slow_reader(run: Run) -> None:
-    sam = run.register("sam", rcvbuf=4096)  # and then never reads again
-    fay = run.register("fay", sndbuf=16384)
-    pat, quinn = run.register("pat"), run.register("quinn")
-    line = f"%{sam.label}%".encode() + b"x" * FLOOD_LINE + b"\n"
-    count = FLOOD_BYTES // len(line)
-    run.transcript.add(f"{fay.label} > {shown(line)} {count} times, and {sam.label} reads none of it")
-    if not flood(fay, line * count, run.timeout):
-        run.transcript.add(f"(the server stopped reading {fay.label}'s lines for {run.timeout:g} s)")
-        raise Failed(
-            f"the server stopped reading {fay.label} while {sam.label} did not read: "
-            "a send to a slow client must not block the sender's thread"
-        )
-    run.transcript.add(f"(all of {fay.label}'s lines were sent)")  # into the kernel's buffers, at least
-    pat.send(f"%{quinn.label}%still moving?\n".encode())
-    quinn.expect_message(f"%{pat.label}%still moving?".encode())
-    fay.send(f"%{pat.label}%done\n".encode())
-    pat.expect_message(f"%{fay.label}%done".encode())
+    flood_slow_reader(run)
 
 
-def still_serving(run: Run, leave: Callable[[Connection], None]) -> None:
-    """pat and quinn go on talking after xan left by ``leave``, and xan leaves the who-list."""
+@check(
+    "slow",
+    "no lines lost without a word",
+    "a client too far behind must get every line or be disconnected: lines dropped while it "
+    "stays connected are lost without anyone knowing",
+    needs=["slow reader does not stall others"],
+)
+def no_silent_drops(run: Run) -> None:
+    sam, count = flood_slow_reader(run)
+    run.transcript.add(f"{sam.label} starts reading again")
+    sam.sock.settimeout(run.timeout)
+    expected, gap = 0, None
+    pending = b""
+    while count is None or expected < count:
+        try:
+            data = sam.sock.recv(1 << 20)
+        except TimeoutError:
+            break
+        except OSError:
+            data = b""
+        if not data:
+            run.transcript.add(f"{sam.label} < {expected} of the lines in order, then (connection closed)")
+            return  # disconnected as too slow: what it got was in order, nothing went missing unsaid
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            if not line.startswith(b"%"):
+                continue  # notices and errors
+            number = line.partition(b"%")[2].partition(b"%")[2][:6]
+            if gap is None and number != b"%06d" % expected:
+                gap = (expected, number.decode("ascii", "replace"))
+            expected += 1 if gap is None else 0
+    if gap is None and expected == count:
+        run.transcript.add(f"{sam.label} < all {count} lines, in order")
+        return
+    if gap is None and count is None:  # the sender was cut off: how many were due is unknown
+        run.transcript.add(f"{sam.label} < {expected} lines, in order, and no others")
+        return
+    where = f"line {gap[0]} was followed by line {gap[1]}" if gap else f"only {expected} of {count} came"
+    run.transcript.add(f"{sam.label} < {where}, and the connection stayed open")
+    raise Failed(
+        f"{sam.label} stayed connected but did not get every line ({where}): a client too far "
+        "behind must be disconnected (or get every line), never skipped without a word"
+    )
+
+
+def still_serving(run: Run, leave: Callable[[Connection], None], how: str) -> None:
+    """pat and quinn go on talking after xan left by ``leave``: they are told that xan left,
+    and xan leaves the who-list."""
     pat, quinn = run.register("pat"), run.register("quinn")
     xan = run.register("xan")
+    pat.expect_notice(None, names(xan))  # xan joined
     leave(xan)
+    # What the notice says is the 'left notice' check's business; here it must come at all.
+    told = f"the others must be told that {xan.label} left ({how}): '* {xan.label} left'"
+    pat.expect_notice(told, names(xan))
     pat.send(b"%*%anyone there?\n")
     quinn.expect_message(f"%{pat.label}%anyone there?".encode())
     pat.send(f"%{quinn.label}%still here\n".encode())
     quinn.expect_message(f"%{pat.label}%still here".encode())
-    deadline = time.monotonic() + run.timeout
-    while True:  # xan's leaving may take the server a moment: ask until it is gone
-        start = len(run.transcript.lines)
-        pat.send(b"%server%who\n")
-        answer = pat.expect_notice(wanted=names(pat, quinn))
-        if xan.label.lower() not in words(answer):
-            return
-        if time.monotonic() > deadline:
-            raise Failed(f"{xan.label} left, but the server still lists it: forget a client that disconnects")
-        time.sleep(0.1)
-        del run.transcript.lines[start:]  # only the last question is worth showing
+    if xan.label.lower() in who_answer(pat):
+        raise Failed(f"{xan.label} left, but the server still lists it: forget a client that disconnects")
 
 
 @check(
     "slow",
     "client closes (FIN)",
     "a client that closes its connection must be forgotten, and everyone else served as before",
-    needs=["direct message", "broadcast", "who"],
+    needs=["direct message", "broadcast", "who", "joined notice"],
 )
 def client_closes(run: Run) -> None:
-    still_serving(run, lambda xan: xan.close(note=True))
+    still_serving(run, lambda xan: xan.close(note=True), "it closed its connection")
 
 
 @check(
     "slow",
     "client resets (RST)",
     "a connection reset (recv() or send() raise ConnectionResetError) must end only that "
-    "client: catch it, forget the client, and serve everyone else as before",
-    needs=["direct message", "broadcast", "who"],
+    "client: catch it, tell the others it left, forget it, and serve everyone else as before",
+    needs=["direct message", "broadcast", "who", "joined notice"],
 )
 def client_resets(run: Run) -> None:
-    still_serving(run, Connection.reset)
+    still_serving(run, Connection.reset, "its connection was reset (RST)")
 
 
 STAGES: dict[str, tuple[str, ...]] = {}
