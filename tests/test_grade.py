@@ -337,19 +337,22 @@ def test_batch_grades_a_folder_of_submissions_into_a_csv(tmp_path):
     done = run_grader(
         "--batch", str(submissions), "--stage", "routing", "--timeout", "1", "--csv", str(sheet)
     )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr  # bob failed a check
     routing = list(STAGES["routing"])
+    n = len(routing)
     with sheet.open(newline="") as lines:
         rows = list(csv.reader(lines))
-    assert rows[0] == ["submission", *routing, "passed", "failed"]
-    assert rows[1] == ["alice", *["1"] * len(routing), str(len(routing)), "0"]
+    assert rows[0] == ["submission", *routing, "passed", "failed", "score", "max_score", "first failure"]
+    assert rows[1] == ["alice", *["1"] * n, str(n), "0", str(n), str(n), ""]
     caught = set(CAUGHT_BY["echo-broadcast"]) & set(routing)
     marks = ["0" if name in caught else "1" for name in routing]
-    assert rows[2] == ["bob", *marks, str(len(routing) - len(caught)), str(len(caught))]
+    assert rows[2][: n + 5] == ["bob", *marks, str(n - len(caught)), str(len(caught)), str(n - len(caught)), str(n)]
+    first = next(name for name in routing if name in caught)
+    assert rows[2][-1].startswith(f"{first}: ")
     assert len(rows) == 3
-    assert plain(done.stderr)[:2] == [
-        f"alice.py: grade: {len(routing)} passed, 0 failed",
-        f"bob.py: grade: {len(routing) - len(caught)} passed, {len(caught)} failed",
+    assert done.stderr.splitlines()[-2:] == [
+        f"alice.py: grade: {n} passed, 0 failed, {n}/{n} points",
+        f"bob.py: grade: {n - len(caught)} passed, {len(caught)} failed, {n - len(caught)}/{n} points",
     ]
 
 
@@ -380,13 +383,13 @@ def test_the_report_as_text():
     assert REPORT.failed == REPORT.results[1:]
     assert str(REPORT) == textwrap.dedent(
         """\
-        ✔ threads: greeting on connect
-        ✘ threads: register a name
+        ✔ threads: greeting on connect (1/1)
+        ✘ threads: register a name (0/1)
             a good name must be answered with a line starting '* '
               amy_2 > 'amy_2\\n'
               amy_2 < '! <no>'
               amy_2 < (nothing within 2 s)
-        grade: 1 passed, 1 failed"""
+        grade: 1 passed, 1 failed, 1/2 points"""
     )
     assert repr(REPORT) == str(REPORT)  # what a notebook shows as text/plain
 

@@ -174,14 +174,14 @@ def run_checks(
         if c.name not in todo:
             continue
         missing = [need for need in c.needs if not outcome[need]]
-        if missing:
+        if gone is not None:  # first: "needs X" would hide that nothing is listening any more
+            result = CheckResult(c.stage, c.name, False, gone, (), c.points)
+        elif missing:
             need = by_name[missing[0]]
             where = "" if need.stage in stages else f" (stage {need.stage})"
             result = CheckResult(
                 c.stage, c.name, False, f"needs '{need.name}'{where} to pass first", (), c.points
             )
-        elif gone is not None:
-            result = CheckResult(c.stage, c.name, False, gone, (), c.points)
         else:
             result = run_one(c, address, timeout, number)
             if not result.ok and process is not None and (ended := how_it_ended(process)):
