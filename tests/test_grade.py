@@ -46,7 +46,10 @@ CAUGHT_BY = {
         "client resets (RST)": "broadcast",
     },
     "drop-unknown": {"unknown recipient": None},
-    "duplicate-names": {"duplicate name refused": None},
+    "duplicate-names": {
+        "duplicate name refused": None,
+        "one name asked for at the same moment": "duplicate name refused",
+    },
     "one-recv-one-line": {
         "two lines in one packet": None,
         "one line in many packets": None,

@@ -170,6 +170,30 @@ def duplicate_name(run: Run) -> None:
     client.expect_notice("after a refused name the client may try again on the same connection")
 
 
+SAME_NAME_AT_ONCE = 8  # connections that ask for one name at the same moment
+
+
+@check(
+    "threads",
+    "one name asked for at the same moment",
+    "when several clients ask for the same name at the same moment, exactly one may have it: "
+    "does the server check the name and take it in one step, under its lock?",
+    needs=["duplicate name refused"],
+)
+def same_name_at_once(run: Run) -> None:
+    clients = [run.greeted(run.name(f"rx{i}")) for i in range(SAME_NAME_AT_ONCE)]
+    name = run.name("sam").encode() + b"\n"
+    for client in clients:  # one after the other without waiting for any answer
+        client.send(name)
+    answers = [client.read_line(time.monotonic() + run.timeout, "a name got no answer") for client in clients]
+    welcomed = sum(line.startswith(NOTICE) for line in answers)
+    if welcomed != 1:
+        raise Failed(
+            f"{SAME_NAME_AT_ONCE} clients asked for one name at the same moment and {welcomed} "
+            "were welcomed: check that the name is free and take it under one hold of the lock"
+        )
+
+
 @check(
     "threads",
     "a name is free again after its client leaves",
@@ -396,6 +420,42 @@ def left(run: Run) -> None:
     amy.expect_notice(None, names(ben))
     ben.close(note=True)
     left_notice(amy, ben, "it closed its connection")
+
+
+@check(
+    "routing",
+    "a client without a name leaves unannounced",
+    "a client that leaves before it has a name was never online: the others must hear nothing "
+    "about it (no '* None left')",
+    needs=["left notice"],
+)
+def nameless_leave(run: Run) -> None:
+    amy = run.register("amy")
+    nobody = run.greeted(run.name("nobody"))
+    nobody.close(note=True)
+    time.sleep(0.2)  # time for the server to notice it left
+    ben = run.register("ben")
+    hint = "the others must be told that ben joined: '* ben joined'"
+    while not names(ben)(line := amy.expect_notice(hint)):  # the welcome's lines come first
+        if {"left", "leaves", "quit", "none"} & words(line) or nobody.label.encode() in line:
+            raise Failed(
+                f"after a client left without a name, the others heard {shown(line)}: "
+                "announce only clients that had a name"
+            )
+
+
+@check(
+    "routing",
+    "server commands in any case",
+    "a command after '%server%' counts in any case and with spaces around it: "
+    "'%server% WHO ' is answered like '%server%who'",
+    needs=["who"],
+)
+def command_any_case(run: Run) -> None:
+    amy, ben = run.register("amy"), run.register("ben")
+    amy.drain()
+    amy.send(b"%server% WHO \n")
+    amy.expect_notice(wanted=names(amy, ben))
 
 
 STRESS_WORKERS = 12  # clients at once (with the watcher, fewer than the 20 the threads stage asks for)

@@ -1,7 +1,8 @@
 """Lab 2: routing messages. Lab 2 continues YOUR server from lab 1.
 
-Start by copying your own ``lab1_server.py`` over this file (the notebook lab2_routing.ipynb
-says how), then add what this lab asks. If your instructor handed out ``start/``, you may start
+Start by renaming this file ``lab2_rules.py`` (keep it: its rules are what you build), then
+copy your own ``lab1_server.py`` to ``lab2_server.py`` (the notebook lab2_routing.ipynb says how),
+then add what this lab asks. If your instructor handed out ``start/``, you may start
 from ``start/lab2_server.py`` instead: lab 1 solved, with lab 2's rules. This handed-out file is
 lab 1's frame again, with nothing of lab 1 in it: starting from it, you write labs 1 and 2.
 

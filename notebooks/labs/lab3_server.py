@@ -1,8 +1,9 @@
 """Lab 3: framing, limits and bad input. Lab 3 continues YOUR server from lab 2.
 
-Start by copying your own ``lab2_server.py`` over this file (the notebook lab3_framing.ipynb
-says how), then copy in ``LineFramer`` and ``MAX_LINE``, ``RECV_SIZE`` from below, and add what
-this lab asks. If your instructor handed out ``start/``, you may start from
+Start by renaming this file ``lab3_rules.py`` (keep it: its rules are what you build), then
+copy your own ``lab2_server.py`` to ``lab3_server.py`` (the notebook lab3_framing.ipynb says how),
+then copy in ``LineFramer``, ``MAX_LINE`` and ``RECV_SIZE`` from the rules file,
+and add what this lab asks. If your instructor handed out ``start/``, you may start from
 ``start/lab3_server.py`` instead: labs 1 and 2 solved, with lab 3's rules. This handed-out file
 is lab 1's frame again, with nothing of labs 1 and 2 in it: starting from it, you write labs 1
 to 3.
@@ -24,6 +25,12 @@ What must be true when you are done: everything of labs 1 and 2 (stages ``thread
    bytes, whatever a client sends: a client cannot fill the server's memory.
 5. A line that is not valid UTF-8 is answered ``! invalid utf-8`` and goes nowhere; the
    connection stays open ("invalid UTF-8").
+6. A line holding a character that could make a screen show what the server never sent (a
+   control character such as ESC, which starts an escape sequence; a line separator; a bidi
+   embedding, override or isolate, U+202A-U+202E and U+2066-U+2069) is answered
+   ``! control characters are not allowed`` and goes nowhere. A tab is fine, and so are the
+   direction marks of ordinary Hebrew and Arabic text, U+200E, U+200F and U+061C ("control
+   characters").
 
 The notebook lab3_framing.ipynb has folded hints and grades your server. Standard library only.
 """

@@ -1,7 +1,8 @@
 """Lab 4: the slow client. Lab 4 continues YOUR server from lab 3.
 
-Start by copying your own ``lab3_server.py`` over this file (the notebook lab4_slow_client.ipynb
-says how), then copy in ``MAX_OUTBOX`` from below, and add what this lab asks. If your
+Start by renaming this file ``lab4_rules.py`` (keep it: its rules are what you build), then
+copy your own ``lab3_server.py`` to ``lab4_server.py`` (the notebook lab4_slow_client.ipynb says how),
+then copy in ``MAX_OUTBOX`` from the rules file, and add what this lab asks. If your
 instructor handed out ``start/``, you may start from ``start/lab4_server.py`` instead: labs 1
 to 3 solved, with lab 4's rules. This handed-out file is lab 1's frame again, with nothing of
 labs 1 to 3 in it: starting from it, you write labs 1 to 4.

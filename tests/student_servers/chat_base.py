@@ -188,6 +188,7 @@ class ChatServer:
         self.send(receiver, line)
 
     def command(self, client: Client, body: str) -> None:
+        body = body.strip().lower()  # "%server% WHO " is who too
         if body == "who":
             with self.lock:
                 online = ", ".join(c.name for c in self.clients.values())

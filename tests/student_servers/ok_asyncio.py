@@ -101,7 +101,7 @@ class Chat:
             return me.send("! expected %name%message")
         to, body = m.groups()
         if to.lower() == "server":
-            if body == "who":
+            if body.strip().lower() == "who":
                 return me.send("* online: " + ", ".join(sorted(x.name for x in self.members.values())))
             return me.send("* %name%text, %*%text, %server%who")
         if to in ("*", "all"):

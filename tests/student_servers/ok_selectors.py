@@ -94,7 +94,7 @@ class SelectorChat:
         end = text.find("%", 1)
         to, body = text[1:end], text[end + 1 :]
         if to.lower() == "server":
-            if body == "who":
+            if body.strip().lower() == "who":
                 return self.write(conn, "* online: " + ", ".join(c.name for c in self.by_name.values()))
             return self.write(conn, "* try %server%who")
         out = f"%{conn.name}%{body}"

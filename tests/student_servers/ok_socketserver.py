@@ -128,7 +128,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
         target, message = m.group(1), text[m.end():]
         room = self.server.room
         if target.lower() == "server":
-            if message == "who":
+            if message.strip().lower() == "who":
                 names = [h.name for h in room.everyone()]
                 return self.say(f"* here now ({len(names)}): {' '.join(names)}")
             return self.say("* commands: %server%who %server%help")

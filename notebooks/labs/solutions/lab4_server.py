@@ -26,6 +26,7 @@ import signal
 import socket
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -80,6 +81,20 @@ class LineFramer:
                 self.skipping = True
                 lines.append(None)
         return lines
+
+
+# What could make a screen show a line the server never sent: control characters (an escape
+# sequence), line separators, and the bidi embeddings, overrides and isolates. A tab is fine,
+# and so are the direction marks of ordinary Hebrew and Arabic text (U+200E, U+200F, U+061C).
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def unsafe(text: str) -> bool:
+    """Whether ``text`` holds a character that could forge or garble a displayed line."""
+    return any(
+        char in BIDI_CONTROLS or (unicodedata.category(char) in ("Cc", "Zl", "Zp") and char != "\t")
+        for char in text
+    )
 
 
 def name_error(name: str) -> str | None:
@@ -205,6 +220,9 @@ class ChatServer:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError:
                     self.refuse(client, "invalid utf-8")
+                    continue
+                if unsafe(text):
+                    self.refuse(client, "control characters are not allowed")
                     continue
                 yield text
 
