@@ -116,9 +116,9 @@ def test_reference_gets_full_marks_for_its_lab_and_the_labs_before(number: int) 
     report = finished.stdout.strip().splitlines()
     assert finished.returncode == 0, finished.stdout + finished.stderr[-2000:]
     checks = [line for line in report if line.startswith(("✔", "✘"))]
-    expected = [f"✔ {stage}: {name}" for stage in stages_of(number) for name in CHECKS_BY_STAGE[stage]]
+    expected = [f"✔ {stage}: {name} (1/1)" for stage in stages_of(number) for name in CHECKS_BY_STAGE[stage]]
     assert checks == expected, report
-    assert report[-1] == f"grade: {len(checks)} passed, 0 failed"
+    assert report[-1] == f"grade: {len(checks)} passed, 0 failed, {len(checks)}/{len(checks)} points"
 
 
 @pytest.mark.parametrize("number", [1, 2, 3], ids=["lab1", "lab2", "lab3"])

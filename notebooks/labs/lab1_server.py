@@ -17,11 +17,12 @@ What must be true when you are done (in quotes, the grader's checks, stage ``thr
    with a line ``! invalid name ...`` that says why, and the client may try again on the same
    connection ("invalid names refused").
 3. A name that is online, in any case, is answered ``! name taken`` and the client may try
-   again ("duplicate name refused"). Two clients never both get "bob", even at the same instant.
+   again ("duplicate name refused"). Two clients never both get "bob", even at the same instant
+   ("one name asked for at the same moment").
 4. An accepted name is answered with ``* welcome NAME``, then ``* online: `` and every name
    online, sorted, joined with ``, `` ("register a name"): the client's first two lines after
    its name, whatever other threads do meanwhile.
-5. When a client leaves, its name is free again.
+5. When a client leaves, its name is free again ("a name is free again after its client leaves").
 6. ``self.clients``, ``self.connections`` and ``self.threads`` are shared by every thread: they
    are read and changed only while holding ``self.lock``, and no thread waits for a socket
    (sends, receives) while holding ``self.lock``. Two threads never write to one socket at once.

@@ -19,12 +19,17 @@ the grader's checks, stage ``routing``):
 4. ``%*%TEXT`` and ``%all%TEXT`` reach every other registered client once, as ``%alice%TEXT``,
    and not the sender ("broadcast").
 5. ``%server%who`` is answered with one line, ``* online: `` and every name, sorted, joined with
-   ``, `` ("who"); ``%server%help`` with a ``* `` line that says what a client can do; another
+   ``, `` ("who"), and so is ``%server% WHO ``: a command counts in any case, with spaces around
+   it ("server commands in any case"); ``%server%help`` with a ``* `` line that says what a client can do; another
    command with a ``! `` line.
 6. When a name is accepted, every other client hears ``* NAME joined``; when a registered client
-   leaves, every other client hears ``* NAME left`` ("joined and left notices").
+   leaves, every other client hears ``* NAME left`` ("joined notice", "left notice"). A client
+   that leaves before it has a name was never online: nobody hears of it ("a client without a
+   name leaves unannounced").
 7. Still true from lab 1: no thread sends while holding ``self.lock`` (a send can wait for as
-   long as the receiver does not read: lab 4).
+   long as the receiver does not read: lab 4), and the shared registry is changed only under
+   it, so many clients joining, talking and leaving at once leave it right ("many clients join,
+   broadcast and leave at once").
 
 The notebook lab2_routing.ipynb has folded hints and grades your server. Standard library only.
 """

@@ -12,7 +12,8 @@ What must be true when you are done: everything of labs 1 to 3 (stages ``threads
 
 1. A client that stops reading delays nobody else: no thread that serves one client ever waits
    for another client's socket ("slow reader does not stall others"). Lines to one client reach
-   it in the order they were sent, and none is dropped silently.
+   it in the order they were sent, and none is dropped silently: a client gets every line, or
+   is disconnected ("no lines lost without a word").
 2. A client that falls more than ``MAX_OUTBOX`` lines behind is disconnected: the others hear
    ``* NAME left``, and the server logs why with ``log.warning(...)``. So a client that never
    reads cannot fill the server's memory either.

@@ -12,7 +12,8 @@ What must be true when you are done: everything of labs 1 and 2 (stages ``thread
 1. The server reads its clients with ``recv()`` (at most ``RECV_SIZE`` bytes at a time) and cuts
    the bytes into lines itself, in ``LineFramer`` (its interface is below: the notebook tests
    it offline). Python's file reader (``makefile``, ``readline``) is not used any more.
-2. A line ends at ``\\n``; a ``\\r`` just before it is part of the line end. Several lines in one
+2. A line ends at ``\\n``; a ``\\r`` just before it is part of the line end ("lines ending
+   '\\r\\n'"). Several lines in one
    ``recv()`` are several lines ("two lines in one packet"); a line that arrives in many
    ``recv()``s, even one byte at a time, is one line ("one line in many packets"), and a UTF-8
    character may be cut between two ``recv()``s.
@@ -20,9 +21,17 @@ What must be true when you are done: everything of labs 1 and 2 (stages ``thread
 4. A line longer than ``MAX_LINE`` bytes (without its line end) is answered ``! line too long``
    once; its bytes are dropped up to its ``\\n``, and the next line is read as usual; the
    connection stays open ("over-long line"). The framer never holds more than ``MAX_LINE + 1``
-   bytes, whatever a client sends: a client cannot fill the server's memory.
+   bytes, whatever a client sends: a client cannot fill the server's memory, and the ``!`` comes
+   as soon as the line is too long, not when its ``\\n`` arrives ("over-long line without its
+   end").
 5. A line that is not valid UTF-8 is answered ``! invalid utf-8`` and goes nowhere; the
    connection stays open ("invalid UTF-8").
+6. A line holding a character that could make a screen show what the server never sent (a
+   control character such as ESC, which starts an escape sequence; a line separator; a bidi
+   embedding, override or isolate, U+202A-U+202E and U+2066-U+2069) is answered
+   ``! control characters are not allowed`` and goes nowhere. A tab is fine, and so are the
+   direction marks of ordinary Hebrew and Arabic text, U+200E, U+200F and U+061C ("control
+   characters").
 """
 
 from __future__ import annotations
