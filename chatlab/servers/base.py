@@ -10,14 +10,17 @@ and the rest is a read-only view of the room for dashboards. A model adds ``_run
 serving in the background) and ``_halt`` (end every connection and join its threads).
 
 :class:`Session` is the life of one connection, written once: set the socket up, keep a
-record, let the room admit it or refuse it as full, greet it, feed what it sends to the room,
-decide why it ended, forget it and tell the others. A model creates one session per accepted
-socket and calls those steps as its bytes move; it never talks to the room about a connection
-in any other way.
+record, let the room admit it or refuse it as full, greet it, hand what it sends to the room,
+decide why it ended, forget it and tell the others. It reacts; the model applies. Each call a
+model makes when something happens (bytes arrived, a pause is over, the name timeout passed)
+returns a :class:`Reaction` saying what to do next: read on, pause reading until a time, close
+once what waits is sent, or abort. The connection's :class:`Phase` moves only as the table
+:data:`TRANSITIONS` says. A model never talks to the room about a connection in any other way.
 
 Two guards sit at the door of a session, both optional and both here, so every model has
 them: TLS (``tls=``, an :class:`ssl.SSLContext`; the handshake happens in :meth:`Session.receive`
-through a :class:`~chatlab.tls.TlsLayer`, and the greeting follows it) and a class code
+through a :class:`~chatlab.tls.TlsLayer`, the model's transport is wrapped in a
+:class:`~chatlab.tls.TlsTransport`, and the greeting follows the handshake) and a class code
 (``code=``: the greeting asks for it, and the first line must be it). Both count against
 ``name_timeout``: from the accept, a connection has that long to finish its handshake, give
 the code and register.
@@ -25,6 +28,7 @@ the code and register.
 
 from __future__ import annotations
 
+import enum
 import logging
 import socket
 import ssl
@@ -32,15 +36,29 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol
 from ..flood import Throttle, slow_down
 from ..portable import make_listener
 from ..room import ChatRoom, ClientRecord, ServerEvent
-from ..tls import NotTls, TlsLayer
+from ..tls import NotTls, TlsLayer, TlsTransport
 
-__all__ = ["Outbox", "ServerBase", "Session", "refuse_full", "shutdown"]
+__all__ = [
+    "ABORT",
+    "READ_ON",
+    "TRANSITIONS",
+    "Outbox",
+    "Phase",
+    "Reaction",
+    "ServerBase",
+    "ServerOptions",
+    "Session",
+    "Then",
+    "refuse_full",
+    "shutdown",
+]
 
 log = logging.getLogger("chatlab.server")
 
@@ -54,6 +72,7 @@ DEFAULT_PORT = 5050
 # How long a connection that gave a wrong class code stays open (unread) before it is closed:
 # a script that waits for the end of each try cannot guess fast.
 WRONG_CODE_DELAY = 1.0
+DELIVERY_MODES = ("queue", "direct")  # how the threaded server hands a line to its receiver
 
 
 class Outbox:
@@ -127,30 +146,94 @@ def connection_error(exc: BaseException) -> str:
     return f"connection error: {getattr(exc, 'strerror', None) or exc}"
 
 
+class Phase(enum.Enum):
+    """Where one connection is in its life. :data:`TRANSITIONS` says how it moves on."""
+
+    HANDSHAKE = "TLS handshake"  # TLS: the keys are being agreed; nothing can be said yet
+    CODE = "class code"  # the greeting asked for the class code
+    NAME = "name"  # the greeting asked for a name
+    CHAT = "chat"  # registered: its lines are chat
+    TURNED_AWAY = "turned away"  # refused: nothing more is read, and it closes soon
+    OVER = "over"  # the connection is over: the room has forgotten it
+
+
+TRANSITIONS: dict[tuple[Phase, str], Phase] = {
+    # (phase, what happened): the next phase
+    (Phase.HANDSHAKE, "TLS established"): Phase.NAME,
+    (Phase.HANDSHAKE, "TLS established, code asked"): Phase.CODE,
+    (Phase.HANDSHAKE, "not a TLS client"): Phase.TURNED_AWAY,
+    (Phase.HANDSHAKE, "TLS handshake failed"): Phase.TURNED_AWAY,
+    (Phase.HANDSHAKE, "timed out"): Phase.OVER,
+    (Phase.CODE, "right code"): Phase.NAME,
+    (Phase.CODE, "wrong code"): Phase.TURNED_AWAY,
+    (Phase.CODE, "timed out"): Phase.OVER,
+    (Phase.NAME, "registered"): Phase.CHAT,
+    (Phase.NAME, "timed out"): Phase.OVER,
+    # Whatever the phase, a connection can end: the client hangs up, an error, a stop.
+    **{(phase, "ended"): Phase.OVER for phase in Phase},
+}
+"""Every move a connection's phase can make; :meth:`Session._move` allows no other."""
+
+
+class Then(enum.Enum):
+    """What the model does with a connection next (the ``then`` of a :class:`Reaction`)."""
+
+    READ = "read"  # read its socket again
+    PAUSE = "pause"  # read nothing until ``at``, then call Session.resume()
+    CLOSE = "close"  # read nothing more; close it once what waits is sent (not before ``at``)
+    ABORT = "abort"  # close it now (an error): what waits for it is dropped
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """What a :class:`Session` asks its model to do next, after it has written what it had to.
+
+    Everything a session says to its client goes out through the client's transport, before
+    the session returns; the reaction is only what comes next, like h11's ``NEED_DATA`` or
+    ``PAUSED``: read on, pause reading until ``at``, close, or abort.
+    """
+
+    then: Then
+    at: float | None = None  # PAUSE: when to call resume(); CLOSE: not before (None: once sent)
+
+
+READ_ON = Reaction(Then.READ)  # the common answers, made once
+_CHAT, _NAME = Phase.CHAT, Phase.NAME  # quicker to look up than Phase.CHAT, once per message
+CLOSE_WHEN_SENT = Reaction(Then.CLOSE)
+ABORT = Reaction(Then.ABORT)
+
+
 class Session:
-    """The life of one connection, the same in every server model.
+    """The life of one connection, the same in every server model; it reacts, the model applies.
 
     In order: the model accepts a socket and makes a ``Session`` (which sets the socket up and
-    keeps a :class:`ClientRecord`), gives ``record`` a transport, and calls :meth:`open`
-    (admitted and greeted, or refused as full). Then :meth:`feed` for every piece of bytes that
-    arrives, :meth:`name_timed_out` if no name came in time, and once the connection is over,
-    :meth:`leave` (the room forgets the client) and, after the socket is closed,
-    :meth:`departed` (the others hear it left). Which thread calls these is the model's
-    business; a session is only ever used by one thread at a time.
+    keeps a :class:`ClientRecord`), gives it the transport the model built (:meth:`attach`:
+    with TLS the session wraps it, :class:`~chatlab.tls.TlsTransport`), and calls :meth:`open`
+    (admitted and greeted, or refused as full). Then three calls, each answered with a
+    :class:`Reaction` the model applies: :meth:`receive` for every piece of bytes that arrives,
+    :meth:`resume` when a pause it asked for is over, :meth:`timed_out` when ``name_timeout``
+    has passed since the accept. Once the connection is over, :meth:`leave` (the room forgets
+    the client) and, after the socket is closed, :meth:`departed` (the others hear it left).
+
+    ``phase`` is where the connection is (:class:`Phase`); its moves are the table
+    :data:`TRANSITIONS`. Which thread calls these is the model's business; a session is only
+    ever used by one thread at a time. Error handling: a damaged TLS record or a bug while
+    handling a read ends only this connection (``ABORT``); the reason is kept in ``reason``.
     """
 
     __slots__ = (
         "server",
         "room",
         "record",
+        "transport",
         "framer",
+        "phase",
         "reason",
         "announce",
-        "left",
         "tls",
-        "awaiting_code",
-        "close_after",
         "throttle",
+        "linger",
+        "left",
     )
 
     def __init__(
@@ -164,22 +247,38 @@ class Session:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # send short lines at once
         if send_buffer is not None:  # what the kernel holds counts as "behind" too: bound it
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        options = server.options
         self.server = server
         self.room = server.room
         self.record = ClientRecord(ip=address[0], port=address[1], sock=sock, fd=sock.fileno())
-        self.framer = protocol.LineFramer(server.max_line)
+        self.transport: Any = None  # the model's own transport (record.transport may wrap it)
+        self.framer = protocol.LineFramer(options.max_line)
         self.reason = "disconnected"  # why it ended, once it has
         self.announce = False  # whether it was online, so that the others hear it left
-        self.left = False
-        # With TLS, what the socket reads is decrypted here first (the model encrypts what the
-        # room writes with ``tls.encrypt``); the greeting waits for the end of the handshake.
-        self.tls = None if server.tls is None else TlsLayer(server.tls, server_side=True)
-        self.awaiting_code = server.code is not None  # the first line must be the class code
-        # Set when the connection is turned away (a wrong code, no TLS): the model reads nothing
-        # more from it and closes it after this many seconds.
-        self.close_after: float | None = None
+        # With TLS, what the socket reads is decrypted here first, and what the room writes is
+        # encrypted by the transport's wrapper; the greeting waits for the end of the handshake.
+        self.tls = None if options.tls is None else TlsLayer(options.tls, server_side=True)
+        if self.tls is not None:
+            self.phase = Phase.HANDSHAKE
+        else:
+            self.phase = Phase.NAME if options.code is None else Phase.CODE
         # Flood control (``rate``): the client's token bucket and the lines waiting for tokens.
-        self.throttle = None if server.rate is None else Throttle.for_rate(server.rate, time.monotonic())
+        self.throttle = None if options.rate is None else Throttle.for_rate(options.rate, time.monotonic())
+        self.linger = READ_ON  # once turned away: the CLOSE its model applies
+        self.left = False
+
+    def _move(self, event: str) -> None:
+        """Move on to the next phase after ``event``, as :data:`TRANSITIONS` says."""
+        self.phase = TRANSITIONS[self.phase, event]
+
+    def attach(self, transport: Any) -> None:
+        """Give the session the transport the model built for it (before :meth:`open`).
+
+        With TLS the record gets a :class:`~chatlab.tls.TlsTransport` around it, so everything
+        the room writes is encrypted once, in one place, whatever the model.
+        """
+        self.transport = transport
+        self.record.transport = transport if self.tls is None else TlsTransport(transport, self.tls)
 
     def open(self) -> bool:
         """Admit the connection to the room and greet it; False if the room is full.
@@ -196,94 +295,123 @@ class Session:
 
     def greet(self) -> None:
         """Ask for the class code if the server has one, else for the name."""
-        self.room.send(self.record, protocol.CODE_PROMPT if self.awaiting_code else protocol.GREETING)
+        self.room.send(self.record, protocol.CODE_PROMPT if self.phase is Phase.CODE else protocol.GREETING)
 
-    def receive(self, data: bytes) -> bytes:
-        """Bytes arrived from the socket: decrypt them if this is TLS, then :meth:`feed` them.
+    def _send_as_is(self, data: bytes) -> None:
+        """Send bytes past the TLS wrapper: the handshake's own messages, a plain-text refusal."""
+        with self.record.send_lock:
+            if data:
+                self.transport.write(data)
 
-        Returns bytes the model must send as they are, before anything else: the TLS
-        handshake's own messages, or the plain-text refusal of a client that does not speak
-        TLS. After a refusal :attr:`close_after` is set.
-        """
-        if self.tls is None:
-            self.feed(data)
-            return b""
-        was_established = self.tls.established
+    def receive(self, data: bytes, now: float) -> Reaction:
+        """Bytes arrived from the socket: decrypt them (TLS), cut them into lines, hand the
+        lines to the room, and say what the model does next."""
         try:
-            plaintext = self.tls.receive(data)
-        except NotTls:
-            self._turn_away("not a TLS client", 0.0)
-            return protocol.TLS_REQUIRED
-        except ssl.SSLError as exc:
-            if was_established:
-                raise  # a damaged record: the connection is over, like any connection error
-            self._turn_away(f"TLS handshake failed: {exc.reason or exc}", 0.0)
-            return b""
-        if self.tls.established and not was_established:
-            log.info("%s:%d TLS established (%s)", self.record.ip, self.record.port, self.tls.version)
-            self.greet()  # encrypted, after the handshake's last messages (the layer keeps the order)
-        if plaintext:
-            self.feed(plaintext)
-        return b"" if was_established else self.tls.outgoing()
+            if self.phase is not _CHAT:
+                return self._receive_before_chat(data, now)
+            if self.tls is not None:
+                data = self.tls.receive(data)  # a damaged record raises: the connection is over
+            self.record.bytes_in += len(data)
+            return self._handle(self.framer.feed(data), now)
+        except OSError as exc:  # a damaged TLS record: the connection is over
+            self.reason = connection_error(exc)
+            return ABORT
+        except Exception:  # a bug: say so; the model ends this connection, the others carry on
+            self.failed()
+            return ABORT
 
-    def feed(self, data: bytes) -> None:
-        """Bytes arrived: cut them into lines and hand the lines of this read to the room."""
+    def _receive_before_chat(self, data: bytes, now: float) -> Reaction:
+        """:meth:`receive` in the phases before the chat: the handshake, the code, the name."""
+        if self.phase is Phase.TURNED_AWAY:
+            return self.linger  # what it still sends is not read
+        if self.tls is not None and not (data := self._decrypt(data)):
+            return self.linger if self.phase is Phase.TURNED_AWAY else READ_ON
         self.record.bytes_in += len(data)
-        if self.close_after is not None:
-            return  # turned away: what it still sends is not read
         lines = self.framer.feed(data)
-        if self.awaiting_code and lines:
-            if not protocol.code_matches(lines[0], self.server.code or ""):
-                self._turn_away("wrong class code", WRONG_CODE_DELAY, protocol.WRONG_CODE)
-                return
-            self.awaiting_code = False
+        if self.phase is Phase.CODE and lines:
+            if not protocol.code_matches(lines[0], self.server.options.code or ""):
+                until = now + WRONG_CODE_DELAY
+                return self._turn_away("wrong code", "wrong class code", until, protocol.WRONG_CODE)
+            self._move("right code")
             log.info("%s:%d gave the class code", self.record.ip, self.record.port)
             self.room.send(self.record, protocol.GREETING)
             del lines[0]
-        self._handle(lines)
+        return self._handle(lines, now)
 
-    def _handle(self, lines: list) -> None:
+    def _decrypt(self, data: bytes) -> bytes:
+        """TLS: the plaintext in ``data`` (b"" during the handshake, whose answers go out here)."""
+        assert self.tls is not None
+        if self.phase is not Phase.HANDSHAKE:
+            return self.tls.receive(data)  # a damaged record raises: the connection is over
+        try:
+            plaintext = self.tls.receive(data)
+        except NotTls:
+            self._turn_away("not a TLS client", "not a TLS client", time.monotonic())
+            self._send_as_is(protocol.TLS_REQUIRED)  # in plain text, the one thing it can read
+            return b""
+        except ssl.SSLError as exc:
+            reason = f"TLS handshake failed: {exc.reason or exc}"
+            self._turn_away("TLS handshake failed", reason, time.monotonic())
+            return b""
+        self._send_as_is(self.tls.outgoing())  # the handshake's own messages
+        if self.tls.established:
+            log.info("%s:%d TLS established (%s)", self.record.ip, self.record.port, self.tls.version)
+            code_asked = self.server.options.code is not None
+            self._move("TLS established, code asked" if code_asked else "TLS established")
+            self.greet()  # encrypted, after the handshake's last messages
+        return plaintext
+
+    def _handle(self, lines: list, now: float) -> Reaction:
         """Hand lines to the room; with a ``rate``, only those that have tokens now (the rest
-        wait in order for :meth:`release`), and tell the client once that its lines wait."""
+        wait in order for :meth:`resume`), and tell the client once that its lines wait."""
         throttle = self.throttle
         if throttle is None:
             self.room.handle_lines(self.record, lines)
-            return
-        self.room.handle_lines(self.record, throttle.admit(lines, time.monotonic()))
-        if self.record.too_slow:  # dropped: the rest is not handled (handle_lines says so too)
-            throttle.waiting.clear()
-        if throttle.waiting and not throttle.told:  # once per connection; its log line too
-            throttle.told = True
-            self.room.refuse(self.record, slow_down(throttle.bucket.rate))
+        else:
+            self.room.handle_lines(self.record, throttle.admit(lines, now))
+            if self.record.too_slow:  # dropped: the rest is not handled (handle_lines says so too)
+                throttle.waiting.clear()
+            if throttle.waiting and not throttle.told:  # once per connection; its log line too
+                throttle.told = True
+                self.room.refuse(self.record, slow_down(throttle.bucket.rate))
+        if self.phase is _NAME and self.record.name is not None:
+            self._move("registered")
+        if throttle is None or not (delay := throttle.wait(now)):
+            return READ_ON
+        return Reaction(Then.PAUSE, now + delay)  # over the flood rate: read it again later
 
-    def flood_delay(self) -> float:
-        """Flood control: how long the model must stop reading this client before it calls
-        :meth:`release`; 0.0 (read on) unless the server has a ``rate`` and lines of this
-        client wait for tokens (:mod:`chatlab.flood`)."""
-        return 0.0 if self.throttle is None else self.throttle.wait(time.monotonic())
+    def resume(self, now: float) -> Reaction:
+        """Flood control: the pause is over. Hand the room the waiting lines that have tokens
+        now; READ once none wait, else PAUSE again."""
+        try:
+            return self._handle([], now)
+        except Exception:  # a bug: say so; the model ends this connection
+            self.failed()
+            return ABORT
 
-    def release(self) -> float:
-        """Flood control: the wait is over. Hand the room the waiting lines that have tokens
-        now; returns :meth:`flood_delay` again (0.0 once none wait: read the socket again)."""
-        self._handle([])
-        return self.flood_delay()
-
-    def _turn_away(self, reason: str, delay: float, reply: bytes | None = None) -> None:
-        """Refuse this connection (logged, and told if it can be: before the TLS handshake is
-        done nothing can); the model closes it after ``delay`` seconds, reading nothing more."""
-        self.room.refuse(self.record, reason, reply)
-        self.reason = reason
-        self.close_after = delay
-
-    def name_timed_out(self) -> None:
-        """No name came in time: tell the client so; the model then ends the connection."""
-        if self.tls is not None and not self.tls.established:
+    def timed_out(self, now: float) -> Reaction:
+        """``name_timeout`` has passed since the accept: READ if the client registered in time
+        (nothing to do), else tell it why and CLOSE."""
+        if self.phase not in (Phase.HANDSHAKE, Phase.CODE, Phase.NAME):
+            return READ_ON
+        if self.phase is Phase.HANDSHAKE:
             self.reason = "no TLS handshake in time"  # nothing can be said to it: no keys yet
-        elif self.awaiting_code:
+        elif self.phase is Phase.CODE:
             self.reason = "no class code in time"
         else:
             self.reason = "no name in time"
+        self._move("timed out")
         self.room.refuse(self.record, self.reason)
+        return CLOSE_WHEN_SENT
+
+    def _turn_away(self, event: str, reason: str, until: float, reply: bytes | None = None) -> Reaction:
+        """Refuse this connection (logged, and told if it can be: before the TLS handshake is
+        done nothing can); the model closes it at ``until``, reading nothing more."""
+        self.room.refuse(self.record, reason, reply)
+        self.reason = reason
+        self._move(event)
+        self.linger = Reaction(Then.CLOSE, until)
+        return self.linger
 
     def failed(self) -> None:
         """A bug in the server while handling this client (call it in ``except``): log it.
@@ -301,6 +429,7 @@ class Session:
         if self.left:
             return
         self.left = True
+        self._move("ended")
         if self.server.stopping:
             self.reason = "server stopped"
         elif self.record.too_slow:
@@ -318,6 +447,40 @@ class Session:
         self.room.departed(self.record, self.reason, self.announce and not self.server.stopping)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ServerOptions:
+    """Everything a server can be asked to do besides where to listen, checked once, here.
+
+    Every model takes one (``SelectorsChatServer(host, port, options=...)``); the keywords of
+    ``ChatServer(host, port, max_clients=10)`` build one. The program
+    (``python -m chatlab.server``) builds one from its command line and shows a ``ValueError``
+    from here as a usage error.
+    """
+
+    max_clients: int = 100
+    max_line: int = protocol.DEFAULT_MAX_LINE  # longest line in bytes
+    max_backlog: int = 1 << 20  # bytes that may wait for a client before it is dropped
+    name_timeout: float | None = 60.0  # seconds a new connection has to register
+    history: int = 1000  # events the room keeps for dashboards
+    tls: ssl.SSLContext | None = None  # a server context (chatlab.tls.server_context): TLS only
+    code: str | None = None  # a class code every client must send before its name
+    rate: float | None = None  # flood control: lines per second per client (None: no limit)
+    delivery: str = "queue"  # threads model: "queue" or "direct" (chatlab.servers.threads)
+    redis: str | None = None  # redis://HOST:PORT/DB: share the chat with other servers
+    server_id: str | None = None  # this server's name among them; default HOSTNAME:PORT
+    heartbeat: float = 1.0  # with redis: seconds between heartbeats
+
+    def __post_init__(self) -> None:
+        if self.rate is not None and not self.rate > 0:  # also refuses nan
+            raise ValueError("rate must be a positive number of lines per second (or None)")
+        if self.code is not None and (not self.code.strip() or "\n" in self.code or "\r" in self.code):
+            raise ValueError("a class code is one line of visible text")
+        if self.delivery not in DELIVERY_MODES:
+            raise ValueError(f"delivery must be one of {DELIVERY_MODES}")
+        if self.delivery == "direct" and self.redis is not None:
+            raise ValueError("redis= needs delivery='queue': the broker must never wait for a client")
+
+
 class ServerBase:
     """What every server model shares: a listening socket, start/stop, and a view of its room.
 
@@ -331,10 +494,11 @@ class ServerBase:
     a fresh port each time. All threads are daemon threads, so a forgotten server never keeps
     a kernel alive.
 
-    Flood control: with ``rate`` (lines per second), a client that sends more is read more
-    slowly (:mod:`chatlab.flood`): while :meth:`Session.flood_delay` is above zero, the model
-    stops reading that socket and then calls :meth:`Session.release`. Nothing is lost; the
-    client is told once.
+    Options (:class:`ServerOptions`) are checked once, when the server is made; the model reads
+    them, never changes them. Flood control: with ``rate`` (lines per second), a client that
+    sends more is read more slowly (:mod:`chatlab.flood`): its session answers PAUSE, the model
+    stops reading that socket until then and calls :meth:`Session.resume`. Nothing is lost;
+    the client is told once.
     """
 
     model = "base"
@@ -344,43 +508,31 @@ class ServerBase:
     _running: weakref.WeakSet[ServerBase] = weakref.WeakSet()  # every server started here
 
     def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        max_clients: int = 100,
-        max_line: int = protocol.DEFAULT_MAX_LINE,
-        max_backlog: int = 1 << 20,
-        name_timeout: float | None = 60.0,
-        history: int = 1000,
-        tls: ssl.SSLContext | None = None,
-        code: str | None = None,
-        rate: float | None = None,
-        redis: str | None = None,
-        server_id: str | None = None,
-        heartbeat: float = 1.0,
+        self, host: str = "127.0.0.1", port: int = 0, options: ServerOptions | None = None, **keywords: Any
     ) -> None:
-        if rate is not None and not rate > 0:
-            raise ValueError("rate must be a positive number of lines per second (or None)")
-        if code is not None and (not code.strip() or "\n" in code or "\r" in code):
-            raise ValueError("a class code is one line of visible text")
-        self.tls = tls  # a server-side context (chatlab.tls.server_context): clients must use TLS
-        self.code = code  # the class code a client must send before its name
-        if redis is not None and not self.shares_chats:
+        if options is None:
+            options = ServerOptions(**keywords)
+        elif keywords:
+            raise TypeError("give either options= or keywords, not both")
+        if options.redis is not None and not self.shares_chats:
             raise ValueError(
                 f"the {self.model} model cannot share a chat through Redis: use ChatServer (threads)"
             )
-        self.redis = redis  # redis://HOST:PORT/DB: share the chat with other servers (chatlab.broker)
-        self.server_id = server_id  # this server's name among them; default host:port
-        self.heartbeat = heartbeat
+        self.options = options
+        # The options again by their short names, to read (the options object is frozen).
+        self.tls = options.tls
+        self.code = options.code
+        self.redis = options.redis
+        self.server_id = options.server_id
+        self.heartbeat = options.heartbeat
+        self.max_line = options.max_line
+        self.max_backlog = options.max_backlog
+        self.name_timeout = options.name_timeout
+        self.rate = options.rate
         self.broker: Any = None  # a chatlab.broker.Broker while running with redis
         self.host = host
         self.port = port
-        self.max_line = max_line
-        self.max_backlog = max_backlog
-        self.name_timeout = name_timeout  # seconds a new connection has to send its name
-        self.rate = rate  # flood control: lines per second per client (None: no limit)
-        self.room = ChatRoom(max_clients=max_clients, history=history)
+        self.room = ChatRoom(max_clients=options.max_clients, history=options.history)
         self.stopping = False  # set by stop() before it closes anything
         self._requested_port = port
         self._listener: socket.socket | None = None
