@@ -324,7 +324,7 @@ class Session:
         """:meth:`receive` in the phases before the chat: the handshake, the code, the name."""
         if self.phase is Phase.TURNED_AWAY:
             return self.linger  # what it still sends is not read
-        if self.tls is not None and not (data := self._decrypt(data)):
+        if self.tls is not None and not (data := self._decrypt(data, now)):
             return self.linger if self.phase is Phase.TURNED_AWAY else READ_ON
         self.record.bytes_in += len(data)
         lines = self.framer.feed(data)
@@ -338,7 +338,7 @@ class Session:
             del lines[0]
         return self._handle(lines, now)
 
-    def _decrypt(self, data: bytes) -> bytes:
+    def _decrypt(self, data: bytes, now: float) -> bytes:
         """TLS: the plaintext in ``data`` (b"" during the handshake, whose answers go out here)."""
         assert self.tls is not None
         if self.phase is not Phase.HANDSHAKE:
@@ -346,12 +346,12 @@ class Session:
         try:
             plaintext = self.tls.receive(data)
         except NotTls:
-            self._turn_away("not a TLS client", "not a TLS client", time.monotonic())
+            self._turn_away("not a TLS client", "not a TLS client", now)
             self._send_as_is(protocol.TLS_REQUIRED)  # in plain text, the one thing it can read
             return b""
         except ssl.SSLError as exc:
             reason = f"TLS handshake failed: {exc.reason or exc}"
-            self._turn_away("TLS handshake failed", reason, time.monotonic())
+            self._turn_away("TLS handshake failed", reason, now)
             return b""
         self._send_as_is(self.tls.outgoing())  # the handshake's own messages
         if self.tls.established:
