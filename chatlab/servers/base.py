@@ -472,7 +472,7 @@ class ServerOptions:
 
     def __post_init__(self) -> None:
         if self.rate is not None and not self.rate > 0:  # also refuses nan
-            raise ValueError("rate must be a positive number of lines per second (or None)")
+            raise ValueError("rate must be a positive number of lines per second")
         if self.code is not None and (not self.code.strip() or "\n" in self.code or "\r" in self.code):
             raise ValueError("a class code is one line of visible text")
         if self.delivery not in DELIVERY_MODES:
