@@ -180,7 +180,7 @@ class Then(enum.Enum):
 
     READ = "read"  # read its socket again
     PAUSE = "pause"  # read nothing until ``at``, then call Session.resume()
-    CLOSE = "close"  # read nothing more; close it once what waits is sent (not before ``at``)
+    CLOSE = "close"  # read nothing more; close it once what waits is sent, or at ``at`` if given
     ABORT = "abort"  # close it now (an error): what waits for it is dropped
 
 
@@ -194,13 +194,13 @@ class Reaction:
     """
 
     then: Then
-    at: float | None = None  # PAUSE: when to call resume(); CLOSE: not before (None: once sent)
+    at: float | None = None  # PAUSE: when to call resume(); CLOSE: when (None: once sent)
 
 
 READ_ON = Reaction(Then.READ)  # the common answers, made once
-_CHAT, _NAME = Phase.CHAT, Phase.NAME  # quicker to look up than Phase.CHAT, once per message
 CLOSE_WHEN_SENT = Reaction(Then.CLOSE)
 ABORT = Reaction(Then.ABORT)
+_CHAT, _NAME = Phase.CHAT, Phase.NAME  # quicker to look up than Phase.CHAT, once per message
 
 
 class Session:
