@@ -18,7 +18,6 @@ import threading
 import time
 
 import pytest
-
 from transcript import GREETING, wait_until
 
 resource = pytest.importorskip("resource")  # not on Windows
@@ -42,7 +41,11 @@ WINDOW = 1.0  # seconds of wall time over which the server's CPU time is measure
 
 def test_out_of_file_descriptors_the_loop_waits_logs_once_and_goes_on():
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", SERVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     log: list[str] = []
     reader = threading.Thread(target=lambda: log.extend(server.stderr), name="server-log", daemon=True)

@@ -17,18 +17,8 @@ import pytest
 import trustme
 
 from chatlab import protocol
-from chatlab.servers.base import (
-    ABORT,
-    READ_ON,
-    TRANSITIONS,
-    WRONG_CODE_DELAY,
-    Phase,
-    Reaction,
-    ServerBase,
-    ServerOptions,
-    Session,
-    Then,
-)
+from chatlab.servers.base import WRONG_CODE_DELAY, ServerBase, ServerOptions
+from chatlab.servers.session import ABORT, READ_ON, TRANSITIONS, Phase, Reaction, Session, Then
 from chatlab.tls import TlsLayer
 
 

@@ -4,7 +4,7 @@ One thread (``chatlab-asyncio``) runs an asyncio event loop of its own and serve
 The loop watches all the sockets at once and calls a :class:`_Connection` (an
 :class:`asyncio.Protocol`) when something happens: ``connection_made`` for a new client,
 ``data_received`` with whatever bytes arrived (handed to the client's
-:class:`~chatlab.servers.base.Session`, as in every model), ``connection_lost`` when it is
+:class:`~chatlab.servers.session.Session`, as in every model), ``connection_lost`` when it is
 gone. There are no locks to think about, because only this thread touches the room; the rule
 in exchange is that nothing may block: one slow call would freeze every client.
 
@@ -26,7 +26,8 @@ from typing import Any
 
 from .. import protocol
 from ..room import ClientRecord
-from .base import READ_ON, Phase, Reaction, ServerBase, ServerOptions, Session, Then, connection_error
+from .base import ServerBase, ServerOptions, connection_error
+from .session import READ_ON, Phase, Reaction, Session, Then
 
 __all__ = ["AsyncioChatServer"]
 

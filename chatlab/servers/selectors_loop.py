@@ -3,7 +3,7 @@
 One thread (``chatlab-selectors``) serves every client. All sockets are non-blocking, and the
 loop asks the operating system "which of these sockets can I read or write right now?"
 (``selector.select()``), then does exactly that much: accept a connection, ``recv`` what has
-arrived and hand it to the client's :class:`~chatlab.servers.base.Session`, or ``send`` what
+arrived and hand it to the client's :class:`~chatlab.servers.session.Session`, or ``send`` what
 the socket will take. Nothing in the loop may ever wait for one client, or every client would
 wait with it. In exchange there is one thread however many clients there are, and no two
 threads ever route lines at once.
@@ -37,18 +37,15 @@ from typing import Any
 
 from .base import (
     DRAIN_TIMEOUT,
-    READ_ON,
     RECV_SIZE,
     Outbox,
-    Reaction,
     ServerBase,
     ServerOptions,
-    Session,
-    Then,
     connection_error,
     refuse_full,
     shutdown,
 )
+from .session import READ_ON, Reaction, Session, Then
 
 __all__ = ["SelectorsChatServer", "State"]
 

@@ -2,7 +2,7 @@
 
 The model is the one of the student report: one thread accepts connections (``chatlab-accept``)
 and every connected client gets a thread of its own (``chatlab-client-alice``) that waits in
-``recv()`` for its bytes and hands them to its :class:`~chatlab.servers.base.Session`. Blocking
+``recv()`` for its bytes and hands them to its :class:`~chatlab.servers.session.Session`. Blocking
 calls keep every thread's code a straight line you can read top to bottom; the price is one
 thread (and its memory) per client, and locks around what the threads share (the room's
 registry and event log).
@@ -39,19 +39,16 @@ from ..room import ClientRecord
 from .base import (
     DELIVERY_MODES,
     DRAIN_TIMEOUT,
-    READ_ON,
     RECV_SIZE,
     SEND_BUFFER,
     Outbox,
-    Reaction,
     ServerBase,
     ServerOptions,
-    Session,
-    Then,
     connection_error,
     refuse_full,
     shutdown,
 )
+from .session import READ_ON, Reaction, Session, Then
 
 __all__ = ["ChatServer", "DELIVERY_MODES", "SERVER_SWITCH_INTERVAL"]
 
