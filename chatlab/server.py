@@ -21,7 +21,7 @@ from . import protocol
 from .addresses import classroom_lines
 from .room import ClientRecord, ServerEvent
 from .servers import MODELS, ChatServer, ServerBase, server_class
-from .servers.base import DEFAULT_PORT
+from .servers.base import DEFAULT_PORT, ServerOptions
 from .servers.threads import DELIVERY_MODES, SERVER_SWITCH_INTERVAL
 from .tls import server_context
 
@@ -32,13 +32,6 @@ log = logging.getLogger("chatlab.server")
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--rate",
-        type=_positive,
+        type=float,
         metavar="LINES_PER_SECOND",
         help="flood control: read at most this many lines per second from each client (bursts of "
         "two seconds' worth); a faster client waits, nothing is lost (default: no limit)",
@@ -110,22 +103,22 @@ def main(argv: list[str] | None = None) -> int:
             tls = server_context(args.tls_cert, args.tls_key)
         except (OSError, ValueError) as exc:  # a missing file, or a key that does not fit
             parser.error(f"cannot use the certificate: {exc}")
-    if args.code is not None and not args.code.strip():
-        parser.error("--code must not be empty")
-    options: dict = {"delivery": args.delivery} if args.model == "threads" else {}
-    if args.redis:
-        options.update(redis=args.redis, server_id=args.server_id, heartbeat=args.heartbeat)
-    server = server_class(args.model)(
-        args.host,
-        args.port,
-        max_clients=args.max_clients,
-        max_line=args.max_line,
-        tls=tls,
-        code=args.code,
-        name_timeout=args.name_timeout,
-        rate=args.rate,
-        **options,
-    )
+    try:  # the options are checked once, there: what they refuse is a usage error here
+        options = ServerOptions(
+            max_clients=args.max_clients,
+            max_line=args.max_line,
+            name_timeout=args.name_timeout,
+            tls=tls,
+            code=args.code,
+            rate=args.rate,
+            delivery=args.delivery,
+            redis=args.redis,
+            server_id=args.server_id,
+            heartbeat=args.heartbeat,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    server = server_class(args.model)(args.host, args.port, options)
     if args.model == "threads":
         sys.setswitchinterval(SERVER_SWITCH_INTERVAL)  # this process runs only the server
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C

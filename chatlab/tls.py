@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import ssl
 import threading
+from typing import Any
 
-__all__ = ["NotTls", "TlsLayer", "client_context", "server_context"]
+__all__ = ["NotTls", "TlsLayer", "TlsTransport", "client_context", "server_context"]
 
 READ_SIZE = 65536
 _TLS_RECORD_TYPES = range(20, 24)  # change_cipher_spec, alert, handshake, application_data
@@ -141,3 +142,30 @@ class TlsLayer:
     def version(self) -> str | None:
         """The TLS version agreed on, e.g. ``TLSv1.3`` (None before the handshake)."""
         return self._tls.version()
+
+
+class TlsTransport:
+    """A server's transport with TLS around it, as trio wraps a stream in ``SSLStream``.
+
+    Whatever transport a server model built for a client (:class:`chatlab.room.Transport`),
+    the session wraps it in this when the server speaks TLS: what the room writes is encrypted
+    here, once, and the ciphertext goes to the model's own ``write``. The caller holds the
+    client's ``send_lock``, which keeps the ciphertext in order.
+    """
+
+    __slots__ = ("inner", "layer")
+
+    def __init__(self, inner: Any, layer: TlsLayer) -> None:
+        self.inner = inner  # the model's transport: it moves bytes, and knows nothing of TLS
+        self.layer = layer
+
+    def write(self, data: bytes) -> bool:
+        if not (data := self.layer.encrypt(data)):
+            return True  # no TLS keys yet (or no more): nothing can be said to this client
+        return self.inner.write(data)
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def registered(self, name: str) -> None:
+        self.inner.registered(name)

@@ -6,7 +6,8 @@ concurrency model. The layout follows that sum, and each module imports only the
     chatlab.protocol            bytes <-> lines <-> events; no I/O
     chatlab.room                who is online, who receives what; no I/O
     chatlab.servers.base        ServerBase (the listening socket, start/stop, the read-only
-                                view) and Session (the life of one connection), shared by all
+                                view) and ServerOptions, shared by all
+    chatlab.servers.session     Session: the life of one connection, its phases and reactions
     chatlab.servers.threads         ChatServer: one thread per client, blocking calls
     chatlab.servers.selectors_loop  SelectorsChatServer: one thread, a selectors loop
     chatlab.servers.asyncio_loop    AsyncioChatServer: one thread, an asyncio event loop
@@ -14,14 +15,15 @@ concurrency model. The layout follows that sum, and each module imports only the
 
 A model module holds only "how bytes move": when it reads, where a write waits, and what
 wakes it. So a student tracing one message in any model reads that model's module, then
-:class:`~chatlab.servers.base.Session`, then the room.
+:class:`~chatlab.servers.session.Session`, then the room.
 """
 
 from __future__ import annotations
 
 from .asyncio_loop import AsyncioChatServer
-from .base import ServerBase, Session
+from .base import ServerBase, ServerOptions
 from .selectors_loop import SelectorsChatServer
+from .session import Session
 from .threads import ChatServer
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "ChatServer",
     "SelectorsChatServer",
     "ServerBase",
+    "ServerOptions",
     "Session",
     "server_class",
 ]

@@ -4,7 +4,7 @@ One thread (``chatlab-asyncio``) runs an asyncio event loop of its own and serve
 The loop watches all the sockets at once and calls a :class:`_Connection` (an
 :class:`asyncio.Protocol`) when something happens: ``connection_made`` for a new client,
 ``data_received`` with whatever bytes arrived (handed to the client's
-:class:`~chatlab.servers.base.Session`, as in every model), ``connection_lost`` when it is
+:class:`~chatlab.servers.session.Session`, as in every model), ``connection_lost`` when it is
 gone. There are no locks to think about, because only this thread touches the room; the rule
 in exchange is that nothing may block: one slow call would freeze every client.
 
@@ -21,18 +21,20 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 from .. import protocol
 from ..room import ClientRecord
-from ..tls import TlsLayer
-from .base import ServerBase, Session, connection_error
+from .base import ServerBase, ServerOptions, connection_error
+from .session import READ_ON, Phase, Reaction, Session, Then
 
 __all__ = ["AsyncioChatServer"]
 
 log = logging.getLogger("chatlab.server")
 
 START_TIMEOUT = 5.0  # how long start() waits for the loop thread to begin serving
+TURNED_AWAY = Phase.TURNED_AWAY  # a module-level name: quicker to look up on every read
 
 
 class _LoopTransport:
@@ -41,24 +43,19 @@ class _LoopTransport:
     Only the loop thread calls these (the room is only ever called from it).
     """
 
-    __slots__ = ("transport", "record", "limit", "tls")
+    __slots__ = ("transport", "record", "limit")
 
-    def __init__(
-        self, transport: asyncio.Transport, record: ClientRecord, limit: int, tls: TlsLayer | None
-    ) -> None:
+    def __init__(self, transport: asyncio.Transport, record: ClientRecord, limit: int) -> None:
+        # With TLS the session wraps this in the kit's TlsTransport, not asyncio's own TLS
+        # (create_server(ssl=...)), so that TLS works the same in every model: the handshake
+        # counts against name_timeout, and a plain-text client is told why it is turned away.
         self.transport = transport
         self.record = record
         self.limit = limit
-        # With TLS, what is written is encrypted first. The kit's TlsLayer, not asyncio's own
-        # TLS (create_server(ssl=...)), so that TLS works the same in every model: the handshake
-        # counts against name_timeout, and a plain-text client is told why it is turned away.
-        self.tls = tls
 
     def write(self, data: bytes) -> bool:
         if self.transport.is_closing():
             return True  # the client is leaving; there is nobody to write to
-        if self.tls is not None and not (data := self.tls.encrypt(data)):
-            return True  # no TLS keys yet: nothing can be said to this client
         if self.transport.get_write_buffer_size() + len(data) > self.limit:
             return False  # too far behind: the room drops this client
         self.transport.write(data)  # sends what it can now, buffers the rest; never blocks
@@ -88,9 +85,7 @@ class _Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         session = Session(self.server, sock, transport.get_extra_info("peername")[:2])
         session.record.thread = threading.current_thread()
-        session.record.transport = _LoopTransport(
-            transport, session.record, self.server.max_backlog, session.tls
-        )
+        session.attach(_LoopTransport(transport, session.record, self.server.max_backlog))
         if not session.open():
             transport.write(protocol.SERVER_FULL)
             transport.close()  # closes once the line is sent
@@ -101,52 +96,44 @@ class _Connection(asyncio.Protocol):
             self.name_timer = loop.call_later(self.server.name_timeout, self.name_timed_out)
 
     def data_received(self, data: bytes) -> None:
-        if self.session is None or self.transport.is_closing():
-            return  # refused, dropped or timed out: what it still sends is not handled
         session = self.session
-        if session.close_after is not None:
-            return  # turned away: it closes soon
-        try:
-            if reply := session.receive(data):
-                self.transport.write(reply)  # the TLS handshake's own messages, as they are
-        except OSError as exc:  # a damaged TLS record
-            session.leave(connection_error(exc))
-            self.transport.abort()
-            return
-        except Exception:  # a bug: say so, and still clean up after this client
-            session.failed()
-            self.transport.abort()
-            return
-        if session.close_after is not None:  # turned away: read nothing more, close it later
+        if session is None or self.transport.is_closing() or session.phase is TURNED_AWAY:
+            return  # refused, dropped, timed out or turned away: what it still sends is not read
+        reaction = session.receive(data, time.monotonic())
+        if reaction is not READ_ON:
+            self.apply(reaction)
+
+    def apply(self, reaction: Reaction) -> None:
+        """Do what the session asked: read on, pause reading until a time, close, or abort."""
+        then, loop = reaction.then, asyncio.get_running_loop()
+        if then is Then.READ:
+            self.transport.resume_reading()
+        elif then is Then.PAUSE:  # over the flood rate: read it again later
+            assert reaction.at is not None
+            self.transport.pause_reading()
+            self.resume_timer = loop.call_later(reaction.at - time.monotonic(), self.resume)
+        elif then is Then.CLOSE:  # read nothing more; close it (sending what waits first)
             self.transport.pause_reading()
             if self.name_timer is not None:
                 self.name_timer.cancel()
-            asyncio.get_running_loop().call_later(session.close_after, self.transport.close)
-        elif delay := session.flood_delay():  # over the flood rate: read it again later
-            self.transport.pause_reading()
-            self.resume_timer = asyncio.get_running_loop().call_later(delay, self.release)
-
-    def release(self) -> None:
-        """Flood control: the wait is over; hand over waiting lines, and read on once none wait."""
-        self.resume_timer = None
-        if self.session is None or self.transport.is_closing():
-            return
-        try:
-            delay = self.session.release()
-        except Exception:  # a bug: say so, and still clean up after this client
-            self.session.failed()
-            self.transport.abort()
-            return
-        if delay:
-            self.resume_timer = asyncio.get_running_loop().call_later(delay, self.release)
+            if reaction.at is None:
+                self.transport.close()
+            else:  # turned away: not before then
+                loop.call_later(reaction.at - time.monotonic(), self.transport.close)
         else:
-            self.transport.resume_reading()
+            self.transport.abort()
+
+    def resume(self) -> None:
+        """Flood control: the pause is over."""
+        self.resume_timer = None
+        if self.session is not None and not self.transport.is_closing():
+            self.apply(self.session.resume(time.monotonic()))
 
     def name_timed_out(self) -> None:
-        session = self.session
-        if session is not None and session.record.name is None and not self.transport.is_closing():
-            session.name_timed_out()
-            self.transport.close()  # sends the refusal first (best effort), then closes
+        if self.session is not None and not self.transport.is_closing():
+            reaction = self.session.timed_out(time.monotonic())
+            if reaction is not READ_ON:  # READ: it registered in time, nothing to do
+                self.apply(reaction)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is closed (by the client, an error, or us); asyncio closes the socket."""
@@ -172,8 +159,10 @@ class AsyncioChatServer(ServerBase):
 
     model = "asyncio"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
-        super().__init__(host, port, **options)
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, options: ServerOptions | None = None, **keywords: Any
+    ) -> None:
+        super().__init__(host, port, options, **keywords)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None

@@ -1,26 +1,15 @@
-"""What every server model shares: the listening socket, and the life of one connection.
+"""What every server model shares: the listening socket, the options, and small socket helpers.
 
 A chat server is the room of :mod:`chatlab.room` plus sockets plus a way of waiting for many
-sockets at once. The first two are the same in every model and live here; the third is the
-whole difference between the models (:mod:`chatlab.servers`).
+sockets at once. The first two are the same in every model and live here and in
+:mod:`chatlab.servers.session` (the life of one connection); the third is the whole difference
+between the models (:mod:`chatlab.servers`).
 
 :class:`ServerBase` owns the listening socket: :meth:`~ServerBase.start` binds it and returns
 once the real port is known, :meth:`~ServerBase.stop` closes everything and joins every thread,
 and the rest is a read-only view of the room for dashboards. A model adds ``_run`` (start
-serving in the background) and ``_halt`` (end every connection and join its threads).
-
-:class:`Session` is the life of one connection, written once: set the socket up, keep a
-record, let the room admit it or refuse it as full, greet it, feed what it sends to the room,
-decide why it ended, forget it and tell the others. A model creates one session per accepted
-socket and calls those steps as its bytes move; it never talks to the room about a connection
-in any other way.
-
-Two guards sit at the door of a session, both optional and both here, so every model has
-them: TLS (``tls=``, an :class:`ssl.SSLContext`; the handshake happens in :meth:`Session.receive`
-through a :class:`~chatlab.tls.TlsLayer`, and the greeting follows it) and a class code
-(``code=``: the greeting asks for it, and the first line must be it). Both count against
-``name_timeout``: from the accept, a connection has that long to finish its handshake, give
-the code and register.
+serving in the background) and ``_halt`` (end every connection and join its threads). Its
+options are one :class:`ServerOptions`, checked once when it is made.
 """
 
 from __future__ import annotations
@@ -32,15 +21,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol
-from ..flood import Throttle, slow_down
 from ..portable import make_listener
 from ..room import ChatRoom, ClientRecord, ServerEvent
-from ..tls import NotTls, TlsLayer
 
-__all__ = ["Outbox", "ServerBase", "Session", "refuse_full", "shutdown"]
+__all__ = ["Outbox", "ServerBase", "ServerOptions", "connection_error", "refuse_full", "shutdown"]
 
 log = logging.getLogger("chatlab.server")
 
@@ -54,6 +42,7 @@ DEFAULT_PORT = 5050
 # How long a connection that gave a wrong class code stays open (unread) before it is closed:
 # a script that waits for the end of each try cannot guess fast.
 WRONG_CODE_DELAY = 1.0
+DELIVERY_MODES = ("queue", "direct")  # how the threaded server hands a line to its receiver
 
 
 class Outbox:
@@ -127,195 +116,38 @@ def connection_error(exc: BaseException) -> str:
     return f"connection error: {getattr(exc, 'strerror', None) or exc}"
 
 
-class Session:
-    """The life of one connection, the same in every server model.
+@dataclass(frozen=True, kw_only=True)
+class ServerOptions:
+    """Everything a server can be asked to do besides where to listen, checked once, here.
 
-    In order: the model accepts a socket and makes a ``Session`` (which sets the socket up and
-    keeps a :class:`ClientRecord`), gives ``record`` a transport, and calls :meth:`open`
-    (admitted and greeted, or refused as full). Then :meth:`feed` for every piece of bytes that
-    arrives, :meth:`name_timed_out` if no name came in time, and once the connection is over,
-    :meth:`leave` (the room forgets the client) and, after the socket is closed,
-    :meth:`departed` (the others hear it left). Which thread calls these is the model's
-    business; a session is only ever used by one thread at a time.
+    Every model takes one (``SelectorsChatServer(host, port, options=...)``); the keywords of
+    ``ChatServer(host, port, max_clients=10)`` build one. The program
+    (``python -m chatlab.server``) builds one from its command line and shows a ``ValueError``
+    from here as a usage error.
     """
 
-    __slots__ = (
-        "server",
-        "room",
-        "record",
-        "framer",
-        "reason",
-        "announce",
-        "left",
-        "tls",
-        "awaiting_code",
-        "close_after",
-        "throttle",
-    )
+    max_clients: int = 100
+    max_line: int = protocol.DEFAULT_MAX_LINE  # longest line in bytes
+    max_backlog: int = 1 << 20  # bytes that may wait for a client before it is dropped
+    name_timeout: float | None = 60.0  # seconds a new connection has to register
+    history: int = 1000  # events the room keeps for dashboards
+    tls: ssl.SSLContext | None = None  # a server context (chatlab.tls.server_context): TLS only
+    code: str | None = None  # a class code every client must send before its name
+    rate: float | None = None  # flood control: lines per second per client (None: no limit)
+    delivery: str = "queue"  # threads model: "queue" or "direct" (chatlab.servers.threads)
+    redis: str | None = None  # redis://HOST:PORT/DB: share the chat with other servers
+    server_id: str | None = None  # this server's name among them; default HOSTNAME:PORT
+    heartbeat: float = 1.0  # with redis: seconds between heartbeats
 
-    def __init__(
-        self,
-        server: ServerBase,
-        sock: socket.socket,
-        address: tuple[str, int],
-        *,
-        send_buffer: int | None = SEND_BUFFER,
-    ) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # send short lines at once
-        if send_buffer is not None:  # what the kernel holds counts as "behind" too: bound it
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-        self.server = server
-        self.room = server.room
-        self.record = ClientRecord(ip=address[0], port=address[1], sock=sock, fd=sock.fileno())
-        self.framer = protocol.LineFramer(server.max_line)
-        self.reason = "disconnected"  # why it ended, once it has
-        self.announce = False  # whether it was online, so that the others hear it left
-        self.left = False
-        # With TLS, what the socket reads is decrypted here first (the model encrypts what the
-        # room writes with ``tls.encrypt``); the greeting waits for the end of the handshake.
-        self.tls = None if server.tls is None else TlsLayer(server.tls, server_side=True)
-        self.awaiting_code = server.code is not None  # the first line must be the class code
-        # Set when the connection is turned away (a wrong code, no TLS): the model reads nothing
-        # more from it and closes it after this many seconds.
-        self.close_after: float | None = None
-        # Flood control (``rate``): the client's token bucket and the lines waiting for tokens.
-        self.throttle = None if server.rate is None else Throttle.for_rate(server.rate, time.monotonic())
-
-    def open(self) -> bool:
-        """Admit the connection to the room and greet it; False if the room is full.
-
-        When it is refused, the model sends ``protocol.SERVER_FULL`` and closes the socket
-        (:func:`refuse_full`); nothing else has happened to it. With TLS the greeting comes
-        once the handshake is done (in :meth:`receive`).
-        """
-        if not self.room.admit(self.record):
-            return False
-        if self.tls is None:
-            self.greet()
-        return True
-
-    def greet(self) -> None:
-        """Ask for the class code if the server has one, else for the name."""
-        self.room.send(self.record, protocol.CODE_PROMPT if self.awaiting_code else protocol.GREETING)
-
-    def receive(self, data: bytes) -> bytes:
-        """Bytes arrived from the socket: decrypt them if this is TLS, then :meth:`feed` them.
-
-        Returns bytes the model must send as they are, before anything else: the TLS
-        handshake's own messages, or the plain-text refusal of a client that does not speak
-        TLS. After a refusal :attr:`close_after` is set.
-        """
-        if self.tls is None:
-            self.feed(data)
-            return b""
-        was_established = self.tls.established
-        try:
-            plaintext = self.tls.receive(data)
-        except NotTls:
-            self._turn_away("not a TLS client", 0.0)
-            return protocol.TLS_REQUIRED
-        except ssl.SSLError as exc:
-            if was_established:
-                raise  # a damaged record: the connection is over, like any connection error
-            self._turn_away(f"TLS handshake failed: {exc.reason or exc}", 0.0)
-            return b""
-        if self.tls.established and not was_established:
-            log.info("%s:%d TLS established (%s)", self.record.ip, self.record.port, self.tls.version)
-            self.greet()  # encrypted, after the handshake's last messages (the layer keeps the order)
-        if plaintext:
-            self.feed(plaintext)
-        return b"" if was_established else self.tls.outgoing()
-
-    def feed(self, data: bytes) -> None:
-        """Bytes arrived: cut them into lines and hand the lines of this read to the room."""
-        self.record.bytes_in += len(data)
-        if self.close_after is not None:
-            return  # turned away: what it still sends is not read
-        lines = self.framer.feed(data)
-        if self.awaiting_code and lines:
-            if not protocol.code_matches(lines[0], self.server.code or ""):
-                self._turn_away("wrong class code", WRONG_CODE_DELAY, protocol.WRONG_CODE)
-                return
-            self.awaiting_code = False
-            log.info("%s:%d gave the class code", self.record.ip, self.record.port)
-            self.room.send(self.record, protocol.GREETING)
-            del lines[0]
-        self._handle(lines)
-
-    def _handle(self, lines: list) -> None:
-        """Hand lines to the room; with a ``rate``, only those that have tokens now (the rest
-        wait in order for :meth:`release`), and tell the client once that its lines wait."""
-        throttle = self.throttle
-        if throttle is None:
-            self.room.handle_lines(self.record, lines)
-            return
-        self.room.handle_lines(self.record, throttle.admit(lines, time.monotonic()))
-        if self.record.too_slow:  # dropped: the rest is not handled (handle_lines says so too)
-            throttle.waiting.clear()
-        if throttle.waiting and not throttle.told:  # once per connection; its log line too
-            throttle.told = True
-            self.room.refuse(self.record, slow_down(throttle.bucket.rate))
-
-    def flood_delay(self) -> float:
-        """Flood control: how long the model must stop reading this client before it calls
-        :meth:`release`; 0.0 (read on) unless the server has a ``rate`` and lines of this
-        client wait for tokens (:mod:`chatlab.flood`)."""
-        return 0.0 if self.throttle is None else self.throttle.wait(time.monotonic())
-
-    def release(self) -> float:
-        """Flood control: the wait is over. Hand the room the waiting lines that have tokens
-        now; returns :meth:`flood_delay` again (0.0 once none wait: read the socket again)."""
-        self._handle([])
-        return self.flood_delay()
-
-    def _turn_away(self, reason: str, delay: float, reply: bytes | None = None) -> None:
-        """Refuse this connection (logged, and told if it can be: before the TLS handshake is
-        done nothing can); the model closes it after ``delay`` seconds, reading nothing more."""
-        self.room.refuse(self.record, reason, reply)
-        self.reason = reason
-        self.close_after = delay
-
-    def name_timed_out(self) -> None:
-        """No name came in time: tell the client so; the model then ends the connection."""
-        if self.tls is not None and not self.tls.established:
-            self.reason = "no TLS handshake in time"  # nothing can be said to it: no keys yet
-        elif self.awaiting_code:
-            self.reason = "no class code in time"
-        else:
-            self.reason = "no name in time"
-        self.room.refuse(self.record, self.reason)
-
-    def failed(self) -> None:
-        """A bug in the server while handling this client (call it in ``except``): log it.
-        The model then ends this connection; every other client carries on."""
-        log.exception("%s: unexpected error", self.record.label)
-        self.reason = "server error"
-
-    def leave(self, reason: str | None = None) -> None:
-        """The connection is over: the room forgets the client, so nothing more is routed to it.
-
-        ``reason`` says why, unless an earlier step already did; a client the room dropped
-        left "too slow", and every client of a stopping server "server stopped". Safe to call
-        twice (the second call does nothing).
-        """
-        if self.left:
-            return
-        self.left = True
-        if self.server.stopping:
-            self.reason = "server stopped"
-        elif self.record.too_slow:
-            self.reason = "too slow"
-        elif reason is not None and self.reason == "disconnected":
-            self.reason = reason
-        if self.framer.pending:
-            log.info("%s left mid-line; dropped %d bytes", self.record.label, self.framer.pending)
-        self.announce = self.room.remove(self.record)  # it was online: the others saw it
-
-    def departed(self) -> None:
-        """The socket is closed: log why the client left and, if it was online, tell the others
-        (unless the server is stopping meanwhile: then everyone is leaving)."""
-        self.leave()
-        self.room.departed(self.record, self.reason, self.announce and not self.server.stopping)
+    def __post_init__(self) -> None:
+        if self.rate is not None and not self.rate > 0:  # also refuses nan
+            raise ValueError("rate must be a positive number of lines per second")
+        if self.code is not None and (not self.code.strip() or "\n" in self.code or "\r" in self.code):
+            raise ValueError("a class code is one line of visible text")
+        if self.delivery not in DELIVERY_MODES:
+            raise ValueError(f"delivery must be one of {DELIVERY_MODES}")
+        if self.delivery == "direct" and self.redis is not None:
+            raise ValueError("redis= needs delivery='queue': the broker must never wait for a client")
 
 
 class ServerBase:
@@ -331,10 +163,11 @@ class ServerBase:
     a fresh port each time. All threads are daemon threads, so a forgotten server never keeps
     a kernel alive.
 
-    Flood control: with ``rate`` (lines per second), a client that sends more is read more
-    slowly (:mod:`chatlab.flood`): while :meth:`Session.flood_delay` is above zero, the model
-    stops reading that socket and then calls :meth:`Session.release`. Nothing is lost; the
-    client is told once.
+    Options (:class:`ServerOptions`) are checked once, when the server is made; the model reads
+    them, never changes them. Flood control: with ``rate`` (lines per second), a client that
+    sends more is read more slowly (:mod:`chatlab.flood`): its session answers PAUSE, the model
+    stops reading that socket until then and calls :meth:`Session.resume`. Nothing is lost;
+    the client is told once.
     """
 
     model = "base"
@@ -344,43 +177,31 @@ class ServerBase:
     _running: weakref.WeakSet[ServerBase] = weakref.WeakSet()  # every server started here
 
     def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        max_clients: int = 100,
-        max_line: int = protocol.DEFAULT_MAX_LINE,
-        max_backlog: int = 1 << 20,
-        name_timeout: float | None = 60.0,
-        history: int = 1000,
-        tls: ssl.SSLContext | None = None,
-        code: str | None = None,
-        rate: float | None = None,
-        redis: str | None = None,
-        server_id: str | None = None,
-        heartbeat: float = 1.0,
+        self, host: str = "127.0.0.1", port: int = 0, options: ServerOptions | None = None, **keywords: Any
     ) -> None:
-        if rate is not None and not rate > 0:
-            raise ValueError("rate must be a positive number of lines per second (or None)")
-        if code is not None and (not code.strip() or "\n" in code or "\r" in code):
-            raise ValueError("a class code is one line of visible text")
-        self.tls = tls  # a server-side context (chatlab.tls.server_context): clients must use TLS
-        self.code = code  # the class code a client must send before its name
-        if redis is not None and not self.shares_chats:
+        if options is None:
+            options = ServerOptions(**keywords)
+        elif keywords:
+            raise TypeError("give either options= or keywords, not both")
+        if options.redis is not None and not self.shares_chats:
             raise ValueError(
                 f"the {self.model} model cannot share a chat through Redis: use ChatServer (threads)"
             )
-        self.redis = redis  # redis://HOST:PORT/DB: share the chat with other servers (chatlab.broker)
-        self.server_id = server_id  # this server's name among them; default host:port
-        self.heartbeat = heartbeat
+        self.options = options
+        # The options again by their short names, to read (the options object is frozen).
+        self.tls = options.tls
+        self.code = options.code
+        self.redis = options.redis
+        self.server_id = options.server_id
+        self.heartbeat = options.heartbeat
+        self.max_line = options.max_line
+        self.max_backlog = options.max_backlog
+        self.name_timeout = options.name_timeout
+        self.rate = options.rate
         self.broker: Any = None  # a chatlab.broker.Broker while running with redis
         self.host = host
         self.port = port
-        self.max_line = max_line
-        self.max_backlog = max_backlog
-        self.name_timeout = name_timeout  # seconds a new connection has to send its name
-        self.rate = rate  # flood control: lines per second per client (None: no limit)
-        self.room = ChatRoom(max_clients=max_clients, history=history)
+        self.room = ChatRoom(max_clients=options.max_clients, history=options.history)
         self.stopping = False  # set by stop() before it closes anything
         self._requested_port = port
         self._listener: socket.socket | None = None

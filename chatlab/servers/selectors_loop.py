@@ -3,7 +3,7 @@
 One thread (``chatlab-selectors``) serves every client. All sockets are non-blocking, and the
 loop asks the operating system "which of these sockets can I read or write right now?"
 (``selector.select()``), then does exactly that much: accept a connection, ``recv`` what has
-arrived and hand it to the client's :class:`~chatlab.servers.base.Session`, or ``send`` what
+arrived and hand it to the client's :class:`~chatlab.servers.session.Session`, or ``send`` what
 the socket will take. Nothing in the loop may ever wait for one client, or every client would
 wait with it. In exchange there is one thread however many clients there are, and no two
 threads ever route lines at once.
@@ -14,10 +14,20 @@ socket will take, watching a socket for writability only while bytes are left ov
 whose outbox grows past ``max_backlog`` bytes is too slow and is disconnected. Another thread
 that wants to write (or :meth:`stop`) wakes the sleeping loop through a socket pair: one byte
 in, and ``select`` returns.
+
+What a connection waits for is its :class:`State`, and every time the loop must act on its own
+(a name timeout, the end of a flood pause, a connection to close) is one entry in one heap of
+deadlines, which also sets how long ``select`` may sleep. When the process runs out of file
+descriptors, the loop stops watching the listening socket for :data:`ACCEPT_BACKOFF` seconds
+(the connections wait in the kernel's queue meanwhile) instead of trying again at once.
 """
 
 from __future__ import annotations
 
+import enum
+import errno
+import heapq
+import itertools
 import logging
 import selectors
 import socket
@@ -30,18 +40,36 @@ from .base import (
     RECV_SIZE,
     Outbox,
     ServerBase,
-    Session,
+    ServerOptions,
     connection_error,
     refuse_full,
     shutdown,
 )
+from .session import READ_ON, Reaction, Session, Then
 
-__all__ = ["SelectorsChatServer"]
+__all__ = ["SelectorsChatServer", "State"]
 
 log = logging.getLogger("chatlab.server")
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _ACCEPT, _WAKE = "accept", "wake"  # what the selector holds for the listener and the waker
+ACCEPT_BACKOFF = 0.1  # out of file descriptors: seconds before the loop accepts again
+# "Too many open files", for this process (EMFILE) or the whole system (ENFILE); on Windows
+# the socket's own error number.
+OUT_OF_FILES = {errno.EMFILE, errno.ENFILE, getattr(errno, "WSAEMFILE", errno.EMFILE)}
+
+
+class State(enum.Enum):
+    """What the loop does with one connection."""
+
+    READING = "reading"  # watched for reading (and for writing while bytes wait)
+    PAUSED = "paused"  # over the flood rate: not read until ``until``
+    LINGERING = "lingering"  # turned away: read nothing more; closed at ``until``
+    DRAINING = "draining"  # left: closed once its last bytes are sent, or at ``until``
+    CLOSED = "closed"
+
+
+READING, PAUSED, LINGERING, DRAINING, CLOSED = State  # short names for the loop's checks
 
 
 class _Connection:
@@ -52,42 +80,20 @@ class _Connection:
     loop thread.
     """
 
-    __slots__ = (
-        "server",
-        "session",
-        "record",
-        "outbox",
-        "events",
-        "deadline",
-        "aborted",
-        "ending",
-        "lingering",
-        "resume_at",
-    )
+    __slots__ = ("server", "session", "record", "outbox", "events", "state", "until", "aborted")
 
     def __init__(self, server: SelectorsChatServer, session: Session) -> None:
         self.server, self.session, self.record = server, session, session.record
         self.outbox = Outbox(server.max_backlog)  # written by the room, not sent yet
         self.events = READ  # what the selector watches the socket for (0: not registered)
-        # When the loop must act: the end of the time to send a name, then, once the client is
-        # leaving, the end of the time it has to take our last bytes.
-        timeout = server.name_timeout
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.aborted = False
-        self.ending = False  # it is leaving: no more reads, and it closes once drained
-        self.lingering = False  # turned away: it closes at its deadline, not once drained
-        self.resume_at: float | None = None  # over the flood rate: not read until then
+        self.state = READING
+        self.until = 0.0  # PAUSED, LINGERING, DRAINING: when that ends
+        self.aborted = False  # the room dropped it (from any thread): the loop ends it
 
     def write(self, data: bytes) -> bool:
-        if self.ending:
+        state = self.state
+        if state is DRAINING or state is LINGERING or state is CLOSED:
             return True  # it is leaving; there is nobody to write to
-        tls = self.session.tls
-        if tls is not None and not (data := tls.encrypt(data)):  # under send_lock: in order
-            return True  # no TLS keys yet: nothing can be said to this client
-        return self.write_as_is(data)
-
-    def write_as_is(self, data: bytes) -> bool:
-        """Queue bytes exactly as given (the TLS handshake's own messages)."""
         if not self.outbox.put(data):
             return False  # too far behind: the room aborts it
         self.server._call_soon(self)
@@ -98,8 +104,7 @@ class _Connection:
         self.server._call_soon(self)
 
     def registered(self, name: str) -> None:
-        self.deadline = None  # in time; and with one thread for all, there is nothing to rename
-        self.server._timed.discard(self)
+        pass  # its name deadline finds it registered; one thread for all: nothing to rename
 
 
 class SelectorsChatServer(ServerBase):
@@ -112,27 +117,31 @@ class SelectorsChatServer(ServerBase):
 
     model = "selectors"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
-        super().__init__(host, port, **options)
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, options: ServerOptions | None = None, **keywords: Any
+    ) -> None:
+        super().__init__(host, port, options, **keywords)
         self._thread: threading.Thread | None = None
         self._loop_ident: int | None = None  # the loop thread's id, once it runs
         self._selector: selectors.BaseSelector | None = None
         self._waker: socket.socket | None = None  # a byte written here wakes the loop
         self._connections: set[_Connection] = set()
-        # The connections with a deadline (no name yet, or leaving): a turn looks only at these,
-        # not at every connection, so a thousand quiet clients cost a turn nothing.
-        self._timed: set[_Connection] = set()
+        # (when, order, connection or None for the listener, what): the loop's own deadlines.
+        # An entry whose connection has moved on since is skipped when it comes up.
+        self._deadlines: list[tuple[float, int, _Connection | None, str]] = []
+        self._order = itertools.count()  # ties in time are taken in the order they were set
         self._soon: set[_Connection] = set()  # to flush or abort at the end of this turn
-        self._paused: set[_Connection] = set()  # over the flood rate: not read for a while
         self._notices_due = False  # whether the room has notices to deliver at the end of it
         self.room.notices_due = self._deliver_notices_soon
         self._soon_lock = threading.Lock()
+        self._out_of_files = False  # accept() failed for want of file descriptors (logged once)
 
     def describe(self) -> str:
         return "one selectors event loop"
 
     def _run(self, listener: socket.socket) -> None:
         self._selector = selectors.DefaultSelector()
+        self._deadlines = []
         wake_up, self._waker = socket.socketpair()
         for sock in (listener, wake_up, self._waker):
             sock.setblocking(False)
@@ -169,6 +178,10 @@ class SelectorsChatServer(ServerBase):
         if threading.get_ident() != self._loop_ident:  # from another thread: wake the loop up
             self._wake()
 
+    def _at(self, when: float, connection: _Connection | None, what: str) -> None:
+        """Have the loop act at ``when``: see :meth:`_due` for what it does then."""
+        heapq.heappush(self._deadlines, (when, next(self._order), connection, what))
+
     # --- the loop thread -------------------------------------------------------------------------
 
     def _loop(self, listener: socket.socket, wake_up: socket.socket) -> None:
@@ -184,11 +197,11 @@ class SelectorsChatServer(ServerBase):
                     elif connection is _WAKE:
                         wake_up.recv(RECV_SIZE)  # the bytes mean nothing: waking was the point
                     else:
-                        if events & WRITE and connection in self._connections:
+                        if events & WRITE and connection.state is not CLOSED:
                             self._flush(connection)
-                        if events & READ and not connection.ending:
+                        if events & READ and connection.state is READING:
                             self._read(connection)
-                self._end_of_turn()
+                self._end_of_turn(listener)
         except Exception:
             log.exception("the selectors loop failed")  # a bug: still close everything below
         finally:
@@ -202,37 +215,49 @@ class SelectorsChatServer(ServerBase):
         """Seconds until the nearest deadline, so that select() returns in time for it."""
         if self._soon or self._notices_due:
             return 0.0  # the last turn wrote more (a "left" notice, say): no sleeping yet
-        deadlines = [c.deadline for c in self._timed if c.deadline is not None]
-        deadlines += [c.resume_at for c in self._paused if c.resume_at is not None]
-        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        if not self._deadlines:
+            return None
+        return max(0.0, self._deadlines[0][0] - time.monotonic())
 
     def _accept(self, listener: socket.socket) -> None:
         try:
             sock, address = listener.accept()
         except BlockingIOError:
             return  # the client gave up before we got to it
-        except OSError as exc:  # e.g. out of file descriptors
-            log.warning("accept failed: %s", exc)
+        except OSError as exc:
+            if exc.errno not in OUT_OF_FILES:
+                log.warning("accept failed: %s", exc)
+                return
+            # The connection stays in the kernel's queue, so the listener stays readable: stop
+            # watching it for a while rather than spin, and say so once.
+            if not self._out_of_files:
+                self._out_of_files = True
+                log.warning("accept failed: %s; accepting again when descriptors are free", exc)
+            self._selector.unregister(listener)  # type: ignore[union-attr]
+            self._at(time.monotonic() + ACCEPT_BACKOFF, None, "accept")
             return
+        self._out_of_files = False
         session = None
         connection: _Connection | None = None
         try:
             session = Session(self, sock, address)
             session.record.thread = self._thread
-            session.record.transport = connection = _Connection(self, session)
+            connection = _Connection(self, session)
+            session.attach(connection)
             if not session.open():  # the greeting only waits in the outbox until this turn ends
+                connection.state = CLOSED
                 refuse_full(sock)
                 return
             sock.setblocking(False)
             self._connections.add(connection)
-            if connection.deadline is not None:
-                self._timed.add(connection)
+            if self.name_timeout is not None:
+                self._at(time.monotonic() + self.name_timeout, connection, "name")
             self._selector.register(sock, READ, connection)  # type: ignore[union-attr]
         except Exception:  # a bug, or the system out of something: refuse this one, keep serving
             log.exception("could not take in %s:%d", address[0], address[1])
             if connection is not None:
                 self._connections.discard(connection)
-                self._timed.discard(connection)
+                connection.state = CLOSED
             try:
                 self._selector.unregister(sock)  # type: ignore[union-attr]
             except (KeyError, ValueError):
@@ -253,31 +278,28 @@ class SelectorsChatServer(ServerBase):
         if not data:
             self._end(connection, "disconnected", drain=True)  # it may still read our replies
             return
-        try:
-            if reply := connection.session.receive(data):  # the TLS handshake's messages
-                with connection.record.send_lock:
-                    connection.write_as_is(reply)
-        except OSError as exc:  # a damaged TLS record
-            self._end(connection, connection_error(exc), drain=False)
-            return
-        except Exception:  # a bug: say so, and still clean up after this client
-            connection.session.failed()
-            self._end(connection, None, drain=False)
-            return
-        if connection.session.close_after is not None:  # turned away: close it a little later
-            self._linger(connection, connection.session.close_after)
-        elif delay := connection.session.flood_delay():  # over the rate: not read for a while
-            connection.resume_at = time.monotonic() + delay
-            self._paused.add(connection)
-            self._watch(connection, len(connection.outbox) > 0)
+        reaction = connection.session.receive(data, time.monotonic())
+        if reaction is not READ_ON:
+            self._apply(connection, reaction)
 
-    def _linger(self, connection: _Connection, seconds: float) -> None:
-        """Read nothing more from ``connection``; send what waits for it and close it after
-        ``seconds`` (a deadline of the loop, so nobody else waits)."""
-        connection.ending = connection.lingering = True
-        connection.deadline = time.monotonic() + seconds
-        self._timed.add(connection)
-        self._flush(connection)  # stops watching it for reading
+    def _apply(self, connection: _Connection, reaction: Reaction) -> None:
+        """Do what the session asked: read on, pause until a time, close, or abort."""
+        then = reaction.then
+        if then is Then.READ:
+            connection.state = READING
+        elif then is Then.PAUSE:  # over the flood rate: not read until then
+            assert reaction.at is not None
+            connection.state, connection.until = PAUSED, reaction.at
+            self._at(reaction.at, connection, "resume")
+        elif then is Then.CLOSE and reaction.at is not None:  # turned away: closed at `at`
+            connection.state, connection.until = LINGERING, reaction.at
+            self._at(reaction.at, connection, "close")
+            self._flush(connection)  # sends the refusal; stops watching it for reading
+            return
+        else:  # CLOSE once sent, or ABORT now
+            self._end(connection, None, drain=then is Then.CLOSE)
+            return
+        self._watch(connection, len(connection.outbox) > 0)
 
     def _flush(self, connection: _Connection) -> None:
         """Send what the socket takes now; watch for writability while anything is left."""
@@ -292,16 +314,15 @@ class SelectorsChatServer(ServerBase):
         if error is not None:
             self._end(connection, connection_error(error), drain=False)
             return
-        if connection.ending and not pending and not connection.lingering:
+        if connection.state is DRAINING and not pending:
             self._close(connection)  # a leaving client got its last bytes
             return
         self._watch(connection, pending)
 
     def _watch(self, connection: _Connection, pending: bool) -> None:
         """Have the selector watch the socket for what we wait for now: reading, unless the
-        client is leaving or paused (flood control); writing, while bytes are ``pending``."""
-        reading = not connection.ending and connection.resume_at is None
-        events = (READ if reading else 0) | (WRITE if pending else 0)
+        client is paused or leaving; writing, while bytes are ``pending``."""
+        events = (READ if connection.state is READING else 0) | (WRITE if pending else 0)
         if events == connection.events:
             return
         selector, sock = self._selector, connection.record.sock
@@ -314,72 +335,61 @@ class SelectorsChatServer(ServerBase):
             selector.modify(sock, events, connection)
         connection.events = events
 
-    def _end_of_turn(self) -> None:
-        """Release the lines of paused clients whose wait is over, deliver this turn's notices,
-        flush or abort what the turn asked for, then act on the deadlines that passed."""
-        if self._paused:
-            self._release_paused()
+    def _end_of_turn(self, listener: socket.socket) -> None:
+        """Act on the deadlines that have come, deliver this turn's notices, then flush or
+        abort what the turn asked for."""
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, connection, what = heapq.heappop(self._deadlines)
+            if connection is None:  # the back-off after running out of file descriptors is over
+                self._selector.register(listener, READ, _ACCEPT)  # type: ignore[union-attr]
+            else:
+                self._due(connection, what, now)
         if self._notices_due:
             self._notices_due = False
             self.room.deliver_notices()  # one round for every join and leave of this turn
         with self._soon_lock:
             soon, self._soon = self._soon, set()
         for connection in soon:
-            if connection in self._connections:
+            if connection.state is not CLOSED:
                 if connection.aborted:
                     self._end(connection, "too slow", drain=False)
                 else:
                     self._flush(connection)
-        now = time.monotonic()
-        for connection in [c for c in self._timed if c.deadline is not None and now >= c.deadline]:
-            if not connection.ending:
-                connection.session.name_timed_out()
-                self._end(connection, None, drain=True)
-            else:
-                self._close(connection)  # it did not take its last bytes in time
 
-    def _release_paused(self) -> None:
-        """Flood control: hand over the waiting lines of every client whose wait is over; watch
-        it for reading again once none wait."""
-        now = time.monotonic()
-        for connection in [c for c in self._paused if c.resume_at is not None and now >= c.resume_at]:
-            if connection.ending:  # leaving: what still waits is not handled
-                self._paused.discard(connection)
-                continue
-            try:
-                delay = connection.session.release()
-            except Exception:  # a bug: say so, and still clean up after this client
-                connection.session.failed()
-                self._end(connection, None, drain=False)
-                continue
-            if delay:
-                connection.resume_at = time.monotonic() + delay
-            else:
-                self._paused.discard(connection)
-                connection.resume_at = None
-                self._watch(connection, len(connection.outbox) > 0)
+    def _due(self, connection: _Connection, what: str, now: float) -> None:
+        """A deadline came: a name timeout, the end of a pause, or the time to close."""
+        state = connection.state
+        if what == "name" and (state is READING or state is PAUSED):
+            reaction = connection.session.timed_out(now)
+            if reaction is not READ_ON:  # READ: it registered in time, nothing to do
+                self._apply(connection, reaction)
+        elif what == "resume" and state is PAUSED and now >= connection.until:
+            self._apply(connection, connection.session.resume(now))
+        elif what == "close" and (state is LINGERING or state is DRAINING) and now >= connection.until:
+            self._close(connection)  # its time is up, whether or not its last bytes went out
 
     def _end(self, connection: _Connection, reason: str | None, *, drain: bool) -> None:
         """The connection is over: the room forgets it now, and it closes once drained."""
-        if connection.ending:
+        if connection.state is DRAINING or connection.state is LINGERING:
             if not drain:
                 self._close(connection)
             return
-        connection.ending = True
+        if connection.state is CLOSED:
+            return
         connection.session.leave(reason)
         if drain and len(connection.outbox) and not self.stopping:
-            connection.deadline = time.monotonic() + DRAIN_TIMEOUT
-            self._timed.add(connection)
+            connection.state, connection.until = DRAINING, time.monotonic() + DRAIN_TIMEOUT
+            self._at(connection.until, connection, "close")
             self._flush(connection)  # closes it at once if everything goes out
         else:
             self._close(connection)
 
     def _close(self, connection: _Connection) -> None:
-        if connection not in self._connections:
+        if connection.state is CLOSED:
             return
+        connection.state = CLOSED
         self._connections.discard(connection)
-        self._timed.discard(connection)
-        self._paused.discard(connection)
         record = connection.record
         if connection.events:
             self._selector.unregister(record.sock)  # type: ignore[union-attr]

@@ -2,7 +2,7 @@
 
 The model is the one of the student report: one thread accepts connections (``chatlab-accept``)
 and every connected client gets a thread of its own (``chatlab-client-alice``) that waits in
-``recv()`` for its bytes and hands them to its :class:`~chatlab.servers.base.Session`. Blocking
+``recv()`` for its bytes and hands them to its :class:`~chatlab.servers.session.Session`. Blocking
 calls keep every thread's code a straight line you can read top to bottom; the price is one
 thread (and its memory) per client, and locks around what the threads share (the room's
 registry and event log).
@@ -36,25 +36,25 @@ from typing import Any
 
 from ..portable import UNTIMED, NoWaitSender, wake_accept
 from ..room import ClientRecord
-from ..tls import TlsLayer
 from .base import (
+    DELIVERY_MODES,
     DRAIN_TIMEOUT,
     RECV_SIZE,
     SEND_BUFFER,
     Outbox,
     ServerBase,
-    Session,
+    ServerOptions,
     connection_error,
     refuse_full,
     shutdown,
 )
+from .session import READ_ON, Reaction, Session, Then
 
 __all__ = ["ChatServer", "DELIVERY_MODES", "SERVER_SWITCH_INTERVAL"]
 
 log = logging.getLogger("chatlab.server")
 
 QUIET_RECV_SIZE = 256  # wait with a small buffer while a client is quiet: every waiting thread holds one
-DELIVERY_MODES = ("queue", "direct")
 # How long a thread may run Python before the interpreter makes it hand over the GIL (Python's
 # default is 5 ms). A thread waiting for the GIL wakes up that often to ask for it: with
 # thousands of client threads those wake-ups alone fill the processor. The server program
@@ -72,21 +72,18 @@ class _QueuedTransport:
     the outbox is empty again.
     """
 
-    __slots__ = ("server", "record", "outbox", "tls", "nowait")  # one per client: keep it small
+    __slots__ = ("server", "record", "outbox", "nowait")  # one per client: keep it small
 
-    def __init__(self, server: ChatServer, record: ClientRecord, tls: TlsLayer | None = None) -> None:
+    def __init__(self, server: ChatServer, record: ClientRecord) -> None:
         self.server = server
         self.record = record
         self.outbox = Outbox(server.max_backlog)
-        self.tls = tls  # with TLS, what is written is encrypted first (send_lock keeps the order)
         self.nowait = NoWaitSender(record.sock)
 
     def write(self, data: bytes) -> bool:
         record = self.record
         if self.outbox.closed:
             return True  # the client is leaving; there is nobody to write to
-        if self.tls is not None and not (data := self.tls.encrypt(data)):
-            return True  # no TLS keys yet: nothing can be said to this client
         if record.writer is not None:  # it is behind: keep the order, queue behind the rest
             return self.outbox.put(data)
         try:
@@ -100,7 +97,7 @@ class _QueuedTransport:
             return True
         if not self.outbox.put(data[sent:]):
             return False
-        record.writer = self.server._start_writer(record)
+        record.writer = self.server._start_writer(self)
         if record.writer is None:
             self.outbox.close()  # no more partial lines: the room drops this client now
             return False
@@ -124,8 +121,6 @@ class _DirectTransport(_QueuedTransport):
     __slots__ = ()
 
     def write(self, data: bytes) -> bool:
-        if self.tls is not None and not (data := self.tls.encrypt(data)):
-            return True
         try:
             self.record.sock.sendall(data)  # blocks while this client is not reading
         except OSError:
@@ -150,15 +145,11 @@ class ChatServer(ServerBase):
     shares_chats = True
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, delivery: str = "queue", **options: Any
+        self, host: str = "127.0.0.1", port: int = 0, options: ServerOptions | None = None, **keywords: Any
     ) -> None:
-        if delivery not in DELIVERY_MODES:
-            raise ValueError(f"delivery must be one of {DELIVERY_MODES}")
-        if delivery == "direct" and options.get("redis") is not None:
-            raise ValueError("redis= needs delivery='queue': the broker must never wait for a client")
-        super().__init__(host, port, **options)
-        self.delivery = delivery
-        self.room.blocking_writes = delivery == "direct"
+        super().__init__(host, port, options, **keywords)
+        self.delivery = self.options.delivery
+        self.room.blocking_writes = self.delivery == "direct"
         self._accept_thread: threading.Thread | None = None
         self._halting = threading.Event()  # wakes client threads that wait out their flood delay
 
@@ -215,13 +206,14 @@ class ChatServer(ServerBase):
         queued = self.delivery == "queue"
         session = Session(self, sock, address, send_buffer=SEND_BUFFER if queued else None)
         record = session.record
-        record.transport = (_QueuedTransport if queued else _DirectTransport)(self, record, session.tls)
+        transport = (_QueuedTransport if queued else _DirectTransport)(self, record)
+        session.attach(transport)
         record.thread = threading.Thread(
             target=self._serve, args=(session,), daemon=True, name=f"chatlab-client-{record.label}"
         )
         sock.settimeout(self.name_timeout)  # a connection that never registers ends
         if not session.open():
-            record.transport.nowait.close()
+            transport.nowait.close()
             refuse_full(sock)
             return
         self._track(record.thread)
@@ -230,15 +222,16 @@ class ChatServer(ServerBase):
         except BaseException:
             self._untrack(record.thread)
             session.leave("server error")
-            record.transport.nowait.close()
+            transport.nowait.close()
             sock.close()
             session.departed()
             raise
 
-    def _start_writer(self, record: ClientRecord) -> threading.Thread | None:
+    def _start_writer(self, transport: _QueuedTransport) -> threading.Thread | None:
         """Start a writer thread for a client that fell behind (its ``send_lock`` is held)."""
+        record = transport.record
         writer = threading.Thread(
-            target=self._write_loop, args=(record,), daemon=True, name=f"chatlab-writer-{record.label}"
+            target=self._write_loop, args=(transport,), daemon=True, name=f"chatlab-writer-{record.label}"
         )
         self._track(writer)
         try:
@@ -255,27 +248,20 @@ class ChatServer(ServerBase):
         """The client's own thread: wait for bytes, hand them to the session, until the end.
 
         What the lines of one read send goes out at the end of the read, one write per
-        receiver: a burst of lines to bob costs one system call, not one each. A client over
-        the server's ``rate`` is not read for a while: this thread waits before its next
-        ``recv()`` (and a stop cuts the wait short).
+        receiver: a burst of lines to bob costs one system call, not one each. How this thread
+        waits is all it decides: in ``recv()``, with the name timeout as the socket's timeout,
+        or, when the session asks for a pause (flood control), on ``_halting`` for that long.
         """
         sock = session.record.sock
         try:
             size = QUIET_RECV_SIZE
             while data := sock.recv(size):
                 size = RECV_SIZE if len(data) == size else QUIET_RECV_SIZE  # full: more waits
-                if reply := session.receive(data):  # the TLS handshake, here in its own thread
-                    sock.sendall(reply)
-                if session.close_after is not None:  # turned away: wait, reading nothing more
-                    self._linger(sock, session.close_after)
+                reaction = session.receive(data, time.monotonic())
+                if reaction is not READ_ON and not self._apply(session, reaction):
                     break
-                delay = session.flood_delay()
-                while delay:  # over the flood rate: hand its lines over slowly, then read on
-                    if self._halting.wait(delay):
-                        return  # the server is stopping (finally: below still runs)
-                    delay = session.release()
         except TimeoutError:
-            session.name_timed_out()
+            self._apply(session, session.timed_out(time.monotonic()))
         except OSError as exc:
             session.reason = connection_error(exc)
         except Exception:  # a bug: say so, and still clean up after this client
@@ -283,12 +269,22 @@ class ChatServer(ServerBase):
         finally:
             self._close(session)
 
-    def _linger(self, sock: socket.socket, seconds: float) -> None:
-        """Keep a turned-away connection open for ``seconds``, throwing away what it sends.
+    def _apply(self, session: Session, reaction: Reaction) -> bool:
+        """Do what the session asked; True to read on, False to close the connection now."""
+        while reaction.then is Then.PAUSE:  # over the flood rate: hand its lines over slowly
+            assert reaction.at is not None
+            if self._halting.wait(reaction.at - time.monotonic()):
+                return False  # the server is stopping
+            reaction = session.resume(time.monotonic())
+        if reaction.then is Then.CLOSE and reaction.at is not None:  # turned away: not yet
+            self._linger(session.record.sock, reaction.at)
+        return reaction.then is Then.READ
+
+    def _linger(self, sock: socket.socket, until: float) -> None:
+        """Keep a turned-away connection open until ``until``, throwing away what it sends.
 
         Only this client's thread waits; stop() ends the wait at once (recv returns b"")."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
+        while (left := until - time.monotonic()) > 0:
             sock.settimeout(left)
             try:
                 if not sock.recv(RECV_SIZE):
@@ -296,11 +292,9 @@ class ChatServer(ServerBase):
             except OSError:  # the wait is over (TimeoutError), or the connection is
                 return
 
-    def _write_loop(self, record: ClientRecord) -> None:
+    def _write_loop(self, transport: _QueuedTransport) -> None:
         """A writer thread: send what waits in the outbox until it is empty, then end."""
-        transport = record.transport
-        assert isinstance(transport, _QueuedTransport)
-        outbox = transport.outbox
+        record, outbox = transport.record, transport.outbox
         while True:
             with record.send_lock:
                 data = outbox.take()
@@ -322,8 +316,7 @@ class ChatServer(ServerBase):
         if self.delivery == "direct":
             # A sender may be stuck writing to this client, holding its send_lock: wake it first.
             shutdown(record.sock)
-        transport = record.transport
-        assert isinstance(transport, _QueuedTransport)
+        transport = session.transport
         with record.send_lock:
             transport.outbox.close()  # nothing more is queued; what is queued goes out
             writer = record.writer

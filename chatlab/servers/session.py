@@ -1,0 +1,342 @@
+"""The life of one connection, written once for every model: it reacts, the model applies.
+
+A :class:`Session` sets the socket up, keeps a record, lets the room admit it or refuse it as
+full, greets it, hands what it sends to the room, decides why it ended, forgets it and tells
+the others. Each call a model makes when something happens (bytes arrived, a pause is over,
+the name timeout passed) returns a :class:`Reaction` saying what to do next: read on, pause
+reading until a time, close once what waits is sent, or abort. The connection's
+:class:`Phase` moves only as the table :data:`TRANSITIONS` says. A model never talks to the
+room about a connection in any other way.
+
+Two guards sit at the door of a session, both optional and both here, so every model has
+them: TLS (``tls=``, an :class:`ssl.SSLContext`; the handshake happens in :meth:`Session.receive`
+through a :class:`~chatlab.tls.TlsLayer`, the model's transport is wrapped in a
+:class:`~chatlab.tls.TlsTransport`, and the greeting follows the handshake) and a class code
+(``code=``: the greeting asks for it, and the first line must be it). Both count against
+``name_timeout``: from the accept, a connection has that long to finish its handshake, give
+the code and register.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .. import protocol
+from ..flood import Throttle, slow_down
+from ..room import ClientRecord
+from ..tls import NotTls, TlsLayer, TlsTransport
+from .base import SEND_BUFFER, WRONG_CODE_DELAY, connection_error
+
+if TYPE_CHECKING:  # a type only: base.py does not import this module
+    from .base import ServerBase
+
+__all__ = ["ABORT", "READ_ON", "TRANSITIONS", "Phase", "Reaction", "Session", "Then"]
+
+log = logging.getLogger("chatlab.server")
+
+
+class Phase(enum.Enum):
+    """Where one connection is in its life. :data:`TRANSITIONS` says how it moves on."""
+
+    HANDSHAKE = "TLS handshake"  # TLS: the keys are being agreed; nothing can be said yet
+    CODE = "class code"  # the greeting asked for the class code
+    NAME = "name"  # the greeting asked for a name
+    CHAT = "chat"  # registered: its lines are chat
+    TURNED_AWAY = "turned away"  # refused: nothing more is read, and it closes soon
+    OVER = "over"  # the connection is over: the room has forgotten it
+
+
+TRANSITIONS: dict[tuple[Phase, str], Phase] = {
+    # (phase, what happened): the next phase
+    (Phase.HANDSHAKE, "TLS established"): Phase.NAME,
+    (Phase.HANDSHAKE, "TLS established, code asked"): Phase.CODE,
+    (Phase.HANDSHAKE, "not a TLS client"): Phase.TURNED_AWAY,
+    (Phase.HANDSHAKE, "TLS handshake failed"): Phase.TURNED_AWAY,
+    (Phase.HANDSHAKE, "timed out"): Phase.OVER,
+    (Phase.CODE, "right code"): Phase.NAME,
+    (Phase.CODE, "wrong code"): Phase.TURNED_AWAY,
+    (Phase.CODE, "timed out"): Phase.OVER,
+    (Phase.NAME, "registered"): Phase.CHAT,
+    (Phase.NAME, "timed out"): Phase.OVER,
+    # Whatever the phase, a connection can end: the client hangs up, an error, a stop.
+    **{(phase, "ended"): Phase.OVER for phase in Phase},
+}
+"""Every move a connection's phase can make; :meth:`Session._move` allows no other."""
+
+
+class Then(enum.Enum):
+    """What the model does with a connection next (the ``then`` of a :class:`Reaction`)."""
+
+    READ = "read"  # read its socket again
+    PAUSE = "pause"  # read nothing until ``at``, then call Session.resume()
+    CLOSE = "close"  # read nothing more; close it once what waits is sent, or at ``at`` if given
+    ABORT = "abort"  # close it now (an error): what waits for it is dropped
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """What a :class:`Session` asks its model to do next, after it has written what it had to.
+
+    Everything a session says to its client goes out through the client's transport, before
+    the session returns; the reaction is only what comes next, like h11's ``NEED_DATA`` or
+    ``PAUSED``: read on, pause reading until ``at``, close, or abort.
+    """
+
+    then: Then
+    at: float | None = None  # PAUSE: when to call resume(); CLOSE: when (None: once sent)
+
+
+READ_ON = Reaction(Then.READ)  # the common answers, made once
+CLOSE_WHEN_SENT = Reaction(Then.CLOSE)
+ABORT = Reaction(Then.ABORT)
+_CHAT, _NAME = Phase.CHAT, Phase.NAME  # quicker to look up than Phase.CHAT, once per message
+
+
+class Session:
+    """The life of one connection, the same in every server model; it reacts, the model applies.
+
+    In order: the model accepts a socket and makes a ``Session`` (which sets the socket up and
+    keeps a :class:`ClientRecord`), gives it the transport the model built (:meth:`attach`:
+    with TLS the session wraps it, :class:`~chatlab.tls.TlsTransport`), and calls :meth:`open`
+    (admitted and greeted, or refused as full). Then three calls, each answered with a
+    :class:`Reaction` the model applies: :meth:`receive` for every piece of bytes that arrives,
+    :meth:`resume` when a pause it asked for is over, :meth:`timed_out` when ``name_timeout``
+    has passed since the accept. Once the connection is over, :meth:`leave` (the room forgets
+    the client) and, after the socket is closed, :meth:`departed` (the others hear it left).
+
+    ``phase`` is where the connection is (:class:`Phase`); its moves are the table
+    :data:`TRANSITIONS`. Which thread calls these is the model's business; a session is only
+    ever used by one thread at a time. Error handling: a damaged TLS record or a bug while
+    handling a read ends only this connection (``ABORT``); the reason is kept in ``reason``.
+    """
+
+    __slots__ = (
+        "server",
+        "room",
+        "record",
+        "transport",
+        "framer",
+        "phase",
+        "reason",
+        "announce",
+        "tls",
+        "throttle",
+        "linger",
+        "left",
+    )
+
+    def __init__(
+        self,
+        server: ServerBase,
+        sock: socket.socket,
+        address: tuple[str, int],
+        *,
+        send_buffer: int | None = SEND_BUFFER,
+    ) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # send short lines at once
+        if send_buffer is not None:  # what the kernel holds counts as "behind" too: bound it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        options = server.options
+        self.server = server
+        self.room = server.room
+        self.record = ClientRecord(ip=address[0], port=address[1], sock=sock, fd=sock.fileno())
+        self.transport: Any = None  # the model's own transport (record.transport may wrap it)
+        self.framer = protocol.LineFramer(options.max_line)
+        self.reason = "disconnected"  # why it ended, once it has
+        self.announce = False  # whether it was online, so that the others hear it left
+        # With TLS, what the socket reads is decrypted here first, and what the room writes is
+        # encrypted by the transport's wrapper; the greeting waits for the end of the handshake.
+        self.tls = None if options.tls is None else TlsLayer(options.tls, server_side=True)
+        if self.tls is not None:
+            self.phase = Phase.HANDSHAKE
+        else:
+            self.phase = Phase.NAME if options.code is None else Phase.CODE
+        # Flood control (``rate``): the client's token bucket and the lines waiting for tokens.
+        self.throttle = None if options.rate is None else Throttle.for_rate(options.rate, time.monotonic())
+        self.linger = READ_ON  # once turned away: the CLOSE its model applies
+        self.left = False
+
+    def _move(self, event: str) -> None:
+        """Move on to the next phase after ``event``, as :data:`TRANSITIONS` says."""
+        self.phase = TRANSITIONS[self.phase, event]
+
+    def attach(self, transport: Any) -> None:
+        """Give the session the transport the model built for it (before :meth:`open`).
+
+        With TLS the record gets a :class:`~chatlab.tls.TlsTransport` around it, so everything
+        the room writes is encrypted once, in one place, whatever the model.
+        """
+        self.transport = transport
+        self.record.transport = transport if self.tls is None else TlsTransport(transport, self.tls)
+
+    def open(self) -> bool:
+        """Admit the connection to the room and greet it; False if the room is full.
+
+        When it is refused, the model sends ``protocol.SERVER_FULL`` and closes the socket
+        (:func:`refuse_full`); nothing else has happened to it. With TLS the greeting comes
+        once the handshake is done (in :meth:`receive`).
+        """
+        if not self.room.admit(self.record):
+            return False
+        if self.tls is None:
+            self.greet()
+        return True
+
+    def greet(self) -> None:
+        """Ask for the class code if the server has one, else for the name."""
+        self.room.send(self.record, protocol.CODE_PROMPT if self.phase is Phase.CODE else protocol.GREETING)
+
+    def _send_as_is(self, data: bytes) -> None:
+        """Send bytes past the TLS wrapper: the handshake's own messages, a plain-text refusal."""
+        with self.record.send_lock:
+            if data:
+                self.transport.write(data)
+
+    def receive(self, data: bytes, now: float) -> Reaction:
+        """Bytes arrived from the socket: decrypt them (TLS), cut them into lines, hand the
+        lines to the room, and say what the model does next."""
+        try:
+            if self.phase is not _CHAT:
+                return self._receive_before_chat(data, now)
+            if self.tls is not None:
+                data = self.tls.receive(data)  # a damaged record raises: the connection is over
+            self.record.bytes_in += len(data)
+            return self._handle(self.framer.feed(data), now)
+        except OSError as exc:  # a damaged TLS record: the connection is over
+            self.reason = connection_error(exc)
+            return ABORT
+        except Exception:  # a bug: say so; the model ends this connection, the others carry on
+            self.failed()
+            return ABORT
+
+    def _receive_before_chat(self, data: bytes, now: float) -> Reaction:
+        """:meth:`receive` in the phases before the chat: the handshake, the code, the name."""
+        if self.phase is Phase.TURNED_AWAY:
+            return self.linger  # what it still sends is not read
+        if self.tls is not None and not (data := self._decrypt(data, now)):
+            return self.linger if self.phase is Phase.TURNED_AWAY else READ_ON
+        self.record.bytes_in += len(data)
+        lines = self.framer.feed(data)
+        if self.phase is Phase.CODE and lines:
+            if not protocol.code_matches(lines[0], self.server.options.code or ""):
+                until = now + WRONG_CODE_DELAY
+                return self._turn_away("wrong code", "wrong class code", until, protocol.WRONG_CODE)
+            self._move("right code")
+            log.info("%s:%d gave the class code", self.record.ip, self.record.port)
+            self.room.send(self.record, protocol.GREETING)
+            del lines[0]
+        return self._handle(lines, now)
+
+    def _decrypt(self, data: bytes, now: float) -> bytes:
+        """TLS: the plaintext in ``data`` (b"" during the handshake, whose answers go out here)."""
+        assert self.tls is not None
+        if self.phase is not Phase.HANDSHAKE:
+            return self.tls.receive(data)  # a damaged record raises: the connection is over
+        try:
+            plaintext = self.tls.receive(data)
+        except NotTls:
+            self._turn_away("not a TLS client", "not a TLS client", now)
+            self._send_as_is(protocol.TLS_REQUIRED)  # in plain text, the one thing it can read
+            return b""
+        except ssl.SSLError as exc:
+            reason = f"TLS handshake failed: {exc.reason or exc}"
+            self._turn_away("TLS handshake failed", reason, now)
+            return b""
+        self._send_as_is(self.tls.outgoing())  # the handshake's own messages
+        if self.tls.established:
+            log.info("%s:%d TLS established (%s)", self.record.ip, self.record.port, self.tls.version)
+            code_asked = self.server.options.code is not None
+            self._move("TLS established, code asked" if code_asked else "TLS established")
+            self.greet()  # encrypted, after the handshake's last messages
+        return plaintext
+
+    def _handle(self, lines: list, now: float) -> Reaction:
+        """Hand lines to the room; with a ``rate``, only those that have tokens now (the rest
+        wait in order for :meth:`resume`), and tell the client once that its lines wait."""
+        throttle = self.throttle
+        if throttle is None:
+            self.room.handle_lines(self.record, lines)
+        else:
+            self.room.handle_lines(self.record, throttle.admit(lines, now))
+            if self.record.too_slow:  # dropped: the rest is not handled (handle_lines says so too)
+                throttle.waiting.clear()
+            if throttle.waiting and not throttle.told:  # once per connection; its log line too
+                throttle.told = True
+                self.room.refuse(self.record, slow_down(throttle.bucket.rate))
+        if self.phase is _NAME and self.record.name is not None:
+            self._move("registered")
+        if throttle is None or not (delay := throttle.wait(now)):
+            return READ_ON
+        return Reaction(Then.PAUSE, now + delay)  # over the flood rate: read it again later
+
+    def resume(self, now: float) -> Reaction:
+        """Flood control: the pause is over. Hand the room the waiting lines that have tokens
+        now; READ once none wait, else PAUSE again."""
+        try:
+            return self._handle([], now)
+        except Exception:  # a bug: say so; the model ends this connection
+            self.failed()
+            return ABORT
+
+    def timed_out(self, now: float) -> Reaction:
+        """``name_timeout`` has passed since the accept: READ if the client registered in time
+        (nothing to do), else tell it why and CLOSE."""
+        if self.phase not in (Phase.HANDSHAKE, Phase.CODE, Phase.NAME):
+            return READ_ON
+        if self.phase is Phase.HANDSHAKE:
+            self.reason = "no TLS handshake in time"  # nothing can be said to it: no keys yet
+        elif self.phase is Phase.CODE:
+            self.reason = "no class code in time"
+        else:
+            self.reason = "no name in time"
+        self._move("timed out")
+        self.room.refuse(self.record, self.reason)
+        return CLOSE_WHEN_SENT
+
+    def _turn_away(self, event: str, reason: str, until: float, reply: bytes | None = None) -> Reaction:
+        """Refuse this connection (logged, and told if it can be: before the TLS handshake is
+        done nothing can); the model closes it at ``until``, reading nothing more."""
+        self.room.refuse(self.record, reason, reply)
+        self.reason = reason
+        self._move(event)
+        self.linger = Reaction(Then.CLOSE, until)
+        return self.linger
+
+    def failed(self) -> None:
+        """A bug in the server while handling this client (call it in ``except``): log it.
+        The model then ends this connection; every other client carries on."""
+        log.exception("%s: unexpected error", self.record.label)
+        self.reason = "server error"
+
+    def leave(self, reason: str | None = None) -> None:
+        """The connection is over: the room forgets the client, so nothing more is routed to it.
+
+        ``reason`` says why, unless an earlier step already did; a client the room dropped
+        left "too slow", and every client of a stopping server "server stopped". Safe to call
+        twice (the second call does nothing).
+        """
+        if self.left:
+            return
+        self.left = True
+        self._move("ended")
+        if self.server.stopping:
+            self.reason = "server stopped"
+        elif self.record.too_slow:
+            self.reason = "too slow"
+        elif reason is not None and self.reason == "disconnected":
+            self.reason = reason
+        if self.framer.pending:
+            log.info("%s left mid-line; dropped %d bytes", self.record.label, self.framer.pending)
+        self.announce = self.room.remove(self.record)  # it was online: the others saw it
+
+    def departed(self) -> None:
+        """The socket is closed: log why the client left and, if it was online, tell the others
+        (unless the server is stopping meanwhile: then everyone is leaving)."""
+        self.leave()
+        self.room.departed(self.record, self.reason, self.announce and not self.server.stopping)
