@@ -202,7 +202,7 @@ class ChatWidget(widgets.VBox):
     def __init__(
         self,
         host: str = "127.0.0.1",
-        port: int = 5050,
+        port: int = protocol.DEFAULT_PORT,
         name: str = "",
         *,
         timeout: float = 5.0,

@@ -38,7 +38,7 @@ RECV_SIZE = 65536  # read big chunks while a client sends a lot
 # doubles the value asked for, for its own bookkeeping: getsockopt then reports 131072.)
 SEND_BUFFER = 64 * 1024
 DRAIN_TIMEOUT = 1.0  # how long a leaving client may take to read what is still queued for it
-DEFAULT_PORT = 5050
+DEFAULT_PORT = protocol.DEFAULT_PORT
 # How long a connection that gave a wrong class code stays open (unread) before it is closed:
 # a script that waits for the end of each try cannot guess fast.
 WRONG_CODE_DELAY = 1.0
@@ -289,7 +289,7 @@ class ServerBase:
         try:
             from ..broker import Broker
         except ImportError as exc:
-            raise ImportError("redis= needs the redis package: pip install 'chatlab[cluster]'") from exc
+            raise ImportError("redis= needs the redis package: pip install 'chatlab-kit[cluster]'") from exc
         server_id = self.server_id or f"{socket.gethostname()}:{self.port}"
         address = f"{self.host}:{self.port}"
         broker = Broker(self.room, self.redis, server_id, address=address, heartbeat=self.heartbeat)  # type: ignore[arg-type]
