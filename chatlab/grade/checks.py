@@ -292,6 +292,17 @@ def utf8_text(run: Run) -> None:
 
 @check(
     "routing",
+    "spaces kept",
+    "the text is delivered byte for byte, spaces at its ends too: '%ben%  hi  ' reaches ben "
+    "as '%amy%  hi  ' (strip the name, not the text)",
+    needs=["direct message"],
+)
+def spaces_kept(run: Run) -> None:
+    deliver(run, b"  two spaces at both ends  ")
+
+
+@check(
+    "routing",
     "recipient in any case",
     "names are unique regardless of case, so '%BEN%text' must reach ben as well",
     needs=["direct message"],
@@ -677,6 +688,35 @@ def endless_line(run: Run) -> None:
 
 @check(
     "framing",
+    "the longest line",
+    f"a line of exactly {MAX_LINE} bytes (its line end not counted) is within the limit and is "
+    f"delivered; the limit counts bytes, not characters (a UTF-8 'é' is two bytes)",
+    needs=["over-long line"],
+)
+def longest_line(run: Run) -> None:
+    amy, ben = run.register("amy"), run.register("ben")
+    head = f"%{ben.label}%".encode()
+    text = b"x" * (MAX_LINE - len(head))
+    amy.send(head + text + b"\n", f" ({MAX_LINE} bytes)")
+    ben.expect_message(
+        f"%{amy.label}%".encode() + text,
+        f"a line of exactly {MAX_LINE} bytes is not over the limit: deliver it (is the test '>' or '>='?)",
+    )
+    wide = "é" * ((MAX_LINE - len(head)) // 2 + 1)  # over the limit in bytes, far under it in characters
+    size = len(head) + len(wide.encode())
+    amy.send(head + wide.encode() + b"\n", f" ({size} bytes, {len(head) + len(wide)} characters)")
+    try:
+        amy.expect_error(
+            f"a line of {size} bytes is over the limit though it has only {len(head) + len(wide)} "
+            "characters: count bytes, before decoding"
+        )
+    except Failed:
+        ben.drain()  # the transcript shows whether ben got the line instead
+        raise
+
+
+@check(
+    "framing",
     "invalid UTF-8",
     "a line that is not valid UTF-8 must be refused with a line starting '! ' "
     "(e.g. '! invalid utf-8'), and the connection stays",
@@ -883,6 +923,40 @@ def no_silent_drops(run: Run) -> None:
     raise Failed(
         f"{sam.label} stayed connected but did not get every line ({where}): a client too far "
         "behind must be disconnected (or get every line), never skipped without a word"
+    )
+
+
+@check(
+    "slow",
+    "a client dropped as too slow is announced",
+    "when the server disconnects a client that fell too far behind, the others must be told, as "
+    "for any other leave: '* sam left'",
+    needs=["no lines lost without a word"],
+)
+def dropped_is_announced(run: Run) -> None:
+    wes = run.register("wes")
+    sam, _ = flood_slow_reader(run)
+    run.transcript.add(f"{sam.label} starts reading again")
+    sam.sock.settimeout(run.timeout)
+    give_up = time.monotonic() + 4 * run.timeout
+    while time.monotonic() < give_up:
+        try:
+            data = sam.sock.recv(1 << 20)
+        except TimeoutError:
+            data = None
+        except OSError:
+            data = b""
+        if data is None:  # caught up and still connected: it was kept, nothing to announce
+            run.transcript.add(f"{sam.label} was kept (not disconnected): nothing to announce")
+            return
+        if not data:
+            break
+    else:
+        return  # still reading its backlog: it was kept
+    run.transcript.add(f"{sam.label} < (connection closed): it was dropped")
+    wes.expect_notice(
+        f"{sam.label} was disconnected as too slow, but the others were not told: say '* {sam.label} left'",
+        lambda line: names(sam)(line) and not ({"joined", "join", "joins", "welcome"} & words(line)),
     )
 
 

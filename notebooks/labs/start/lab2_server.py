@@ -10,7 +10,8 @@ the grader's checks, stage ``routing``):
 
 1. After its name, a client's lines have the form ``%NAME%TEXT``. ``%bob%TEXT`` from alice
    reaches bob as ``%alice%TEXT``, byte for byte; the name ends at the second ``%``, the text may
-   hold ``%`` and may be empty, and names are looked up in any case ("direct message").
+   hold ``%`` and may be empty, and names are looked up in any case ("direct message"); spaces
+   at the ends of the text are kept ("spaces kept").
 2. A message for a name nobody has is answered ``! unknown client 'zed'``, to the sender only
    ("unknown recipient").
 3. A line that is not ``%NAME%TEXT`` is answered ``! expected %name%message`` ("line without

@@ -20,7 +20,8 @@ What must be true when you are done: everything of labs 1 and 2 (stages ``thread
 3. Bytes after the last ``\\n`` of a client that leaves are not a line ("partial line at EOF").
 4. A line longer than ``MAX_LINE`` bytes (without its line end) is answered ``! line too long``
    once; its bytes are dropped up to its ``\\n``, and the next line is read as usual; the
-   connection stays open ("over-long line"). The framer never holds more than ``MAX_LINE + 1``
+   connection stays open ("over-long line"). A line of exactly ``MAX_LINE`` bytes is not over
+   the limit, and the limit counts bytes, not characters ("the longest line"). The framer never holds more than ``MAX_LINE + 1``
    bytes, whatever a client sends: a client cannot fill the server's memory, and the ``!`` comes
    as soon as the line is too long, not when its ``\\n`` arrives ("over-long line without its
    end").

@@ -13,7 +13,8 @@ What must be true when you are done: everything of labs 1 to 3 (stages ``threads
    it in the order they were sent, and none is dropped silently: a client gets every line, or
    is disconnected ("no lines lost without a word").
 2. A client that falls more than ``MAX_OUTBOX`` lines behind is disconnected: the others hear
-   ``* NAME left``, and the server logs why with ``log.warning(...)``. So a client that never
+   ``* NAME left`` ("a client dropped as too slow is announced"), and the server logs why with
+   ``log.warning(...)``. So a client that never
    reads cannot fill the server's memory either.
 3. A client that closes its connection (FIN) or resets it (RST) ends only its own connection:
    its name is freed, the others hear it left and are served as before ("client closes (FIN)",
