@@ -21,6 +21,7 @@ run it on Linux too (with the POSIX-only names removed: ``tests/windows_standin`
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 
@@ -32,6 +33,8 @@ __all__ = [
     "stop_process",
     "wake_accept",
 ]
+
+log = logging.getLogger("chatlab")
 
 _DONTWAIT: int | None = getattr(socket, "MSG_DONTWAIT", None)
 CAN_SEND_WITHOUT_WAITING = _DONTWAIT is not None
@@ -146,6 +149,7 @@ def stop_process(process: subprocess.Popen, timeout: float = 5.0, *, kill: bool 
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
+            log.warning("pid %d did not stop within %g s of terminate(): killing it", process.pid, timeout)
             process.kill()
             process.wait(timeout)
     return process.returncode

@@ -9,7 +9,7 @@ returns. So every server model and the client use TLS the same way, whatever wai
 sockets: a thread, a ``selectors`` loop or an asyncio loop.
 
 Why not simply ``ssl.wrap_socket``? A wrapped socket cannot send "without waiting"
-(:func:`chatlab.portable.send_without_waiting`), which the threaded server does from other
+(:class:`chatlab.portable.NoWaitSender`), which the threaded server does from other
 clients' threads, and one TLS connection must not be read in one thread while another thread
 writes to it at the same time.
 Here each operation takes the layer's lock for a moment; the I/O stays the caller's.

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
+from ..portable import stop_process
 from .checks import CHECKS, STAGES, Check
 from .wire import Failed, Run
 
@@ -350,16 +351,7 @@ def started(
 
 def stop(process: subprocess.Popen) -> None:
     """Stop a started server by its pid: ``terminate()``, then ``kill()`` if need be."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            log.warning(
-                "pid %d did not stop within %g s of terminate(): killing it", process.pid, STOP_TIMEOUT
-            )
-            process.kill()
-            process.wait(STOP_TIMEOUT)
+    stop_process(process, STOP_TIMEOUT)
 
 
 def server_output(quiet: bool) -> int | None:
