@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol
+from ..addresses import on_loopback
+from ..door import Door
 from ..portable import make_listener
 from ..room import ChatRoom, ClientRecord, ServerEvent
 
@@ -39,9 +41,12 @@ RECV_SIZE = 65536  # read big chunks while a client sends a lot
 SEND_BUFFER = 64 * 1024
 DRAIN_TIMEOUT = 1.0  # how long a leaving client may take to read what is still queued for it
 DEFAULT_PORT = protocol.DEFAULT_PORT
-# How long a connection that gave a wrong class code stays open (unread) before it is closed:
-# a script that waits for the end of each try cannot guess fast.
+# How long a wrong class code waits for its answer (the connection unread, and out of the
+# room's count meanwhile): a script cannot learn whether a guess was right any sooner.
 WRONG_CODE_DELAY = 1.0
+# A full TLS server finishes the handshake to say so (openssl s_client then shows the line):
+# this long at most, whatever name_timeout says.
+FULL_HANDSHAKE_TIMEOUT = 5.0
 DELIVERY_MODES = ("queue", "direct")  # how the threaded server hands a line to its receiver
 
 
@@ -99,13 +104,13 @@ def shutdown(sock: socket.socket) -> None:
         pass  # already shut down, or never connected
 
 
-def refuse_full(sock: socket.socket) -> None:
-    """Tell a new connection that the server is full, and close it.
+def refuse_full(sock: socket.socket, reply: bytes = protocol.SERVER_FULL) -> None:
+    """Tell a new connection that the server is full (or why else it is refused), and close it.
 
     A few bytes into the empty send buffer of a new socket: this does not wait.
     """
     try:
-        sock.sendall(protocol.SERVER_FULL)
+        sock.sendall(reply)
     except OSError:
         pass
     sock.close()
@@ -138,8 +143,22 @@ class ServerOptions:
     redis: str | None = None  # redis://HOST:PORT/DB: share the chat with other servers
     server_id: str | None = None  # this server's name among them; default HOSTNAME:PORT
     heartbeat: float = 1.0  # with redis: seconds between heartbeats
+    # The door (chatlab.door). Fairness by address: None turns it on unless the server listens
+    # on loopback only; with it, max_clients counts named clients. Sized for a class of 30,
+    # one laptop per address; a room behind NAT (one address for all) needs larger figures.
+    fair: bool | None = None
+    per_address: int = 8  # fair: connections open at once from one address
+    arrivals: float = 2.0  # fair: new connections per second from one address (bursts of per_address)
+    joining: int = 64  # fair: connections not named yet (TLS, code, name), server-wide
+    joining_per_address: int = 4  # fair: of which from one address
+    guesses: int = 3  # wrong class codes waiting for their answer at once, per address
 
     def __post_init__(self) -> None:
+        for limit in ("per_address", "joining", "joining_per_address", "guesses"):
+            if getattr(self, limit) < 1:
+                raise ValueError(f"{limit.replace('_', '-')} must be at least 1")
+        if not self.arrivals > 0:
+            raise ValueError("arrivals must be a positive number of connections per second")
         if self.rate is not None and not self.rate > 0:  # also refuses nan
             raise ValueError("rate must be a positive number of lines per second")
         if self.code is not None and (not self.code.strip() or "\n" in self.code or "\r" in self.code):
@@ -201,7 +220,21 @@ class ServerBase:
         self.broker: Any = None  # a chatlab.broker.Broker while running with redis
         self.host = host
         self.port = port
-        self.room = ChatRoom(max_clients=options.max_clients, history=options.history)
+        # Fair (chatlab.door): the door counts the named clients and the connections at the door;
+        # the room's own count is then only a backstop over both.
+        self.fair = not on_loopback(host) if options.fair is None else options.fair
+        self.door = Door(
+            fair=self.fair,
+            max_clients=options.max_clients,
+            per_address=options.per_address,
+            arrivals=options.arrivals,
+            joining=options.joining,
+            joining_per_address=options.joining_per_address,
+            guesses=options.guesses,
+            rate=options.rate,
+        )
+        room_size = options.max_clients + (options.joining if self.fair else 0)
+        self.room = ChatRoom(max_clients=room_size, history=options.history)
         self.stopping = False  # set by stop() before it closes anything
         self._requested_port = port
         self._listener: socket.socket | None = None
@@ -221,7 +254,7 @@ class ServerBase:
 
     @property
     def max_clients(self) -> int:
-        return self.room.max_clients
+        return self.options.max_clients
 
     @property
     def address(self) -> tuple[str, int]:

@@ -48,7 +48,7 @@ from .base import (
     refuse_full,
     shutdown,
 )
-from .session import READ_ON, Reaction, Session, Then
+from .session import READ_ON, Phase, Reaction, Session, Then
 
 __all__ = ["ChatServer", "DELIVERY_MODES", "SERVER_SWITCH_INTERVAL"]
 
@@ -60,6 +60,7 @@ QUIET_RECV_SIZE = 256  # wait with a small buffer while a client is quiet: every
 # thousands of client threads those wake-ups alone fill the processor. The server program
 # (``python -m chatlab.server --model threads``) asks for 100 ms.
 SERVER_SWITCH_INTERVAL = 0.1
+CHAT = Phase.CHAT  # a module-level name: quicker to look up on every read
 
 
 class _QueuedTransport:
@@ -211,11 +212,11 @@ class ChatServer(ServerBase):
         record.thread = threading.Thread(
             target=self._serve, args=(session,), daemon=True, name=f"chatlab-client-{record.label}"
         )
-        sock.settimeout(self.name_timeout)  # a connection that never registers ends
         if not session.open():
             transport.nowait.close()
-            refuse_full(sock)
+            refuse_full(sock, session.refusal)
             return
+        sock.settimeout(self._door_timeout(session))  # a connection that never registers ends
         self._track(record.thread)
         try:
             record.thread.start()
@@ -260,6 +261,8 @@ class ChatServer(ServerBase):
                 reaction = session.receive(data, time.monotonic())
                 if reaction is not READ_ON and not self._apply(session, reaction):
                     break
+                if session.phase is not CHAT:  # the door's deadline does not restart with a byte
+                    sock.settimeout(self._door_timeout(session))
         except TimeoutError:
             self._apply(session, session.timed_out(time.monotonic()))
         except OSError as exc:
@@ -268,6 +271,12 @@ class ChatServer(ServerBase):
             session.failed()
         finally:
             self._close(session)
+
+    @staticmethod
+    def _door_timeout(session: Session) -> float | None:
+        """The socket's timeout until the session's door deadline (UNTIMED if it has none)."""
+        left = session.time_left(time.monotonic())
+        return UNTIMED if left is None else left
 
     def _apply(self, session: Session, reaction: Reaction) -> bool:
         """Do what the session asked; True to read on, False to close the connection now."""
