@@ -8,7 +8,7 @@ network) and turns away, at the accept, with one ``!`` line:
 
 - an address with ``per_address`` connections open already ("too many connections from your
   address"), or that opens new ones faster than ``arrivals`` a second (in bursts of
-  ``per_address``): "too many new connections from your address";
+  ``per_address``, or ``arrivals`` if more): "too many new connections from your address";
 - a connection that would make more than ``joining`` connections wait at the door at once
   (server-wide), or more than ``joining_per_address`` from one address ("server busy"). At the
   door means not named yet: in the TLS handshake, asked for the class code, asked for a name;
@@ -62,7 +62,7 @@ FORGET_AFTER = 512  # addresses the door remembers before it forgets the quiet o
 class Visitor:
     """What the door knows about one address (a student's laptop, on a class network)."""
 
-    arrivals: TokenBucket  # new connections: ``arrivals`` a second, in bursts of ``per_address``
+    arrivals: TokenBucket  # new connections: ``arrivals`` a second, in bursts (see the module)
     lines: SharedBucket | None = None  # flood control, shared by all its connections (``rate``)
     connections: int = 0  # open now
     joining: int = 0  # of which still at the door: not named yet
@@ -108,7 +108,7 @@ class Door:
         if visitor is None:
             if len(self._visitors) >= FORGET_AFTER:
                 self._forget_quiet(now)
-            burst = float(self.per_address)
+            burst = float(max(self.per_address, self.arrivals))
             visitor = Visitor(TokenBucket(rate=self.arrivals, burst=burst, tokens=burst, stamp=now))
             if self.rate is not None:
                 lines = BURST_SECONDS * self.rate  # as TokenBucket.for_rate fills one
@@ -127,8 +127,9 @@ class Door:
 
     def enter(self, ip: str, now: float) -> bytes | None:
         """A new connection from ``ip``: None to let it in (it now waits at the door), else
-        the line it is refused with (``protocol.SERVER_FULL``, :data:`TOO_MANY_CONNECTIONS`,
-        :data:`TOO_FAST`, :data:`BUSY`)."""
+        the line it is refused with (:data:`TOO_MANY_CONNECTIONS`, :data:`TOO_FAST`,
+        :data:`BUSY`). Whether a seat is free is :meth:`full`: over TLS a full server says so
+        only after the handshake, so the connection is let in to hear it."""
         if not self.fair:
             return None
         with self._lock:
@@ -137,14 +138,16 @@ class Door:
                 return TOO_MANY_CONNECTIONS
             if not visitor.arrivals.take(1, now):
                 return TOO_FAST
-            if self.named_count >= self.max_clients:
-                return protocol.SERVER_FULL
             if self.joining_count >= self.joining_limit or visitor.joining >= self.joining_per_address:
                 return BUSY
             visitor.connections += 1
             visitor.joining += 1
             self.joining_count += 1
             return None
+
+    def full(self) -> bool:
+        """Whether ``max_clients`` clients are named (fair; the room counts otherwise)."""
+        return self.fair and self.named_count >= self.max_clients
 
     def bucket(self, ip: str, now: float) -> SharedBucket | None:
         """The flood-control bucket every connection from ``ip`` draws from (fair, with a rate)."""

@@ -219,7 +219,7 @@ class Session:
             self.refusal = refusal
             return False
         self.at_door = self.door.fair
-        if self.at_door and self.door.named_count >= self.door.max_clients:
+        if self.door.full():
             log.warning("%s:%d refused: server full", record.ip, record.port)
         elif self.room.admit(record):  # it logs a refusal itself
             self.admitted = True
