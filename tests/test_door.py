@@ -18,6 +18,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 
 import pytest
@@ -328,3 +329,96 @@ def test_a_full_tls_server_says_so_in_openssl_s_client(start, tls_contexts, tmp_
         alice.close()
     assert done.stdout.decode().splitlines() == [SERVER_FULL], done.stderr.decode()[-500:]
 
+
+
+# --- two laptops and the server program's defaults, beyond loopback: network namespaces ---------
+
+
+ATTACK_AND_JOIN = """
+    import json, socket, sys, time
+    server, port, attacker, student = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    idle = []
+    for _ in range(100):  # the attacker: 100 connections that say nothing
+        try:
+            idle.append(socket.create_connection((server, port), 5, source_address=(attacker, 0)))
+        except OSError:
+            break
+    time.sleep(0.5)
+
+    def join(name):  # an honest student, from another laptop
+        sock = socket.create_connection((server, port), 10, source_address=(student, 0))
+        lines = sock.makefile("rb")
+        first = lines.readline().decode().strip()
+        if not first.startswith("* chatlab"):
+            return sock, lines, [first]
+        sock.sendall(name.encode() + b"\\n")
+        return sock, lines, [first, lines.readline().decode().strip()]
+
+    alice, alice_lines, alice_said = join("alice")
+    bob, bob_lines, bob_said = join("bob")
+    heard = ""
+    if bob_said[-1] == "* welcome bob":
+        bob_lines.readline()  # who is online
+        alice.sendall(b"%bob%hello from the other laptop\\n")
+        heard = bob_lines.readline().decode().strip()
+    print(json.dumps({"alice": alice_said, "bob": bob_said, "heard": heard, "opened": len(idle)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def three_hosts():
+    """A server's namespace and a room's namespace with two laptops' addresses (a /29 on a
+    veth pair): ``(prefix for the server, prefix for the room, server, attacker, student)``."""
+    from test_across_hosts import NETNS_REASON, ip, missing
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("ip") is None:
+        missing(f"{NETNS_REASON}: not root or no ip command")
+    pid = os.getpid()
+    subnet = f"10.201.{pid % 256}"
+    server_ns, room_ns = f"chatlab-{pid}-door-server", f"chatlab-{pid}-door-room"
+    made: list[str] = []
+    try:
+        for ns in (server_ns, room_ns):
+            ip("netns", "add", ns)
+            made.append(ns)
+        ip("link", "add", f"cdor{pid}s", "type", "veth", "peer", "name", f"cdor{pid}r")
+        for ns, interface, addresses in [(server_ns, f"cdor{pid}s", [".1"]), (room_ns, f"cdor{pid}r", [".2", ".3"])]:
+            ip("link", "set", interface, "netns", ns)
+            for address in addresses:
+                ip("-n", ns, "addr", "add", f"{subnet}{address}/29", "dev", interface)
+            ip("-n", ns, "link", "set", interface, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        yield (("ip", "netns", "exec", server_ns), ("ip", "netns", "exec", room_ns),
+               f"{subnet}.1", f"{subnet}.2", f"{subnet}.3")
+    except subprocess.CalledProcessError as exc:
+        missing(f"{NETNS_REASON}: {exc.cmd} failed: {exc.stderr.strip()}")
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=10)
+
+
+@pytest.mark.parametrize("model", ["threads", "selectors", "asyncio"])
+def test_on_a_class_network_an_attacker_with_100_idle_connections_locks_nobody_out(three_hosts, model):
+    """The server program as an instructor runs it (``--host 0.0.0.0``, no other option): one
+    laptop opens 100 silent connections, and two students on another still join and chat."""
+    import json
+    import textwrap
+
+    from test_cli import Program
+
+    on_server, on_room, server_address, attacker, student = three_hosts
+    server = Program("chatlab.server", "--host", "0.0.0.0", "--port", "0", "--model", model, prefix=on_server)
+    try:
+        port = server.wait_for(r"^listening on \S+:(\d+)$", "stdout")[1]
+        done = subprocess.run(
+            [*on_room, sys.executable, "-c", textwrap.dedent(ATTACK_AND_JOIN), server_address, port, attacker, student],
+            capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        server.proc.terminate()
+        server.finish()
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["alice"] == [GREETING, "* welcome alice"], result
+    assert result["bob"] == [GREETING, "* welcome bob"], result
+    assert result["heard"] == "%alice%hello from the other laptop", result
