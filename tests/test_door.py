@@ -23,12 +23,12 @@ import time
 
 import pytest
 import trustme
+from test_models import start  # noqa: F401  (a fixture: a server of each model, stopped after the test)
+from transcript import GREETING, TIMEOUT, Peer, wait_until
 
 from chatlab import door, protocol
 from chatlab.client import ChatClient
 from chatlab.servers import base as servers_base
-from test_models import start  # noqa: F401  (a fixture: a server of each model, stopped after the test)
-from transcript import GREETING, TIMEOUT, Peer, wait_until
 
 ATTACKER, STUDENT, OTHER = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 CODE = "owl-42"
@@ -78,7 +78,8 @@ def idle_connections(server, source: str, count: int) -> list[socket.socket]:
     opened = []
     for _ in range(count):
         try:
-            opened.append(socket.create_connection(server.address, timeout=TIMEOUT, source_address=(source, 0)))
+            sock = socket.create_connection(server.address, timeout=TIMEOUT, source_address=(source, 0))
+            opened.append(sock)
         except OSError:
             break  # the kernel's queue is full: enough
     return opened
@@ -382,7 +383,8 @@ def three_hosts():
             ip("netns", "add", ns)
             made.append(ns)
         ip("link", "add", f"cdor{pid}s", "type", "veth", "peer", "name", f"cdor{pid}r")
-        for ns, interface, addresses in [(server_ns, f"cdor{pid}s", [".1"]), (room_ns, f"cdor{pid}r", [".2", ".3"])]:
+        ends = [(server_ns, f"cdor{pid}s", [".1"]), (room_ns, f"cdor{pid}r", [".2", ".3"])]
+        for ns, interface, addresses in ends:
             ip("link", "set", interface, "netns", ns)
             for address in addresses:
                 ip("-n", ns, "addr", "add", f"{subnet}{address}/29", "dev", interface)
@@ -411,7 +413,8 @@ def test_on_a_class_network_an_attacker_with_100_idle_connections_locks_nobody_o
     try:
         port = server.wait_for(r"^listening on \S+:(\d+)$", "stdout")[1]
         done = subprocess.run(
-            [*on_room, sys.executable, "-c", textwrap.dedent(ATTACK_AND_JOIN), server_address, port, attacker, student],
+            [*on_room, sys.executable, "-c", textwrap.dedent(ATTACK_AND_JOIN),
+             server_address, port, attacker, student],
             capture_output=True, text=True, timeout=60,
         )
     finally:
