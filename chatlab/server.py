@@ -182,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.model == "threads":
         sys.setswitchinterval(SERVER_SWITCH_INTERVAL)  # this process runs only the server
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
+    if server.fair:  # before "listening on": the lines after it are for the students
+        log.info(
+            "the door: %d connections and %g new a second per address; %d joining at once",
+            args.per_address,
+            args.arrivals,
+            args.joining,
+        )
     try:
         try:
             server.start()
@@ -199,13 +206,6 @@ def main(argv: list[str] | None = None) -> int:
             log.info("TLS: clients connect with --tls --cafile (the CA of %s)", args.tls_cert)
         if args.code is not None:
             log.info("clients must give the class code before their name")
-        if server.fair:
-            log.info(
-                "the door: %d connections and %g new a second per address; %d joining at once",
-                args.per_address,
-                args.arrivals,
-                args.joining,
-            )
         log.info("press Ctrl-C to stop")
         server.serve_forever()
     except KeyboardInterrupt:
