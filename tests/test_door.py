@@ -85,6 +85,58 @@ def idle_connections(server, source: str, count: int) -> list[socket.socket]:
     return opened
 
 
+# --- the door alone: no sockets, the caller's clock -----------------------------------------------
+
+
+def a_door(**limits) -> door.Door:
+    options = {"fair": True, "max_clients": 2, "per_address": 3, "arrivals": 1.0, "joining": 4,
+               "joining_per_address": 2, "guesses": 2, "rate": None, **limits}
+    return door.Door(**options)
+
+
+def test_the_door_counts_connections_joining_and_seats_by_address():
+    hall = a_door()
+    assert hall.enter("10.0.0.2", now=0.0) is None
+    assert hall.enter("10.0.0.2", now=0.0) is None
+    assert hall.enter("10.0.0.2", now=0.0) == door.BUSY  # two of its connections are joining
+    assert hall.seat() and not hall.full()
+    hall.named("10.0.0.2")  # one of them registered: out of the pool, in a seat
+    assert hall.enter("10.0.0.2", now=0.0) == door.TOO_FAST  # even a refused one took a turn
+    assert hall.enter("10.0.0.2", now=1.0) is None  # its third, and last, connection
+    assert hall.enter("10.0.0.2", now=10.0) == door.TOO_MANY_CONNECTIONS
+    assert hall.seat() and hall.full() and not hall.seat()
+    hall.leave("10.0.0.2", joining=False, seated=True)
+    assert not hall.full() and hall.named_count == 1
+
+
+def test_new_connections_from_one_address_come_at_the_rate_after_a_burst():
+    hall = a_door(per_address=100, joining=100, joining_per_address=100)
+    assert all(hall.enter("10.0.0.2", now=0.0) is None for _ in range(100))  # a burst of 100
+    hall = a_door(per_address=3, joining_per_address=3)
+    assert [hall.enter("10.0.0.2", now=0.0) for _ in range(3)] == [None, None, None]
+    for _ in range(3):
+        hall.leave("10.0.0.2", joining=True, seated=False)
+    assert hall.enter("10.0.0.2", now=0.5) == door.TOO_FAST  # the burst is spent
+    assert hall.enter("10.0.0.2", now=1.0) is None  # one a second
+
+
+def test_guesses_wait_per_address_and_a_right_code_is_not_one():
+    hall = a_door(fair=False)
+    assert hall.guess("10.0.0.2", now=0.0, answer_at=1.0)
+    assert hall.guess("10.0.0.2", now=0.0, answer_at=1.0)
+    assert not hall.guess("10.0.0.2", now=0.5, answer_at=1.5)  # two wait already
+    assert hall.guess("10.0.0.3", now=0.5, answer_at=1.5)  # another laptop
+    assert hall.guess("10.0.0.2", now=1.0, answer_at=2.0)  # the first two were answered
+    hall.right("10.0.0.2", 2.0)
+    assert hall.guess("10.0.0.2", now=1.0, answer_at=2.0)
+
+
+def test_without_fairness_the_door_lets_everyone_in():
+    hall = a_door(fair=False)
+    assert all(hall.enter("10.0.0.2", now=0.0) is None for _ in range(50))
+    assert hall.seat() and not hall.full() and hall.bucket("10.0.0.2", 0.0) is None
+
+
 # --- finding 1: one student locks the class out ---------------------------------------------------
 
 

@@ -281,8 +281,8 @@ class Session:
         lines = self.framer.feed(data)
         if self.phase is Phase.CODE and lines:
             ip, answer_at = self.record.ip, now + _base.WRONG_CODE_DELAY
-            if not self.door.guess(ip, now, answer_at):  # not even checked
-                return self._answer_later("too many class code guesses", TOO_MANY_GUESSES, answer_at)
+            if not self.door.guess(ip, now, answer_at):  # not checked, so it may hear it at once
+                return self._turn_away("wrong code", "too many class code guesses", None, TOO_MANY_GUESSES)
             if not protocol.code_matches(lines[0], self.server.options.code or ""):
                 return self._answer_later("wrong class code", protocol.WRONG_CODE, answer_at)
             self.door.right(ip, answer_at)
@@ -308,9 +308,10 @@ class Session:
             self._turn_away("TLS handshake failed", reason, now)
             return b""
         self._send_as_is(self.tls.outgoing())  # the handshake's own messages
-        if self.tls.established and self.answer is not None:  # the server is full: say so now
-            self._turn_away("TLS established, server full", "server full", None, self.answer)
-            self.answer = None
+        if self.tls.established and self.answer is not None:  # full (logged at open): say so now
+            self.room.send(self.record, self.answer)
+            self.answer, self.reason, self.linger = None, "server full", CLOSE_WHEN_SENT
+            self._move("TLS established, server full")
         elif self.tls.established:
             log.info("%s:%d TLS established (%s)", self.record.ip, self.record.port, self.tls.version)
             code_asked = self.server.options.code is not None
@@ -387,7 +388,7 @@ class Session:
         return self.linger
 
     def _answer_later(self, reason: str, reply: bytes, at: float) -> Reaction:
-        """A wrong class code (or one guess too many): out of the room's count now; the model
+        """A wrong class code: out of the room's count now; the model
         pauses it until ``at``, then :meth:`resume` gives the answer and closes it. Hanging up
         meanwhile tells the guesser nothing sooner."""
         self.room.remove(self.record)
