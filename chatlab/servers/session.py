@@ -228,7 +228,8 @@ class Session:
             return True
         if self.tls is not None:  # say it after the handshake, in words the client can read
             self.answer = protocol.SERVER_FULL
-            self.deadline = min(self.deadline or now + FULL_HANDSHAKE_TIMEOUT, now + FULL_HANDSHAKE_TIMEOUT)
+            soon = now + FULL_HANDSHAKE_TIMEOUT
+            self.deadline = soon if self.deadline is None else min(self.deadline, soon)
             return True
         self.leave()
         return False
@@ -388,9 +389,9 @@ class Session:
         return self.linger
 
     def _answer_later(self, reason: str, reply: bytes, at: float) -> Reaction:
-        """A wrong class code: out of the room's count now; the model
-        pauses it until ``at``, then :meth:`resume` gives the answer and closes it. Hanging up
-        meanwhile tells the guesser nothing sooner."""
+        """A wrong class code: out of the room's count now; the model pauses it until ``at``,
+        then :meth:`resume` gives the answer and closes it. Hanging up meanwhile tells the
+        guesser nothing sooner."""
         self.room.remove(self.record)
         self.reason, self.answer = reason, reply
         self._move("wrong code")
