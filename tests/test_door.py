@@ -387,6 +387,21 @@ def test_a_full_tls_server_says_so_in_openssl_s_client(start, tls_contexts, tmp_
 
 
 
+def test_a_full_tls_server_stops_at_once_while_a_refused_handshake_waits(start, tls_contexts):
+    server_tls, ca = tls_contexts
+    server = start(tls=server_tls, max_clients=1)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+    alice = ChatClient(server.host, server.port, "alice", tls=client_tls)
+    try:
+        with socket.create_connection(server.address, timeout=TIMEOUT):  # says nothing
+            wait_until(server.outsiders, message="the refused connection is open")
+            server.stop(timeout=1.0)  # well within the refused handshake's 5 s
+            assert server.threads() == []
+    finally:
+        alice.close()
+
+
 # --- two laptops and the server program's defaults, beyond loopback: network namespaces ---------
 
 

@@ -245,6 +245,10 @@ class ServerBase:
         self._threads: list[threading.Thread] = []
         self._threads_lock = threading.Lock()
         self._prune_at = 64
+        # Connections open but outside the room: a full TLS server finishing a handshake to say
+        # so. stop() must wake their threads too (threads model).
+        self._outside: set[ClientRecord] = set()
+        self._outside_lock = threading.Lock()
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -382,6 +386,19 @@ class ServerBase:
     def subscribe(self, callback: Callable[[ServerEvent], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for every future event; see :meth:`ChatRoom.subscribe`."""
         return self.room.subscribe(callback)
+
+    def outside(self, record: ClientRecord, *, there: bool) -> None:
+        """Note that a connection the room does not count is open (``there``) or closed."""
+        with self._outside_lock:
+            if there:
+                self._outside.add(record)
+            else:
+                self._outside.discard(record)
+
+    def outsiders(self) -> list[ClientRecord]:
+        """The records of the connections open outside the room (see :meth:`outside`)."""
+        with self._outside_lock:
+            return list(self._outside)
 
     def threads(self) -> list[threading.Thread]:
         """The threads this server started that are still alive."""

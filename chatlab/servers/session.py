@@ -227,6 +227,7 @@ class Session:
                 self.greet()
             return True
         if self.tls is not None:  # say it after the handshake, in words the client can read
+            self.server.outside(record, there=True)  # stop() closes it too
             self.answer = protocol.SERVER_FULL
             soon = now + FULL_HANDSHAKE_TIMEOUT
             self.deadline = soon if self.deadline is None else min(self.deadline, soon)
@@ -418,6 +419,8 @@ class Session:
         if self.at_door or self.seated:
             self.door.leave(self.record.ip, joining=self.at_door, seated=self.seated)
             self.at_door = self.seated = False
+        if not self.admitted:
+            self.server.outside(self.record, there=False)
         if self.server.stopping:
             self.reason = "server stopped"
         elif self.record.too_slow:

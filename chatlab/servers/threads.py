@@ -177,7 +177,7 @@ class ChatServer(ServerBase):
             wake_accept(listener)  # macOS and Windows: a connection of our own wakes it
         self._accept_thread.join(timeout)
         listener.close()
-        for record in self.room.connections():
+        for record in self.room.connections() + self.outsiders():
             shutdown(record.sock)  # wakes each client's thread in recv(): it cleans up and ends
         self._join_threads(timeout)
 
