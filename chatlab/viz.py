@@ -1120,7 +1120,7 @@ def bucket_run(send_times: Iterable[float], rate: float, until: float | None = N
             now += max(wait, 1e-9)
         else:
             raise RuntimeError("the bucket gave no token")  # not reached: tokens always come
-        shown = round(now, 6)  # without the nanoseconds added above
+        shown = max(arrival, round(now, 6))  # without the nanoseconds added above
         rise_to(shown)
         level.append((shown, bucket.tokens))
         passed.append(shown)
@@ -1260,19 +1260,24 @@ def crash_times(
         raise ValueError(f"{crashed!r} is not one of the servers")
     ttl = heartbeat * ttl_heartbeats
     offset = {name: i * heartbeat / len(servers) for i, name in enumerate(servers)}
-    last_beat = offset[crashed] + max(0, math.floor((crash_at - offset[crashed]) / heartbeat)) * heartbeat
-    expires = last_beat + ttl
-    noticed = {
-        name: offset[name] + (math.floor((expires - offset[name]) / heartbeat) + 1) * heartbeat
-        for name in servers
-        if name != crashed
-    }
+
+    def beat(name: str, k: int) -> float:
+        """Server ``name``'s k-th heartbeat (rounded: a time drawn, not a float's last digits)."""
+        return round(offset[name] + k * heartbeat, 9)
+
+    def beats_before(name: str, moment: float) -> int:
+        """How many heartbeats ``name`` makes up to ``moment``, that one included."""
+        return max(0, math.floor((moment - offset[name]) / heartbeat + 1e-9) + 1)
+
+    last_beat = beat(crashed, beats_before(crashed, crash_at) - 1)
+    expires = round(last_beat + ttl, 9)
+    # Its first heartbeat after the key expired (Redis keeps a key up to its expiry, that moment too).
+    noticed = {name: beat(name, beats_before(name, expires)) for name in servers if name != crashed}
     end = max(noticed.values(), default=expires) + heartbeat if until is None else until
 
     def beats(name: str) -> list[float]:
         stop = last_beat if name == crashed else end
-        count = math.floor((stop - offset[name]) / heartbeat + 1e-9) + 1
-        return [round(offset[name] + k * heartbeat, 9) for k in range(max(count, 0))]
+        return [beat(name, k) for k in range(beats_before(name, stop))]
 
     return Crash(
         heartbeat,
@@ -1463,7 +1468,7 @@ def cluster(
     homes: dict[str, str] | None = None,
     *,
     title: str = "Two servers, one chat: TCP to the clients, Redis in the middle",
-    figsize: tuple[float, float] = (9.0, 3.6),
+    figsize: tuple[float, float] | None = None,
 ) -> Figure:
     """Servers joined through Redis, each with its own clients (``homes``: client -> server id).
 
@@ -1471,13 +1476,14 @@ def cluster(
     the left and on the right, in the order of their ids; each client sits beside its server.
     Default: alice and carol on server one, bob and dave on server two. Gids: ``redis``,
     ``server:ID``, ``client:NAME``, ``link:NAME`` (a client's connection) and ``broker-link:ID``.
+    The figure grows with the number of servers unless ``figsize`` is given.
     """
     homes = homes or {"alice": "one", "carol": "one", "bob": "two", "dave": "two"}
     servers = sorted(set(homes.values()))
     colors = client_colors(homes)
     per_side = math.ceil(len(servers) / 2)
     height = 2.4 * max(per_side, 1)
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize or (9.0, 1.2 + 2.4 * max(per_side, 1)))
     ax = fig.add_axes((0.0, 0.0, 1.0, 0.88))
     ax.set_xlim(-5.5, 5.5)
     ax.set_ylim(-height / 2 - 0.4, height / 2 + 0.4)
