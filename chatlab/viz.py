@@ -902,8 +902,11 @@ def listeners(
     A program on this computer may connect to any of its addresses; another computer reaches
     only the addresses on a network (not ``127.x.y.z``, loopback). A connection that arrives
     at an address goes to a listener bound to that address or to ``0.0.0.0``
-    (:func:`accepts`); at an address where nothing listens it is refused. Gids: ``client:this
-    computer`` and ``client:another computer``, ``interface:NAME``, ``listener:ADDRESS``,
+    (:func:`accepts`); at an address where nothing listens it is refused. Each listener has a
+    port of its own (``port``, ``port + 1``, ...): on one port, Linux refuses a listener on
+    ``0.0.0.0`` beside one on ``127.0.0.1`` ("Address already in use", with or without
+    ``SO_REUSEADDR``). Gids: ``client:this computer`` and ``client:another computer``,
+    ``interface:NAME``, ``listener:ADDRESS``,
     ``connect:CLIENT->NAME`` for each way in, ``reach:NAME->ADDRESS`` for each listener an
     address leads to, ``reached-from:ADDRESS`` for the note under each listener.
     """
@@ -999,14 +1002,14 @@ def listeners(
             fontsize=9.5,
         )
 
-    for where in bound:
+    for i, where in enumerate(bound):
         y = listener_y[where]
         note = " (every IPv4\naddress)" if where == EVERY_IPV4 else ""
         _box(
             ax,
             listener_x,
             y,
-            f"listens on\n{where}:{port}{note}",
+            f"listens on\n{where}:{port + i}{note}",
             SERVER_COLOR,
             1.9,
             0.8 if note else 0.62,

@@ -463,6 +463,9 @@ def test_listeners_draws_each_way_in_and_who_reaches_each_listener():
     assert sorted(gids(fig, "reach:")) == [
         "reach:lo->0.0.0.0", "reach:lo->127.0.0.1", "reach:wlan0->0.0.0.0", "reach:wlan0->192.168.1.20",
     ]
+    shown = texts(fig)  # a port each: on one port Linux would not let 0.0.0.0 beside 127.0.0.1
+    for listener in ("127.0.0.1:5050", "192.168.1.20:5051", "0.0.0.0:5052 (every IPv4\naddress)"):
+        assert f"listens on\n{listener}" in shown, listener
     notes = {a.get_gid(): a.get_text() for a in with_gid(fig, "reached-from:")}
     assert notes == {
         "reached-from:127.0.0.1": "reached from this computer only",
