@@ -854,6 +854,7 @@ def thread_timeline(
 EVERY_IPV4 = "0.0.0.0"
 BROKER_COLOR = "#A93226"  # Redis in the pictures of lesson 13 (a brick red, not the error red)
 NOTE_COLOR = "#546E7A"
+_LABEL_BOX = dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.85)  # over ticks
 
 
 def _box(ax, x: float, y: float, text: str, color: str, width: float, height: float, **kwargs) -> None:
@@ -1351,6 +1352,7 @@ def heartbeat_timeline(
                 va="bottom",
                 fontsize=8.5,
                 color=TEXT_COLOR,
+                bbox=_LABEL_BOX,
             )
     y = row[dead]
     ax.barh(
@@ -1384,6 +1386,7 @@ def heartbeat_timeline(
         va="bottom",
         fontsize=8.5,
         color=ERROR_COLOR,
+        bbox=_LABEL_BOX,
     )
     ax.plot(
         [crash.expires],
@@ -1405,6 +1408,7 @@ def heartbeat_timeline(
         va="bottom",
         fontsize=8.5,
         color=ERROR_COLOR,
+        bbox=_LABEL_BOX,
     )
     ax.annotate(
         "",
