@@ -841,3 +841,740 @@ def thread_timeline(
         bbox_to_anchor=(left_margin + (0.97 - left_margin) / 2, 0.2),
     )
     return fig
+
+
+# --- beyond one computer: listeners, flood control, many servers (lessons 12 and 13) -------------
+#
+# Pictures of what no event log records: which listening socket a connection can reach, a token
+# bucket draining and filling, a crashed server's heartbeat running out, and servers joined
+# through Redis. Each is drawn from a few numbers that a small function without I/O works out
+# (:func:`accepts`, :func:`bucket_run`, :func:`crash_times`), so a test can hold the numbers
+# against the real thing: a socket, :mod:`chatlab.flood`, the broker's heartbeat.
+
+EVERY_IPV4 = "0.0.0.0"
+BROKER_COLOR = "#A93226"  # Redis in the pictures of lesson 13 (a brick red, not the error red)
+NOTE_COLOR = "#546E7A"
+_LABEL_BOX = dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.85)  # over ticks
+
+
+def _box(ax, x: float, y: float, text: str, color: str, width: float, height: float, **kwargs) -> None:
+    """A rounded box of ``color`` centred on (x, y), with ``text`` in white."""
+    gid = kwargs.pop("gid", None)
+    ax.add_patch(
+        FancyBboxPatch(
+            (x - width / 2, y - height / 2),
+            width,
+            height,
+            boxstyle="round,pad=0.05",
+            facecolor=color,
+            edgecolor="none",
+            zorder=2,
+            gid=gid,
+        )
+    )
+    ax.text(x, y, text, ha="center", va="center", color="white", zorder=3, **{"fontsize": 10, **kwargs})
+
+
+def accepts(bound: str, arriving_at: str) -> bool:
+    """Whether a listening socket bound to ``bound`` takes a connection made to ``arriving_at``.
+
+    A listener takes only the connections that arrive at the address it is bound to;
+    ``0.0.0.0`` stands for every IPv4 address the computer has. (IPv4 only: IPv6's "every
+    address" is ``::``.)
+    """
+    return bound in (arriving_at, EVERY_IPV4)
+
+
+def _is_loopback(address: str) -> bool:
+    return address.startswith("127.")
+
+
+def listeners(
+    interfaces: Iterable[tuple[str, str]] = (("lo", "127.0.0.1"), ("wlan0", "192.168.1.20")),
+    bound: Iterable[str] = ("127.0.0.1", "192.168.1.20", EVERY_IPV4),
+    *,
+    port: int = 5050,
+    title: str = "Which listening socket a connection can reach",
+    figsize: tuple[float, float] = (10.0, 5.4),
+) -> Figure:
+    """One computer's addresses (``interfaces``: name and IPv4 address) and listening sockets
+    (``bound``: the address each is bound to), and who reaches which.
+
+    A program on this computer may connect to any of its addresses; another computer reaches
+    only the addresses on a network (not ``127.x.y.z``, loopback). A connection that arrives
+    at an address goes to a listener bound to that address or to ``0.0.0.0``
+    (:func:`accepts`); at an address where nothing listens it is refused. Each listener has a
+    port of its own (``port``, ``port + 1``, ...): on one port, Linux refuses a listener on
+    ``0.0.0.0`` beside one on ``127.0.0.1`` ("Address already in use", with or without
+    ``SO_REUSEADDR``). Gids: ``client:this computer`` and ``client:another computer``,
+    ``interface:NAME``, ``listener:ADDRESS``,
+    ``connect:CLIENT->NAME`` for each way in, ``reach:NAME->ADDRESS`` for each listener an
+    address leads to, ``reached-from:ADDRESS`` for the note under each listener.
+    """
+    interfaces, bound = list(interfaces), list(bound)
+    fig = Figure(figsize=figsize)
+    ax = fig.add_axes((0.0, 0.07, 1.0, 0.83))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 6)
+    ax.axis("off")
+    fig.suptitle(title, fontsize=13, color=TEXT_COLOR, y=0.97)
+
+    # The computer: a frame holding a program of its own, its addresses and its listeners.
+    ax.add_patch(
+        FancyBboxPatch(
+            (2.55, 0.25),
+            7.3,
+            5.45,
+            boxstyle="round,pad=0.05",
+            facecolor="#F4F6F8",
+            edgecolor=GONE_COLOR,
+            linewidth=1.2,
+            zorder=0,
+            gid="computer",
+        )
+    )
+    ax.text(
+        2.75, 5.45, "this computer", ha="left", va="center", fontsize=10, style="italic", color=NOTE_COLOR
+    )
+
+    def column(count: int) -> list[float]:
+        return [4.6 - 3.2 * i / max(count - 1, 1) for i in range(count)] if count > 1 else [3.0]
+
+    iface_y = dict(zip((name for name, _ in interfaces), column(len(interfaces)), strict=True))
+    listener_y = dict(zip(bound, column(len(bound)), strict=True))
+    client_x = {"this computer": 3.55, "another computer": 1.15}
+    local_y, remote_y = (
+        max((iface_y[name] for name, address in interfaces if _is_loopback(address)), default=4.6),
+        min((iface_y[name] for name, address in interfaces if not _is_loopback(address)), default=2.0),
+    )
+    iface_x, listener_x = 5.85, 8.35
+
+    def line(x0, y0, x1, y1, color, gid, width=1.8, style="-"):
+        ax.annotate(
+            "",
+            xy=(x1, y1),
+            xytext=(x0, y0),
+            zorder=1,
+            gid=gid,
+            arrowprops=dict(
+                arrowstyle="-|>", color=color, linewidth=width, linestyle=style, shrinkA=0, shrinkB=0
+            ),
+        )
+
+    for name, address in interfaces:
+        y = iface_y[name]
+        line(
+            client_x["this computer"] + 0.7,
+            local_y,
+            iface_x - 0.85,
+            y,
+            PALETTE[0],
+            f"connect:this computer->{name}",
+        )
+        if not _is_loopback(address):
+            line(
+                client_x["another computer"] + 0.7,
+                remote_y,
+                iface_x - 0.85,
+                y,
+                PALETTE[1],
+                f"connect:another computer->{name}",
+            )
+        for where in bound:
+            if accepts(where, address):
+                line(
+                    iface_x + 0.85,
+                    y,
+                    listener_x - 0.95,
+                    listener_y[where],
+                    SERVER_COLOR,
+                    f"reach:{name}->{where}",
+                )
+        kind = "loopback" if _is_loopback(address) else "network"
+        _box(
+            ax,
+            iface_x,
+            y,
+            f"{name} ({kind})\n{address}",
+            "#607D8B",
+            1.7,
+            0.62,
+            gid=f"interface:{name}",
+            fontsize=9.5,
+        )
+
+    for i, where in enumerate(bound):
+        y = listener_y[where]
+        note = " (every IPv4\naddress)" if where == EVERY_IPV4 else ""
+        _box(
+            ax,
+            listener_x,
+            y,
+            f"listens on\n{where}:{port + i}{note}",
+            SERVER_COLOR,
+            1.9,
+            0.8 if note else 0.62,
+            gid=f"listener:{where}",
+            fontsize=9,
+        )
+        arrivals = [address for _, address in interfaces if accepts(where, address)]
+        if not arrivals:
+            who = "reached by nobody: no such address here"
+        elif all(_is_loopback(address) for address in arrivals):
+            who = "reached from this computer only"
+        else:
+            who = "reached from this computer\nand from other computers"
+        ax.text(
+            listener_x,
+            y - (0.55 if note else 0.45),
+            who,
+            ha="center",
+            va="top",
+            fontsize=8,
+            style="italic",
+            color=NOTE_COLOR,
+            gid=f"reached-from:{where}",
+        )
+
+    _box(
+        ax,
+        client_x["this computer"],
+        local_y,
+        "a client\nhere",
+        PALETTE[0],
+        1.3,
+        0.62,
+        gid="client:this computer",
+        fontsize=9.5,
+    )
+    _box(
+        ax,
+        client_x["another computer"],
+        remote_y,
+        "a client on\nanother\ncomputer",
+        PALETTE[1],
+        1.5,
+        0.9,
+        gid="client:another computer",
+        fontsize=9.5,
+    )
+    fig.text(
+        0.5,
+        0.02,
+        "A connection arrives at one address and goes to a listener bound to that address, or to 0.0.0.0; "
+        "elsewhere it is refused.",
+        ha="center",
+        va="bottom",
+        fontsize=9,
+        color=NOTE_COLOR,
+    )
+    return fig
+
+
+# --- a token bucket (flood control, chatlab.flood) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class BucketRun:
+    """What a token bucket did with one client's lines: when each came and when it went on.
+
+    ``level`` is the bucket's level as (time, tokens) corners: it rises by ``rate`` a second
+    up to ``burst`` between them, and drops by one token at each line that goes on.
+    """
+
+    rate: float
+    burst: float
+    sent: list[float]
+    passed: list[float]
+    level: list[tuple[float, float]]
+
+
+def bucket_run(send_times: Iterable[float], rate: float, until: float | None = None) -> BucketRun:
+    """Lines arriving at ``send_times`` (seconds) through a :class:`chatlab.flood.TokenBucket`
+    for ``rate`` lines a second that is full at time 0.
+
+    Lines go on in order; one that finds no token waits for it (the server reads no more of
+    that client meanwhile), so a line goes on when it has arrived, the line before it has gone,
+    and the bucket holds a token. The server hands waiting lines over in batches of a tenth of
+    a second (:data:`chatlab.flood.TICK`); this follows each line on its own. The level is
+    followed to ``until`` (default: a second after the last line went on).
+    """
+    from .flood import TokenBucket  # here, not at the top: only this picture needs it
+
+    bucket = TokenBucket.for_rate(rate, now=0.0)
+    level: list[tuple[float, float]] = [(0.0, bucket.tokens)]
+    sent = sorted(send_times)
+    passed: list[float] = []
+
+    def rise_to(now: float) -> None:
+        """The corners of the level from the last one up to ``now``, before a token is taken."""
+        then, tokens = level[-1]
+        full_at = then + (bucket.burst - tokens) / rate
+        if then < full_at < now:
+            level.append((full_at, bucket.burst))
+        level.append((now, min(bucket.burst, tokens + (now - then) * rate)))
+
+    now = 0.0
+    for arrival in sent:
+        now = max(now, arrival)
+        for _ in range(3):  # a token due at `now` can be a rounding error short: wait that too
+            wait = bucket.wait(1, now)
+            if wait == 0.0 and bucket.take(1, now) == 1:
+                break
+            now += max(wait, 1e-9)
+        else:
+            raise RuntimeError("the bucket gave no token")  # not reached: tokens always come
+        shown = max(arrival, round(now, 6))  # without the nanoseconds added above
+        rise_to(shown)
+        level.append((shown, bucket.tokens))
+        passed.append(shown)
+    end = (passed[-1] if passed else 0.0) + 1.0 if until is None else until
+    if end > level[-1][0]:
+        rise_to(end)
+    return BucketRun(rate, bucket.burst, sent, passed, level)
+
+
+def token_bucket(
+    send_times: Iterable[float] | None = None,
+    rate: float = 10.0,
+    *,
+    title: str | None = None,
+    figsize: tuple[float, float] = (9.0, 5.6),
+) -> Figure:
+    """Flood control for one client, over time: the bucket's level above, its lines below.
+
+    By default the client sends 30 lines at once at 0.5 s (a burst), then 5 a second from 2 s
+    to 6 s (steady, below the rate), against ``rate`` 10: the full bucket (20 tokens, two
+    seconds' worth) lets 20 of the burst through at once, the other 10 wait for their tokens,
+    and the steady lines never wait while the bucket fills again. Gids: ``level``, ``full``,
+    ``sent`` and ``passed`` (the two counts of lines).
+    """
+    if send_times is None:
+        send_times = [0.5] * 30 + [2.0 + 0.2 * i for i in range(21)]
+    run = bucket_run(send_times, rate)
+    end = run.level[-1][0]
+    fig = Figure(figsize=figsize)
+    top = fig.add_axes((0.1, 0.56, 0.86, 0.33))
+    bottom = fig.add_axes((0.1, 0.17, 0.86, 0.3), sharex=top)
+    fig.suptitle(
+        title or f"A token bucket: {rate:g} tokens a second, {run.burst:g} at most, one per line",
+        fontsize=13,
+        color=TEXT_COLOR,
+        y=0.97,
+    )
+    times, tokens = zip(*run.level, strict=True)
+    top.plot(times, tokens, color=PALETTE[0], linewidth=2, gid="level")
+    top.axhline(run.burst, color=GONE_COLOR, linestyle="--", linewidth=1.2, gid="full")
+    top.text(
+        end, run.burst, f"full: {run.burst:g} tokens", ha="right", va="bottom", fontsize=8.5, color=NOTE_COLOR
+    )
+    top.set_ylim(0, run.burst * 1.25)
+    waited = [i for i, (came, went) in enumerate(zip(run.sent, run.passed, strict=True)) if went > came]
+    if waited:  # where the bucket ran dry
+        first = waited[0]
+        top.annotate(
+            f"empty: {len(waited)} lines wait for their tokens",
+            (run.sent[first], 0),
+            xytext=(8, 0.45 * run.burst),
+            textcoords=("offset points", "data"),
+            ha="left",
+            va="center",
+            fontsize=8.5,
+            color=NOTE_COLOR,
+            arrowprops=dict(arrowstyle="-", color=NOTE_COLOR, linewidth=0.8),
+            gid="empty",
+        )
+    top.set_ylabel("tokens", fontsize=9, color=TEXT_COLOR)
+
+    def counts(when: list[float]) -> tuple[list[float], list[int]]:
+        return [0.0, *when, end], [0, *range(1, len(when) + 1), len(when)]
+
+    bottom.step(
+        *counts(run.sent),
+        where="post",
+        color=PALETTE[1],
+        linewidth=4.5,
+        alpha=0.75,
+        label="lines the client sent",
+        gid="sent",
+    )
+    bottom.step(
+        *counts(run.passed),
+        where="post",
+        color=SERVER_COLOR,
+        linewidth=2,
+        label="lines passed on to the room",
+        gid="passed",
+    )
+    bottom.set_ylabel("lines so far", fontsize=9, color=TEXT_COLOR)
+    bottom.set_xlabel("time (s)", fontsize=9, color=TEXT_COLOR)
+    bottom.set_xlim(0, end)
+    bottom.set_ylim(0, len(run.sent) * 1.1 + 1)
+    for ax in (top, bottom):
+        ax.tick_params(labelsize=8, colors=TEXT_COLOR)
+        ax.grid(color="#E3E7EB", linewidth=0.8)
+        ax.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    top.tick_params(labelbottom=False)
+    fig.legend(loc="lower center", ncol=2, frameon=False, fontsize=9, bbox_to_anchor=(0.53, 0.0))
+    return fig
+
+
+# --- a server dies: heartbeats and a time to live (chatlab.broker) -----------------------------
+
+
+@dataclass(frozen=True)
+class Crash:
+    """The times of a server crash in a cluster, as the broker's heartbeats make them.
+
+    Every server rewrites its key at each of its ``beats``; a key lives ``ttl`` seconds unless
+    rewritten. The ``crashed`` server stops at ``crash_at``: its key ``expires`` ``ttl`` after
+    its ``last_beat``, and each other server has ``noticed`` at its first heartbeat after that.
+    """
+
+    heartbeat: float
+    ttl: float
+    crashed: str
+    crash_at: float
+    beats: dict[str, list[float]]
+    last_beat: float
+    expires: float
+    noticed: dict[str, float]
+
+
+def crash_times(
+    servers: Iterable[str] = ("one", "two", "three"),
+    crashed: str = "three",
+    crash_at: float = 3.2,
+    *,
+    heartbeat: float = 1.0,
+    ttl_heartbeats: int = 5,
+    until: float | None = None,
+) -> Crash:
+    """When each thing happens when ``crashed`` is killed at ``crash_at`` (seconds).
+
+    The defaults are the broker's (:data:`chatlab.broker.HEARTBEAT`, ``TTL_HEARTBEATS``). The
+    servers started at different moments: server i (in the given order) beats at
+    ``i * heartbeat / n + k * heartbeat``. ``until`` (default: a heartbeat after the last server
+    noticed) ends the beats drawn.
+    """
+    servers = list(servers)
+    if crashed not in servers:
+        raise ValueError(f"{crashed!r} is not one of the servers")
+    ttl = heartbeat * ttl_heartbeats
+    offset = {name: i * heartbeat / len(servers) for i, name in enumerate(servers)}
+
+    def beat(name: str, k: int) -> float:
+        """Server ``name``'s k-th heartbeat (rounded: a time drawn, not a float's last digits)."""
+        return round(offset[name] + k * heartbeat, 9)
+
+    def beats_before(name: str, moment: float) -> int:
+        """How many heartbeats ``name`` makes up to ``moment``, that one included."""
+        return max(0, math.floor((moment - offset[name]) / heartbeat + 1e-9) + 1)
+
+    last_beat = beat(crashed, beats_before(crashed, crash_at) - 1)
+    expires = round(last_beat + ttl, 9)
+    # Its first heartbeat after the key expired (Redis keeps a key up to its expiry, that moment too).
+    noticed = {name: beat(name, beats_before(name, expires)) for name in servers if name != crashed}
+    end = max(noticed.values(), default=expires) + heartbeat if until is None else until
+
+    def beats(name: str) -> list[float]:
+        stop = last_beat if name == crashed else end
+        return [beat(name, k) for k in range(beats_before(name, stop))]
+
+    return Crash(
+        heartbeat,
+        ttl,
+        crashed,
+        crash_at,
+        {name: beats(name) for name in servers},
+        last_beat,
+        expires,
+        noticed,
+    )
+
+
+def heartbeat_timeline(
+    crash: Crash | None = None,
+    *,
+    title: str = "A server dies: its heartbeats stop, its key runs out, the others notice",
+    figsize: tuple[float, float] = (10.0, 4.6),
+) -> Figure:
+    """A row per server, time running right: heartbeats as ticks, each server's key alive as a
+    band, the crash, the key expiring a time to live after the last heartbeat, and each other
+    server noticing at its next heartbeat (``crash`` defaults to :func:`crash_times`'s).
+
+    Gids: ``beat:NAME`` (one per heartbeat), ``key:NAME``, ``crash:NAME``, ``expires:NAME``,
+    ``noticed:NAME``, ``ttl`` (the span from the last heartbeat to the expiry).
+    """
+    crash = crash or crash_times()
+    names = list(crash.beats)
+    row = {name: len(names) - 1 - i for i, name in enumerate(names)}  # the first at the top
+    end = max(max(beats, default=0.0) for beats in crash.beats.values())
+    end = max(end, crash.expires, *crash.noticed.values()) + 0.3
+    fig = Figure(figsize=figsize)
+    ax = fig.add_axes((0.12, 0.22, 0.85, 0.64))
+    fig.suptitle(title, fontsize=13, color=TEXT_COLOR, y=0.97)
+    dead = crash.crashed
+    for name in names:
+        y = row[name]
+        key_until = crash.expires if name == dead else end
+        ax.barh(
+            y,
+            key_until,
+            left=0,
+            height=0.34,
+            color=_tint(SERVER_COLOR, 0.8),
+            edgecolor="none",
+            gid=f"key:{name}",
+        )
+        for beat in crash.beats[name]:
+            ax.plot([beat, beat], [y - 0.22, y + 0.22], color=SERVER_COLOR, linewidth=2, gid=f"beat:{name}")
+        if name in crash.noticed:
+            when = crash.noticed[name]
+            ax.plot(
+                [when],
+                [y],
+                marker="D",
+                markersize=9,
+                color=PALETTE[2],
+                markeredgecolor="white",
+                zorder=4,
+                gid=f"noticed:{name}",
+            )
+            ax.annotate(
+                f"{name} notices: {dead}'s clients left",
+                (when, y),
+                xytext=(-6, 12),
+                textcoords="offset points",
+                ha="right",
+                va="bottom",
+                fontsize=8.5,
+                color=TEXT_COLOR,
+                bbox=_LABEL_BOX,
+            )
+    y = row[dead]
+    ax.barh(
+        y,
+        crash.expires - crash.crash_at,
+        left=crash.crash_at,
+        height=0.34,
+        color="white",
+        alpha=0.55,
+        hatch="///",
+        edgecolor=ERROR_COLOR,
+        linewidth=0,
+        gid="orphaned",
+    )
+    ax.plot(
+        [crash.crash_at],
+        [y],
+        marker="X",
+        markersize=12,
+        color=ERROR_COLOR,
+        markeredgecolor="white",
+        zorder=5,
+        gid=f"crash:{dead}",
+    )
+    ax.annotate(
+        "killed",
+        (crash.crash_at, y),
+        xytext=(0, 12),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        fontsize=8.5,
+        color=ERROR_COLOR,
+        bbox=_LABEL_BOX,
+    )
+    ax.plot(
+        [crash.expires],
+        [y],
+        marker="o",
+        markersize=9,
+        color="white",
+        markeredgecolor=ERROR_COLOR,
+        markeredgewidth=2,
+        zorder=5,
+        gid=f"expires:{dead}",
+    )
+    ax.annotate(
+        "its key expires",
+        (crash.expires, y),
+        xytext=(6, 12),
+        textcoords="offset points",
+        ha="left",
+        va="bottom",
+        fontsize=8.5,
+        color=ERROR_COLOR,
+        bbox=_LABEL_BOX,
+    )
+    ax.annotate(
+        "",
+        xy=(crash.expires, y - 0.36),
+        xytext=(crash.last_beat, y - 0.36),
+        gid="ttl",
+        arrowprops=dict(arrowstyle="<|-|>", color=NOTE_COLOR, linewidth=1.2, shrinkA=0, shrinkB=0),
+    )
+    heartbeats = crash.ttl / crash.heartbeat
+    ax.text(
+        (crash.last_beat + crash.expires) / 2,
+        y - 0.42,
+        f"time to live: {heartbeats:g} heartbeats after the last one",
+        ha="center",
+        va="top",
+        fontsize=8.5,
+        color=NOTE_COLOR,
+    )
+    ax.set_yticks([row[name] for name in names], [f"server {name}" for name in names], fontsize=10)
+    ax.set_ylim(-0.8, len(names) - 0.4)
+    ax.set_xlim(0, end)
+    ax.set_xlabel("time (s)", fontsize=9, color=TEXT_COLOR)
+    ax.tick_params(labelsize=8, colors=TEXT_COLOR)
+    ax.tick_params(axis="y", length=0)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    fig.legend(
+        handles=[
+            Line2D(
+                [],
+                [],
+                color=SERVER_COLOR,
+                marker="|",
+                linestyle="",
+                markersize=10,
+                markeredgewidth=2,
+                label="heartbeat: rewrites its key",
+            ),
+            Patch(facecolor=_tint(SERVER_COLOR, 0.8), label="its key alive in Redis"),
+            Patch(facecolor="white", edgecolor=ERROR_COLOR, hatch="///", label="alive, but nobody home"),
+            Line2D(
+                [], [], color=PALETTE[2], marker="D", linestyle="", markersize=8, label="notices the silence"
+            ),
+        ],
+        loc="lower center",
+        ncol=4,
+        frameon=False,
+        fontsize=8.5,
+        bbox_to_anchor=(0.54, 0.0),
+    )
+    return fig
+
+
+# --- many servers, one chat --------------------------------------------------------------------
+
+
+def _lane_color(name: str, clients: dict[str, str]) -> str:
+    if name == "Redis":
+        return BROKER_COLOR
+    return SERVER_COLOR if name.startswith("server") else clients.get(name, GONE_COLOR)
+
+
+def cluster(
+    homes: dict[str, str] | None = None,
+    *,
+    title: str = "Two servers, one chat: TCP to the clients, Redis in the middle",
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """Servers joined through Redis, each with its own clients (``homes``: client -> server id).
+
+    The servers never talk to each other, only to Redis in the middle. Servers take turns on
+    the left and on the right, in the order of their ids; each client sits beside its server.
+    Default: alice and carol on server one, bob and dave on server two. Gids: ``redis``,
+    ``server:ID``, ``client:NAME``, ``link:NAME`` (a client's connection) and ``broker-link:ID``.
+    The figure grows with the number of servers unless ``figsize`` is given.
+    """
+    homes = homes or {"alice": "one", "carol": "one", "bob": "two", "dave": "two"}
+    servers = sorted(set(homes.values()))
+    colors = client_colors(homes)
+    per_side = math.ceil(len(servers) / 2)
+    height = 2.4 * max(per_side, 1)
+    fig = Figure(figsize=figsize or (9.0, 1.2 + 2.4 * max(per_side, 1)))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 0.88))
+    ax.set_xlim(-5.5, 5.5)
+    ax.set_ylim(-height / 2 - 0.4, height / 2 + 0.4)
+    ax.axis("off")
+    fig.suptitle(title, fontsize=12, color=TEXT_COLOR, y=0.97)
+    for i, server in enumerate(servers):
+        side = -1 if i % 2 == 0 else 1
+        slot = i // 2
+        sy = height / 2 - 1.2 - 2.4 * slot
+        sx = 2.5 * side
+        ax.plot([sx, 0], [sy, 0], color=BROKER_COLOR, linewidth=2, zorder=1, gid=f"broker-link:{server}")
+        _box(ax, sx, sy, f"server {server}", SERVER_COLOR, 1.6, 0.6, gid=f"server:{server}")
+        mine = sorted((name for name, home in homes.items() if home == server), key=str.lower)
+        for j, name in enumerate(mine):
+            cy = sy + (1.2 - 2.4 * j / (len(mine) - 1) if len(mine) > 1 else 0.0)
+            cx = 4.5 * side
+            ax.plot([cx, sx], [cy, sy], color=GONE_COLOR, linewidth=1.5, zorder=1, gid=f"link:{name}")
+            _box(ax, cx, cy, name, colors[name], 1.1, 0.5, gid=f"client:{name}")
+    _box(ax, 0, 0, "Redis", BROKER_COLOR, 1.4, 0.6, gid="redis")
+    ax.text(
+        0,
+        0.5,
+        "names, heartbeats,\none inbox per server",
+        ha="center",
+        va="bottom",
+        fontsize=9,
+        color=TEXT_COLOR,
+    )
+    return fig
+
+
+def message_path(
+    steps: Iterable[tuple[str, str, str]] | None = None,
+    *,
+    title: str = "One message across two servers",
+    figsize: tuple[float, float] = (9.0, 3.8),
+) -> Figure:
+    """A message's hops, one row each, time running down: ``steps`` are (from, to, what).
+
+    A lane per place, in the order the steps first name them; ``Redis`` is drawn in the
+    broker's colour, names starting with "server" in the server's, the others as clients.
+    Default: alice's line to bob, from server one through Redis to server two. Gids:
+    ``lane:NAME`` and ``hop:N`` (N from 1).
+    """
+    steps = (
+        list(steps)
+        if steps is not None
+        else [
+            ("alice", "server one", "%bob%hi bob"),
+            ("server one", "Redis", "XADD inbox:two"),
+            ("Redis", "server two", "XREAD returns it"),
+            ("server two", "bob", "%alice%hi bob"),
+        ]
+    )
+    lanes = list(dict.fromkeys(place for source, target, _ in steps for place in (source, target)))
+    clients = client_colors(name for name in lanes if name != "Redis" and not name.startswith("server"))
+    x = {name: i * 2.2 for i, name in enumerate(lanes)}
+    fig = Figure(figsize=figsize)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 0.88))
+    ax.set_xlim(-1, max(x.values(), default=0.0) + 1)
+    ax.set_ylim(-len(steps) - 0.6, 1)
+    ax.axis("off")
+    fig.suptitle(title, fontsize=12, color=TEXT_COLOR, y=0.97)
+    for name in lanes:
+        color = _lane_color(name, clients)
+        ax.plot([x[name], x[name]], [0.3, -len(steps) - 0.4], color=color, linewidth=1, linestyle=":")
+        _box(ax, x[name], 0.55, name, color, 1.7, 0.5, gid=f"lane:{name}")
+    for row, (source, target, label) in enumerate(steps, start=1):
+        ax.annotate(
+            "",
+            xy=(x[target], -row),
+            xytext=(x[source], -row),
+            gid=f"hop:{row}",
+            arrowprops=dict(
+                arrowstyle="-|>", color=_lane_color(source, clients), linewidth=1.8, shrinkA=0, shrinkB=1
+            ),
+        )
+        ax.text(
+            (x[source] + x[target]) / 2,
+            -row + 0.12,
+            label,
+            ha="center",
+            fontsize=9,
+            family=MONO,
+            color=TEXT_COLOR,
+        )
+    return fig
