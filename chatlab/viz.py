@@ -1016,12 +1016,12 @@ def segment_ladder(
             # A note sits where its side is at that moment: the sender when it sends, the
             # receiver when the segment arrives.
             left_y, right_y = (y0, y1) if segment.sender == "left" else (y1, y0)
-            for x, y, text, ha in (
+            for note_x, y, text, ha in (
                 (-0.04, left_y, segment.left, "right"),
                 (1.04, right_y, segment.right, "left"),
             ):
                 if text:
-                    ax.text(x, y, text, ha=ha, va="center", fontsize=8.5, family=MONO, color=TEXT_COLOR)
+                    ax.text(note_x, y, text, ha=ha, va="center", fontsize=8.5, family=MONO, color=TEXT_COLOR)
             if "TIME_WAIT" in segment.left:
                 ax.plot(
                     [-0.012, -0.012],
