@@ -1,4 +1,4 @@
-"""The facts that lessons 10 to 13 state, measured (issues 17 and 19).
+"""The facts that lessons 10 to 13 (and lesson 2's list race) state, measured (issues 17 and 19).
 
 Each test names the sentence it checks. Where a fact belongs to one operating system the test
 says so and is skipped elsewhere; the lessons themselves say what differs. A few tests also read
@@ -32,7 +32,9 @@ from chatlab.servers import base as servers_base
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-LESSON_10 = NOTEBOOKS / "10_when_it_breaks.ipynb"
+LESSON_2 = NOTEBOOKS / "02_threads.ipynb"
+LESSON_10 = NOTEBOOKS / "10_how_connections_end.ipynb"
+LESSON_11 = NOTEBOOKS / "11_programs_that_stop.ipynb"
 LESSON_12 = NOTEBOOKS / "12_classroom_network.ipynb"
 LESSON_13 = NOTEBOOKS / "13_many_servers.ipynb"
 POSIX_ONLY = pytest.mark.skipif(
@@ -179,7 +181,7 @@ def test_after_the_peer_closed_its_socket_the_first_send_works_and_a_later_one_f
 
 @POSIX_ONLY
 def test_ctrl_c_interrupts_a_wait_without_a_timeout_on_linux_and_macos() -> None:
-    """L10: "there a signal interrupts any wait ... threading.Event().wait(), with no timeout"."""
+    """L11: "there a signal interrupts any wait ... threading.Event().wait(), with no timeout"."""
     program = (
         "import threading\ntry:\n    print('ready', flush=True)\n    threading.Event().wait()\n"
         "except KeyboardInterrupt:\n    print('KeyboardInterrupt', flush=True)\n"
@@ -199,13 +201,13 @@ def test_ctrl_c_interrupts_a_wait_without_a_timeout_on_linux_and_macos() -> None
 
 
 def test_a_list_changed_under_its_loop_skips_an_element_without_an_error() -> None:
-    """L10: "the loop skips the next one": the lesson's own cell, run here."""
+    """L2: "The loop went on to position 1, carol, and skipped bob": the lesson's own cell, run here."""
     namespace: dict = {}
-    exec(cell_by_id(LESSON_10, "cell-069b").source, namespace)  # noqa: S102 (the lesson's cell)
+    exec(cell_by_id(LESSON_2, "cell-069b").source, namespace)  # noqa: S102 (the lesson's cell)
     assert namespace["greeted"] == ["alice", "carol"]
 
 
-@pytest.mark.parametrize("path", [LESSON_10, LESSON_12, LESSON_13], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [LESSON_10, LESSON_11, LESSON_12, LESSON_13], ids=lambda p: p.stem)
 def test_the_lessons_code_uses_no_posix_only_name_unguarded(path: Path) -> None:
     """Issue 17: no hand-written /proc read, no os.kill, no SIGKILL by name in these lessons."""
     code = "\n".join(cell.source for cell in cells(path, "code"))
@@ -563,7 +565,7 @@ def test_lesson_13_runs_to_the_end_without_redis_and_says_what_to_do(case: str) 
 GONE = [
     (LESSON_10, "for a minute after the end"),  # TIME_WAIT's length depends on the system
     (LESSON_10, "and sending on afterwards gives `BrokenPipeError`"),  # the RST's doing, not the FIN's
-    (LESSON_10, "(a wait with a timeout, which a signal can interrupt)"),  # Windows' reason only
+    (LESSON_11, "(a wait with a timeout, which a signal can interrupt)"),  # Windows' reason only
     (LESSON_12, "so nobody can try thousands of codes fast"),
     (LESSON_12, "to hundreds while"),  # the stored plot peaks at tens of milliseconds
     (LESSON_12, "an eavesdropper sees only ciphertext"),
