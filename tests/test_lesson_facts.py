@@ -585,3 +585,45 @@ def test_a_corrected_claim_stays_corrected(path: Path, phrase: str) -> None:
     text = prose(path) + " " + " ".join(" ".join(cell.source.split()) for cell in cells(path, "code"))
     outputs = " ".join(str(cell.get("outputs", "")) for cell in cells(path, "code"))
     assert phrase not in text and phrase not in outputs
+
+
+# --- the course's shape (issue 19): lessons of a size to teach, each piece where it is needed --
+
+LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+MAX_CELLS = 60
+MAX_PROSE_WORDS = 2550  # "about 2,500": markdown outside ``` blocks
+
+
+def prose_words(path: Path) -> int:
+    text = " ".join(cell.source for cell in cells(path, "markdown"))
+    outside_code = "".join(text.split("```")[::2])
+    return len(outside_code.split())
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_no_lesson_is_longer_than_about_60_cells_or_2500_words_of_prose(path: Path) -> None:
+    assert len(cells(path)) <= MAX_CELLS
+    assert prose_words(path) <= MAX_PROSE_WORDS
+
+
+@pytest.mark.parametrize("path", LESSONS[:-1], ids=lambda p: p.stem)
+def test_every_lesson_links_to_the_next_one(path: Path) -> None:
+    following = LESSONS[LESSONS.index(path) + 1].name
+    assert f"]({following})" in prose(path), f"{path.name} has no link to {following}"
+
+
+def test_shutdown_and_address_in_use_come_before_lab_1_and_the_race_beside_the_lock() -> None:
+    """Lab 1 (after lesson 3) stops threads with shutdown() and restarts on --port 5050; labs 1-2
+    keep a dict of clients under a lock: lessons 2 and 3 show what those need."""
+    lesson_2 = NOTEBOOKS / "02_threads.ipynb"
+    lesson_3 = NOTEBOOKS / "03_threaded_server.ipynb"
+    outputs_2 = " ".join(str(cell.get("outputs", "")) for cell in cells(lesson_2, "code"))
+    assert "dictionary changed size during iteration" in outputs_2
+    assert "Predict" in prose(lesson_2)
+    outputs_3 = " ".join(str(cell.get("outputs", "")) for cell in cells(lesson_3, "code"))
+    assert "after close(), still blocked: True" in outputs_3
+    assert "after shutdown(), still blocked: False" in outputs_3
+    assert "Address already in use" in prose(lesson_3) and "socket.create_server(" in prose(lesson_3)
+    for later in (LESSON_10, LESSON_11):
+        later_outputs = " ".join(str(cell.get("outputs", "")) for cell in cells(later, "code"))
+        assert "dictionary changed size during iteration" not in later_outputs
