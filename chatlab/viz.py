@@ -1238,3 +1238,122 @@ def wire_timeline(records: Iterable, title: str = "The link's writes over time")
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     return fig
+
+
+# --- several servers through Redis (lesson 13) ------------------------------------------------------
+
+
+def _box(
+    ax,
+    x: float,
+    y: float,
+    text: str,
+    color: str,
+    width: float = 1.6,
+    height: float = 0.6,
+    gid: str | None = None,
+) -> None:
+    ax.add_patch(
+        FancyBboxPatch(
+            (x - width / 2, y - height / 2),
+            width,
+            height,
+            boxstyle="round,pad=0.05",
+            facecolor=color,
+            edgecolor="none",
+            zorder=2,
+            gid=gid,
+        )
+    )
+    ax.text(x, y, text, ha="center", va="center", color="white", fontsize=10, zorder=3)
+
+
+# Lesson 13's chat: which server each client is connected to.
+TWO_SERVERS = {"alice": "server one", "carol": "server one", "bob": "server two", "dave": "server two"}
+
+
+def cluster_topology(homes: dict[str, str] = TWO_SERVERS, *, broker: str = "Redis") -> Figure:
+    """Two servers, their clients around them (at most two each), and the broker in the middle:
+    TCP from each client to its own server, and from each server to the broker. Boxes carry gids
+    ``client:NAME``, ``server:NAME`` and ``broker``; lines ``tcp:CLIENT->SERVER`` and
+    ``broker:SERVER``."""
+    servers = sorted(set(homes.values()))
+    if len(servers) != 2:
+        raise ValueError(f"cluster_topology() draws two servers, not {len(servers)}")
+    fig = Figure(figsize=(9, 3.6))
+    ax = fig.add_subplot()
+    ax.set_xlim(-0.5, 10.5)
+    ax.set_ylim(-0.2, 3.4)
+    ax.axis("off")
+    colors = client_colors(homes)
+    places = {servers[0]: (2.5, 1.6), servers[1]: (7.5, 1.6)}
+    spots = {servers[0]: [(0.5, 2.8), (0.5, 0.4)], servers[1]: [(9.5, 2.8), (9.5, 0.4)]}
+    for name in sorted(homes, key=str.lower):
+        server = homes[name]
+        x, y = spots[server].pop(0)
+        sx, sy = places[server]
+        ax.plot([x, sx], [y, sy], color=GONE_COLOR, linewidth=1.5, zorder=1, gid=f"tcp:{name}->{server}")
+        _box(ax, x, y, name, colors[name], width=1.1, height=0.5, gid=f"client:{name}")
+    for server, (x, y) in places.items():
+        ax.plot([x, 5.0], [y, 1.6], color=ERROR_COLOR, linewidth=2, zorder=1, gid=f"broker:{server}")
+        _box(ax, x, y, server, SERVER_COLOR, gid=f"server:{server}")
+    _box(ax, 5.0, 1.6, broker, ERROR_COLOR, width=1.4, gid="broker")
+    ax.text(5.0, 2.45, "names, heartbeats,\none inbox per server", ha="center", fontsize=9, color=TEXT_COLOR)
+    ax.set_title(f"Two servers, one chat: TCP to the clients, {broker} in the middle", color=TEXT_COLOR)
+    return fig
+
+
+# Lesson 13: one message from alice (on server one) to bob (on server two).
+ONE_MESSAGE_LANES = ("alice", "server one", "Redis", "server two", "bob")
+ONE_MESSAGE_STEPS = (
+    ("alice", "server one", "%bob%hi bob"),
+    ("server one", "Redis", "XADD inbox:two"),
+    ("Redis", "server two", "XREAD returns it"),
+    ("server two", "bob", "%alice%hi bob"),
+)
+
+
+def message_path(
+    lanes: Iterable[str] = ONE_MESSAGE_LANES,
+    steps: Iterable[tuple[str, str, str]] = ONE_MESSAGE_STEPS,
+    *,
+    title: str = "One message across two servers",
+) -> Figure:
+    """A lane per party (a name with "server" in it is a server, "Redis" the broker, any other a
+    client), and one row per step: an arrow from one lane to another, labelled with what travels.
+    Arrows carry gids ``step:ROW:SOURCE->TARGET`` (rows from 1)."""
+    lanes, steps = list(lanes), list(steps)
+    x = {name: i * 2.2 for i, name in enumerate(lanes)}
+    clients = [name for name in lanes if "server" not in name and name != "Redis"]
+    colors = {
+        **client_colors(clients),
+        **{name: SERVER_COLOR for name in lanes if "server" in name},
+        "Redis": ERROR_COLOR,
+    }
+    fig = Figure(figsize=(9, 3.8))
+    ax = fig.add_subplot()
+    ax.set_xlim(-1, x[lanes[-1]] + 1)
+    ax.set_ylim(-len(steps) - 0.6, 1)
+    ax.axis("off")
+    for name in lanes:
+        ax.plot([x[name], x[name]], [0.3, -len(steps) - 0.4], color=colors[name], linewidth=1, linestyle=":")
+        _box(ax, x[name], 0.55, name, colors[name], width=1.7, height=0.5)
+    for row, (source, target, label) in enumerate(steps, start=1):
+        ax.annotate(
+            "",
+            xy=(x[target], -row),
+            xytext=(x[source], -row),
+            gid=f"step:{row}:{source}->{target}",
+            arrowprops={"arrowstyle": "->", "color": colors[source], "linewidth": 1.8},
+        )
+        ax.text(
+            (x[source] + x[target]) / 2,
+            -row + 0.12,
+            label,
+            ha="center",
+            fontsize=9,
+            family=MONO,
+            color=TEXT_COLOR,
+        )
+    ax.set_title(title, color=TEXT_COLOR)
+    return fig

@@ -545,7 +545,7 @@ def test_lesson_13_runs_to_the_end_without_redis_and_says_what_to_do(case: str) 
     pictures = [
         cell
         for cell in notebook.cells
-        if "draw_topology()" in cell.source or "draw_one_message()" in cell.source
+        if "viz.cluster_topology()" in cell.source or "viz.message_path()" in cell.source
     ]
     assert pictures and all("<Figure" in str(cell.outputs) for cell in pictures)
     if case == "no server":

@@ -508,3 +508,23 @@ def test_wire_timeline_draws_the_writes_and_a_cross_for_the_reset(kit_threads):
     [down] = with_gid(fig, "write:down")
     assert len(down.get_offsets()) == sum(r.direction == "down" and r.event == "data" for r in records) >= 1
     assert fig.canvas.manager is None
+
+
+def test_cluster_topology_joins_each_client_to_its_own_server_and_both_servers_to_redis():
+    fig = viz.cluster_topology()
+    render(fig)
+    assert set(gids(fig, "tcp:")) == {f"tcp:{name}->{server}" for name, server in viz.TWO_SERVERS.items()}
+    assert set(gids(fig, "broker:")) == {"broker:server one", "broker:server two"}
+    assert not [gid for gid in gids(fig, "tcp:") if "Redis" in gid]  # no client talks to Redis
+    with pytest.raises(ValueError):
+        viz.cluster_topology({"alice": "server one"})
+
+
+def test_message_path_draws_one_arrow_per_step_in_order():
+    fig = viz.message_path()
+    render(fig)
+    assert list(gids(fig, "step:")) == [
+        f"step:{row}:{source}->{target}" for row, (source, target, _) in enumerate(viz.ONE_MESSAGE_STEPS, start=1)
+    ]
+    assert "XADD inbox:two" in texts(fig)
+    assert not overlapping_texts(fig)
