@@ -13,6 +13,11 @@ One palette runs through all pictures: the server is dark slate, each client kee
 (picked by its place among the sorted names), errors are red. Each drawn item carries a
 matplotlib ``gid`` such as ``"deliver:alice->bob"``, so tests (and curious students) can find
 what was drawn with ``fig.findobj(lambda a: a.get_gid() == ...)``.
+
+The last blocks draw what no log records: the calls of a first conversation, the segments that
+end a connection (``segment_ladder`` from tables of :class:`Segment` rows), a process's fd
+table pointing at one socket (``fd_table``), a fault link's wiretap, and two servers joined
+through Redis.
 """
 
 from __future__ import annotations
