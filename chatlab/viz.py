@@ -13,6 +13,11 @@ One palette runs through all pictures: the server is dark slate, each client kee
 (picked by its place among the sorted names), errors are red. Each drawn item carries a
 matplotlib ``gid`` such as ``"deliver:alice->bob"``, so tests (and curious students) can find
 what was drawn with ``fig.findobj(lambda a: a.get_gid() == ...)``.
+
+The last blocks draw what no log records: the calls of a first conversation, the segments that
+end a connection (``segment_ladder`` from tables of :class:`Segment` rows), a process's fd
+table pointing at one socket (``fd_table``), a fault link's wiretap, and two servers joined
+through Redis.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from .room import ClientRecord, ServerEvent
 
 SERVER_COLOR = "#2F3E4E"
 ERROR_COLOR = "#C0392B"
+BROKER_COLOR = "#A93226"  # Redis in the pictures of lesson 13 (a brick red, not the error red)
 GONE_COLOR = "#9AA3AD"
 WAITING_COLOR = "#CDD3DA"
 TEXT_COLOR = "#263238"
@@ -843,21 +849,512 @@ def thread_timeline(
     return fig
 
 
-# --- beyond one computer: listeners, flood control, many servers (lessons 12 and 13) -------------
+# --- how a connection ends (lessons 1, 10 and 11) --------------------------------------------------
+# Three pictures of what the kernel does underneath a socket: the calls of a first conversation
+# (lesson 1), the segments that end a connection (a ladder, drawn from tables of Segment rows
+# below, like h11's state table), and a process's fd table pointing at one socket, to show why
+# close() and shutdown() differ. And the wiretap of a chatlab.faults link, as dots over time.
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call in :func:`socket_calls`: the row it is on, whose it is, and its text."""
+
+    row: int
+    side: str  # "server" or "client"
+    text: str
+
+
+# Lesson 1's conversation: the calls each side makes, and what travels between them
+# (client row, server row, label).
+FIRST_CONVERSATION = (
+    Call(0, "server", "socket()"),
+    Call(1, "server", "bind(('127.0.0.1', 0))"),
+    Call(2, "server", "listen()"),
+    Call(3, "client", "socket()"),
+    Call(4, "client", "connect(address)"),
+    Call(5, "server", "accept()  → conn"),
+    Call(6, "client", "sendall(b'hello')"),
+    Call(7, "server", "conn.recv()  → b'hello'"),
+    Call(8, "client", "close()"),
+    Call(9, "server", "conn.recv()  → b''"),
+)
+FIRST_CONVERSATION_ARROWS = ((4, 4, "connection"), (6, 7, "bytes"), (8, 9, "end of stream"))
+
+
+def socket_calls(
+    calls: Iterable[Call] = FIRST_CONVERSATION,
+    arrows: Iterable[tuple[int, int, str]] = FIRST_CONVERSATION_ARROWS,
+    *,
+    notes: Iterable[tuple[int, str]] = ((4, "(the OS queues it)"),),
+    figsize: tuple[float, float] = (8.0, 5.0),
+) -> Figure:
+    """The calls of a server (left) and a client (right), time running downwards, with an arrow
+    for each thing that travels from the client's row to the server's. ``notes`` are grey notes
+    beside the server's lane. Calls carry gids ``call:SIDE:ROW``, arrows ``travel:LABEL``."""
+    calls = list(calls)
+    fig = Figure(figsize=figsize)
+    ax = fig.add_axes((0, 0, 1, 1))
+    last = max((call.row for call in calls), default=0)
+    for x, title in ((0, "server"), (1, "client")):
+        ax.text(x, -1, title, ha="center", fontsize=13, weight="bold", color=TEXT_COLOR)
+        ax.plot([x, x], [-0.5, last + 0.5], color=WAITING_COLOR, zorder=0)
+    for call in calls:
+        on_client = call.side == "client"
+        ax.text(
+            (1.04 if on_client else -0.04),
+            call.row,
+            call.text,
+            ha="left" if on_client else "right",
+            va="center",
+            family=MONO,
+            fontsize=9.5,
+            color=TEXT_COLOR,
+            gid=f"call:{call.side}:{call.row}",
+            bbox=dict(boxstyle="round", facecolor="white", edgecolor=GONE_COLOR),
+        )
+    for row, text in notes:
+        ax.text(-0.04, row, text, ha="right", va="center", color=GONE_COLOR, style="italic")
+    for start, end, label in arrows:
+        ax.annotate(
+            "",
+            xy=(0, end),
+            xytext=(1, start),
+            gid=f"travel:{label}",
+            arrowprops=dict(arrowstyle="->", color=PALETTE[0], lw=1.5),
+        )
+        ax.text(0.5, (start + end) / 2 - 0.3, label, ha="center", color=PALETTE[0])
+    ax.set_xlim(-1.3, 2.3)
+    ax.set_ylim(last + 1, -1.7)
+    ax.axis("off")
+    return fig
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One TCP segment on a ladder: who sends it (``"left"`` or ``"right"``), its flags, and
+    what each side's program sees or which state its socket is in once the segment has gone
+    (``left``) or arrived (``right``), and the other way round for a segment sent from the right."""
+
+    sender: str
+    flags: str  # "FIN", "ACK", "RST", "data", ...
+    left: str = ""
+    right: str = ""
+
+
+# The three endings of lesson 10. "left" closes first.
+CLEAN_CLOSE = (
+    Segment("left", "FIN", "close()  FIN_WAIT_1", "recv() → b''  CLOSE_WAIT"),
+    Segment("right", "ACK", "FIN_WAIT_2", ""),
+    Segment("right", "FIN", "TIME_WAIT", "close()  LAST_ACK"),
+    Segment("left", "ACK", "", "CLOSED"),
+)
+SEND_AFTER_CLOSE = (
+    Segment("left", "FIN", "close(): socket gone", "recv() → b''"),
+    Segment("right", "ACK", "", ""),
+    Segment("right", "data", "(no socket for it)", "send() 'works'"),
+    Segment("left", "RST", "", "next send(): BrokenPipeError"),
+)
+ABORT = (
+    Segment("right", "data", "", "sendall(b'hi')"),
+    Segment("left", "RST", "close() with bytes unread", "recv() → ConnectionResetError"),
+)
+# What TIME_WAIT lasts on each system, as lesson 10 says.
+TIME_WAIT_NOTE = "TIME_WAIT: 60 s on Linux, about 30 s on macOS, up to 240 s on Windows"
+
+_FLAG_COLORS = {"FIN": PALETTE[0], "ACK": GONE_COLOR, "RST": ERROR_COLOR, "data": PALETTE[2]}
+
+
+def segment_ladder(
+    *ladders: tuple[str, Iterable[Segment]],
+    left: str = "closes first",
+    right: str = "the other side",
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """One panel per ``(title, segments)``: two lanes, time running downwards, a slanted arrow
+    per segment (it takes time to travel), labelled with its flags and coloured by them (FIN
+    blue, ACK grey, RST red, data green), and beside each lane what its program saw or which
+    state its socket reached. A side that reaches TIME_WAIT gets a bar down to the bottom: it
+    keeps the connection's trace after the others have forgotten it.
+
+    Arrows carry gids ``segment:PANEL:ROW:FLAGS`` (panel and row from 0), the TIME_WAIT bar
+    ``time_wait:PANEL``.
+    """
+    panels = [(title, list(segments)) for title, segments in ladders]
+    rows = max((len(segments) for _, segments in panels), default=1)
+    if figsize is None:
+        figsize = (5.8 * max(len(panels), 1), 1.4 + 0.75 * rows)
+    fig = Figure(figsize=figsize)
+    axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
+    bottom = rows + 0.9
+    for number, (ax, (title, segments)) in enumerate(zip(axes, panels, strict=False)):
+        ax.set_title(title, fontsize=11, color=TEXT_COLOR)
+        for x, name in ((0, left), (1, right)):
+            ax.text(x, -0.55, name, ha="center", va="bottom", fontsize=9.5, weight="bold", color=TEXT_COLOR)
+            ax.plot([x, x], [-0.2, bottom], color=SERVER_COLOR, linewidth=1.2, zorder=1)
+        for row, segment in enumerate(segments):
+            start, end = (0, 1) if segment.sender == "left" else (1, 0)
+            y0, y1 = row + 0.1, row + 0.75
+            color = _FLAG_COLORS.get(segment.flags, TEXT_COLOR)
+            ax.annotate(
+                "",
+                xy=(end, y1),
+                xytext=(start, y0),
+                zorder=3,
+                gid=f"segment:{number}:{row}:{segment.flags}",
+                arrowprops=dict(
+                    arrowstyle="-|>", color=color, linewidth=1.8, mutation_scale=14, shrinkA=0, shrinkB=0
+                ),
+            )
+            ax.text(
+                0.5,
+                (y0 + y1) / 2,
+                segment.flags,
+                ha="center",
+                va="center",
+                family=MONO,
+                fontsize=9,
+                weight="bold",
+                color=color,
+                zorder=4,
+                bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none"),
+            )
+            # A note sits where its side is at that moment: the sender when it sends, the
+            # receiver when the segment arrives.
+            left_y, right_y = (y0, y1) if segment.sender == "left" else (y1, y0)
+            for note_x, y, text, ha in (
+                (-0.04, left_y, segment.left, "right"),
+                (1.04, right_y, segment.right, "left"),
+            ):
+                if text:
+                    ax.text(note_x, y, text, ha=ha, va="center", fontsize=8.5, family=MONO, color=TEXT_COLOR)
+            if "TIME_WAIT" in segment.left:
+                ax.plot(
+                    [-0.012, -0.012],
+                    [left_y, bottom],
+                    color=PALETTE[1],
+                    linewidth=5,
+                    zorder=2,
+                    solid_capstyle="butt",
+                    gid=f"time_wait:{number}",
+                )
+                ax.text(
+                    -0.06,
+                    bottom,
+                    TIME_WAIT_NOTE.replace(": ", "\n").replace(", ", "\n"),
+                    ha="right",
+                    va="bottom",
+                    fontsize=7.5,
+                    style="italic",
+                    color=PALETTE[1],
+                )
+        ax.set_xlim(-1.75, 2.75)
+        ax.set_ylim(bottom + 0.1, -0.9)
+        ax.axis("off")
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.02, wspace=0.05)
+    return fig
+
+
+@dataclass(frozen=True)
+class FdPanel:
+    """One moment in :func:`fd_table`: which of the process's fds point at the socket, what the
+    connection is doing, and what the other end and a thread blocked in ``recv()`` see."""
+
+    title: str
+    fds: tuple[tuple[int, bool], ...]  # (fd, still points at the socket?); False: the number is free
+    connection: str
+    peer: str
+    reader: str
+    ended: bool = False  # the connection is over (drawn in red)
+
+
+CLOSE_VS_SHUTDOWN = (
+    FdPanel(
+        "two fds, one socket", ((5, True), (6, True)), "ESTABLISHED", "waits in recv()", "waits in recv()"
+    ),
+    FdPanel("close(5)", ((5, False), (6, True)), "ESTABLISHED", "notices nothing", "still waits"),
+    FdPanel(
+        "shutdown() on 6",
+        ((5, False), (6, True)),
+        "ended: FIN sent",
+        "recv() → b''",
+        "wakes: recv() → b''",
+        ended=True,
+    ),
+)
+
+
+def fd_table(
+    panels: Iterable[FdPanel] = CLOSE_VS_SHUTDOWN, *, figsize: tuple[float, float] | None = None
+) -> Figure:
+    """One panel per moment: the process's fd table (0-2 are stdin, stdout and stderr), an
+    arrow from each fd that points at the socket to the socket in the kernel, the connection
+    from the socket to the other end, and a thread blocked in ``recv()`` that holds the socket
+    itself, not an fd. A freed fd is drawn empty: its number may go to the next file opened.
+
+    Arrows from fds carry gids ``fd:PANEL:FD``; the socket ``socket:PANEL``; the connection
+    ``connection:PANEL:open`` or ``connection:PANEL:ended``.
+    """
+    panels = list(panels)
+    if figsize is None:
+        figsize = (4.4 * max(len(panels), 1), 3.4)
+    fig = Figure(figsize=figsize)
+    axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
+    socket_y = 3.0
+    for number, (ax, panel) in enumerate(zip(axes, panels, strict=False)):
+        ax.set_title(panel.title, fontsize=11, family=MONO, color=TEXT_COLOR)
+        ax.text(0.75, 6.55, "fd table", ha="center", fontsize=9, weight="bold", color=TEXT_COLOR)
+        ax.text(3.3, 6.55, "kernel", ha="center", fontsize=9, weight="bold", color=TEXT_COLOR)
+        rows = [(0, "stdin"), (1, "stdout"), (2, "stderr")] + [(fd, "socket") for fd, _ in panel.fds]
+        pointing = dict(panel.fds)
+        for i, (fd, what) in enumerate(rows):
+            y = 5.9 - i * 0.8
+            free = fd in pointing and not pointing[fd]
+            ax.add_patch(
+                FancyBboxPatch(
+                    (0.1, y - 0.32),
+                    1.3,
+                    0.64,
+                    boxstyle="square,pad=0",
+                    facecolor="white" if free else _tint(SERVER_COLOR, 0.9),
+                    edgecolor=GONE_COLOR,
+                    linestyle="--" if free else "-",
+                )
+            )
+            ax.text(0.32, y, str(fd), ha="center", va="center", family=MONO, fontsize=10, color=TEXT_COLOR)
+            label = "free" if free else what
+            ax.text(0.95, y, label, ha="center", va="center", fontsize=8, style="italic", color=GONE_COLOR)
+            if pointing.get(fd):
+                ax.annotate(
+                    "",
+                    xy=(2.4, socket_y + 0.2),
+                    xytext=(1.4, y),
+                    gid=f"fd:{number}:{fd}",
+                    arrowprops=dict(
+                        arrowstyle="-|>",
+                        color=SERVER_COLOR,
+                        linewidth=1.5,
+                        mutation_scale=12,
+                        shrinkA=0,
+                        shrinkB=0,
+                    ),
+                )
+        color = ERROR_COLOR if panel.ended else PALETTE[2]
+        ax.add_patch(
+            FancyBboxPatch(
+                (2.4, socket_y - 0.7),
+                1.8,
+                1.5,
+                boxstyle="round,pad=0.05",
+                facecolor=_tint(color),
+                edgecolor=color,
+                linewidth=1.5,
+                gid=f"socket:{number}",
+            )
+        )
+        ax.text(
+            3.3,
+            socket_y + 0.45,
+            "socket",
+            ha="center",
+            va="center",
+            fontsize=9.5,
+            weight="bold",
+            color=TEXT_COLOR,
+        )
+        ax.text(
+            3.3,
+            socket_y - 0.2,
+            panel.connection,
+            ha="center",
+            va="center",
+            fontsize=8,
+            family=MONO,
+            color=color,
+        )
+        # the thread blocked in recv() holds the socket, not an fd
+        ax.annotate(
+            "",
+            xy=(3.3, socket_y - 0.75),
+            xytext=(3.3, 1.05),
+            arrowprops=dict(
+                arrowstyle="-|>", color=PALETTE[3], linewidth=1.3, linestyle="--", shrinkA=0, shrinkB=0
+            ),
+        )
+        ax.text(3.3, 0.75, "a thread in recv()", ha="center", va="center", fontsize=8, color=PALETTE[3])
+        ax.text(3.3, 0.3, panel.reader, ha="center", va="center", fontsize=8, family=MONO, color=PALETTE[3])
+        # the connection to the other end
+        ax.plot(
+            [4.25, 4.95],
+            [socket_y + 0.05] * 2,
+            color=color,
+            linewidth=2,
+            linestyle=":" if panel.ended else "-",
+            gid=f"connection:{number}:{'ended' if panel.ended else 'open'}",
+        )
+        ax.add_patch(
+            FancyBboxPatch(
+                (4.95, socket_y - 0.25),
+                0.9,
+                0.6,
+                boxstyle="round,pad=0.05",
+                facecolor=_tint(SERVER_COLOR),
+                edgecolor=SERVER_COLOR,
+            )
+        )
+        ax.text(5.4, socket_y + 0.05, "peer", ha="center", va="center", fontsize=8.5, color=TEXT_COLOR)
+        ax.text(
+            5.4, socket_y - 0.5, panel.peer, ha="center", va="top", fontsize=8, family=MONO, color=TEXT_COLOR
+        )
+        ax.set_xlim(0, 6.3)
+        ax.set_ylim(0, 6.9)
+        ax.axis("off")
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.02, wspace=0.08)
+    return fig
+
+
+def wire_timeline(records: Iterable, title: str = "The link's writes over time") -> Figure:
+    """The wiretap of a :class:`chatlab.faults.FaultyLink` (``record=True``) as dots over time:
+    one row per direction, a dot per write (bigger for more bytes), a red cross for a reset or
+    a close. Dots carry gids ``write:DIRECTION``, crosses ``end:DIRECTION:EVENT``."""
+    records = list(records)
+    fig = Figure(figsize=(8, 2.2))
+    ax = fig.add_axes((0.2, 0.25, 0.77, 0.62))
+    ax.set_title(title, fontsize=10, color=TEXT_COLOR)
+    start = records[0].at if records else 0.0
+    for row, direction in enumerate(("down", "up")):
+        writes = [r for r in records if r.direction == direction]
+        data = [r for r in writes if r.event == "data"]
+        ax.scatter(
+            [(r.at - start) * 1000 for r in data],
+            [row] * len(data),
+            s=[8 + len(r.data) for r in data],
+            alpha=0.6,
+            color=PALETTE[row],
+            gid=f"write:{direction}",
+        )
+        for r in writes:
+            if r.event != "data":
+                x = (r.at - start) * 1000
+                ax.scatter([x], [row], marker="x", s=120, color=ERROR_COLOR, gid=f"end:{direction}:{r.event}")
+                ax.annotate(r.event, (x, row), textcoords="offset points", xytext=(6, 6), color=ERROR_COLOR)
+    ax.set_yticks([0, 1], ["down (to the client)", "up (to the server)"], fontsize=9)
+    ax.set_ylim(-0.6, 1.6)
+    ax.set_xlabel("milliseconds since the first write", fontsize=9)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return fig
+
+
+# --- several servers through Redis (lesson 13) ------------------------------------------------------
+
+
+# Lesson 13's chat: which server each client is connected to.
+TWO_SERVERS = {"alice": "server one", "carol": "server one", "bob": "server two", "dave": "server two"}
+
+
+def cluster_topology(homes: dict[str, str] = TWO_SERVERS, *, broker: str = "Redis") -> Figure:
+    """Two servers, their clients around them (at most two each), and the broker in the middle:
+    TCP from each client to its own server, and from each server to the broker. Boxes carry gids
+    ``client:NAME``, ``server:NAME`` and ``broker``; lines ``tcp:CLIENT->SERVER`` and
+    ``broker:SERVER``."""
+    servers = sorted(set(homes.values()))
+    if len(servers) != 2:
+        raise ValueError(f"cluster_topology() draws two servers, not {len(servers)}")
+    fig = Figure(figsize=(9, 3.6))
+    ax = fig.add_subplot()
+    ax.set_xlim(-0.5, 10.5)
+    ax.set_ylim(-0.2, 3.4)
+    ax.axis("off")
+    colors = client_colors(homes)
+    places = {servers[0]: (2.5, 1.6), servers[1]: (7.5, 1.6)}
+    spots = {servers[0]: [(0.5, 2.8), (0.5, 0.4)], servers[1]: [(9.5, 2.8), (9.5, 0.4)]}
+    for name in sorted(homes, key=str.lower):
+        server = homes[name]
+        x, y = spots[server].pop(0)
+        sx, sy = places[server]
+        ax.plot([x, sx], [y, sy], color=GONE_COLOR, linewidth=1.5, zorder=1, gid=f"tcp:{name}->{server}")
+        _box(ax, x, y, name, colors[name], width=1.1, height=0.5, gid=f"client:{name}")
+    for server, (x, y) in places.items():
+        ax.plot([x, 5.0], [y, 1.6], color=BROKER_COLOR, linewidth=2, zorder=1, gid=f"broker:{server}")
+        _box(ax, x, y, server, SERVER_COLOR, gid=f"server:{server}")
+    _box(ax, 5.0, 1.6, broker, BROKER_COLOR, width=1.4, gid="broker")
+    ax.text(5.0, 2.45, "names, heartbeats,\none inbox per server", ha="center", fontsize=9, color=TEXT_COLOR)
+    ax.set_title(f"Two servers, one chat: TCP to the clients, {broker} in the middle", color=TEXT_COLOR)
+    return fig
+
+
+# Lesson 13: one message from alice (on server one) to bob (on server two).
+ONE_MESSAGE_LANES = ("alice", "server one", "Redis", "server two", "bob")
+ONE_MESSAGE_STEPS = (
+    ("alice", "server one", "%bob%hi bob"),
+    ("server one", "Redis", "XADD inbox:two"),
+    ("Redis", "server two", "XREAD returns it"),
+    ("server two", "bob", "%alice%hi bob"),
+)
+
+
+def message_path(
+    lanes: Iterable[str] = ONE_MESSAGE_LANES,
+    steps: Iterable[tuple[str, str, str]] = ONE_MESSAGE_STEPS,
+    *,
+    title: str = "One message across two servers",
+) -> Figure:
+    """A lane per party (a name with "server" in it is a server, "Redis" the broker, any other a
+    client), and one row per step: an arrow from one lane to another, labelled with what travels.
+    Arrows carry gids ``step:ROW:SOURCE->TARGET`` (rows from 1)."""
+    lanes, steps = list(lanes), list(steps)
+    x = {name: i * 2.2 for i, name in enumerate(lanes)}
+    clients = [name for name in lanes if "server" not in name and name != "Redis"]
+    colors = {
+        **client_colors(clients),
+        **{name: SERVER_COLOR for name in lanes if "server" in name},
+        "Redis": BROKER_COLOR,
+    }
+    fig = Figure(figsize=(9, 3.8))
+    ax = fig.add_subplot()
+    ax.set_xlim(-1, x[lanes[-1]] + 1)
+    ax.set_ylim(-len(steps) - 0.6, 1)
+    ax.axis("off")
+    for name in lanes:
+        ax.plot([x[name], x[name]], [0.3, -len(steps) - 0.4], color=colors[name], linewidth=1, linestyle=":")
+        _box(ax, x[name], 0.55, name, colors[name], width=1.7, height=0.5)
+    for row, (source, target, label) in enumerate(steps, start=1):
+        ax.annotate(
+            "",
+            xy=(x[target], -row),
+            xytext=(x[source], -row),
+            gid=f"step:{row}:{source}->{target}",
+            arrowprops={"arrowstyle": "->", "color": colors[source], "linewidth": 1.8},
+        )
+        ax.text(
+            (x[source] + x[target]) / 2,
+            -row + 0.12,
+            label,
+            ha="center",
+            fontsize=9,
+            family=MONO,
+            color=TEXT_COLOR,
+        )
+    ax.set_title(title, color=TEXT_COLOR)
+    return fig
+
+
+# --- beyond one computer: listeners, flood control, a crash (lessons 12 and 13) -----------------
 #
 # Pictures of what no event log records: which listening socket a connection can reach, a token
-# bucket draining and filling, a crashed server's heartbeat running out, and servers joined
-# through Redis. Each is drawn from a few numbers that a small function without I/O works out
+# bucket draining and filling, a crashed server's heartbeat running out. Each is drawn from a few numbers that a small function without I/O works out
 # (:func:`accepts`, :func:`bucket_run`, :func:`crash_times`), so a test can hold the numbers
 # against the real thing: a socket, :mod:`chatlab.flood`, the broker's heartbeat.
 
 EVERY_IPV4 = "0.0.0.0"
-BROKER_COLOR = "#A93226"  # Redis in the pictures of lesson 13 (a brick red, not the error red)
 NOTE_COLOR = "#546E7A"
 _LABEL_BOX = dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.85)  # over ticks
 
 
-def _box(ax, x: float, y: float, text: str, color: str, width: float, height: float, **kwargs) -> None:
+def _box(
+    ax, x: float, y: float, text: str, color: str, width: float = 1.6, height: float = 0.6, **kwargs
+) -> None:
     """A rounded box of ``color`` centred on (x, y), with ``text`` in white."""
     gid = kwargs.pop("gid", None)
     ax.add_patch(
@@ -1459,122 +1956,4 @@ def heartbeat_timeline(
         fontsize=8.5,
         bbox_to_anchor=(0.54, 0.0),
     )
-    return fig
-
-
-# --- many servers, one chat --------------------------------------------------------------------
-
-
-def _lane_color(name: str, clients: dict[str, str]) -> str:
-    if name == "Redis":
-        return BROKER_COLOR
-    return SERVER_COLOR if name.startswith("server") else clients.get(name, GONE_COLOR)
-
-
-def cluster(
-    homes: dict[str, str] | None = None,
-    *,
-    title: str = "Two servers, one chat: TCP to the clients, Redis in the middle",
-    figsize: tuple[float, float] | None = None,
-) -> Figure:
-    """Servers joined through Redis, each with its own clients (``homes``: client -> server id).
-
-    The servers never talk to each other, only to Redis in the middle. Servers take turns on
-    the left and on the right, in the order of their ids; each client sits beside its server.
-    Default: alice and carol on server one, bob and dave on server two. Gids: ``redis``,
-    ``server:ID``, ``client:NAME``, ``link:NAME`` (a client's connection) and ``broker-link:ID``.
-    The figure grows with the number of servers unless ``figsize`` is given.
-    """
-    homes = homes or {"alice": "one", "carol": "one", "bob": "two", "dave": "two"}
-    servers = sorted(set(homes.values()))
-    colors = client_colors(homes)
-    per_side = math.ceil(len(servers) / 2)
-    height = 2.4 * max(per_side, 1)
-    fig = Figure(figsize=figsize or (9.0, 1.2 + 2.4 * max(per_side, 1)))
-    ax = fig.add_axes((0.0, 0.0, 1.0, 0.88))
-    ax.set_xlim(-5.5, 5.5)
-    ax.set_ylim(-height / 2 - 0.4, height / 2 + 0.4)
-    ax.axis("off")
-    fig.suptitle(title, fontsize=12, color=TEXT_COLOR, y=0.97)
-    for i, server in enumerate(servers):
-        side = -1 if i % 2 == 0 else 1
-        slot = i // 2
-        sy = height / 2 - 1.2 - 2.4 * slot
-        sx = 2.5 * side
-        ax.plot([sx, 0], [sy, 0], color=BROKER_COLOR, linewidth=2, zorder=1, gid=f"broker-link:{server}")
-        _box(ax, sx, sy, f"server {server}", SERVER_COLOR, 1.6, 0.6, gid=f"server:{server}")
-        mine = sorted((name for name, home in homes.items() if home == server), key=str.lower)
-        for j, name in enumerate(mine):
-            cy = sy + (1.2 - 2.4 * j / (len(mine) - 1) if len(mine) > 1 else 0.0)
-            cx = 4.5 * side
-            ax.plot([cx, sx], [cy, sy], color=GONE_COLOR, linewidth=1.5, zorder=1, gid=f"link:{name}")
-            _box(ax, cx, cy, name, colors[name], 1.1, 0.5, gid=f"client:{name}")
-    _box(ax, 0, 0, "Redis", BROKER_COLOR, 1.4, 0.6, gid="redis")
-    ax.text(
-        0,
-        0.5,
-        "names, heartbeats,\none inbox per server",
-        ha="center",
-        va="bottom",
-        fontsize=9,
-        color=TEXT_COLOR,
-    )
-    return fig
-
-
-def message_path(
-    steps: Iterable[tuple[str, str, str]] | None = None,
-    *,
-    title: str = "One message across two servers",
-    figsize: tuple[float, float] = (9.0, 3.8),
-) -> Figure:
-    """A message's hops, one row each, time running down: ``steps`` are (from, to, what).
-
-    A lane per place, in the order the steps first name them; ``Redis`` is drawn in the
-    broker's colour, names starting with "server" in the server's, the others as clients.
-    Default: alice's line to bob, from server one through Redis to server two. Gids:
-    ``lane:NAME`` and ``hop:N`` (N from 1).
-    """
-    steps = (
-        list(steps)
-        if steps is not None
-        else [
-            ("alice", "server one", "%bob%hi bob"),
-            ("server one", "Redis", "XADD inbox:two"),
-            ("Redis", "server two", "XREAD returns it"),
-            ("server two", "bob", "%alice%hi bob"),
-        ]
-    )
-    lanes = list(dict.fromkeys(place for source, target, _ in steps for place in (source, target)))
-    clients = client_colors(name for name in lanes if name != "Redis" and not name.startswith("server"))
-    x = {name: i * 2.2 for i, name in enumerate(lanes)}
-    fig = Figure(figsize=figsize)
-    ax = fig.add_axes((0.0, 0.0, 1.0, 0.88))
-    ax.set_xlim(-1, max(x.values(), default=0.0) + 1)
-    ax.set_ylim(-len(steps) - 0.6, 1)
-    ax.axis("off")
-    fig.suptitle(title, fontsize=12, color=TEXT_COLOR, y=0.97)
-    for name in lanes:
-        color = _lane_color(name, clients)
-        ax.plot([x[name], x[name]], [0.3, -len(steps) - 0.4], color=color, linewidth=1, linestyle=":")
-        _box(ax, x[name], 0.55, name, color, 1.7, 0.5, gid=f"lane:{name}")
-    for row, (source, target, label) in enumerate(steps, start=1):
-        ax.annotate(
-            "",
-            xy=(x[target], -row),
-            xytext=(x[source], -row),
-            gid=f"hop:{row}",
-            arrowprops=dict(
-                arrowstyle="-|>", color=_lane_color(source, clients), linewidth=1.8, shrinkA=0, shrinkB=1
-            ),
-        )
-        ax.text(
-            (x[source] + x[target]) / 2,
-            -row + 0.12,
-            label,
-            ha="center",
-            fontsize=9,
-            family=MONO,
-            color=TEXT_COLOR,
-        )
     return fig

@@ -572,29 +572,107 @@ def test_heartbeat_timeline_picture():
     assert overlapping_texts(fig) == []
 
 
-def test_cluster_and_message_path_pictures():
-    fig = viz.cluster()
-    render(fig)
-    assert sorted(gids(fig, "server:")) == ["server:one", "server:two"]
-    assert sorted(gids(fig, "link:")) == ["link:alice", "link:bob", "link:carol", "link:dave"]
-    assert len(with_gid(fig, "broker-link:")) == 2 and len(with_gid(fig, "redis")) == 1
-    assert overlapping_texts(fig) == []
-    three = viz.cluster({"ann": "a", "ben": "b", "cy": "c", "di": "c"}, title="Three servers")
-    render(three)
-    assert sorted(gids(three, "server:")) == ["server:a", "server:b", "server:c"]
-    assert overlapping_texts(three) == []
-
-    path = viz.message_path()
-    render(path)
-    assert [a.get_gid() for a in with_gid(path, "lane:")] == [
-        "lane:alice", "lane:server one", "lane:Redis", "lane:server two", "lane:bob",
-    ]
-    assert len(with_gid(path, "hop:")) == 4
-    for line in ("%bob%hi bob", "XADD inbox:two", "XREAD returns it", "%alice%hi bob"):
-        assert line in texts(path)
-    assert overlapping_texts(path) == []
-
-
 def test_the_new_pictures_stay_out_of_pyplot():
-    for fig in (viz.listeners(), viz.token_bucket(), viz.heartbeat_timeline(), viz.cluster(), viz.message_path()):
+    for fig in (viz.listeners(), viz.token_bucket(), viz.heartbeat_timeline(), viz.cluster_topology(), viz.message_path()):
         assert fig.canvas.manager is None
+
+
+# --- how a connection ends: the ladders, the fd table, the calls, the wiretap -------------------
+
+
+def test_socket_calls_draws_every_call_on_its_side_and_an_arrow_per_travel():
+    fig = viz.socket_calls()
+    render(fig)
+    drawn = gids(fig, "call:")
+    assert drawn == Counter(f"call:{c.side}:{c.row}" for c in viz.FIRST_CONVERSATION)
+    assert sum(1 for c in viz.FIRST_CONVERSATION if c.side == "server") == 6
+    assert set(gids(fig, "travel:")) == {"travel:connection", "travel:bytes", "travel:end of stream"}
+    assert "conn.recv()  → b''" in texts(fig)
+    assert not overlapping_texts(fig)
+
+
+def test_the_clean_close_ladder_puts_the_closer_in_time_wait():
+    fig = viz.segment_ladder(("a clean close", viz.CLEAN_CLOSE))
+    render(fig)
+    assert list(gids(fig, "segment:")) == [
+        "segment:0:0:FIN", "segment:0:1:ACK", "segment:0:2:FIN", "segment:0:3:ACK"
+    ]
+    assert set(gids(fig, "time_wait:")) == {"time_wait:0"}  # the closer, and only there
+    [bar] = with_gid(fig, "time_wait:0")
+    assert set(bar.get_xdata()) == {-0.012}  # on the left lane: the side that closed first
+    assert "recv() → b''  CLOSE_WAIT" in texts(fig)
+    assert not overlapping_texts(fig)
+
+
+def test_the_send_after_close_ladder_ends_in_an_rst_and_the_abort_in_one_too():
+    fig = viz.segment_ladder(("we send", viz.SEND_AFTER_CLOSE), ("an abort", viz.ABORT))
+    render(fig)
+    flags = [gid.rsplit(":", 1)[1] for gid in gids(fig, "segment:")]
+    assert flags == ["FIN", "ACK", "data", "RST", "data", "RST"]
+    assert not gids(fig, "time_wait:")  # neither ending leaves a TIME_WAIT
+    assert "next send(): BrokenPipeError" in texts(fig)
+    assert "recv() → ConnectionResetError" in texts(fig)
+    assert not overlapping_texts(fig)
+
+
+def test_segment_arrows_run_from_the_sender_down_to_the_receiver():
+    fig = viz.segment_ladder(("one each way", (viz.Segment("left", "FIN"), viz.Segment("right", "ACK"))))
+    fin, ack = with_gid(fig, "segment:0:0:FIN")[0], with_gid(fig, "segment:0:1:ACK")[0]
+    assert fin.xyann[0] == 0 and fin.xy[0] == 1 and fin.xy[1] > fin.xyann[1]  # later when it arrives
+    assert ack.xyann[0] == 1 and ack.xy[0] == 0 and ack.xyann[1] > fin.xy[1] - 1
+
+
+def test_the_fd_table_shows_close_freeing_an_fd_and_shutdown_ending_the_connection():
+    fig = viz.fd_table()
+    render(fig)
+    assert set(gids(fig, "fd:")) == {"fd:0:5", "fd:0:6", "fd:1:6", "fd:2:6"}  # close(5) freed fd 5
+    assert set(gids(fig, "connection:")) == {"connection:0:open", "connection:1:open", "connection:2:ended"}
+    assert texts(fig).count("free") == 2
+    assert "wakes: recv() → b''" in texts(fig)
+    assert not overlapping_texts(fig)
+
+
+def test_wire_timeline_draws_the_writes_and_a_cross_for_the_reset(kit_threads):
+    """A real link, a real server: the greeting goes down, then the link resets the connection."""
+    from chatlab.faults import FaultyLink
+
+    server = ChatServer().start()
+    greeting = len(b"* chatlab: type your name (1-32 of A-Z a-z 0-9 _ . -) and press Enter\n")
+    link = FaultyLink(upstream=server.address, direction="down", reset_after=greeting, record=True)
+    try:
+        with socket.create_connection(link.address, timeout=2) as raw:
+            with pytest.raises(ConnectionResetError):
+                for _ in range(5):
+                    raw.recv(1024)
+        wait_until(lambda: any(r.event != "data" for r in link.wiretap))
+        records = list(link.wiretap)
+    finally:
+        link.close()
+        server.stop()
+    fig = viz.wire_timeline(records, "a reset after the greeting")
+    render(fig)
+    ends = set(gids(fig, "end:"))
+    assert ends and all(gid.startswith("end:down:") or gid.startswith("end:up:") for gid in ends)
+    [down] = with_gid(fig, "write:down")
+    assert len(down.get_offsets()) == sum(r.direction == "down" and r.event == "data" for r in records) >= 1
+    assert fig.canvas.manager is None
+
+
+def test_cluster_topology_joins_each_client_to_its_own_server_and_both_servers_to_redis():
+    fig = viz.cluster_topology()
+    render(fig)
+    assert set(gids(fig, "tcp:")) == {f"tcp:{name}->{server}" for name, server in viz.TWO_SERVERS.items()}
+    assert set(gids(fig, "broker:")) == {"broker:server one", "broker:server two"}
+    assert not [gid for gid in gids(fig, "tcp:") if "Redis" in gid]  # no client talks to Redis
+    with pytest.raises(ValueError):
+        viz.cluster_topology({"alice": "server one"})
+
+
+def test_message_path_draws_one_arrow_per_step_in_order():
+    fig = viz.message_path()
+    render(fig)
+    assert list(gids(fig, "step:")) == [
+        f"step:{row}:{source}->{target}" for row, (source, target, _) in enumerate(viz.ONE_MESSAGE_STEPS, start=1)
+    ]
+    assert "XADD inbox:two" in texts(fig)
+    assert not overlapping_texts(fig)
