@@ -87,6 +87,10 @@ _BLANK = (
     "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
 )
 _BLANK_RUN = re.compile(f"{_BLANK}{{{MAX_BLANKS + 1}}}")
+# The blanks that str.isprintable() lets through, besides the space: the fillers and invisible marks.
+_PRINTABLE_BLANK = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]"
+)
 _ASCII_BLANK_RUN = re.compile(f"[ \t]{{{MAX_BLANKS + 1}}}")
 _SPACES = " " * (MAX_BLANKS + 1)
 TOO_MANY_BLANKS = f"too many blanks in a row (at most {MAX_BLANKS})"
@@ -237,10 +241,12 @@ def unsafe_character(text: str) -> str | None:
 
 def has_blank_run(text: str) -> bool:
     """Whether ``text`` holds more than :data:`MAX_BLANKS` blanks in a row (see ``_BLANK``)."""
-    if text.isascii():  # most lines: the blanks are spaces and tabs, and a substring test is quick
-        if "\t" not in text:
-            return _SPACES in text
-        return _ASCII_BLANK_RUN.search(text) is not None
+    if _SPACES in text:  # the quick looks first: a substring test, then two that str makes in C
+        return True
+    if text.isascii():  # the blanks are spaces and tabs
+        return "\t" in text and _ASCII_BLANK_RUN.search(text) is not None
+    if text.isprintable() and _PRINTABLE_BLANK.search(text) is None:
+        return False  # no blank but the space (every other whitespace or Cf is not printable)
     return _BLANK_RUN.search(text) is not None
 
 

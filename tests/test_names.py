@@ -120,6 +120,20 @@ def test_every_whitespace_and_format_character_counts_as_a_blank():
     assert missing == []
 
 
+def test_the_quick_look_for_printable_blanks_knows_every_printable_blank():
+    """has_blank_run skips the long search for printable text without a filler or invisible
+    mark (protocol._PRINTABLE_BLANK): every printable blank but the space must be among them."""
+    blank = re.compile(protocol._BLANK)
+    missing = [
+        f"U+{code:04X}"
+        for code in range(0x110000)
+        if (char := chr(code)) != " " and char.isprintable() and blank.fullmatch(char)
+        if not protocol._PRINTABLE_BLANK.fullmatch(char)
+    ]
+    assert missing == []
+    assert protocol.has_blank_run("\u4e2d" + "\u3164" * 9 + "\u4e2d")  # printable, and refused
+
+
 # --- through a real server, in every model ----------------------------------------------------------
 
 

@@ -322,7 +322,9 @@ def test_parse_online():
 
 
 names = st.from_regex(r"[A-Za-z0-9_.-]{1,32}", fullmatch=True).filter(lambda n: protocol.name_error(n) is None)
-safe_text = st.text(max_size=60).filter(lambda t: protocol.unsafe_character(t) is None)
+safe_text = st.text(max_size=60).filter(
+    lambda t: protocol.unsafe_character(t) is None and not protocol.has_blank_run(t)
+)
 
 
 @settings(max_examples=100, deadline=None)
