@@ -9,6 +9,7 @@ of every model.
 from __future__ import annotations
 
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -227,8 +228,11 @@ def test_the_server_program_reserves_names_with_reserve():
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        listening = proc.stdout.readline()  # the server prints this line first, also when busy
-        port = int(re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", listening)[1])
+        ready, _, _ = select.select([proc.stdout], [], [], 30)  # bounded: the first line comes soon
+        listening = proc.stdout.readline() if ready else "(nothing within 30 s)"
+        listens = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", listening)
+        assert listens, f"the server said {listening!r}"
+        port = int(listens[1])
         for name in ["teacher", "TA"]:
             with PeerFrom(("127.0.0.1", port), OTHER_LOOPBACK) as student:
                 student.expect(GREETING)
