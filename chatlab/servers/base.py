@@ -138,6 +138,7 @@ class ServerOptions:
     redis: str | None = None  # redis://HOST:PORT/DB: share the chat with other servers
     server_id: str | None = None  # this server's name among them; default HOSTNAME:PORT
     heartbeat: float = 1.0  # with redis: seconds between heartbeats
+    reserve: tuple[str, ...] = ()  # names only a client on the server's own computer may take
 
     def __post_init__(self) -> None:
         if self.rate is not None and not self.rate > 0:  # also refuses nan
@@ -148,6 +149,10 @@ class ServerOptions:
             raise ValueError(f"delivery must be one of {DELIVERY_MODES}")
         if self.delivery == "direct" and self.redis is not None:
             raise ValueError("redis= needs delivery='queue': the broker must never wait for a client")
+        object.__setattr__(self, "reserve", tuple(self.reserve))  # a list given is kept as a tuple
+        for name in self.reserve:
+            if error := protocol.name_error(name):
+                raise ValueError(f"cannot reserve: {error}")
 
 
 class ServerBase:
@@ -201,7 +206,9 @@ class ServerBase:
         self.broker: Any = None  # a chatlab.broker.Broker while running with redis
         self.host = host
         self.port = port
-        self.room = ChatRoom(max_clients=options.max_clients, history=options.history)
+        self.room = ChatRoom(
+            max_clients=options.max_clients, history=options.history, reserved=options.reserve
+        )
         self.stopping = False  # set by stop() before it closes anything
         self._requested_port = port
         self._listener: socket.socket | None = None
