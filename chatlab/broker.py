@@ -112,6 +112,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -126,7 +127,7 @@ from .sendqueue import SendQueue
 if TYPE_CHECKING:
     from .room import ChatRoom
 
-__all__ = ["Broker", "Line", "PREFIX"]
+__all__ = ["Broker", "Line", "PREFIX", "without_password"]
 
 log = logging.getLogger("chatlab.server")
 
@@ -137,6 +138,8 @@ INBOX_LIMIT = 10_000  # entries an inbox keeps (about: MAXLEN ~ trims whole bloc
 BATCH = 500  # lines at most in one stream entry
 READ_BLOCK_MS = 200  # how long one XREAD waits: also how soon the reader notices stop()
 MAX_BACKOFF = 1.0  # the longest pause between two tries while Redis is unreachable
+CLAIM_POLL = 0.05  # seconds between two tries of a claim that must wait (see CLAIM)
+LOGGED_DROPS = 5  # inbox lines refused that are logged one by one; then a count per heartbeat
 
 # "Append to the inbox of a live server": the check and the XADD happen in one step in Redis,
 # so a line is never appended to the inbox of a server known to be dead.
@@ -144,6 +147,22 @@ SEND_IF_ALIVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'from', ARGV[2], 'lines', ARGV[3])
 return 1
+"""
+# "Claim this name": not while Redis has forgotten this server (a restarted Redis: its heartbeat
+# re-claims its clients' names first), nor while the servers are re-claiming theirs (-1: wait).
+CLAIM = """
+if redis.call('EXISTS', KEYS[2]) == 0 or redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+# The heartbeat's "I am alive". If the key was gone (Redis restarted, or this server was away
+# longer than its time to live), the others may be re-claiming names too: new claims wait a
+# while (the "settling" key), so that every name goes back to its old owner first.
+KEEP_ALIVE = """
+local fresh = redis.call('EXISTS', KEYS[1]) == 0
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if fresh then redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) end
+return fresh and 1 or 0
 """
 # "Delete this name if it is still mine": nobody else's claim is ever deleted.
 RELEASE_IF_MINE = """
@@ -170,7 +189,8 @@ BROADCAST = "b"  # a broadcast from ``sender``
 JOINED = "j"  # ``sender`` joined the sending server
 LEFT = "l"  # ``sender`` left it
 SNAPSHOT = "s"  # ``text``: every name on the sending server, comma-separated
-ERROR = "e"  # an error for ``sender`` about its line to ``to`` (``text``)
+ERROR = "e"  # ``sender``'s line to ``to`` found nobody there (``text`` says so)
+KINDS = frozenset({DIRECT, BROADCAST, JOINED, LEFT, SNAPSHOT, ERROR})
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +214,28 @@ def pack(lines: list[Line]) -> str:
 
 
 def unpack(data: str) -> list[Line]:
-    return [Line(*piece.split("\0", 3)) for piece in data.split("\n")]
+    """A stream field back to its lines; ValueError if a chatlab server did not write it."""
+    lines = []
+    for piece in data.split("\n"):
+        fields = piece.split("\0", 3)
+        if len(fields) != 4 or fields[0] not in KINDS:
+            raise ValueError(f"not a line: {_shown(piece)}")
+        lines.append(Line(*fields))
+    return lines
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` for a log line: quoted, escaped and cut short (it may come from anyone)."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def without_password(url: str) -> str:
+    """``url`` fit for a log line: ``redis://:PASSWORD@host:6379/0`` becomes ``redis://:***@host:6379/0``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}***@{parts.netloc.rpartition('@')[2]}"))
 
 
 def _pipeline(connection: ConnectionInterface, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -246,6 +287,10 @@ class Broker:
         self.address = address
         self.heartbeat = heartbeat
         self.ttl_ms = int(heartbeat * TTL_HEARTBEATS * 1000)
+        # After a restart of Redis, how long new claims wait for every server to re-claim its
+        # clients' names: a name's time to live (a server that has not come back by then would
+        # have lost its names anyway), plus the longest pause between two tries to reach Redis.
+        self.grace_ms = self.ttl_ms + int(MAX_BACKOFF * 1000)
         self.inbox_limit = inbox_limit
         self.reachable = True  # whether Redis answered the last time we asked
         # No retries inside redis-py: our threads retry themselves, and a client's line must
@@ -263,6 +308,8 @@ class Broker:
         # and give it back to, which in redis-py costs twice the CPU of the command itself.
         self._send_connection = self.redis.connection_pool.make_connection()
         self._read_connection = self.redis.connection_pool.make_connection()
+        self._claim = self.redis.register_script(CLAIM)
+        self._keep_alive_script = self.redis.register_script(KEEP_ALIVE)
         self._release_if_mine = self.redis.register_script(RELEASE_IF_MINE)
         self._refresh_names = self.redis.register_script(REFRESH_NAMES)
         self._lock = threading.Lock()  # guards the directory, `reachable` and the fields below
@@ -272,6 +319,8 @@ class Broker:
         # After an outage the other servers need a moment to write their keys again: until
         # then a missing key does not mean a dead server.
         self._patient_until = 0.0
+        self._dropped = 0  # inbox lines refused (see _check); the reader counts, the heartbeat reports
+        self._dropped_reported = 0
         # What the room hands over for other servers: (server id, or None for every one, line).
         self._queue: SendQueue[tuple[str | None, Line]] = SendQueue(self._send, BATCH)
         self._stopping = threading.Event()
@@ -291,6 +340,9 @@ class Broker:
     def read_key(self, server_id: str) -> str:
         return f"{PREFIX}read:{server_id}"
 
+    def settling_key(self) -> str:
+        return f"{PREFIX}settling"
+
     # --- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> Broker:
@@ -304,10 +356,13 @@ class Broker:
             newest = self.redis.xrevrange(self.inbox_key(self.server_id), count=1)
         except redis.RedisError as exc:
             self.redis.close()
-            raise ConnectionError(f"cannot reach Redis at {self.url}: {exc}") from exc
+            raise ConnectionError(f"cannot reach Redis at {without_password(self.url)}: {exc}") from exc
         last_id: str = newest[0][0] if newest else "0-0"  # type: ignore[index, assignment]
         self._last_read = last_id
         self._beat()
+        # The snapshots for the servers already here go out now, before any client of ours can
+        # register: so they know of this server before they can hear of its clients.
+        self._queue.flush()
         self.room.elsewhere = self
         for role, target, args in (
             ("send", self._queue.run, ()),
@@ -317,7 +372,7 @@ class Broker:
             thread = threading.Thread(target=target, args=args, name=f"chatlab-broker-{role}", daemon=True)
             self._threads.append(thread)
             thread.start()
-        log.info("sharing the chat through %s as server %r", self.url, self.server_id)
+        log.info("sharing the chat through %s as server %r", without_password(self.url), self.server_id)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -344,18 +399,29 @@ class Broker:
 
     def claim(self, name: str) -> bool | None:
         """Claim ``name`` for a client of this server: True if it is ours now, False if a
-        client of any server has it, None if Redis cannot be asked now."""
+        client of any server has it, None if Redis cannot be asked now.
+
+        Right after a restart of Redis the claim waits (in the registering client's thread) until
+        every server has had time to re-claim its own clients' names: a name goes back to the
+        client that had it, and a newcomer who wants it is told ``! name taken``."""
         if not self.reachable:
             return None
-        try:
-            claimed = self.redis.set(self.name_key(name), self.server_id, nx=True, px=self.ttl_ms)
-        except redis.RedisError as exc:
-            self._lost(exc)
-            return None
+        keys = [self.name_key(name), self.server_key(self.server_id), self.settling_key()]
+        deadline = time.monotonic() + (self.grace_ms / 1000 + self.heartbeat + MAX_BACKOFF)
+        while True:
+            try:
+                claimed = self._claim(keys, [self.server_id, self.ttl_ms])
+            except redis.RedisError as exc:
+                self._lost(exc)
+                return None
+            if claimed != -1:
+                break
+            if time.monotonic() > deadline or self._stopping.wait(CLAIM_POLL):
+                return None
         if claimed:
             with self._lock:
                 self._directory.add_mine(name)
-        return bool(claimed)
+        return claimed == 1
 
     def joined(self, name: str) -> None:
         self._queue.put((None, Line(JOINED, name)))
@@ -414,14 +480,15 @@ class Broker:
 
     def _send(self, batch: list[tuple[str | None, Line]]) -> None:
         """Append a batch to the other servers' inboxes: one entry per receiving server, all in
-        one round trip (a pipeline: every command written at once, then every answer read)."""
+        one round trip (a pipeline: every command written at once, then every answer read).
+        What could not be appended is reported to its sender (see :meth:`_undelivered`)."""
         with self._lock:
             everyone = self._directory.peers()
-        by_server: dict[str, list[Line]] = {}
+        by_server: dict[str, list[tuple[int, Line]]] = {}  # (the line's place in the batch, line)
         released = []
-        for server_id, line in batch:
+        for index, (server_id, line) in enumerate(batch):
             for target in everyone if server_id is None else [server_id]:
-                by_server.setdefault(target, []).append(line)
+                by_server.setdefault(target, []).append((index, line))
             if line.kind == LEFT:
                 released.append(line.sender)
         if not by_server and not released:
@@ -435,7 +502,7 @@ class Broker:
                 self.inbox_key(target),
                 self.inbox_limit,
                 self.server_id,
-                pack(lines),
+                pack([line for _index, line in lines]),
             )
             for target, lines in by_server.items()
         ]
@@ -444,18 +511,31 @@ class Broker:
             results = _pipeline(self._send_connection, commands)
         except redis.RedisError as exc:
             self._lost(exc)
-            for lines in by_server.values():
-                self._undelivered(lines, "the link to the other servers is down")
+            self._undelivered(list(by_server.items()), link_down=True)
             return
-        for lines, appended in zip(by_server.values(), results, strict=False):
-            if not appended:
-                self._undelivered(lines, "their server is down")
+        refused = [item for item, appended in zip(by_server.items(), results, strict=False) if not appended]
+        if refused:
+            self._undelivered(refused, link_down=False)
 
-    def _undelivered(self, lines: list[Line], why: str) -> None:
-        """Tell the senders of direct messages that did not go out: never silence."""
-        for line in lines:
-            if line.kind == DIRECT:
-                self.room.tell(line.sender, protocol.format_error(f"cannot reach {line.to!r}: {why}"))
+    def _undelivered(self, refused: list[tuple[str, list[tuple[int, Line]]]], *, link_down: bool) -> None:
+        """Tell the senders of the lines that did not go out: never silence. A direct message
+        gets ``! cannot reach``; a broadcast, once however many servers refused it, ``! not
+        everyone got your line``, if a client of ours could have missed it (a server that
+        stopped cleanly has announced its clients as left already)."""
+        told = set()
+        for server_id, lines in refused:
+            with self._lock:
+                anyone_there = self._directory.has_members(server_id)
+            for index, line in lines:
+                if line.kind == DIRECT:
+                    why = "the link to the other servers is down" if link_down else "their server is down"
+                    self.room.tell(line.sender, protocol.format_error(f"cannot reach {line.to!r}: {why}"))
+                elif line.kind == BROADCAST and anyone_there and index not in told:
+                    told.add(index)
+                    why = "the link to the other servers is down" if link_down else "a server is down"
+                    self.room.tell(
+                        line.sender, protocol.format_error(f"not everyone got your line {line.text!r}: {why}")
+                    )
 
     # --- the reader thread ----------------------------------------------------------------------
 
@@ -483,16 +563,58 @@ class Broker:
                 for entry_id, fields in entries:
                     last_id = entry_id
                     try:
-                        entry = dict(zip(fields[::2], fields[1::2], strict=True))
-                        self._arrived(entry["from"], unpack(entry["lines"]))
+                        self._entry(entry_id, fields)
+                    except redis.RedisError as exc:  # while checking it: Redis went away
+                        self._lost(exc)
+                        self._drop(entry_id, f"cannot be checked now ({exc})")
                     except Exception:  # one bad entry must not deafen this server
                         log.exception("cannot handle inbox entry %s", entry_id)
                     self._last_read = entry_id  # the heartbeat tells the others (read:<id>)
 
-    def _arrived(self, origin: str, lines: list[Line]) -> None:
+    # Anyone who can reach Redis can append to an inbox, so every entry is checked before a
+    # client sees anything of it: it comes from a live server of this chat, its names are
+    # names (protocol.name_error), its texts are safe (protocol.unsafe_character), a message
+    # comes from a client of the server it says, and a "joined" or a snapshot names only
+    # clients whose names that server holds in Redis. The rest is dropped, with a log line.
+    # (This is a second line of defence, not the first: whoever can write to Redis can still
+    # speak as any client that is online, and delete keys. The README says how to close it.)
+
+    def _entry(self, entry_id: str, fields: list[Any]) -> None:
+        """One inbox entry: checked, then handed to :meth:`_arrived`."""
+        entry = dict(zip(fields[::2], fields[1::2], strict=False))
+        origin, data = entry.get("from"), entry.get("lines")
+        if len(fields) != 4 or not isinstance(origin, str) or not isinstance(data, str):
+            self._drop(entry_id, "not an entry a chatlab server writes")
+            return
+        try:
+            lines = unpack(data)
+        except ValueError as exc:
+            self._drop(entry_id, str(exc))
+            return
+        with self._lock:
+            known = origin in self._directory.peers()
+        if not known and (
+            origin == self.server_id
+            or protocol.unsafe_character(origin) is not None
+            or not self.redis.exists(self.server_key(origin))
+        ):
+            self._drop(entry_id, f"from {_shown(origin)}, which is no live server of this chat", len(lines))
+            return
+        with self._lock:  # a server that writes to us is alive: from now on it hears everything
+            if self._directory.heard_from(origin):
+                self._queue_snapshots([origin])
+        self._arrived(entry_id, origin, lines)
+
+    def _arrived(self, entry_id: str, origin: str, lines: list[Line]) -> None:
         """Lines from server ``origin``: messages go to the room together, the rest in order."""
+        owners = self._owners(lines)
+        senders: dict[str, bool] = {}  # sender -> whether it is a client of origin
         messages: list[Line] = []
         for line in lines:
+            problem = self._check(origin, line, owners, senders)
+            if problem is not None:
+                self._drop(entry_id, problem)
+                continue
             if line.kind in (DIRECT, BROADCAST):
                 messages.append(line)
                 continue
@@ -505,15 +627,62 @@ class Broker:
                     self._tell(line.sender, origin, "joined" if line.kind == JOINED else "left")
             elif line.kind == SNAPSHOT:
                 names = [name for name in line.text.split(",") if name]
+                held = [name for name in names if owners.get(name.lower()) == origin]
+                if len(held) < len(names):
+                    self._drop(entry_id, f"a snapshot of server {origin!r} names clients it does not have")
                 with self._lock:
-                    gone, new = self._directory.snapshot(origin, names)
+                    gone, new = self._directory.snapshot(origin, held)
                 for name in gone:
                     self._tell(name, origin, "left")
                 for name in new:
                     self._tell(name, origin, "joined")
-            elif line.kind == ERROR:
-                self.room.tell(line.sender, protocol.format_error(line.text))
+            elif line.kind == ERROR:  # the text is ours, not the entry's: only the name comes from it
+                self.room.tell(line.sender, protocol.format_unknown_client(line.to))
         self._deliver(origin, messages)
+
+    def _owners(self, lines: list[Line]) -> dict[str, str]:
+        """Who holds the names that a "joined" or a snapshot among ``lines`` announces
+        ({lower-case name: server id}), asked of Redis in one round trip."""
+        names = {line.sender.lower() for line in lines if line.kind == JOINED}
+        for line in lines:
+            if line.kind == SNAPSHOT:
+                names.update(name.lower() for name in line.text.split(",") if name)
+        names = {name for name in names if protocol.name_error(name) is None}
+        if not names:
+            return {}
+        ordered = sorted(names)
+        owners: list[Any] = self.redis.mget([self.name_key(name) for name in ordered])  # type: ignore[assignment]
+        return {name: owner for name, owner in zip(ordered, owners, strict=True) if owner}
+
+    def _check(self, origin: str, line: Line, owners: dict[str, str], senders: dict[str, bool]) -> str | None:
+        """What is wrong with ``line`` from server ``origin`` (None: nothing)."""
+        if line.kind == SNAPSHOT:  # its names are checked against Redis (see _owners)
+            return None if not line.sender and not line.to else "a snapshot with names where none belong"
+        if protocol.name_error(line.sender) is not None:
+            return f"the name {_shown(line.sender)} is not a name"
+        if line.kind in (DIRECT, ERROR) and protocol.name_error(line.to) is not None:
+            return f"the name {_shown(line.to)} is not a name"
+        if line.kind == JOINED and owners.get(line.sender.lower()) != origin:
+            return f"{line.sender!r} joined server {origin!r}, which does not hold that name"
+        if line.kind not in (DIRECT, BROADCAST):
+            return None
+        if protocol.unsafe_character(line.text) is not None:
+            return f"unsafe text from {line.sender!r}: {_shown(line.text)}"
+        known = senders.get(line.sender)
+        if known is None:
+            with self._lock:
+                known = self._directory.is_member(origin, line.sender)
+            if not known:  # joined a moment ago, before its server knew of us? Redis knows
+                known = self.redis.get(self.name_key(line.sender)) == origin
+            senders[line.sender] = known
+        return None if known else f"{line.sender!r} is no client of server {origin!r}"
+
+    def _drop(self, entry_id: str, why: str, lines: int = 1) -> None:
+        """Refuse what an inbox entry holds: the first few are logged, then only counted
+        (the heartbeat logs the count), so that a flood of bad entries cannot flood the log."""
+        self._dropped += lines
+        if self._dropped <= LOGGED_DROPS:
+            log.warning("inbox entry %s dropped: %s", entry_id, why)
 
     def _deliver(self, origin: str, messages: list[Line]) -> None:
         if not messages:
@@ -550,13 +719,24 @@ class Broker:
         self._back()
         for server_id, members in self._see_peers(live).items():
             self._bury(server_id, members)
+        if self._dropped > max(LOGGED_DROPS, self._dropped_reported):
+            self._dropped_reported = self._dropped
+            log.warning(
+                "%d lines dropped from this server's inbox so far: not written by a server of this chat "
+                "(is Redis open to anyone? the README says how to close it)",
+                self._dropped,
+            )
 
     def _keep_alive(self) -> None:
         """Rewrite this server's keys, with their time to live, and refresh its names."""
         with self._lock:
             mine = self._directory.mine()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.server_key(self.server_id), self.address, px=self.ttl_ms)
+        self._keep_alive_script(
+            [self.server_key(self.server_id), self.settling_key()],
+            [self.address, self.ttl_ms, self.grace_ms, self.server_id],
+            client=pipe,
+        )
         # The inbox and what was read of it outlive the key, so that when this server dies the
         # others can still see what it never delivered (see _undelivered_by).
         pipe.pexpire(self.inbox_key(self.server_id), 3 * self.ttl_ms)
@@ -566,23 +746,46 @@ class Broker:
                 [self.name_key(name) for name in mine], [self.server_id, self.ttl_ms], client=pipe
             )
         results = pipe.execute()
+        if results[0]:
+            log.warning(
+                "redis had forgotten this server (restarted?): its names are claimed again, "
+                "and new names wait up to %.1f s for every server to do the same",
+                self.grace_ms / 1000,
+            )
         if mine:
             for name, kept in zip(mine, results[3], strict=True):
                 if not kept:
-                    log.warning("%s: another server took this name while Redis was unreachable", name)
+                    self._name_lost(name)
+
+    def _name_lost(self, name: str) -> None:
+        """A client of another server holds ``name`` now: it was claimed while this server was
+        away from Redis for longer than the grace after a restart. The later claimer loses,
+        and that is ours: it is told ``! name taken`` and disconnected."""
+        log.warning("%s: a client of another server took this name while we were away; ours leaves", name)
+        with self._lock:
+            self._directory.remove_mine(name)
+        for record in self.room.connections():
+            if record.name is not None and record.name.lower() == name.lower():
+                self.room.tell(record.name, protocol.NAME_TAKEN)
+                record.transport.abort()
 
     def _see_peers(self, live: set[str]) -> dict[str, dict[str, str]]:
         """The servers alive now: newcomers get a snapshot; returns the gone ones' members."""
         with self._lock:
-            new = self._directory.see_peers(live)
+            # Right after an outage a missing key does not mean a dead server: it stays a peer.
             patient = time.monotonic() < self._patient_until
+            new = self._directory.see_peers(live, keep=patient)
             gone = {} if patient else self._directory.remove_gone()
-            # A newcomer (or everyone, after an outage) learns who is here. Queued under the
-            # lock, like every "left", so that the queue's order is the order of the changes.
-            snapshot = ",".join(self._directory.mine())
-            for server_id in sorted(new):
-                self._queue.put((server_id, Line(SNAPSHOT, "", "", snapshot)))
+            # A newcomer (or everyone, after an outage) learns who is here.
+            self._queue_snapshots(sorted(new))
         return gone
+
+    def _queue_snapshots(self, server_ids: list[str]) -> None:
+        """Queue this server's names for each of ``server_ids``; with ``_lock`` held, like every
+        "left", so that the queue's order is the order of the changes."""
+        snapshot = ",".join(self._directory.mine())
+        for server_id in server_ids:
+            self._queue.put((server_id, Line(SNAPSHOT, "", "", snapshot)))
 
     def _bury(self, server_id: str, members: dict[str, str]) -> None:
         """Server ``server_id`` is gone: free its names, and tell our clients who left with it."""
@@ -608,7 +811,11 @@ class Broker:
         for _entry_id, fields in entries:
             if fields.get("from") != self.server_id:
                 continue  # another server's lines: that server tells its own clients
-            for line in unpack(fields["lines"]):
+            try:
+                lines = unpack(fields.get("lines", ""))
+            except ValueError:
+                continue  # not ours after all: somebody else wrote it
+            for line in lines:
                 if line.kind == DIRECT:
                     why = f"{line.to!r} may not have got your line {line.text!r}"
                     self.room.tell(
@@ -623,7 +830,7 @@ class Broker:
             was_reachable, self.reachable = self.reachable, False
             if was_reachable:
                 self._down_since = time.monotonic()
-                self._directory.forget_peers()  # after the outage every server gets a snapshot again
+                self._directory.outage()  # after the outage every server gets a snapshot again
         if was_reachable:
             log.warning("redis unreachable (%s): remote clients get '!' until it is back", exc)
 

@@ -312,8 +312,8 @@ def test_redis_restarting_mid_conversation_is_survived(redis_server, two, connec
     assert time.monotonic() - restarted_at < 10
     bob.send("%alice%and back")
     alice.read_until("%bob%and back")
-    outsider.send("bob")  # its name was claimed again
-    outsider.expect("! name taken")
+    outsider.send("bob")  # its name was claimed again (a new claim waits for that: see below)
+    assert outsider.read_line(timeout=15) == "! name taken"
     messages = [record.getMessage() for record in caplog.records]
     # The outage and the recovery are logged once by each of the two servers; nobody left.
     assert sum(m.startswith("redis unreachable") for m in messages) == 2
