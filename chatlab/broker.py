@@ -26,6 +26,9 @@ Redis holds, every key under ``chatlab:``:
     if it is still its own: a small Lua script compares and deletes in one step). A crashed
     server's names expire with it, or are deleted by the first server to notice the crash,
     and can be taken again.
+``settling`` (a string with a time to live, only after a restart of Redis)
+    "Servers are re-claiming their clients' names: new claims wait". The first server to find
+    its own key gone writes it, for a name's time to live plus a second; see "Failures".
 ``read:<id>`` (a string with a time to live)
     The id of the last inbox entry server <id> has delivered, written with every heartbeat.
     When a server dies, the others compare it with the dead server's inbox: a direct message
@@ -51,7 +54,10 @@ Redis holds, every key under ``chatlab:``:
 Who is where is not asked of Redis for every line: each server keeps a copy. When a server
 first sees another one (or sees them all again after an outage), it sends it a snapshot, the
 names of all its clients, and from then on its "joined" and "left" lines, through the same
-inbox and so in order, keep that copy current. So ``%server%who`` and the routing of a line
+inbox and so in order, keep that copy current. A server sees another when its heartbeat finds
+the other's key, or as soon as a line from it arrives: a server that writes to us is alive. A
+server that starts sends its snapshot to the others before it takes its first client, so they
+hear of it, and send it what goes to everyone, before they can hear of any client of it. So ``%server%who`` and the routing of a line
 cost no trip to Redis; only a name that is in no copy (it joined a moment ago) is looked up.
 
 The broker is three parts, each in a module of its own: who is where is plain data, a
@@ -94,7 +100,13 @@ Meanwhile the clients of one server go on chatting among themselves, and a new n
 checked, so a registration is refused (``! cannot check names now ...``): unique names come
 before availability. The server logs the outage once, retries with a growing pause (at most
 one second), and once Redis answers again it re-claims its clients' names and its key (a
-restarted Redis has forgotten everything) and tells every other server who is on it. Lines
+restarted Redis has forgotten everything) and tells every other server who is on it. Until
+every server has had the time to do that, new names wait (the ``settling`` key): a name goes
+back to the client that had it, and a newcomer who wants it hears ``! name taken``. (Should a
+server come back later still, and find one of its names taken, the later claimer is its own
+client: it hears ``! name taken`` and is disconnected.) A line that a server refuses to take
+(its key is missing: it is dead, or not back yet) is reported to its sender: ``! cannot reach
+'bob' ...`` for a direct message, ``! not everyone got your line ...`` for a broadcast. Lines
 that were in Redis when it died are gone with it (it is a broker, not a database: nothing is
 saved to disk). A server that crashes cannot say which lines it never delivered: for a few
 seconds its key lives on and lines still go to its inbox. So when the others notice it is gone,
@@ -103,6 +115,16 @@ tells its own clients which of their direct messages may not have arrived
 (``! 'bob' may not have got your line "...": their server stopped answering``). That comes
 late, within about the time it takes to notice the crash, but it comes: no silence. (The last
 heartbeat's worth of lines may have arrived after all, hence "may".)
+
+Who else writes to Redis? Nobody should: a Redis that a student can reach without a password
+lets them append to an inbox, or delete the name keys. So the reader checks every entry
+before a client sees anything of it (see :meth:`Broker._entry`): it must come from a live
+server of this chat, its names must be names and its texts safe by the protocol's own checks,
+a message must come from a client of the server it names, and a "joined" or a snapshot may
+name only clients whose names that server holds. The rest is dropped, and logged (the first
+few, then a count per heartbeat). That stops fake names and unsafe bytes; it cannot stop
+someone with access to Redis from speaking as a client who is online. The README says how to
+keep Redis to the servers: a password, or the instructor's laptop only.
 """
 
 from __future__ import annotations
@@ -307,7 +329,14 @@ class Broker:
         # their own and use it directly (send_command, read_response): no pool to take it from
         # and give it back to, which in redis-py costs twice the CPU of the command itself.
         self._send_connection = self.redis.connection_pool.make_connection()
-        self._read_connection = self.redis.connection_pool.make_connection()
+        # The reader's connection hands over bytes, not text: an entry that is not UTF-8 (anyone
+        # who can reach Redis can write one) is dropped by _entry, and does not stop the reader.
+        # (The heartbeat reads a dead server's inbox the same way: see _undelivered_by.)
+        pool = self.redis.connection_pool
+        self._read_connection = pool.connection_class(**{**pool.connection_kwargs, "decode_responses": False})
+        self._bytes_connection = pool.connection_class(
+            **{**pool.connection_kwargs, "decode_responses": False}
+        )
         self._claim = self.redis.register_script(CLAIM)
         self._keep_alive_script = self.redis.register_script(KEEP_ALIVE)
         self._release_if_mine = self.redis.register_script(RELEASE_IF_MINE)
@@ -393,6 +422,7 @@ class Broker:
             pass  # they expire by themselves
         self._send_connection.disconnect()
         self._read_connection.disconnect()
+        self._bytes_connection.disconnect()
         self.redis.close()
 
     # --- what the room calls ------------------------------------------------------------------
@@ -560,8 +590,8 @@ class Broker:
                 self._stopping.wait(pause)
                 continue
             for _stream, entries in reply or ():
-                for entry_id, fields in entries:
-                    last_id = entry_id
+                for raw_id, fields in entries:
+                    entry_id = last_id = raw_id.decode()
                     try:
                         self._entry(entry_id, fields)
                     except redis.RedisError as exc:  # while checking it: Redis went away
@@ -579,16 +609,16 @@ class Broker:
     # (This is a second line of defence, not the first: whoever can write to Redis can still
     # speak as any client that is online, and delete keys. The README says how to close it.)
 
-    def _entry(self, entry_id: str, fields: list[Any]) -> None:
-        """One inbox entry: checked, then handed to :meth:`_arrived`."""
+    def _entry(self, entry_id: str, fields: list[bytes]) -> None:
+        """One inbox entry (its fields as bytes): checked, then handed to :meth:`_arrived`."""
         entry = dict(zip(fields[::2], fields[1::2], strict=False))
-        origin, data = entry.get("from"), entry.get("lines")
-        if len(fields) != 4 or not isinstance(origin, str) or not isinstance(data, str):
+        origin, data = entry.get(b"from"), entry.get(b"lines")
+        if len(fields) != 4 or origin is None or data is None:
             self._drop(entry_id, "not an entry a chatlab server writes")
             return
         try:
-            lines = unpack(data)
-        except ValueError as exc:
+            origin, lines = origin.decode(), unpack(data.decode())
+        except ValueError as exc:  # UnicodeDecodeError is one
             self._drop(entry_id, str(exc))
             return
         with self._lock:
@@ -655,27 +685,38 @@ class Broker:
         return {name: owner for name, owner in zip(ordered, owners, strict=True) if owner}
 
     def _check(self, origin: str, line: Line, owners: dict[str, str], senders: dict[str, bool]) -> str | None:
-        """What is wrong with ``line`` from server ``origin`` (None: nothing)."""
+        """What is wrong with ``line`` from server ``origin`` (None: nothing). ``senders``
+        remembers, for the lines of one entry, which senders are clients of ``origin``."""
+        if line.kind in (DIRECT, BROADCAST):  # most lines: the sender is looked at once an entry
+            if protocol.unsafe_character(line.text) is not None:
+                return f"unsafe text from {_shown(line.sender)}: {_shown(line.text)}"
+            known = senders.get(line.sender)
+            if known is None:
+                known = senders[line.sender] = self._is_client_of(origin, line.sender)
+            if not known:
+                return f"{_shown(line.sender)} is no client of server {origin!r}"
+            if line.kind == DIRECT and line.to not in senders and protocol.name_error(line.to) is not None:
+                return f"the name {_shown(line.to)} is not a name"
+            return None
         if line.kind == SNAPSHOT:  # its names are checked against Redis (see _owners)
             return None if not line.sender and not line.to else "a snapshot with names where none belong"
         if protocol.name_error(line.sender) is not None:
             return f"the name {_shown(line.sender)} is not a name"
-        if line.kind in (DIRECT, ERROR) and protocol.name_error(line.to) is not None:
+        if line.kind == ERROR and protocol.name_error(line.to) is not None:
             return f"the name {_shown(line.to)} is not a name"
         if line.kind == JOINED and owners.get(line.sender.lower()) != origin:
             return f"{line.sender!r} joined server {origin!r}, which does not hold that name"
-        if line.kind not in (DIRECT, BROADCAST):
-            return None
-        if protocol.unsafe_character(line.text) is not None:
-            return f"unsafe text from {line.sender!r}: {_shown(line.text)}"
-        known = senders.get(line.sender)
-        if known is None:
-            with self._lock:
-                known = self._directory.is_member(origin, line.sender)
-            if not known:  # joined a moment ago, before its server knew of us? Redis knows
-                known = self.redis.get(self.name_key(line.sender)) == origin
-            senders[line.sender] = known
-        return None if known else f"{line.sender!r} is no client of server {origin!r}"
+        return None
+
+    def _is_client_of(self, origin: str, name: str) -> bool:
+        """Whether ``name`` is a client of server ``origin``: as far as we know, or else as far
+        as Redis knows (it joined a moment ago, before its server knew of this one)."""
+        if protocol.name_error(name) is not None:
+            return False
+        with self._lock:
+            if self._directory.is_member(origin, name):
+                return True
+        return self.redis.get(self.name_key(name)) == origin
 
     def _drop(self, entry_id: str, why: str, lines: int = 1) -> None:
         """Refuse what an inbox entry holds: the first few are logged, then only counted
@@ -708,6 +749,8 @@ class Broker:
                 self._lost(exc)
                 pause = min(MAX_BACKOFF, pause * 2 or 0.05)
                 continue
+            except Exception:  # a bug, or something in Redis nobody of this chat wrote: beat on
+                log.exception("heartbeat failed")
             pause = 0.0
 
     def _beat(self) -> None:
@@ -807,12 +850,14 @@ class Broker:
         """Server ``server_id`` died: tell our clients which of their direct messages to it
         it may never have delivered (those after the last entry it said it had read)."""
         last_read: Any = self.redis.get(self.read_key(server_id)) or "0-0"
-        entries: Any = self.redis.xrange(self.inbox_key(server_id), min=f"({last_read}")
+        connection = self._bytes_connection  # bytes, not text (see __init__)
+        entries: Any = _pipeline(connection, [("XRANGE", self.inbox_key(server_id), f"({last_read}", "+")])[0]
         for _entry_id, fields in entries:
-            if fields.get("from") != self.server_id:
+            entry = dict(zip(fields[::2], fields[1::2], strict=False))
+            if entry.get(b"from") != self.server_id.encode():
                 continue  # another server's lines: that server tells its own clients
             try:
-                lines = unpack(fields.get("lines", ""))
+                lines = unpack(entry.get(b"lines", b"").decode())
             except ValueError:
                 continue  # not ours after all: somebody else wrote it
             for line in lines:

@@ -521,6 +521,7 @@ def test_entries_written_into_an_inbox_by_hand_are_checked_and_dropped(redis_url
         for origin, lines in FORGED_ENTRIES:
             client.xadd("chatlab:inbox:one", {"from": origin, "lines": lines})
         client.xadd("chatlab:inbox:one", {"from": "two", "lines": "b\0bob\0\0hi", "extra": "field"})
+        client.xadd("chatlab:inbox:one", {"from": "two", "lines": b"b\0bob\0\0\xff\xfe not UTF-8"})
         for n in range(100):  # a flood of them: the log says so in a few lines
             client.xadd("chatlab:inbox:one", {"from": "two", "lines": f"b\0teacher\0\0spam {n}"})
     bob.send("%alice%the real one")
