@@ -26,6 +26,9 @@ Redis holds, every key under ``chatlab:``:
     if it is still its own: a small Lua script compares and deletes in one step). A crashed
     server's names expire with it, or are deleted by the first server to notice the crash,
     and can be taken again.
+``left:<lower-case name>`` (a string with a time to live, holding the server's id)
+    "This name was released by that server a moment ago". The others check a "joined" against
+    the name's key, or this one: a client that came and went at once was real.
 ``settling`` (a string with a time to live, only after a restart of Redis)
     "Servers are re-claiming their clients' names: new claims wait". The first server to find
     its own key gone writes it, for a name's time to live plus a second; see "Failures".
@@ -57,8 +60,9 @@ names of all its clients, and from then on its "joined" and "left" lines, throug
 inbox and so in order, keep that copy current. A server sees another when its heartbeat finds
 the other's key, or as soon as a line from it arrives: a server that writes to us is alive. A
 server that starts sends its snapshot to the others before it takes its first client, so they
-hear of it, and send it what goes to everyone, before they can hear of any client of it. So ``%server%who`` and the routing of a line
-cost no trip to Redis; only a name that is in no copy (it joined a moment ago) is looked up.
+hear of it, and send it what goes to everyone, before they can hear of any client of it. So
+``%server%who`` and the routing of a line cost no trip to Redis; only a name that is in no copy
+(it joined a moment ago) is looked up.
 
 The broker is three parts, each in a module of its own: who is where is plain data, a
 :class:`~chatlab.directory.Directory` (no Redis, no threads: it is tested on its own); what
@@ -187,9 +191,13 @@ if fresh then redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) end
 return fresh and 1 or 0
 """
 # "Delete this name if it is still mine": nobody else's claim is ever deleted.
+# A released name leaves a note for a while (KEYS[2], "left:<name>"): the others may still be
+# reading the lines of its short visit, and its "joined" is checked against Redis (see _owners).
 RELEASE_IF_MINE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 # The heartbeat's name refresh: extend my names, re-claim those a restarted Redis forgot,
 # and report (0) a name somebody else holds now.
@@ -369,6 +377,9 @@ class Broker:
     def read_key(self, server_id: str) -> str:
         return f"{PREFIX}read:{server_id}"
 
+    def left_key(self, name: str) -> str:
+        return f"{PREFIX}left:{name.lower()}"
+
     def settling_key(self) -> str:
         return f"{PREFIX}settling"
 
@@ -536,7 +547,18 @@ class Broker:
             )
             for target, lines in by_server.items()
         ]
-        commands += [("EVAL", RELEASE_IF_MINE, 1, self.name_key(name), self.server_id) for name in released]
+        commands += [
+            (
+                "EVAL",
+                RELEASE_IF_MINE,
+                2,
+                self.name_key(name),
+                self.left_key(name),
+                self.server_id,
+                3 * self.ttl_ms,
+            )
+            for name in released
+        ]
         try:
             results = _pipeline(self._send_connection, commands)
         except redis.RedisError as exc:
@@ -657,7 +679,7 @@ class Broker:
                     self._tell(line.sender, origin, "joined" if line.kind == JOINED else "left")
             elif line.kind == SNAPSHOT:
                 names = [name for name in line.text.split(",") if name]
-                held = [name for name in names if owners.get(name.lower()) == origin]
+                held = [name for name in names if origin in owners.get(name.lower(), ())]
                 if len(held) < len(names):
                     self._drop(entry_id, f"a snapshot of server {origin!r} names clients it does not have")
                 with self._lock:
@@ -670,19 +692,20 @@ class Broker:
                 self.room.tell(line.sender, protocol.format_unknown_client(line.to))
         self._deliver(origin, messages)
 
-    def _owners(self, lines: list[Line]) -> dict[str, str]:
-        """Who holds the names that a "joined" or a snapshot among ``lines`` announces
-        ({lower-case name: server id}), asked of Redis in one round trip."""
+    def _owners(self, lines: list[Line]) -> dict[str, set[str]]:
+        """Which servers hold, or held a moment ago, the names that a "joined" or a snapshot
+        among ``lines`` announces ({lower-case name: server ids}): one round trip to Redis."""
         names = {line.sender.lower() for line in lines if line.kind == JOINED}
         for line in lines:
             if line.kind == SNAPSHOT:
                 names.update(name.lower() for name in line.text.split(",") if name)
-        names = {name for name in names if protocol.name_error(name) is None}
-        if not names:
+        ordered = sorted(name for name in names if protocol.name_error(name) is None)
+        if not ordered:
             return {}
-        ordered = sorted(names)
-        owners: list[Any] = self.redis.mget([self.name_key(name) for name in ordered])  # type: ignore[assignment]
-        return {name: owner for name, owner in zip(ordered, owners, strict=True) if owner}
+        keys = [self.name_key(name) for name in ordered] + [self.left_key(name) for name in ordered]
+        found: list[Any] = self.redis.mget(keys)  # type: ignore[assignment]
+        holders, left = found[: len(ordered)], found[len(ordered) :]
+        return {name: {holders[i], left[i]} - {None} for i, name in enumerate(ordered)}
 
     def _check(self, origin: str, line: Line, owners: dict[str, str], senders: dict[str, bool]) -> str | None:
         """What is wrong with ``line`` from server ``origin`` (None: nothing). ``senders``
@@ -704,7 +727,7 @@ class Broker:
             return f"the name {_shown(line.sender)} is not a name"
         if line.kind == ERROR and protocol.name_error(line.to) is not None:
             return f"the name {_shown(line.to)} is not a name"
-        if line.kind == JOINED and owners.get(line.sender.lower()) != origin:
+        if line.kind == JOINED and origin not in owners.get(line.sender.lower(), ()):
             return f"{line.sender!r} joined server {origin!r}, which does not hold that name"
         return None
 
@@ -716,7 +739,7 @@ class Broker:
         with self._lock:
             if self._directory.is_member(origin, name):
                 return True
-        return self.redis.get(self.name_key(name)) == origin
+        return origin in self.redis.mget(self.name_key(name), self.left_key(name))  # type: ignore[operator]
 
     def _drop(self, entry_id: str, why: str, lines: int = 1) -> None:
         """Refuse what an inbox entry holds: the first few are logged, then only counted
@@ -840,7 +863,9 @@ class Broker:
         # means a name is free again as soon as its owner is announced as gone.
         pipe = self.redis.pipeline(transaction=False)
         for key in members:
-            self._release_if_mine([self.name_key(key)], [server_id], client=pipe)
+            self._release_if_mine(
+                [self.name_key(key), self.left_key(key)], [server_id, 3 * self.ttl_ms], client=pipe
+            )
         pipe.execute()
         for name in sorted(members.values(), key=str.lower):
             self._tell(name, server_id, "left")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 
@@ -564,3 +565,21 @@ def test_a_redis_with_a_password_shares_the_chat_and_the_log_does_not_show_it(st
             server.stop()
     finally:
         protected.stop()
+
+
+def test_the_lines_of_clients_that_come_and_go_at_once_cross_servers_and_nothing_is_dropped(
+    two, connect, caplog
+):
+    # As `printf 'q1\n%alice%hi\n' | nc HOST PORT` does: its name is released before the other
+    # server reads its "joined" (which is checked against Redis), and its lines still count.
+    caplog.set_level(logging.INFO, logger="chatlab.server")
+    one, other = two
+    alice = join(connect, one, "alice", [one, other])
+    for n in range(20):
+        visitor = connect(other)
+        visitor.send_raw(f"q{n}\n%alice%hi {n}\n%*%all {n}\n".encode())
+        visitor.sock.shutdown(socket.SHUT_WR)
+        visitor.drain()
+    got = [line for line in alice.read_until("%q19%all 19") if line.startswith("%")]
+    assert got == [line for n in range(20) for line in (f"%q{n}%hi {n}", f"%q{n}%all {n}")]
+    assert "dropped" not in caplog.text
