@@ -634,12 +634,12 @@ class Broker:
     def _entry(self, entry_id: str, fields: list[bytes]) -> None:
         """One inbox entry (its fields as bytes): checked, then handed to :meth:`_arrived`."""
         entry = dict(zip(fields[::2], fields[1::2], strict=False))
-        origin, data = entry.get(b"from"), entry.get(b"lines")
-        if len(fields) != 4 or origin is None or data is None:
+        raw_origin, data = entry.get(b"from"), entry.get(b"lines")
+        if len(fields) != 4 or raw_origin is None or data is None:
             self._drop(entry_id, "not an entry a chatlab server writes")
             return
         try:
-            origin, lines = origin.decode(), unpack(data.decode())
+            origin, lines = raw_origin.decode(), unpack(data.decode())
         except ValueError as exc:  # UnicodeDecodeError is one
             self._drop(entry_id, str(exc))
             return
@@ -707,7 +707,9 @@ class Broker:
         holders, left = found[: len(ordered)], found[len(ordered) :]
         return {name: {holders[i], left[i]} - {None} for i, name in enumerate(ordered)}
 
-    def _check(self, origin: str, line: Line, owners: dict[str, str], senders: dict[str, bool]) -> str | None:
+    def _check(
+        self, origin: str, line: Line, owners: dict[str, set[str]], senders: dict[str, bool]
+    ) -> str | None:
         """What is wrong with ``line`` from server ``origin`` (None: nothing). ``senders``
         remembers, for the lines of one entry, which senders are clients of ``origin``."""
         if line.kind in (DIRECT, BROADCAST):  # most lines: the sender is looked at once an entry
