@@ -190,9 +190,9 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if fresh then redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) end
 return fresh and 1 or 0
 """
-# "Delete this name if it is still mine": nobody else's claim is ever deleted.
-# A released name leaves a note for a while (KEYS[2], "left:<name>"): the others may still be
-# reading the lines of its short visit, and its "joined" is checked against Redis (see _owners).
+# "Delete this name if it is still mine": nobody else's claim is ever deleted. It leaves a note
+# for a while (KEYS[2], "left:<name>"): the others may still be reading the lines of a short
+# visit, and they check a "joined" against Redis (see Broker._owners).
 RELEASE_IF_MINE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
@@ -341,10 +341,9 @@ class Broker:
         # who can reach Redis can write one) is dropped by _entry, and does not stop the reader.
         # (The heartbeat reads a dead server's inbox the same way: see _undelivered_by.)
         pool = self.redis.connection_pool
-        self._read_connection = pool.connection_class(**{**pool.connection_kwargs, "decode_responses": False})
-        self._bytes_connection = pool.connection_class(
-            **{**pool.connection_kwargs, "decode_responses": False}
-        )
+        as_bytes = {**pool.connection_kwargs, "decode_responses": False}
+        self._read_connection = pool.connection_class(**as_bytes)
+        self._bytes_connection = pool.connection_class(**as_bytes)
         self._claim = self.redis.register_script(CLAIM)
         self._keep_alive_script = self.redis.register_script(KEEP_ALIVE)
         self._release_if_mine = self.redis.register_script(RELEASE_IF_MINE)
@@ -623,13 +622,8 @@ class Broker:
                         log.exception("cannot handle inbox entry %s", entry_id)
                     self._last_read = entry_id  # the heartbeat tells the others (read:<id>)
 
-    # Anyone who can reach Redis can append to an inbox, so every entry is checked before a
-    # client sees anything of it: it comes from a live server of this chat, its names are
-    # names (protocol.name_error), its texts are safe (protocol.unsafe_character), a message
-    # comes from a client of the server it says, and a "joined" or a snapshot names only
-    # clients whose names that server holds in Redis. The rest is dropped, with a log line.
-    # (This is a second line of defence, not the first: whoever can write to Redis can still
-    # speak as any client that is online, and delete keys. The README says how to close it.)
+    # Anyone who can reach Redis can append to an inbox: every entry is checked before a client
+    # sees anything of it (the module's docstring, "Who else writes to Redis?", says how).
 
     def _entry(self, entry_id: str, fields: list[bytes]) -> None:
         """One inbox entry (its fields as bytes): checked, then handed to :meth:`_arrived`."""
