@@ -654,10 +654,10 @@ class Broker:
     def _arrived(self, entry_id: str, origin: str, lines: list[Line]) -> None:
         """Lines from server ``origin``: messages go to the room together, the rest in order."""
         owners = self._owners(lines)
-        senders: dict[str, bool] = {}  # sender -> whether it is a client of origin
+        seen: dict[str, bool] = {}  # for this entry: sender -> whether it is a client of origin
         messages: list[Line] = []
         for line in lines:
-            problem = self._check(origin, line, owners, senders)
+            problem = self._check(origin, line, owners, seen)
             if problem is not None:
                 self._drop(entry_id, problem)
                 continue
@@ -702,20 +702,26 @@ class Broker:
         return {name: {holders[i], left[i]} - {None} for i, name in enumerate(ordered)}
 
     def _check(
-        self, origin: str, line: Line, owners: dict[str, set[str]], senders: dict[str, bool]
+        self, origin: str, line: Line, owners: dict[str, set[str]], seen: dict[str, bool]
     ) -> str | None:
-        """What is wrong with ``line`` from server ``origin`` (None: nothing). ``senders``
-        remembers, for the lines of one entry, which senders are clients of ``origin``."""
-        if line.kind in (DIRECT, BROADCAST):  # most lines: the sender is looked at once an entry
+        """What is wrong with ``line`` from server ``origin`` (None: nothing). ``seen``
+        remembers, for the lines of one entry, which senders are clients of ``origin`` (and,
+        under "to " and the name, which receivers' names are names)."""
+        if line.kind in (DIRECT, BROADCAST):  # most lines: each name is looked at once an entry
             if protocol.unsafe_character(line.text) is not None:
                 return f"unsafe text from {_shown(line.sender)}: {_shown(line.text)}"
-            known = senders.get(line.sender)
+            known = seen.get(line.sender)
             if known is None:
-                known = senders[line.sender] = self._is_client_of(origin, line.sender)
+                known = seen[line.sender] = self._is_client_of(origin, line.sender)
             if not known:
                 return f"{_shown(line.sender)} is no client of server {origin!r}"
-            if line.kind == DIRECT and line.to not in senders and protocol.name_error(line.to) is not None:
-                return f"the name {_shown(line.to)} is not a name"
+            if line.kind == DIRECT:
+                to = "to " + line.to
+                valid = seen.get(to)
+                if valid is None:
+                    valid = seen[to] = protocol.name_error(line.to) is None
+                if not valid:
+                    return f"the name {_shown(line.to)} is not a name"
             return None
         if line.kind == SNAPSHOT:  # its names are checked against Redis (see _owners)
             return None if not line.sender and not line.to else "a snapshot with names where none belong"
