@@ -2,7 +2,8 @@
 #   make install  create .venv and install the kit (chatlab-kit, imported as chatlab) with
 #                 everything, editable: pip install -c constraints.txt -e '.[dev]'
 #   make lab      the same set-up, then open the lessons in JupyterLab
-#   make test     the same set-up, then the lint (ruff, mypy) and every test and notebook (pytest --nbval)
+#   make test     the same set-up, then the lint (ruff, mypy) and every test and notebook (pytest --nbval),
+#                 in four workers
 #   make wheel    build the kit's wheel into dist/, to install without a clone
 # Every install takes the versions pinned in constraints.txt, so a classroom gets the same
 # JupyterLab, ipywidgets and matplotlib; `make constraints` refreshes the pins.
@@ -43,8 +44,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check chatlab
 	$(BIN)/mypy
 
+# Four workers (pytest-xdist) even on two cores: most of the suite waits for servers, kernels and a
+# browser. The root conftest.py says which tests share a worker. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 4
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # Re-run every lesson and lab in place to refresh its stored outputs (nbconvert runs each notebook
 # in its own folder, so a lab imports its skeleton); read `git diff notebooks/` after.

@@ -26,6 +26,12 @@ Redis holds, every key under ``chatlab:``:
     if it is still its own: a small Lua script compares and deletes in one step). A crashed
     server's names expire with it, or are deleted by the first server to notice the crash,
     and can be taken again.
+``left:<lower-case name>`` (a string with a time to live, holding the server's id)
+    "This name was released by that server a moment ago". The others check a "joined" against
+    the name's key, or this one: a client that came and went at once was real.
+``settling`` (a string with a time to live, only after a restart of Redis)
+    "Servers are re-claiming their clients' names: new claims wait". The first server to find
+    its own key gone writes it, for a name's time to live plus a second; see "Failures".
 ``read:<id>`` (a string with a time to live)
     The id of the last inbox entry server <id> has delivered, written with every heartbeat.
     When a server dies, the others compare it with the dead server's inbox: a direct message
@@ -51,8 +57,12 @@ Redis holds, every key under ``chatlab:``:
 Who is where is not asked of Redis for every line: each server keeps a copy. When a server
 first sees another one (or sees them all again after an outage), it sends it a snapshot, the
 names of all its clients, and from then on its "joined" and "left" lines, through the same
-inbox and so in order, keep that copy current. So ``%server%who`` and the routing of a line
-cost no trip to Redis; only a name that is in no copy (it joined a moment ago) is looked up.
+inbox and so in order, keep that copy current. A server sees another when its heartbeat finds
+the other's key, or as soon as a line from it arrives: a server that writes to us is alive. A
+server that starts sends its snapshot to the others before it takes its first client, so they
+hear of it, and send it what goes to everyone, before they can hear of any client of it. So
+``%server%who`` and the routing of a line cost no trip to Redis; only a name that is in no copy
+(it joined a moment ago) is looked up.
 
 The broker is three parts, each in a module of its own: who is where is plain data, a
 :class:`~chatlab.directory.Directory` (no Redis, no threads: it is tested on its own); what
@@ -94,7 +104,13 @@ Meanwhile the clients of one server go on chatting among themselves, and a new n
 checked, so a registration is refused (``! cannot check names now ...``): unique names come
 before availability. The server logs the outage once, retries with a growing pause (at most
 one second), and once Redis answers again it re-claims its clients' names and its key (a
-restarted Redis has forgotten everything) and tells every other server who is on it. Lines
+restarted Redis has forgotten everything) and tells every other server who is on it. Until
+every server has had the time to do that, new names wait (the ``settling`` key): a name goes
+back to the client that had it, and a newcomer who wants it hears ``! name taken``. (Should a
+server come back later still, and find one of its names taken, the later claimer is its own
+client: it hears ``! name taken`` and is disconnected.) A line that a server refuses to take
+(its key is missing: it is dead, or not back yet) is reported to its sender: ``! cannot reach
+'bob' ...`` for a direct message, ``! not everyone got your line ...`` for a broadcast. Lines
 that were in Redis when it died are gone with it (it is a broker, not a database: nothing is
 saved to disk). A server that crashes cannot say which lines it never delivered: for a few
 seconds its key lives on and lines still go to its inbox. So when the others notice it is gone,
@@ -103,6 +119,16 @@ tells its own clients which of their direct messages may not have arrived
 (``! 'bob' may not have got your line "...": their server stopped answering``). That comes
 late, within about the time it takes to notice the crash, but it comes: no silence. (The last
 heartbeat's worth of lines may have arrived after all, hence "may".)
+
+Who else writes to Redis? Nobody should: a Redis that a student can reach without a password
+lets them append to an inbox, or delete the name keys. So the reader checks every entry
+before a client sees anything of it (see :meth:`Broker._entry`): it must come from a live
+server of this chat, its names must be names and its texts safe by the protocol's own checks,
+a message must come from a client of the server it names, and a "joined" or a snapshot may
+name only clients whose names that server holds. The rest is dropped, and logged (the first
+few, then a count per heartbeat). That stops fake names and unsafe bytes; it cannot stop
+someone with access to Redis from speaking as a client who is online. The README says how to
+keep Redis to the servers: a password, or the instructor's laptop only.
 """
 
 from __future__ import annotations
@@ -112,6 +138,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -126,7 +153,7 @@ from .sendqueue import SendQueue
 if TYPE_CHECKING:
     from .room import ChatRoom
 
-__all__ = ["Broker", "Line", "PREFIX"]
+__all__ = ["Broker", "Line", "PREFIX", "without_password"]
 
 log = logging.getLogger("chatlab.server")
 
@@ -137,6 +164,8 @@ INBOX_LIMIT = 10_000  # entries an inbox keeps (about: MAXLEN ~ trims whole bloc
 BATCH = 500  # lines at most in one stream entry
 READ_BLOCK_MS = 200  # how long one XREAD waits: also how soon the reader notices stop()
 MAX_BACKOFF = 1.0  # the longest pause between two tries while Redis is unreachable
+CLAIM_POLL = 0.05  # seconds between two tries of a claim that must wait (see CLAIM)
+LOGGED_DROPS = 5  # inbox lines refused that are logged one by one; then a count per heartbeat
 
 # "Append to the inbox of a live server": the check and the XADD happen in one step in Redis,
 # so a line is never appended to the inbox of a server known to be dead.
@@ -145,10 +174,30 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'from', ARGV[2], 'lines', ARGV[3])
 return 1
 """
-# "Delete this name if it is still mine": nobody else's claim is ever deleted.
-RELEASE_IF_MINE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+# "Claim this name": not while Redis has forgotten this server (a restarted Redis: its heartbeat
+# re-claims its clients' names first), nor while the servers are re-claiming theirs (-1: wait).
+CLAIM = """
+if redis.call('EXISTS', KEYS[2]) == 0 or redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
+"""
+# The heartbeat's "I am alive". If the key was gone (Redis restarted, or this server was away
+# longer than its time to live), the others may be re-claiming names too: new claims wait a
+# while (the "settling" key), so that every name goes back to its old owner first.
+KEEP_ALIVE = """
+local fresh = redis.call('EXISTS', KEYS[1]) == 0
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if fresh then redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) end
+return fresh and 1 or 0
+"""
+# "Delete this name if it is still mine": nobody else's claim is ever deleted. It leaves a note
+# for a while (KEYS[2], "left:<name>"): the others may still be reading the lines of a short
+# visit, and they check a "joined" against Redis (see Broker._owners).
+RELEASE_IF_MINE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 # The heartbeat's name refresh: extend my names, re-claim those a restarted Redis forgot,
 # and report (0) a name somebody else holds now.
@@ -170,7 +219,8 @@ BROADCAST = "b"  # a broadcast from ``sender``
 JOINED = "j"  # ``sender`` joined the sending server
 LEFT = "l"  # ``sender`` left it
 SNAPSHOT = "s"  # ``text``: every name on the sending server, comma-separated
-ERROR = "e"  # an error for ``sender`` about its line to ``to`` (``text``)
+ERROR = "e"  # ``sender``'s line to ``to`` found nobody there (``text`` says so)
+KINDS = frozenset({DIRECT, BROADCAST, JOINED, LEFT, SNAPSHOT, ERROR})
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +244,28 @@ def pack(lines: list[Line]) -> str:
 
 
 def unpack(data: str) -> list[Line]:
-    return [Line(*piece.split("\0", 3)) for piece in data.split("\n")]
+    """A stream field back to its lines; ValueError if a chatlab server did not write it."""
+    lines = []
+    for piece in data.split("\n"):
+        fields = piece.split("\0", 3)
+        if len(fields) != 4 or fields[0] not in KINDS:
+            raise ValueError(f"not a line: {_shown(piece)}")
+        lines.append(Line(*fields))
+    return lines
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` for a log line: quoted, escaped and cut short (it may come from anyone)."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def without_password(url: str) -> str:
+    """``url`` fit for a log line: ``redis://:PASSWORD@host:6379/0`` becomes ``redis://:***@host:6379/0``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}***@{parts.netloc.rpartition('@')[2]}"))
 
 
 def _pipeline(connection: ConnectionInterface, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -246,6 +317,10 @@ class Broker:
         self.address = address
         self.heartbeat = heartbeat
         self.ttl_ms = int(heartbeat * TTL_HEARTBEATS * 1000)
+        # After a restart of Redis, how long new claims wait for every server to re-claim its
+        # clients' names: a name's time to live (a server that has not come back by then would
+        # have lost its names anyway), plus the longest pause between two tries to reach Redis.
+        self.grace_ms = self.ttl_ms + int(MAX_BACKOFF * 1000)
         self.inbox_limit = inbox_limit
         self.reachable = True  # whether Redis answered the last time we asked
         # No retries inside redis-py: our threads retry themselves, and a client's line must
@@ -262,7 +337,15 @@ class Broker:
         # their own and use it directly (send_command, read_response): no pool to take it from
         # and give it back to, which in redis-py costs twice the CPU of the command itself.
         self._send_connection = self.redis.connection_pool.make_connection()
-        self._read_connection = self.redis.connection_pool.make_connection()
+        # The reader's connection hands over bytes, not text: an entry that is not UTF-8 (anyone
+        # who can reach Redis can write one) is dropped by _entry, and does not stop the reader.
+        # (The heartbeat reads a dead server's inbox the same way: see _undelivered_by.)
+        pool = self.redis.connection_pool
+        as_bytes = {**pool.connection_kwargs, "decode_responses": False}
+        self._read_connection = pool.connection_class(**as_bytes)
+        self._bytes_connection = pool.connection_class(**as_bytes)
+        self._claim = self.redis.register_script(CLAIM)
+        self._keep_alive_script = self.redis.register_script(KEEP_ALIVE)
         self._release_if_mine = self.redis.register_script(RELEASE_IF_MINE)
         self._refresh_names = self.redis.register_script(REFRESH_NAMES)
         self._lock = threading.Lock()  # guards the directory, `reachable` and the fields below
@@ -272,6 +355,8 @@ class Broker:
         # After an outage the other servers need a moment to write their keys again: until
         # then a missing key does not mean a dead server.
         self._patient_until = 0.0
+        self._dropped = 0  # inbox lines refused (see _check); the reader counts, the heartbeat reports
+        self._dropped_reported = 0
         # What the room hands over for other servers: (server id, or None for every one, line).
         self._queue: SendQueue[tuple[str | None, Line]] = SendQueue(self._send, BATCH)
         self._stopping = threading.Event()
@@ -291,6 +376,12 @@ class Broker:
     def read_key(self, server_id: str) -> str:
         return f"{PREFIX}read:{server_id}"
 
+    def left_key(self, name: str) -> str:
+        return f"{PREFIX}left:{name.lower()}"
+
+    def settling_key(self) -> str:
+        return f"{PREFIX}settling"
+
     # --- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> Broker:
@@ -304,10 +395,13 @@ class Broker:
             newest = self.redis.xrevrange(self.inbox_key(self.server_id), count=1)
         except redis.RedisError as exc:
             self.redis.close()
-            raise ConnectionError(f"cannot reach Redis at {self.url}: {exc}") from exc
+            raise ConnectionError(f"cannot reach Redis at {without_password(self.url)}: {exc}") from exc
         last_id: str = newest[0][0] if newest else "0-0"  # type: ignore[index, assignment]
         self._last_read = last_id
         self._beat()
+        # The snapshots for the servers already here go out now, before any client of ours can
+        # register: so they know of this server before they can hear of its clients.
+        self._queue.flush()
         self.room.elsewhere = self
         for role, target, args in (
             ("send", self._queue.run, ()),
@@ -317,7 +411,7 @@ class Broker:
             thread = threading.Thread(target=target, args=args, name=f"chatlab-broker-{role}", daemon=True)
             self._threads.append(thread)
             thread.start()
-        log.info("sharing the chat through %s as server %r", self.url, self.server_id)
+        log.info("sharing the chat through %s as server %r", without_password(self.url), self.server_id)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -338,24 +432,36 @@ class Broker:
             pass  # they expire by themselves
         self._send_connection.disconnect()
         self._read_connection.disconnect()
+        self._bytes_connection.disconnect()
         self.redis.close()
 
     # --- what the room calls ------------------------------------------------------------------
 
     def claim(self, name: str) -> bool | None:
         """Claim ``name`` for a client of this server: True if it is ours now, False if a
-        client of any server has it, None if Redis cannot be asked now."""
+        client of any server has it, None if Redis cannot be asked now.
+
+        Right after a restart of Redis the claim waits (in the registering client's thread) until
+        every server has had time to re-claim its own clients' names: a name goes back to the
+        client that had it, and a newcomer who wants it is told ``! name taken``."""
         if not self.reachable:
             return None
-        try:
-            claimed = self.redis.set(self.name_key(name), self.server_id, nx=True, px=self.ttl_ms)
-        except redis.RedisError as exc:
-            self._lost(exc)
-            return None
+        keys = [self.name_key(name), self.server_key(self.server_id), self.settling_key()]
+        deadline = time.monotonic() + (self.grace_ms / 1000 + self.heartbeat + MAX_BACKOFF)
+        while True:
+            try:
+                claimed = self._claim(keys, [self.server_id, self.ttl_ms])
+            except redis.RedisError as exc:
+                self._lost(exc)
+                return None
+            if claimed != -1:
+                break
+            if time.monotonic() > deadline or self._stopping.wait(CLAIM_POLL):
+                return None
         if claimed:
             with self._lock:
                 self._directory.add_mine(name)
-        return bool(claimed)
+        return claimed == 1
 
     def joined(self, name: str) -> None:
         self._queue.put((None, Line(JOINED, name)))
@@ -414,14 +520,15 @@ class Broker:
 
     def _send(self, batch: list[tuple[str | None, Line]]) -> None:
         """Append a batch to the other servers' inboxes: one entry per receiving server, all in
-        one round trip (a pipeline: every command written at once, then every answer read)."""
+        one round trip (a pipeline: every command written at once, then every answer read).
+        What could not be appended is reported to its sender (see :meth:`_undelivered`)."""
         with self._lock:
             everyone = self._directory.peers()
-        by_server: dict[str, list[Line]] = {}
+        by_server: dict[str, list[tuple[int, Line]]] = {}  # (the line's place in the batch, line)
         released = []
-        for server_id, line in batch:
+        for index, (server_id, line) in enumerate(batch):
             for target in everyone if server_id is None else [server_id]:
-                by_server.setdefault(target, []).append(line)
+                by_server.setdefault(target, []).append((index, line))
             if line.kind == LEFT:
                 released.append(line.sender)
         if not by_server and not released:
@@ -435,27 +542,51 @@ class Broker:
                 self.inbox_key(target),
                 self.inbox_limit,
                 self.server_id,
-                pack(lines),
+                pack([line for _index, line in lines]),
             )
             for target, lines in by_server.items()
         ]
-        commands += [("EVAL", RELEASE_IF_MINE, 1, self.name_key(name), self.server_id) for name in released]
+        commands += [
+            (
+                "EVAL",
+                RELEASE_IF_MINE,
+                2,
+                self.name_key(name),
+                self.left_key(name),
+                self.server_id,
+                3 * self.ttl_ms,
+            )
+            for name in released
+        ]
         try:
             results = _pipeline(self._send_connection, commands)
         except redis.RedisError as exc:
             self._lost(exc)
-            for lines in by_server.values():
-                self._undelivered(lines, "the link to the other servers is down")
+            self._undelivered(list(by_server.items()), link_down=True)
             return
-        for lines, appended in zip(by_server.values(), results, strict=False):
-            if not appended:
-                self._undelivered(lines, "their server is down")
+        refused = [item for item, appended in zip(by_server.items(), results, strict=False) if not appended]
+        if refused:
+            self._undelivered(refused, link_down=False)
 
-    def _undelivered(self, lines: list[Line], why: str) -> None:
-        """Tell the senders of direct messages that did not go out: never silence."""
-        for line in lines:
-            if line.kind == DIRECT:
-                self.room.tell(line.sender, protocol.format_error(f"cannot reach {line.to!r}: {why}"))
+    def _undelivered(self, refused: list[tuple[str, list[tuple[int, Line]]]], *, link_down: bool) -> None:
+        """Tell the senders of the lines that did not go out: never silence. A direct message
+        gets ``! cannot reach``; a broadcast, once however many servers refused it, ``! not
+        everyone got your line``, if a client of ours could have missed it (a server that
+        stopped cleanly has announced its clients as left already)."""
+        told = set()
+        for server_id, lines in refused:
+            with self._lock:
+                anyone_there = self._directory.has_members(server_id)
+            for index, line in lines:
+                if line.kind == DIRECT:
+                    why = "the link to the other servers is down" if link_down else "their server is down"
+                    self.room.tell(line.sender, protocol.format_error(f"cannot reach {line.to!r}: {why}"))
+                elif line.kind == BROADCAST and anyone_there and index not in told:
+                    told.add(index)
+                    why = "the link to the other servers is down" if link_down else "a server is down"
+                    self.room.tell(
+                        line.sender, protocol.format_error(f"not everyone got your line {line.text!r}: {why}")
+                    )
 
     # --- the reader thread ----------------------------------------------------------------------
 
@@ -480,19 +611,56 @@ class Broker:
                 self._stopping.wait(pause)
                 continue
             for _stream, entries in reply or ():
-                for entry_id, fields in entries:
-                    last_id = entry_id
+                for raw_id, fields in entries:
+                    entry_id = last_id = raw_id.decode()
                     try:
-                        entry = dict(zip(fields[::2], fields[1::2], strict=True))
-                        self._arrived(entry["from"], unpack(entry["lines"]))
+                        self._entry(entry_id, fields)
+                    except redis.RedisError as exc:  # while checking it: Redis went away
+                        self._lost(exc)
+                        self._drop(entry_id, f"cannot be checked now ({exc})")
                     except Exception:  # one bad entry must not deafen this server
                         log.exception("cannot handle inbox entry %s", entry_id)
                     self._last_read = entry_id  # the heartbeat tells the others (read:<id>)
 
-    def _arrived(self, origin: str, lines: list[Line]) -> None:
+    # Anyone who can reach Redis can append to an inbox: every entry is checked before a client
+    # sees anything of it (the module's docstring, "Who else writes to Redis?", says how).
+
+    def _entry(self, entry_id: str, fields: list[bytes]) -> None:
+        """One inbox entry (its fields as bytes): checked, then handed to :meth:`_arrived`."""
+        entry = dict(zip(fields[::2], fields[1::2], strict=False))
+        raw_origin, data = entry.get(b"from"), entry.get(b"lines")
+        if len(fields) != 4 or raw_origin is None or data is None:
+            self._drop(entry_id, "not an entry a chatlab server writes")
+            return
+        try:
+            origin, lines = raw_origin.decode(), unpack(data.decode())
+        except ValueError as exc:  # UnicodeDecodeError is one
+            self._drop(entry_id, str(exc))
+            return
+        with self._lock:
+            known = origin in self._directory.peers()
+        if not known and (
+            origin == self.server_id
+            or protocol.unsafe_character(origin) is not None
+            or not self.redis.exists(self.server_key(origin))
+        ):
+            self._drop(entry_id, f"from {_shown(origin)}, which is no live server of this chat", len(lines))
+            return
+        with self._lock:  # a server that writes to us is alive: from now on it hears everything
+            if self._directory.heard_from(origin):
+                self._queue_snapshots([origin])
+        self._arrived(entry_id, origin, lines)
+
+    def _arrived(self, entry_id: str, origin: str, lines: list[Line]) -> None:
         """Lines from server ``origin``: messages go to the room together, the rest in order."""
+        owners = self._owners(lines)
+        seen: dict[str, bool] = {}  # for this entry: sender -> whether it is a client of origin
         messages: list[Line] = []
         for line in lines:
+            problem = self._check(origin, line, owners, seen)
+            if problem is not None:
+                self._drop(entry_id, problem)
+                continue
             if line.kind in (DIRECT, BROADCAST):
                 messages.append(line)
                 continue
@@ -505,15 +673,82 @@ class Broker:
                     self._tell(line.sender, origin, "joined" if line.kind == JOINED else "left")
             elif line.kind == SNAPSHOT:
                 names = [name for name in line.text.split(",") if name]
+                held = [name for name in names if origin in owners.get(name.lower(), ())]
+                if len(held) < len(names):
+                    self._drop(entry_id, f"a snapshot of server {origin!r} names clients it does not have")
                 with self._lock:
-                    gone, new = self._directory.snapshot(origin, names)
+                    gone, new = self._directory.snapshot(origin, held)
                 for name in gone:
                     self._tell(name, origin, "left")
                 for name in new:
                     self._tell(name, origin, "joined")
-            elif line.kind == ERROR:
-                self.room.tell(line.sender, protocol.format_error(line.text))
+            elif line.kind == ERROR:  # the text is ours, not the entry's: only the name comes from it
+                self.room.tell(line.sender, protocol.format_unknown_client(line.to))
         self._deliver(origin, messages)
+
+    def _owners(self, lines: list[Line]) -> dict[str, set[str]]:
+        """Which servers hold, or held a moment ago, the names that a "joined" or a snapshot
+        among ``lines`` announces ({lower-case name: server ids}): one round trip to Redis."""
+        names = {line.sender.lower() for line in lines if line.kind == JOINED}
+        for line in lines:
+            if line.kind == SNAPSHOT:
+                names.update(name.lower() for name in line.text.split(",") if name)
+        ordered = sorted(name for name in names if protocol.name_error(name) is None)
+        if not ordered:
+            return {}
+        keys = [self.name_key(name) for name in ordered] + [self.left_key(name) for name in ordered]
+        found: list[Any] = self.redis.mget(keys)  # type: ignore[assignment]
+        holders, left = found[: len(ordered)], found[len(ordered) :]
+        return {name: {holders[i], left[i]} - {None} for i, name in enumerate(ordered)}
+
+    def _check(
+        self, origin: str, line: Line, owners: dict[str, set[str]], seen: dict[str, bool]
+    ) -> str | None:
+        """What is wrong with ``line`` from server ``origin`` (None: nothing). ``seen``
+        remembers, for the lines of one entry, which senders are clients of ``origin`` (and,
+        under "to " and the name, which receivers' names are names)."""
+        if line.kind in (DIRECT, BROADCAST):  # most lines: each name is looked at once an entry
+            if protocol.unsafe_character(line.text) is not None:
+                return f"unsafe text from {_shown(line.sender)}: {_shown(line.text)}"
+            known = seen.get(line.sender)
+            if known is None:
+                known = seen[line.sender] = self._is_client_of(origin, line.sender)
+            if not known:
+                return f"{_shown(line.sender)} is no client of server {origin!r}"
+            if line.kind == DIRECT:
+                to = "to " + line.to
+                valid = seen.get(to)
+                if valid is None:
+                    valid = seen[to] = protocol.name_error(line.to) is None
+                if not valid:
+                    return f"the name {_shown(line.to)} is not a name"
+            return None
+        if line.kind == SNAPSHOT:  # its names are checked against Redis (see _owners)
+            return None if not line.sender and not line.to else "a snapshot with names where none belong"
+        if protocol.name_error(line.sender) is not None:
+            return f"the name {_shown(line.sender)} is not a name"
+        if line.kind == ERROR and protocol.name_error(line.to) is not None:
+            return f"the name {_shown(line.to)} is not a name"
+        if line.kind == JOINED and origin not in owners.get(line.sender.lower(), ()):
+            return f"{line.sender!r} joined server {origin!r}, which does not hold that name"
+        return None
+
+    def _is_client_of(self, origin: str, name: str) -> bool:
+        """Whether ``name`` is a client of server ``origin``: as far as we know, or else as far
+        as Redis knows (it joined a moment ago, before its server knew of this one)."""
+        if protocol.name_error(name) is not None:
+            return False
+        with self._lock:
+            if self._directory.is_member(origin, name):
+                return True
+        return origin in self.redis.mget(self.name_key(name), self.left_key(name))  # type: ignore[operator]
+
+    def _drop(self, entry_id: str, why: str, lines: int = 1) -> None:
+        """Refuse what an inbox entry holds: the first few are logged, then only counted
+        (the heartbeat logs the count), so that a flood of bad entries cannot flood the log."""
+        self._dropped += lines
+        if self._dropped <= LOGGED_DROPS:
+            log.warning("inbox entry %s dropped: %s", entry_id, why)
 
     def _deliver(self, origin: str, messages: list[Line]) -> None:
         if not messages:
@@ -539,6 +774,8 @@ class Broker:
                 self._lost(exc)
                 pause = min(MAX_BACKOFF, pause * 2 or 0.05)
                 continue
+            except Exception:  # a bug, or something in Redis nobody of this chat wrote: beat on
+                log.exception("heartbeat failed")
             pause = 0.0
 
     def _beat(self) -> None:
@@ -550,13 +787,24 @@ class Broker:
         self._back()
         for server_id, members in self._see_peers(live).items():
             self._bury(server_id, members)
+        if self._dropped > max(LOGGED_DROPS, self._dropped_reported):
+            self._dropped_reported = self._dropped
+            log.warning(
+                "%d lines dropped from this server's inbox so far: not written by a server of this chat "
+                "(is Redis open to anyone? the README says how to close it)",
+                self._dropped,
+            )
 
     def _keep_alive(self) -> None:
         """Rewrite this server's keys, with their time to live, and refresh its names."""
         with self._lock:
             mine = self._directory.mine()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.server_key(self.server_id), self.address, px=self.ttl_ms)
+        self._keep_alive_script(
+            [self.server_key(self.server_id), self.settling_key()],
+            [self.address, self.ttl_ms, self.grace_ms, self.server_id],
+            client=pipe,
+        )
         # The inbox and what was read of it outlive the key, so that when this server dies the
         # others can still see what it never delivered (see _undelivered_by).
         pipe.pexpire(self.inbox_key(self.server_id), 3 * self.ttl_ms)
@@ -566,23 +814,46 @@ class Broker:
                 [self.name_key(name) for name in mine], [self.server_id, self.ttl_ms], client=pipe
             )
         results = pipe.execute()
+        if results[0]:
+            log.warning(
+                "redis had forgotten this server (restarted?): its names are claimed again, "
+                "and new names wait up to %.1f s for every server to do the same",
+                self.grace_ms / 1000,
+            )
         if mine:
             for name, kept in zip(mine, results[3], strict=True):
                 if not kept:
-                    log.warning("%s: another server took this name while Redis was unreachable", name)
+                    self._name_lost(name)
+
+    def _name_lost(self, name: str) -> None:
+        """A client of another server holds ``name`` now: it was claimed while this server was
+        away from Redis for longer than the grace after a restart. The later claimer loses,
+        and that is ours: it is told ``! name taken`` and disconnected."""
+        log.warning("%s: a client of another server took this name while we were away; ours leaves", name)
+        with self._lock:
+            self._directory.remove_mine(name)
+        for record in self.room.connections():
+            if record.name is not None and record.name.lower() == name.lower():
+                self.room.tell(record.name, protocol.NAME_TAKEN)
+                record.transport.abort()
 
     def _see_peers(self, live: set[str]) -> dict[str, dict[str, str]]:
         """The servers alive now: newcomers get a snapshot; returns the gone ones' members."""
         with self._lock:
-            new = self._directory.see_peers(live)
+            # Right after an outage a missing key does not mean a dead server: it stays a peer.
             patient = time.monotonic() < self._patient_until
+            new = self._directory.see_peers(live, keep=patient)
             gone = {} if patient else self._directory.remove_gone()
-            # A newcomer (or everyone, after an outage) learns who is here. Queued under the
-            # lock, like every "left", so that the queue's order is the order of the changes.
-            snapshot = ",".join(self._directory.mine())
-            for server_id in sorted(new):
-                self._queue.put((server_id, Line(SNAPSHOT, "", "", snapshot)))
+            # A newcomer (or everyone, after an outage) learns who is here.
+            self._queue_snapshots(sorted(new))
         return gone
+
+    def _queue_snapshots(self, server_ids: list[str]) -> None:
+        """Queue this server's names for each of ``server_ids``; with ``_lock`` held, like every
+        "left", so that the queue's order is the order of the changes."""
+        snapshot = ",".join(self._directory.mine())
+        for server_id in server_ids:
+            self._queue.put((server_id, Line(SNAPSHOT, "", "", snapshot)))
 
     def _bury(self, server_id: str, members: dict[str, str]) -> None:
         """Server ``server_id`` is gone: free its names, and tell our clients who left with it."""
@@ -594,7 +865,9 @@ class Broker:
         # means a name is free again as soon as its owner is announced as gone.
         pipe = self.redis.pipeline(transaction=False)
         for key in members:
-            self._release_if_mine([self.name_key(key)], [server_id], client=pipe)
+            self._release_if_mine(
+                [self.name_key(key), self.left_key(key)], [server_id, 3 * self.ttl_ms], client=pipe
+            )
         pipe.execute()
         for name in sorted(members.values(), key=str.lower):
             self._tell(name, server_id, "left")
@@ -604,11 +877,17 @@ class Broker:
         """Server ``server_id`` died: tell our clients which of their direct messages to it
         it may never have delivered (those after the last entry it said it had read)."""
         last_read: Any = self.redis.get(self.read_key(server_id)) or "0-0"
-        entries: Any = self.redis.xrange(self.inbox_key(server_id), min=f"({last_read}")
+        connection = self._bytes_connection  # bytes, not text (see __init__)
+        entries: Any = _pipeline(connection, [("XRANGE", self.inbox_key(server_id), f"({last_read}", "+")])[0]
         for _entry_id, fields in entries:
-            if fields.get("from") != self.server_id:
+            entry = dict(zip(fields[::2], fields[1::2], strict=False))
+            if entry.get(b"from") != self.server_id.encode():
                 continue  # another server's lines: that server tells its own clients
-            for line in unpack(fields["lines"]):
+            try:
+                lines = unpack(entry.get(b"lines", b"").decode())
+            except ValueError:
+                continue  # not ours after all: somebody else wrote it
+            for line in lines:
                 if line.kind == DIRECT:
                     why = f"{line.to!r} may not have got your line {line.text!r}"
                     self.room.tell(
@@ -623,7 +902,7 @@ class Broker:
             was_reachable, self.reachable = self.reachable, False
             if was_reachable:
                 self._down_since = time.monotonic()
-                self._directory.forget_peers()  # after the outage every server gets a snapshot again
+                self._directory.outage()  # after the outage every server gets a snapshot again
         if was_reachable:
             log.warning("redis unreachable (%s): remote clients get '!' until it is back", exc)
 

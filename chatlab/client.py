@@ -14,6 +14,9 @@ answers a server that asks for a class code.
 
 Run it from a shell with ``python -m chatlab.client --port 5050 --name alice``
 (``--tls --cafile class.pem --code CODE`` for a classroom server with TLS and a class code).
+On a terminal it cuts a long incoming line into rows itself and indents every row after the
+first (:func:`screen_rows`): only a line from the server starts at column 0, so no message can
+be padded until its end shows as a line of its own (``%teacher%...``).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from __future__ import annotations
 import argparse
 import logging
 import queue
+import shutil
 import socket
 import ssl
 import sys
 import threading
+import unicodedata
 from collections import deque
 from collections.abc import Callable
 from types import ModuleType
@@ -350,6 +355,44 @@ def _safe(line: str) -> str:
     return "".join("\ufffd" if protocol.unsafe_character(c) else c for c in line)
 
 
+INDENT = "    "
+"""What every row but the first of a long line starts with on a terminal (:func:`screen_rows`)."""
+TAB_STOP = 8
+
+
+def columns_of(char: str) -> int:
+    """How many columns a terminal gives ``char``: 2 for wide ones (most Chinese, Japanese and
+    Korean characters, many emoji), 0 for combining marks and format characters, else 1."""
+    if unicodedata.category(char) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def screen_rows(line: str, columns: int) -> list[str]:
+    """Cut ``line`` into the rows a terminal ``columns`` wide shows, each row after the first
+    starting with :data:`INDENT`.
+
+    A terminal left to wrap a long line itself starts its second row at column 0, where a
+    sender who pads a message to the edge can make it read ``%teacher%the quiz is moved``. Cut
+    here, only lines from the server start at column 0. The rows end one column short of the
+    edge (some terminals add an empty row after a full one) and show tabs as spaces, so the
+    terminal never wraps a row itself.
+    """
+    limit = max(columns - 1, 2 * len(INDENT))
+    rows: list[str] = []
+    row, width = "", 0  # the row being filled, and its columns so far
+    for char in line:
+        wide = TAB_STOP - width % TAB_STOP if char == "\t" else columns_of(char)
+        if width + wide > limit:
+            rows.append(row)
+            row, width = INDENT, len(INDENT)
+            wide = TAB_STOP - width % TAB_STOP if char == "\t" else wide
+        row += " " * wide if char == "\t" else char
+        width += wide
+    rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m chatlab.client``: chat from a terminal; lines you type are sent as written."""
     parser = argparse.ArgumentParser(prog="chatlab-client", description=main.__doc__)
@@ -376,13 +419,17 @@ def main(argv: list[str] | None = None) -> int:
     output = threading.Lock()
 
     def show(line: str) -> None:
-        # Incoming lines appear above what you are typing, which is drawn again after them.
+        # Incoming lines appear above what you are typing, which is drawn again after them. On
+        # a terminal a long line is cut into rows here, the later ones indented (screen_rows).
+        text = _safe(line)
+        if sys.stdout.isatty():
+            text = "\n".join(screen_rows(text, shutil.get_terminal_size().columns))
         with output:
             if readline is not None:  # clear the line being typed, show this one, draw it again
-                sys.stdout.write("\r\x1b[K" + _safe(line) + "\n" + prompt + readline.get_line_buffer())
+                sys.stdout.write("\r\x1b[K" + text + "\n" + prompt + readline.get_line_buffer())
                 sys.stdout.flush()
             else:  # no readline (Windows): the line appears where the cursor is
-                print(_safe(line), flush=True)
+                print(text, flush=True)
 
     name = args.name or input("your name: ").strip()
     with output:

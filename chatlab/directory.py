@@ -9,6 +9,10 @@ heartbeat's list of live servers). This module is that copy, and nothing else::
     peers     {"two", "three"}                    the other live servers
     members   {"two": {"bob": "Bob"}, "three": {}}  who is on each of them
 
+A server is a peer once the heartbeat finds its key, or as soon as a line from it arrives
+(:meth:`Directory.heard_from`): a server that writes to us is alive, and the lines our clients
+send to everyone go to it from then on, not only after our next heartbeat.
+
 A :class:`Directory` answers "where is bob?" and "who is online elsewhere?", and, when a server
 says who is on it (a snapshot) or one of them goes, which names that changes: the differences
 are what the clients here are told ("* bob left", "* carol joined").
@@ -28,7 +32,9 @@ class Directory:
 
     def __init__(self) -> None:
         self._mine: dict[str, str] = {}  # lower-case -> name: the names this server holds
-        self._peers: set[str] = set()  # the other live servers, as of the last heartbeat
+        self._peers: set[str] = set()  # the other live servers
+        self._heard: set[str] = set()  # servers heard from since the heartbeat last looked
+        self._snapshot_due: set[str] = set()  # peers owed a snapshot again (after an outage)
         self._members: dict[str, dict[str, str]] = {}  # server id -> {lower-case: name}
 
     # --- this server's own names -----------------------------------------------------------
@@ -50,17 +56,36 @@ class Directory:
         """The ids of the other live servers, sorted."""
         return sorted(self._peers)
 
-    def see_peers(self, live: set[str]) -> set[str]:
+    def see_peers(self, live: set[str], *, keep: bool = False) -> set[str]:
         """The heartbeat found these servers alive (this one not among them): returns the
-        newcomers, those that get a snapshot of this server's names."""
-        new = live - self._peers
-        self._peers = set(live)
+        newcomers, those that get a snapshot of this server's names.
+
+        A server heard from meanwhile stays a peer even if the heartbeat's look missed it
+        (it wrote its key a moment after). ``keep``: the servers not found stay peers too
+        (after an outage the others need a moment to write their keys again)."""
+        current = live | self._heard | (self._peers if keep else set())
+        new = (current - self._peers) | (self._snapshot_due & (live | self._heard))
+        self._snapshot_due -= new
+        self._heard = set()
+        self._peers = current
         return new
 
-    def forget_peers(self) -> None:
-        """Redis was unreachable: after the outage every live server counts as new (and gets a
-        snapshot again). Who is on them is kept until they are known to be gone."""
-        self._peers = set()
+    def heard_from(self, server_id: str) -> bool:
+        """A line from ``server_id`` arrived, so it is alive: True if it is news (a newcomer,
+        or a peer owed a snapshot), and this server's snapshot should go to it."""
+        self._heard.add(server_id)
+        new = server_id not in self._peers or server_id in self._snapshot_due
+        self._peers.add(server_id)
+        self._snapshot_due.discard(server_id)
+        return new
+
+    def outage(self) -> None:
+        """Redis was unreachable: what was on its way may be lost (a restarted Redis has
+        forgotten its streams), so every peer gets a snapshot again once it is heard of.
+        The peers are kept: lines still go to them (and are refused, and reported, while
+        their keys are missing), and who is on them is kept until they are known to be gone."""
+        self._snapshot_due = set(self._peers)
+        self._heard = set()
 
     def remove_gone(self) -> dict[str, dict[str, str]]:
         """Forget every server that is no longer a peer; returns who was on each
@@ -77,6 +102,14 @@ class Directory:
             if key in members:
                 return server_id
         return None
+
+    def is_member(self, server_id: str, name: str) -> bool:
+        """Whether ``name`` is on server ``server_id``, as far as we know."""
+        return name.lower() in self._members.get(server_id, ())
+
+    def has_members(self, server_id: str) -> bool:
+        """Whether anyone is on server ``server_id``, as far as we know."""
+        return bool(self._members.get(server_id))
 
     def names(self) -> list[str]:
         """The names online on the other servers, sorted regardless of case."""

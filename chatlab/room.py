@@ -7,6 +7,10 @@ the rules of the chat (registration, routing, errors, notices, the event log) ar
 once, and a server model only decides how bytes move: a thread per client
 (:mod:`chatlab.servers.threads`), or one event loop for all of them (:mod:`chatlab.servers`).
 
+Names are compared by their skeleton (:func:`chatlab.protocol.name_key`): ``aIice`` is refused
+while ``alice`` is online, and ``%ALICE%`` or ``%a1ice%`` reaches her; everyone sees each name
+as its owner typed it.
+
 The room is thread-safe: the registry, the notices and the event log sit behind one lock,
 and every write to one client is handed to its transport under that client's ``send_lock``,
 so lines sent to a client by several threads arrive whole and in the order they were handed
@@ -39,7 +43,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -157,6 +161,17 @@ class ClientRecord:
         return self.name or f"{self.ip}:{self.port}"
 
 
+def from_this_computer(record: ClientRecord) -> bool:
+    """Whether a client connected from the server's own computer: its address is the one it
+    connected to (127.0.0.1 to 127.0.0.1, or the computer's own network address to itself).
+    Only such a client may take a reserved name."""
+    try:
+        here = record.sock.getsockname()[0]
+    except OSError:  # closed meanwhile
+        return False
+    return record.ip == here
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteMessage:
     """A line from a client of another server of the chat, for :meth:`ChatRoom.arrived`:
@@ -174,8 +189,11 @@ Outgoing = dict[ClientRecord, list[bytes]]
 class ChatRoom:
     """The registry of clients, the routing of their lines, and the event log."""
 
-    def __init__(self, *, max_clients: int = 100, history: int = 1000) -> None:
+    def __init__(self, *, max_clients: int = 100, history: int = 1000, reserved: Iterable[str] = ()) -> None:
         self.max_clients = max_clients
+        # The skeletons of the names that only a client on the server's own computer may take
+        # (``--reserve teacher``): so neither may "teacher_" nor "TEACHER" from elsewhere.
+        self.reserved = frozenset(protocol.name_key(name) for name in reserved)
         # Whether a transport's write may wait for its client (the threaded server's direct
         # delivery). Then every thread delivers its own notices: see _deliver_notices_soon.
         self.blocking_writes = False
@@ -189,7 +207,8 @@ class ChatRoom:
         # event log: one lock, so that routing a message takes a lock once, not twice.
         self._lock = threading.Lock()
         self._connections: set[ClientRecord] = set()
-        self._by_name: dict[str, ClientRecord] = {}  # lower-case name -> record
+        # The names online, by their skeleton (protocol.name_key): "aIice" finds alice.
+        self._by_name: dict[str, ClientRecord] = {}
         # The names online, kept in order as clients come and go (bisect), so that a welcome or
         # a who-list costs no sort. A sort would also cost each client's thread a page of
         # stack for good: list.sort() keeps its work space on the thread's stack.
@@ -262,9 +281,9 @@ class ChatRoom:
         with self._lock:
             self._connections.discard(record)
             record.notices_seen = None
-            if record.name is None or self._by_name.get(record.name.lower()) is not record:
+            if record.name is None or self._by_name.get(protocol.name_key(record.name)) is not record:
                 return False
-            del self._by_name[record.name.lower()]
+            del self._by_name[protocol.name_key(record.name)]
             del self._names[bisect.bisect_left(self._names, record.name.lower(), key=str.lower)]
             self._leaving[record] = self._registrations + 1  # who saw it online: all so far
             return True
@@ -313,7 +332,7 @@ class ChatRoom:
                 if message.to is None:
                     receivers = list(self._by_name.values())
                 else:
-                    receiver = self._by_name.get(message.to.lower())
+                    receiver = self._by_name.get(protocol.name_key(message.to))
                     if receiver is None:
                         missing.append((message.sender, message.to))
                         continue
@@ -335,7 +354,7 @@ class ChatRoom:
         """Send ``data`` to the client called ``name`` if it is here (an error about its line
         to another server); False if it is not."""
         with self._lock:
-            record = self._by_name.get(name.lower())
+            record = self._by_name.get(protocol.name_key(name))
         if record is None:
             return False
         self._deliver(record, data)
@@ -480,6 +499,10 @@ class ChatRoom:
 
     def _register(self, record: ClientRecord, event: protocol.Register, outgoing: Outgoing | None) -> None:
         name = event.name
+        key = protocol.name_key(name)  # its skeleton: look-alikes share it
+        if key in self.reserved and not from_this_computer(record):
+            self.refuse(record, f"name {name!r} is reserved", outgoing=outgoing)
+            return
         if self.elsewhere is not None and not self._claim_elsewhere(record, name, outgoing):
             return
         # Holding the client's send lock from before others can find it until its welcome is
@@ -488,16 +511,17 @@ class ChatRoom:
         # would block the write, and with it every thread of the server.
         with record.send_lock:
             with self._lock:
-                taken = name.lower() in self._by_name
-                if not taken:
+                holder = self._by_name.get(key)
+                taken_by = None if holder is None else holder.name
+                if taken_by is None:
                     record.name = name
-                    self._by_name[name.lower()] = record
+                    self._by_name[key] = record
                     bisect.insort(self._names, name, key=str.lower)
                     welcome = protocol.format_welcome(name, self._online_locked())
                     self._registrations += 1
                     record.order = self._registrations
                     record.notices_seen = self._notice_board.end  # older notices are not news to it
-            if not taken:
+            if taken_by is None:
                 record.transport.registered(name)  # renamed first: the client never sees old names
                 log.info("%s:%d is %s", record.ip, record.port, name)
                 self._emit("registered", record)
@@ -508,8 +532,8 @@ class ChatRoom:
                 # Replies to its earlier lines of the same read (a refused name, say) go first.
                 earlier = b"".join(outgoing.pop(record, [])) if outgoing else b""
                 welcomed = record.transport.write(earlier + welcome)
-        if taken:
-            self.refuse(record, "name taken", protocol.NAME_TAKEN, outgoing)
+        if taken_by is not None:
+            self._refuse_taken(record, name, taken_by, outgoing)
             return
         if self.elsewhere is not None:  # before anything it says: the others hear of it first
             self.elsewhere.joined(name)
@@ -517,12 +541,27 @@ class ChatRoom:
             self._drop_slow(record)
         self._deliver_notices_soon()
 
+    def _refuse_taken(self, record: ClientRecord, name: str, holder: str, outgoing: Outgoing | None) -> None:
+        """Tell a client that ``name`` is taken by ``holder``: the same name in another case
+        gets the plain ``! name taken``, a look-alike is told which name it looks like."""
+        if name.lower() == holder.lower():
+            self.refuse(record, "name taken", protocol.NAME_TAKEN, outgoing)
+        else:
+            self.refuse(record, f"name taken: {name!r} looks like {holder!r}", outgoing=outgoing)
+
     def _claim_elsewhere(self, record: ClientRecord, name: str, outgoing: Outgoing | None) -> bool:
         """Claim ``name`` on every server before taking it here; False if refused (and said so).
-        A name already taken here is left to the usual check (it is already ours elsewhere)."""
+        A name already taken here is left to the usual check (it is already ours elsewhere).
+        Redis keeps one key per lower-case name; a look-alike of a name online on another
+        server is refused here, as far as this server's copy of their names is current."""
+        key = protocol.name_key(name)
         with self._lock:
-            if name.lower() in self._by_name:
+            if key in self._by_name:
                 return True
+        for other in self.elsewhere.names():  # type: ignore[union-attr]
+            if protocol.name_key(other) == key and other.lower() != name.lower():
+                self._refuse_taken(record, name, other, outgoing)
+                return False
         claimed = self.elsewhere.claim(name)  # type: ignore[union-attr]
         if claimed:
             return True
@@ -539,7 +578,7 @@ class ChatRoom:
     def _direct(self, record: ClientRecord, event: protocol.DirectMessage, outgoing: Outgoing | None) -> None:
         to, text = event.to, event.text
         with self._lock:
-            target = self._by_name.get(to.lower())
+            target = self._by_name.get(protocol.name_key(to))
             if target is not None:
                 target.messages_out += 1
                 logged = self._log_event("message", record, target.name, text)

@@ -139,6 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="with --redis: seconds between heartbeats; a silent server counts as gone after 5 (default 1)",
     )
+    parser.add_argument(
+        "--reserve",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME",
+        help="names (and their look-alikes) that only a client on this computer may take, e.g. teacher",
+    )
     args = parser.parse_args(argv)
     if args.tls_key and not args.tls_cert:
         parser.error("--tls-key needs --tls-cert")
@@ -169,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             redis=args.redis,
             server_id=args.server_id,
             heartbeat=args.heartbeat,
+            reserve=tuple(args.reserve),
             fair=args.fair,
             per_address=args.per_address,
             arrivals=args.arrivals,
@@ -206,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("TLS: clients connect with --tls --cafile (the CA of %s)", args.tls_cert)
         if args.code is not None:
             log.info("clients must give the class code before their name")
+        if args.reserve:
+            log.info("reserved for a client on this computer: %s", ", ".join(args.reserve))
         log.info("press Ctrl-C to stop")
         server.serve_forever()
     except KeyboardInterrupt:

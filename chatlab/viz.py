@@ -13,6 +13,11 @@ One palette runs through all pictures: the server is dark slate, each client kee
 (picked by its place among the sorted names), errors are red. Each drawn item carries a
 matplotlib ``gid`` such as ``"deliver:alice->bob"``, so tests (and curious students) can find
 what was drawn with ``fig.findobj(lambda a: a.get_gid() == ...)``.
+
+The last blocks draw what no log records: the calls of a first conversation, the segments that
+end a connection (``segment_ladder`` from tables of :class:`Segment` rows), a process's fd
+table pointing at one socket (``fd_table``), a fault link's wiretap, and two servers joined
+through Redis.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from .room import ClientRecord, ServerEvent
 
 SERVER_COLOR = "#2F3E4E"
 ERROR_COLOR = "#C0392B"
+BROKER_COLOR = "#A93226"  # Redis in the pictures of lesson 13 (a brick red, not the error red)
 GONE_COLOR = "#9AA3AD"
 WAITING_COLOR = "#CDD3DA"
 TEXT_COLOR = "#263238"
@@ -839,5 +845,1115 @@ def thread_timeline(
         frameon=False,
         fontsize=9,
         bbox_to_anchor=(left_margin + (0.97 - left_margin) / 2, 0.2),
+    )
+    return fig
+
+
+# --- how a connection ends (lessons 1, 10 and 11) --------------------------------------------------
+# Three pictures of what the kernel does underneath a socket: the calls of a first conversation
+# (lesson 1), the segments that end a connection (a ladder, drawn from tables of Segment rows
+# below, like h11's state table), and a process's fd table pointing at one socket, to show why
+# close() and shutdown() differ. And the wiretap of a chatlab.faults link, as dots over time.
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call in :func:`socket_calls`: the row it is on, whose it is, and its text."""
+
+    row: int
+    side: str  # "server" or "client"
+    text: str
+
+
+# Lesson 1's conversation: the calls each side makes, and what travels between them
+# (client row, server row, label).
+FIRST_CONVERSATION = (
+    Call(0, "server", "socket()"),
+    Call(1, "server", "bind(('127.0.0.1', 0))"),
+    Call(2, "server", "listen()"),
+    Call(3, "client", "socket()"),
+    Call(4, "client", "connect(address)"),
+    Call(5, "server", "accept()  → conn"),
+    Call(6, "client", "sendall(b'hello')"),
+    Call(7, "server", "conn.recv()  → b'hello'"),
+    Call(8, "client", "close()"),
+    Call(9, "server", "conn.recv()  → b''"),
+)
+FIRST_CONVERSATION_ARROWS = ((4, 4, "connection"), (6, 7, "bytes"), (8, 9, "end of stream"))
+
+
+def socket_calls(
+    calls: Iterable[Call] = FIRST_CONVERSATION,
+    arrows: Iterable[tuple[int, int, str]] = FIRST_CONVERSATION_ARROWS,
+    *,
+    notes: Iterable[tuple[int, str]] = ((4, "(the OS queues it)"),),
+    figsize: tuple[float, float] = (8.0, 5.0),
+) -> Figure:
+    """The calls of a server (left) and a client (right), time running downwards, with an arrow
+    for each thing that travels from the client's row to the server's. ``notes`` are grey notes
+    beside the server's lane. Calls carry gids ``call:SIDE:ROW``, arrows ``travel:LABEL``."""
+    calls = list(calls)
+    fig = Figure(figsize=figsize)
+    ax = fig.add_axes((0, 0, 1, 1))
+    last = max((call.row for call in calls), default=0)
+    for x, title in ((0, "server"), (1, "client")):
+        ax.text(x, -1, title, ha="center", fontsize=13, weight="bold", color=TEXT_COLOR)
+        ax.plot([x, x], [-0.5, last + 0.5], color=WAITING_COLOR, zorder=0)
+    for call in calls:
+        on_client = call.side == "client"
+        ax.text(
+            (1.04 if on_client else -0.04),
+            call.row,
+            call.text,
+            ha="left" if on_client else "right",
+            va="center",
+            family=MONO,
+            fontsize=9.5,
+            color=TEXT_COLOR,
+            gid=f"call:{call.side}:{call.row}",
+            bbox=dict(boxstyle="round", facecolor="white", edgecolor=GONE_COLOR),
+        )
+    for row, text in notes:
+        ax.text(-0.04, row, text, ha="right", va="center", color=GONE_COLOR, style="italic")
+    for start, end, label in arrows:
+        ax.annotate(
+            "",
+            xy=(0, end),
+            xytext=(1, start),
+            gid=f"travel:{label}",
+            arrowprops=dict(arrowstyle="->", color=PALETTE[0], lw=1.5),
+        )
+        ax.text(0.5, (start + end) / 2 - 0.3, label, ha="center", color=PALETTE[0])
+    ax.set_xlim(-1.3, 2.3)
+    ax.set_ylim(last + 1, -1.7)
+    ax.axis("off")
+    return fig
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One TCP segment on a ladder: who sends it (``"left"`` or ``"right"``), its flags, and
+    what each side's program sees or which state its socket is in once the segment has gone
+    (``left``) or arrived (``right``), and the other way round for a segment sent from the right."""
+
+    sender: str
+    flags: str  # "FIN", "ACK", "RST", "data", ...
+    left: str = ""
+    right: str = ""
+
+
+# The three endings of lesson 10. "left" closes first.
+CLEAN_CLOSE = (
+    Segment("left", "FIN", "close()  FIN_WAIT_1", "recv() → b''  CLOSE_WAIT"),
+    Segment("right", "ACK", "FIN_WAIT_2", ""),
+    Segment("right", "FIN", "TIME_WAIT", "close()  LAST_ACK"),
+    Segment("left", "ACK", "", "CLOSED"),
+)
+SEND_AFTER_CLOSE = (
+    Segment("left", "FIN", "close(): socket gone", "recv() → b''"),
+    Segment("right", "ACK", "", ""),
+    Segment("right", "data", "(no socket for it)", "send() 'works'"),
+    Segment("left", "RST", "", "next send(): BrokenPipeError"),
+)
+ABORT = (
+    Segment("right", "data", "", "sendall(b'hi')"),
+    Segment("left", "RST", "close() with bytes unread", "recv() → ConnectionResetError"),
+)
+# What TIME_WAIT lasts on each system, as lesson 10 says.
+TIME_WAIT_NOTE = "TIME_WAIT: 60 s on Linux, about 30 s on macOS, up to 240 s on Windows"
+
+_FLAG_COLORS = {"FIN": PALETTE[0], "ACK": GONE_COLOR, "RST": ERROR_COLOR, "data": PALETTE[2]}
+
+
+def segment_ladder(
+    *ladders: tuple[str, Iterable[Segment]],
+    left: str = "closes first",
+    right: str = "the other side",
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """One panel per ``(title, segments)``: two lanes, time running downwards, a slanted arrow
+    per segment (it takes time to travel), labelled with its flags and coloured by them (FIN
+    blue, ACK grey, RST red, data green), and beside each lane what its program saw or which
+    state its socket reached. A side that reaches TIME_WAIT gets a bar down to the bottom: it
+    keeps the connection's trace after the others have forgotten it.
+
+    Arrows carry gids ``segment:PANEL:ROW:FLAGS`` (panel and row from 0), the TIME_WAIT bar
+    ``time_wait:PANEL``.
+    """
+    panels = [(title, list(segments)) for title, segments in ladders]
+    rows = max((len(segments) for _, segments in panels), default=1)
+    if figsize is None:
+        figsize = (5.8 * max(len(panels), 1), 1.4 + 0.75 * rows)
+    fig = Figure(figsize=figsize)
+    axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
+    bottom = rows + 0.9
+    for number, (ax, (title, segments)) in enumerate(zip(axes, panels, strict=False)):
+        ax.set_title(title, fontsize=11, color=TEXT_COLOR)
+        for x, name in ((0, left), (1, right)):
+            ax.text(x, -0.55, name, ha="center", va="bottom", fontsize=9.5, weight="bold", color=TEXT_COLOR)
+            ax.plot([x, x], [-0.2, bottom], color=SERVER_COLOR, linewidth=1.2, zorder=1)
+        for row, segment in enumerate(segments):
+            start, end = (0, 1) if segment.sender == "left" else (1, 0)
+            y0, y1 = row + 0.1, row + 0.75
+            color = _FLAG_COLORS.get(segment.flags, TEXT_COLOR)
+            ax.annotate(
+                "",
+                xy=(end, y1),
+                xytext=(start, y0),
+                zorder=3,
+                gid=f"segment:{number}:{row}:{segment.flags}",
+                arrowprops=dict(
+                    arrowstyle="-|>", color=color, linewidth=1.8, mutation_scale=14, shrinkA=0, shrinkB=0
+                ),
+            )
+            ax.text(
+                0.5,
+                (y0 + y1) / 2,
+                segment.flags,
+                ha="center",
+                va="center",
+                family=MONO,
+                fontsize=9,
+                weight="bold",
+                color=color,
+                zorder=4,
+                bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none"),
+            )
+            # A note sits where its side is at that moment: the sender when it sends, the
+            # receiver when the segment arrives.
+            left_y, right_y = (y0, y1) if segment.sender == "left" else (y1, y0)
+            for note_x, y, text, ha in (
+                (-0.04, left_y, segment.left, "right"),
+                (1.04, right_y, segment.right, "left"),
+            ):
+                if text:
+                    ax.text(note_x, y, text, ha=ha, va="center", fontsize=8.5, family=MONO, color=TEXT_COLOR)
+            if "TIME_WAIT" in segment.left:
+                ax.plot(
+                    [-0.012, -0.012],
+                    [left_y, bottom],
+                    color=PALETTE[1],
+                    linewidth=5,
+                    zorder=2,
+                    solid_capstyle="butt",
+                    gid=f"time_wait:{number}",
+                )
+                ax.text(
+                    -0.06,
+                    bottom,
+                    TIME_WAIT_NOTE.replace(": ", "\n").replace(", ", "\n"),
+                    ha="right",
+                    va="bottom",
+                    fontsize=7.5,
+                    style="italic",
+                    color=PALETTE[1],
+                )
+        ax.set_xlim(-1.75, 2.75)
+        ax.set_ylim(bottom + 0.1, -0.9)
+        ax.axis("off")
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.02, wspace=0.05)
+    return fig
+
+
+@dataclass(frozen=True)
+class FdPanel:
+    """One moment in :func:`fd_table`: which of the process's fds point at the socket, what the
+    connection is doing, and what the other end and a thread blocked in ``recv()`` see."""
+
+    title: str
+    fds: tuple[tuple[int, bool], ...]  # (fd, still points at the socket?); False: the number is free
+    connection: str
+    peer: str
+    reader: str
+    ended: bool = False  # the connection is over (drawn in red)
+
+
+CLOSE_VS_SHUTDOWN = (
+    FdPanel(
+        "two fds, one socket", ((5, True), (6, True)), "ESTABLISHED", "waits in recv()", "waits in recv()"
+    ),
+    FdPanel("close(5)", ((5, False), (6, True)), "ESTABLISHED", "notices nothing", "still waits"),
+    FdPanel(
+        "shutdown() on 6",
+        ((5, False), (6, True)),
+        "ended: FIN sent",
+        "recv() → b''",
+        "wakes: recv() → b''",
+        ended=True,
+    ),
+)
+
+
+def fd_table(
+    panels: Iterable[FdPanel] = CLOSE_VS_SHUTDOWN, *, figsize: tuple[float, float] | None = None
+) -> Figure:
+    """One panel per moment: the process's fd table (0-2 are stdin, stdout and stderr), an
+    arrow from each fd that points at the socket to the socket in the kernel, the connection
+    from the socket to the other end, and a thread blocked in ``recv()`` that holds the socket
+    itself, not an fd. A freed fd is drawn empty: its number may go to the next file opened.
+
+    Arrows from fds carry gids ``fd:PANEL:FD``; the socket ``socket:PANEL``; the connection
+    ``connection:PANEL:open`` or ``connection:PANEL:ended``.
+    """
+    panels = list(panels)
+    if figsize is None:
+        figsize = (4.4 * max(len(panels), 1), 3.4)
+    fig = Figure(figsize=figsize)
+    axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
+    socket_y = 3.0
+    for number, (ax, panel) in enumerate(zip(axes, panels, strict=False)):
+        ax.set_title(panel.title, fontsize=11, family=MONO, color=TEXT_COLOR)
+        ax.text(0.75, 6.55, "fd table", ha="center", fontsize=9, weight="bold", color=TEXT_COLOR)
+        ax.text(3.3, 6.55, "kernel", ha="center", fontsize=9, weight="bold", color=TEXT_COLOR)
+        rows = [(0, "stdin"), (1, "stdout"), (2, "stderr")] + [(fd, "socket") for fd, _ in panel.fds]
+        pointing = dict(panel.fds)
+        for i, (fd, what) in enumerate(rows):
+            y = 5.9 - i * 0.8
+            free = fd in pointing and not pointing[fd]
+            ax.add_patch(
+                FancyBboxPatch(
+                    (0.1, y - 0.32),
+                    1.3,
+                    0.64,
+                    boxstyle="square,pad=0",
+                    facecolor="white" if free else _tint(SERVER_COLOR, 0.9),
+                    edgecolor=GONE_COLOR,
+                    linestyle="--" if free else "-",
+                )
+            )
+            ax.text(0.32, y, str(fd), ha="center", va="center", family=MONO, fontsize=10, color=TEXT_COLOR)
+            label = "free" if free else what
+            ax.text(0.95, y, label, ha="center", va="center", fontsize=8, style="italic", color=GONE_COLOR)
+            if pointing.get(fd):
+                ax.annotate(
+                    "",
+                    xy=(2.4, socket_y + 0.2),
+                    xytext=(1.4, y),
+                    gid=f"fd:{number}:{fd}",
+                    arrowprops=dict(
+                        arrowstyle="-|>",
+                        color=SERVER_COLOR,
+                        linewidth=1.5,
+                        mutation_scale=12,
+                        shrinkA=0,
+                        shrinkB=0,
+                    ),
+                )
+        color = ERROR_COLOR if panel.ended else PALETTE[2]
+        ax.add_patch(
+            FancyBboxPatch(
+                (2.4, socket_y - 0.7),
+                1.8,
+                1.5,
+                boxstyle="round,pad=0.05",
+                facecolor=_tint(color),
+                edgecolor=color,
+                linewidth=1.5,
+                gid=f"socket:{number}",
+            )
+        )
+        ax.text(
+            3.3,
+            socket_y + 0.45,
+            "socket",
+            ha="center",
+            va="center",
+            fontsize=9.5,
+            weight="bold",
+            color=TEXT_COLOR,
+        )
+        ax.text(
+            3.3,
+            socket_y - 0.2,
+            panel.connection,
+            ha="center",
+            va="center",
+            fontsize=8,
+            family=MONO,
+            color=color,
+        )
+        # the thread blocked in recv() holds the socket, not an fd
+        ax.annotate(
+            "",
+            xy=(3.3, socket_y - 0.75),
+            xytext=(3.3, 1.05),
+            arrowprops=dict(
+                arrowstyle="-|>", color=PALETTE[3], linewidth=1.3, linestyle="--", shrinkA=0, shrinkB=0
+            ),
+        )
+        ax.text(3.3, 0.75, "a thread in recv()", ha="center", va="center", fontsize=8, color=PALETTE[3])
+        ax.text(3.3, 0.3, panel.reader, ha="center", va="center", fontsize=8, family=MONO, color=PALETTE[3])
+        # the connection to the other end
+        ax.plot(
+            [4.25, 4.95],
+            [socket_y + 0.05] * 2,
+            color=color,
+            linewidth=2,
+            linestyle=":" if panel.ended else "-",
+            gid=f"connection:{number}:{'ended' if panel.ended else 'open'}",
+        )
+        ax.add_patch(
+            FancyBboxPatch(
+                (4.95, socket_y - 0.25),
+                0.9,
+                0.6,
+                boxstyle="round,pad=0.05",
+                facecolor=_tint(SERVER_COLOR),
+                edgecolor=SERVER_COLOR,
+            )
+        )
+        ax.text(5.4, socket_y + 0.05, "peer", ha="center", va="center", fontsize=8.5, color=TEXT_COLOR)
+        ax.text(
+            5.4, socket_y - 0.5, panel.peer, ha="center", va="top", fontsize=8, family=MONO, color=TEXT_COLOR
+        )
+        ax.set_xlim(0, 6.3)
+        ax.set_ylim(0, 6.9)
+        ax.axis("off")
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.02, wspace=0.08)
+    return fig
+
+
+def wire_timeline(records: Iterable, title: str = "The link's writes over time") -> Figure:
+    """The wiretap of a :class:`chatlab.faults.FaultyLink` (``record=True``) as dots over time:
+    one row per direction, a dot per write (bigger for more bytes), a red cross for a reset or
+    a close. Dots carry gids ``write:DIRECTION``, crosses ``end:DIRECTION:EVENT``."""
+    records = list(records)
+    fig = Figure(figsize=(8, 2.2))
+    ax = fig.add_axes((0.2, 0.25, 0.77, 0.62))
+    ax.set_title(title, fontsize=10, color=TEXT_COLOR)
+    start = records[0].at if records else 0.0
+    for row, direction in enumerate(("down", "up")):
+        writes = [r for r in records if r.direction == direction]
+        data = [r for r in writes if r.event == "data"]
+        ax.scatter(
+            [(r.at - start) * 1000 for r in data],
+            [row] * len(data),
+            s=[8 + len(r.data) for r in data],
+            alpha=0.6,
+            color=PALETTE[row],
+            gid=f"write:{direction}",
+        )
+        for r in writes:
+            if r.event != "data":
+                x = (r.at - start) * 1000
+                ax.scatter([x], [row], marker="x", s=120, color=ERROR_COLOR, gid=f"end:{direction}:{r.event}")
+                ax.annotate(r.event, (x, row), textcoords="offset points", xytext=(6, 6), color=ERROR_COLOR)
+    ax.set_yticks([0, 1], ["down (to the client)", "up (to the server)"], fontsize=9)
+    ax.set_ylim(-0.6, 1.6)
+    ax.set_xlabel("milliseconds since the first write", fontsize=9)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return fig
+
+
+# --- several servers through Redis (lesson 13) ------------------------------------------------------
+
+
+# Lesson 13's chat: which server each client is connected to.
+TWO_SERVERS = {"alice": "server one", "carol": "server one", "bob": "server two", "dave": "server two"}
+
+
+def cluster_topology(homes: dict[str, str] = TWO_SERVERS, *, broker: str = "Redis") -> Figure:
+    """Two servers, their clients around them (at most two each), and the broker in the middle:
+    TCP from each client to its own server, and from each server to the broker. Boxes carry gids
+    ``client:NAME``, ``server:NAME`` and ``broker``; lines ``tcp:CLIENT->SERVER`` and
+    ``broker:SERVER``."""
+    servers = sorted(set(homes.values()))
+    if len(servers) != 2:
+        raise ValueError(f"cluster_topology() draws two servers, not {len(servers)}")
+    fig = Figure(figsize=(9, 3.6))
+    ax = fig.add_subplot()
+    ax.set_xlim(-0.5, 10.5)
+    ax.set_ylim(-0.2, 3.4)
+    ax.axis("off")
+    colors = client_colors(homes)
+    places = {servers[0]: (2.5, 1.6), servers[1]: (7.5, 1.6)}
+    spots = {servers[0]: [(0.5, 2.8), (0.5, 0.4)], servers[1]: [(9.5, 2.8), (9.5, 0.4)]}
+    for name in sorted(homes, key=str.lower):
+        server = homes[name]
+        x, y = spots[server].pop(0)
+        sx, sy = places[server]
+        ax.plot([x, sx], [y, sy], color=GONE_COLOR, linewidth=1.5, zorder=1, gid=f"tcp:{name}->{server}")
+        _box(ax, x, y, name, colors[name], width=1.1, height=0.5, gid=f"client:{name}")
+    for server, (x, y) in places.items():
+        ax.plot([x, 5.0], [y, 1.6], color=BROKER_COLOR, linewidth=2, zorder=1, gid=f"broker:{server}")
+        _box(ax, x, y, server, SERVER_COLOR, gid=f"server:{server}")
+    _box(ax, 5.0, 1.6, broker, BROKER_COLOR, width=1.4, gid="broker")
+    ax.text(5.0, 2.45, "names, heartbeats,\none inbox per server", ha="center", fontsize=9, color=TEXT_COLOR)
+    ax.set_title(f"Two servers, one chat: TCP to the clients, {broker} in the middle", color=TEXT_COLOR)
+    return fig
+
+
+# Lesson 13: one message from alice (on server one) to bob (on server two).
+ONE_MESSAGE_LANES = ("alice", "server one", "Redis", "server two", "bob")
+ONE_MESSAGE_STEPS = (
+    ("alice", "server one", "%bob%hi bob"),
+    ("server one", "Redis", "XADD inbox:two"),
+    ("Redis", "server two", "XREAD returns it"),
+    ("server two", "bob", "%alice%hi bob"),
+)
+
+
+def message_path(
+    lanes: Iterable[str] = ONE_MESSAGE_LANES,
+    steps: Iterable[tuple[str, str, str]] = ONE_MESSAGE_STEPS,
+    *,
+    title: str = "One message across two servers",
+) -> Figure:
+    """A lane per party (a name with "server" in it is a server, "Redis" the broker, any other a
+    client), and one row per step: an arrow from one lane to another, labelled with what travels.
+    Arrows carry gids ``step:ROW:SOURCE->TARGET`` (rows from 1)."""
+    lanes, steps = list(lanes), list(steps)
+    x = {name: i * 2.2 for i, name in enumerate(lanes)}
+    clients = [name for name in lanes if "server" not in name and name != "Redis"]
+    colors = {
+        **client_colors(clients),
+        **{name: SERVER_COLOR for name in lanes if "server" in name},
+        "Redis": BROKER_COLOR,
+    }
+    fig = Figure(figsize=(9, 3.8))
+    ax = fig.add_subplot()
+    ax.set_xlim(-1, x[lanes[-1]] + 1)
+    ax.set_ylim(-len(steps) - 0.6, 1)
+    ax.axis("off")
+    for name in lanes:
+        ax.plot([x[name], x[name]], [0.3, -len(steps) - 0.4], color=colors[name], linewidth=1, linestyle=":")
+        _box(ax, x[name], 0.55, name, colors[name], width=1.7, height=0.5)
+    for row, (source, target, label) in enumerate(steps, start=1):
+        ax.annotate(
+            "",
+            xy=(x[target], -row),
+            xytext=(x[source], -row),
+            gid=f"step:{row}:{source}->{target}",
+            arrowprops={"arrowstyle": "->", "color": colors[source], "linewidth": 1.8},
+        )
+        ax.text(
+            (x[source] + x[target]) / 2,
+            -row + 0.12,
+            label,
+            ha="center",
+            fontsize=9,
+            family=MONO,
+            color=TEXT_COLOR,
+        )
+    ax.set_title(title, color=TEXT_COLOR)
+    return fig
+
+
+# --- beyond one computer: listeners, flood control, a crash (lessons 12 and 13) -----------------
+#
+# Pictures of what no event log records: which listening socket a connection can reach, a token
+# bucket draining and filling, a crashed server's heartbeat running out. Each is drawn from a few numbers that a small function without I/O works out
+# (:func:`accepts`, :func:`bucket_run`, :func:`crash_times`), so a test can hold the numbers
+# against the real thing: a socket, :mod:`chatlab.flood`, the broker's heartbeat.
+
+EVERY_IPV4 = "0.0.0.0"
+NOTE_COLOR = "#546E7A"
+_LABEL_BOX = dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.85)  # over ticks
+
+
+def _box(
+    ax, x: float, y: float, text: str, color: str, width: float = 1.6, height: float = 0.6, **kwargs
+) -> None:
+    """A rounded box of ``color`` centred on (x, y), with ``text`` in white."""
+    gid = kwargs.pop("gid", None)
+    ax.add_patch(
+        FancyBboxPatch(
+            (x - width / 2, y - height / 2),
+            width,
+            height,
+            boxstyle="round,pad=0.05",
+            facecolor=color,
+            edgecolor="none",
+            zorder=2,
+            gid=gid,
+        )
+    )
+    ax.text(x, y, text, ha="center", va="center", color="white", zorder=3, **{"fontsize": 10, **kwargs})
+
+
+def accepts(bound: str, arriving_at: str) -> bool:
+    """Whether a listening socket bound to ``bound`` takes a connection made to ``arriving_at``.
+
+    A listener takes only the connections that arrive at the address it is bound to;
+    ``0.0.0.0`` stands for every IPv4 address the computer has. (IPv4 only: IPv6's "every
+    address" is ``::``.)
+    """
+    return bound in (arriving_at, EVERY_IPV4)
+
+
+def _is_loopback(address: str) -> bool:
+    return address.startswith("127.")
+
+
+def listeners(
+    interfaces: Iterable[tuple[str, str]] = (("lo", "127.0.0.1"), ("wlan0", "192.168.1.20")),
+    bound: Iterable[str] = ("127.0.0.1", "192.168.1.20", EVERY_IPV4),
+    *,
+    port: int = 5050,
+    title: str = "Which listening socket a connection can reach",
+    figsize: tuple[float, float] = (10.0, 5.4),
+) -> Figure:
+    """One computer's addresses (``interfaces``: name and IPv4 address) and listening sockets
+    (``bound``: the address each is bound to), and who reaches which.
+
+    A program on this computer may connect to any of its addresses; another computer reaches
+    only the addresses on a network (not ``127.x.y.z``, loopback). A connection that arrives
+    at an address goes to a listener bound to that address or to ``0.0.0.0``
+    (:func:`accepts`); at an address where nothing listens it is refused. Each listener has a
+    port of its own (``port``, ``port + 1``, ...): on one port, Linux refuses a listener on
+    ``0.0.0.0`` beside one on ``127.0.0.1`` ("Address already in use", with or without
+    ``SO_REUSEADDR``). Gids: ``client:this computer`` and ``client:another computer``,
+    ``interface:NAME``, ``listener:ADDRESS``,
+    ``connect:CLIENT->NAME`` for each way in, ``reach:NAME->ADDRESS`` for each listener an
+    address leads to, ``reached-from:ADDRESS`` for the note under each listener.
+    """
+    interfaces, bound = list(interfaces), list(bound)
+    fig = Figure(figsize=figsize)
+    ax = fig.add_axes((0.0, 0.07, 1.0, 0.83))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 6)
+    ax.axis("off")
+    fig.suptitle(title, fontsize=13, color=TEXT_COLOR, y=0.97)
+
+    # The computer: a frame holding a program of its own, its addresses and its listeners.
+    ax.add_patch(
+        FancyBboxPatch(
+            (2.55, 0.25),
+            7.3,
+            5.45,
+            boxstyle="round,pad=0.05",
+            facecolor="#F4F6F8",
+            edgecolor=GONE_COLOR,
+            linewidth=1.2,
+            zorder=0,
+            gid="computer",
+        )
+    )
+    ax.text(
+        2.75, 5.45, "this computer", ha="left", va="center", fontsize=10, style="italic", color=NOTE_COLOR
+    )
+
+    def column(count: int) -> list[float]:
+        return [4.6 - 3.2 * i / max(count - 1, 1) for i in range(count)] if count > 1 else [3.0]
+
+    iface_y = dict(zip((name for name, _ in interfaces), column(len(interfaces)), strict=True))
+    listener_y = dict(zip(bound, column(len(bound)), strict=True))
+    client_x = {"this computer": 3.55, "another computer": 1.15}
+    local_y, remote_y = (
+        max((iface_y[name] for name, address in interfaces if _is_loopback(address)), default=4.6),
+        min((iface_y[name] for name, address in interfaces if not _is_loopback(address)), default=2.0),
+    )
+    iface_x, listener_x = 5.85, 8.35
+
+    def line(x0, y0, x1, y1, color, gid, width=1.8, style="-"):
+        ax.annotate(
+            "",
+            xy=(x1, y1),
+            xytext=(x0, y0),
+            zorder=1,
+            gid=gid,
+            arrowprops=dict(
+                arrowstyle="-|>", color=color, linewidth=width, linestyle=style, shrinkA=0, shrinkB=0
+            ),
+        )
+
+    for name, address in interfaces:
+        y = iface_y[name]
+        line(
+            client_x["this computer"] + 0.7,
+            local_y,
+            iface_x - 0.85,
+            y,
+            PALETTE[0],
+            f"connect:this computer->{name}",
+        )
+        if not _is_loopback(address):
+            line(
+                client_x["another computer"] + 0.7,
+                remote_y,
+                iface_x - 0.85,
+                y,
+                PALETTE[1],
+                f"connect:another computer->{name}",
+            )
+        for where in bound:
+            if accepts(where, address):
+                line(
+                    iface_x + 0.85,
+                    y,
+                    listener_x - 0.95,
+                    listener_y[where],
+                    SERVER_COLOR,
+                    f"reach:{name}->{where}",
+                )
+        kind = "loopback" if _is_loopback(address) else "network"
+        _box(
+            ax,
+            iface_x,
+            y,
+            f"{name} ({kind})\n{address}",
+            "#607D8B",
+            1.7,
+            0.62,
+            gid=f"interface:{name}",
+            fontsize=9.5,
+        )
+
+    for i, where in enumerate(bound):
+        y = listener_y[where]
+        note = " (every IPv4\naddress)" if where == EVERY_IPV4 else ""
+        _box(
+            ax,
+            listener_x,
+            y,
+            f"listens on\n{where}:{port + i}{note}",
+            SERVER_COLOR,
+            1.9,
+            0.8 if note else 0.62,
+            gid=f"listener:{where}",
+            fontsize=9,
+        )
+        arrivals = [address for _, address in interfaces if accepts(where, address)]
+        if not arrivals:
+            who = "reached by nobody: no such address here"
+        elif all(_is_loopback(address) for address in arrivals):
+            who = "reached from this computer only"
+        else:
+            who = "reached from this computer\nand from other computers"
+        ax.text(
+            listener_x,
+            y - (0.55 if note else 0.45),
+            who,
+            ha="center",
+            va="top",
+            fontsize=8,
+            style="italic",
+            color=NOTE_COLOR,
+            gid=f"reached-from:{where}",
+        )
+
+    _box(
+        ax,
+        client_x["this computer"],
+        local_y,
+        "a client\nhere",
+        PALETTE[0],
+        1.3,
+        0.62,
+        gid="client:this computer",
+        fontsize=9.5,
+    )
+    _box(
+        ax,
+        client_x["another computer"],
+        remote_y,
+        "a client on\nanother\ncomputer",
+        PALETTE[1],
+        1.5,
+        0.9,
+        gid="client:another computer",
+        fontsize=9.5,
+    )
+    fig.text(
+        0.5,
+        0.02,
+        "A connection arrives at one address and goes to a listener bound to that address, or to 0.0.0.0; "
+        "elsewhere it is refused.",
+        ha="center",
+        va="bottom",
+        fontsize=9,
+        color=NOTE_COLOR,
+    )
+    return fig
+
+
+# --- a token bucket (flood control, chatlab.flood) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class BucketRun:
+    """What a token bucket did with one client's lines: when each came and when it went on.
+
+    ``level`` is the bucket's level as (time, tokens) corners: it rises by ``rate`` a second
+    up to ``burst`` between them, and drops by one token at each line that goes on.
+    """
+
+    rate: float
+    burst: float
+    sent: list[float]
+    passed: list[float]
+    level: list[tuple[float, float]]
+
+
+def bucket_run(send_times: Iterable[float], rate: float, until: float | None = None) -> BucketRun:
+    """Lines arriving at ``send_times`` (seconds) through a :class:`chatlab.flood.TokenBucket`
+    for ``rate`` lines a second that is full at time 0.
+
+    Lines go on in order; one that finds no token waits for it (the server reads no more of
+    that client meanwhile), so a line goes on when it has arrived, the line before it has gone,
+    and the bucket holds a token. The server hands waiting lines over in batches of a tenth of
+    a second (:data:`chatlab.flood.TICK`); this follows each line on its own. The level is
+    followed to ``until`` (default: a second after the last line went on).
+    """
+    from .flood import TokenBucket  # here, not at the top: only this picture needs it
+
+    bucket = TokenBucket.for_rate(rate, now=0.0)
+    level: list[tuple[float, float]] = [(0.0, bucket.tokens)]
+    sent = sorted(send_times)
+    passed: list[float] = []
+
+    def rise_to(now: float) -> None:
+        """The corners of the level from the last one up to ``now``, before a token is taken."""
+        then, tokens = level[-1]
+        full_at = then + (bucket.burst - tokens) / rate
+        if then < full_at < now:
+            level.append((full_at, bucket.burst))
+        level.append((now, min(bucket.burst, tokens + (now - then) * rate)))
+
+    now = 0.0
+    for arrival in sent:
+        now = max(now, arrival)
+        for _ in range(3):  # a token due at `now` can be a rounding error short: wait that too
+            wait = bucket.wait(1, now)
+            if wait == 0.0 and bucket.take(1, now) == 1:
+                break
+            now += max(wait, 1e-9)
+        else:
+            raise RuntimeError("the bucket gave no token")  # not reached: tokens always come
+        shown = max(arrival, round(now, 6))  # without the nanoseconds added above
+        rise_to(shown)
+        level.append((shown, bucket.tokens))
+        passed.append(shown)
+    end = (passed[-1] if passed else 0.0) + 1.0 if until is None else until
+    if end > level[-1][0]:
+        rise_to(end)
+    return BucketRun(rate, bucket.burst, sent, passed, level)
+
+
+def token_bucket(
+    send_times: Iterable[float] | None = None,
+    rate: float = 10.0,
+    *,
+    title: str | None = None,
+    figsize: tuple[float, float] = (9.0, 5.6),
+) -> Figure:
+    """Flood control for one client, over time: the bucket's level above, its lines below.
+
+    By default the client sends 30 lines at once at 0.5 s (a burst), then 5 a second from 2 s
+    to 6 s (steady, below the rate), against ``rate`` 10: the full bucket (20 tokens, two
+    seconds' worth) lets 20 of the burst through at once, the other 10 wait for their tokens,
+    and the steady lines never wait while the bucket fills again. Gids: ``level``, ``full``,
+    ``sent`` and ``passed`` (the two counts of lines).
+    """
+    if send_times is None:
+        send_times = [0.5] * 30 + [2.0 + 0.2 * i for i in range(21)]
+    run = bucket_run(send_times, rate)
+    end = run.level[-1][0]
+    fig = Figure(figsize=figsize)
+    top = fig.add_axes((0.1, 0.56, 0.86, 0.33))
+    bottom = fig.add_axes((0.1, 0.17, 0.86, 0.3), sharex=top)
+    fig.suptitle(
+        title or f"A token bucket: {rate:g} tokens a second, {run.burst:g} at most, one per line",
+        fontsize=13,
+        color=TEXT_COLOR,
+        y=0.97,
+    )
+    times, tokens = zip(*run.level, strict=True)
+    top.plot(times, tokens, color=PALETTE[0], linewidth=2, gid="level")
+    top.axhline(run.burst, color=GONE_COLOR, linestyle="--", linewidth=1.2, gid="full")
+    top.text(
+        end, run.burst, f"full: {run.burst:g} tokens", ha="right", va="bottom", fontsize=8.5, color=NOTE_COLOR
+    )
+    top.set_ylim(0, run.burst * 1.25)
+    waited = [i for i, (came, went) in enumerate(zip(run.sent, run.passed, strict=True)) if went > came]
+    if waited:  # where the bucket ran dry
+        first = waited[0]
+        top.annotate(
+            f"empty: {len(waited)} lines wait for their tokens",
+            (run.sent[first], 0),
+            xytext=(8, 0.45 * run.burst),
+            textcoords=("offset points", "data"),
+            ha="left",
+            va="center",
+            fontsize=8.5,
+            color=NOTE_COLOR,
+            arrowprops=dict(arrowstyle="-", color=NOTE_COLOR, linewidth=0.8),
+            gid="empty",
+        )
+    top.set_ylabel("tokens", fontsize=9, color=TEXT_COLOR)
+
+    def counts(when: list[float]) -> tuple[list[float], list[int]]:
+        return [0.0, *when, end], [0, *range(1, len(when) + 1), len(when)]
+
+    bottom.step(
+        *counts(run.sent),
+        where="post",
+        color=PALETTE[1],
+        linewidth=4.5,
+        alpha=0.75,
+        label="lines the client sent",
+        gid="sent",
+    )
+    bottom.step(
+        *counts(run.passed),
+        where="post",
+        color=SERVER_COLOR,
+        linewidth=2,
+        label="lines passed on to the room",
+        gid="passed",
+    )
+    bottom.set_ylabel("lines so far", fontsize=9, color=TEXT_COLOR)
+    bottom.set_xlabel("time (s)", fontsize=9, color=TEXT_COLOR)
+    bottom.set_xlim(0, end)
+    bottom.set_ylim(0, len(run.sent) * 1.1 + 1)
+    for ax in (top, bottom):
+        ax.tick_params(labelsize=8, colors=TEXT_COLOR)
+        ax.grid(color="#E3E7EB", linewidth=0.8)
+        ax.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    top.tick_params(labelbottom=False)
+    fig.legend(loc="lower center", ncol=2, frameon=False, fontsize=9, bbox_to_anchor=(0.53, 0.0))
+    return fig
+
+
+# --- a server dies: heartbeats and a time to live (chatlab.broker) -----------------------------
+
+
+@dataclass(frozen=True)
+class Crash:
+    """The times of a server crash in a cluster, as the broker's heartbeats make them.
+
+    Every server rewrites its key at each of its ``beats``; a key lives ``ttl`` seconds unless
+    rewritten. The ``crashed`` server stops at ``crash_at``: its key ``expires`` ``ttl`` after
+    its ``last_beat``, and each other server has ``noticed`` at its first heartbeat after that.
+    """
+
+    heartbeat: float
+    ttl: float
+    crashed: str
+    crash_at: float
+    beats: dict[str, list[float]]
+    last_beat: float
+    expires: float
+    noticed: dict[str, float]
+
+
+def crash_times(
+    servers: Iterable[str] = ("one", "two", "three"),
+    crashed: str = "three",
+    crash_at: float = 3.2,
+    *,
+    heartbeat: float = 1.0,
+    ttl_heartbeats: int = 5,
+    until: float | None = None,
+) -> Crash:
+    """When each thing happens when ``crashed`` is killed at ``crash_at`` (seconds).
+
+    The defaults are the broker's (:data:`chatlab.broker.HEARTBEAT`, ``TTL_HEARTBEATS``). The
+    servers started at different moments: server i (in the given order) beats at
+    ``i * heartbeat / n + k * heartbeat``. ``until`` (default: a heartbeat after the last server
+    noticed) ends the beats drawn.
+    """
+    servers = list(servers)
+    if crashed not in servers:
+        raise ValueError(f"{crashed!r} is not one of the servers")
+    ttl = heartbeat * ttl_heartbeats
+    offset = {name: i * heartbeat / len(servers) for i, name in enumerate(servers)}
+
+    def beat(name: str, k: int) -> float:
+        """Server ``name``'s k-th heartbeat (rounded: a time drawn, not a float's last digits)."""
+        return round(offset[name] + k * heartbeat, 9)
+
+    def beats_before(name: str, moment: float) -> int:
+        """How many heartbeats ``name`` makes up to ``moment``, that one included."""
+        return max(0, math.floor((moment - offset[name]) / heartbeat + 1e-9) + 1)
+
+    last_beat = beat(crashed, beats_before(crashed, crash_at) - 1)
+    expires = round(last_beat + ttl, 9)
+    # Its first heartbeat after the key expired (Redis keeps a key up to its expiry, that moment too).
+    noticed = {name: beat(name, beats_before(name, expires)) for name in servers if name != crashed}
+    end = max(noticed.values(), default=expires) + heartbeat if until is None else until
+
+    def beats(name: str) -> list[float]:
+        stop = last_beat if name == crashed else end
+        return [beat(name, k) for k in range(beats_before(name, stop))]
+
+    return Crash(
+        heartbeat,
+        ttl,
+        crashed,
+        crash_at,
+        {name: beats(name) for name in servers},
+        last_beat,
+        expires,
+        noticed,
+    )
+
+
+def heartbeat_timeline(
+    crash: Crash | None = None,
+    *,
+    title: str = "A server dies: its heartbeats stop, its key runs out, the others notice",
+    figsize: tuple[float, float] = (10.0, 4.6),
+) -> Figure:
+    """A row per server, time running right: heartbeats as ticks, each server's key alive as a
+    band, the crash, the key expiring a time to live after the last heartbeat, and each other
+    server noticing at its next heartbeat (``crash`` defaults to :func:`crash_times`'s).
+
+    Gids: ``beat:NAME`` (one per heartbeat), ``key:NAME``, ``crash:NAME``, ``expires:NAME``,
+    ``noticed:NAME``, ``ttl`` (the span from the last heartbeat to the expiry).
+    """
+    crash = crash or crash_times()
+    names = list(crash.beats)
+    row = {name: len(names) - 1 - i for i, name in enumerate(names)}  # the first at the top
+    end = max(max(beats, default=0.0) for beats in crash.beats.values())
+    end = max(end, crash.expires, *crash.noticed.values()) + 0.3
+    fig = Figure(figsize=figsize)
+    ax = fig.add_axes((0.12, 0.22, 0.85, 0.64))
+    fig.suptitle(title, fontsize=13, color=TEXT_COLOR, y=0.97)
+    dead = crash.crashed
+    for name in names:
+        y = row[name]
+        key_until = crash.expires if name == dead else end
+        ax.barh(
+            y,
+            key_until,
+            left=0,
+            height=0.34,
+            color=_tint(SERVER_COLOR, 0.8),
+            edgecolor="none",
+            gid=f"key:{name}",
+        )
+        for beat in crash.beats[name]:
+            ax.plot([beat, beat], [y - 0.22, y + 0.22], color=SERVER_COLOR, linewidth=2, gid=f"beat:{name}")
+        if name in crash.noticed:
+            when = crash.noticed[name]
+            ax.plot(
+                [when],
+                [y],
+                marker="D",
+                markersize=9,
+                color=PALETTE[2],
+                markeredgecolor="white",
+                zorder=4,
+                gid=f"noticed:{name}",
+            )
+            ax.annotate(
+                f"{name} notices: {dead}'s clients left",
+                (when, y),
+                xytext=(-6, 12),
+                textcoords="offset points",
+                ha="right",
+                va="bottom",
+                fontsize=8.5,
+                color=TEXT_COLOR,
+                bbox=_LABEL_BOX,
+            )
+    y = row[dead]
+    ax.barh(
+        y,
+        crash.expires - crash.crash_at,
+        left=crash.crash_at,
+        height=0.34,
+        color="white",
+        alpha=0.55,
+        hatch="///",
+        edgecolor=ERROR_COLOR,
+        linewidth=0,
+        gid="orphaned",
+    )
+    ax.plot(
+        [crash.crash_at],
+        [y],
+        marker="X",
+        markersize=12,
+        color=ERROR_COLOR,
+        markeredgecolor="white",
+        zorder=5,
+        gid=f"crash:{dead}",
+    )
+    ax.annotate(
+        "killed",
+        (crash.crash_at, y),
+        xytext=(0, 12),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        fontsize=8.5,
+        color=ERROR_COLOR,
+        bbox=_LABEL_BOX,
+    )
+    ax.plot(
+        [crash.expires],
+        [y],
+        marker="o",
+        markersize=9,
+        color="white",
+        markeredgecolor=ERROR_COLOR,
+        markeredgewidth=2,
+        zorder=5,
+        gid=f"expires:{dead}",
+    )
+    ax.annotate(
+        "its key expires",
+        (crash.expires, y),
+        xytext=(6, 12),
+        textcoords="offset points",
+        ha="left",
+        va="bottom",
+        fontsize=8.5,
+        color=ERROR_COLOR,
+        bbox=_LABEL_BOX,
+    )
+    ax.annotate(
+        "",
+        xy=(crash.expires, y - 0.36),
+        xytext=(crash.last_beat, y - 0.36),
+        gid="ttl",
+        arrowprops=dict(arrowstyle="<|-|>", color=NOTE_COLOR, linewidth=1.2, shrinkA=0, shrinkB=0),
+    )
+    heartbeats = crash.ttl / crash.heartbeat
+    ax.text(
+        (crash.last_beat + crash.expires) / 2,
+        y - 0.42,
+        f"time to live: {heartbeats:g} heartbeats after the last one",
+        ha="center",
+        va="top",
+        fontsize=8.5,
+        color=NOTE_COLOR,
+    )
+    ax.set_yticks([row[name] for name in names], [f"server {name}" for name in names], fontsize=10)
+    ax.set_ylim(-0.8, len(names) - 0.4)
+    ax.set_xlim(0, end)
+    ax.set_xlabel("time (s)", fontsize=9, color=TEXT_COLOR)
+    ax.tick_params(labelsize=8, colors=TEXT_COLOR)
+    ax.tick_params(axis="y", length=0)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    fig.legend(
+        handles=[
+            Line2D(
+                [],
+                [],
+                color=SERVER_COLOR,
+                marker="|",
+                linestyle="",
+                markersize=10,
+                markeredgewidth=2,
+                label="heartbeat: rewrites its key",
+            ),
+            Patch(facecolor=_tint(SERVER_COLOR, 0.8), label="its key alive in Redis"),
+            Patch(facecolor="white", edgecolor=ERROR_COLOR, hatch="///", label="alive, but nobody home"),
+            Line2D(
+                [], [], color=PALETTE[2], marker="D", linestyle="", markersize=8, label="notices the silence"
+            ),
+        ],
+        loc="lower center",
+        ncol=4,
+        frameon=False,
+        fontsize=8.5,
+        bbox_to_anchor=(0.54, 0.0),
     )
     return fig

@@ -103,6 +103,9 @@ _BORDER = "var(--jp-border-color2,#ddd)"
 _ERROR = "var(--jp-error-color1,#d32f2f)"
 _OK = "var(--jp-success-color1,#388e3c)"
 _SENT = "var(--jp-brand-color1,#1976d2)"
+# A hanging indent: a long entry's later rows start further right than any entry, so no
+# message can be padded until a row of it reads like an entry of its own ("← teacher: ...").
+_HANGING = "padding-left:2em;text-indent:-2em;"
 _ENTRY_STYLES = {
     "sent": f"color:{_SENT};",
     "received": "",
@@ -382,9 +385,9 @@ class ChatWidget(widgets.VBox):
         with self._changed:
             if names is not None:
                 self._set_online(names)
-            elif what == "joined" and protocol.name_error(who) is None:
+            elif what == "joined" and protocol.NAME_PATTERN.fullmatch(who):
                 self._set_online(self._online | {who})
-            elif what == "left" and protocol.name_error(who) is None:
+            elif what == "left" and protocol.NAME_PATTERN.fullmatch(who):
                 self._set_online(self._online - {who})
 
     def _set_online(self, names: Iterable[str]) -> None:
@@ -405,7 +408,7 @@ class ChatWidget(widgets.VBox):
             self._entries.append(LogEntry(kind, prefix + text, len(prefix)))
             del self._entries[: -self.max_entries]
             rows = "".join(
-                f'<div style="{_ENTRY_STYLES[e.kind]}">{_escape(e.text[: e.start])}'
+                f'<div style="{_HANGING}{_ENTRY_STYLES[e.kind]}">{_escape(e.text[: e.start])}'
                 f"<bdi>{_escape(e.text[e.start :])}</bdi></div>"
                 for e in self._entries
             )

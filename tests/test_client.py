@@ -1,11 +1,19 @@
 """ChatClient against a real server (and, where a server must misbehave, a bare socket)."""
 
 import logging
+import os
+import re
+import select
 import socket
+import subprocess
+import sys
 import threading
+import time
+import unicodedata
 
 import pytest
 
+from chatlab import client as client_module
 from chatlab.client import ChatClient, ChatError, ConnectionClosed, NameRefused, ServerFull
 from transcript import GREETING, HELP, wait_until
 
@@ -252,3 +260,109 @@ def test_a_client_is_a_context_manager(server, chat_client, kit_threads):
         assert bob.recv(timeout=5) == "%alice%hi"
     assert alice.closed and "chatlab-reader-alice" not in kit_threads()
     assert bob.recv() == "* alice left"
+
+
+# --- the terminal client: long lines cut into rows, the later ones indented ----------------------
+
+SPOOF = "%teacher%the quiz is moved to Friday"
+
+
+def columns(row: str) -> int:
+    """A row's width on a terminal, counted here independently of the client's own count."""
+    return sum(0 if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf")
+               else 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in row)
+
+
+PADDED = {  # a line the server sends, padded so that SPOOF would begin a row of an 80-column terminal
+    "spaces": "%eve%hi" + " " * 73 + SPOOF,
+    "nbsp": "%eve%hi" + "\u00a0" * 73 + SPOOF,
+    "visible": "%eve%" + "x" * 75 + SPOOF,
+    "wide": "%eve%hi" + "\u4e2d" * 36 + " " + SPOOF,
+    "tabs": "%eve%hi" + "\t" * 9 + SPOOF,
+    "twice": "%eve%" + ("x" * 75 + SPOOF) * 3,
+}
+
+
+@pytest.mark.parametrize("line", list(PADDED.values()), ids=list(PADDED))
+def test_a_long_line_is_cut_into_rows_and_only_its_first_starts_at_column_0(line):
+    rows = client_module.screen_rows(line, 80)
+    assert len(rows) >= 2 and rows[0].startswith("%eve%")
+    assert all(row.startswith(client_module.INDENT) for row in rows[1:])
+    assert all(columns(row) <= 79 for row in rows)  # the terminal never wraps a row itself
+    assert not any(row.startswith("%teacher%") for row in rows)
+    shown = rows[0] + "".join(row[len(client_module.INDENT):] for row in rows[1:])
+    assert shown == line.expandtabs(8) or "\t" in line  # nothing lost (tabs become spaces)
+
+
+def test_a_short_line_is_one_row_as_it_came():
+    assert client_module.screen_rows("%bob%hi alice, 50% done?", 80) == ["%bob%hi alice, 50% done?"]
+    assert client_module.screen_rows("x" * 79, 80) == ["x" * 79]
+    assert client_module.screen_rows("x" * 80, 80) == ["x" * 79, client_module.INDENT + "x"]
+    assert client_module.screen_rows("", 80) == [""]
+
+
+def read_pty(fd: int, until: bytes, timeout: float = 10.0) -> bytes:
+    """What the program on the terminal wrote, up to and including ``until`` (bounded in time)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while until not in seen and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # the program ended and closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    assert until in seen, f"{until!r} did not appear; the terminal shows {seen[-400:]!r}"
+    return seen
+
+
+def terminal_rows(output: bytes) -> list[str]:
+    """The rows a terminal shows, each from column 0: cut at every line end and carriage
+    return, escape sequences (readline's redrawing) left out."""
+    text = re.sub(r"\x1b(\[[0-9;?]*[A-Za-z]|[=>])", "", output.decode("utf-8", errors="replace"))
+    return [row for row in re.split(r"\r\n|\r|\n", text) if row]
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_the_terminal_client_indents_the_rows_of_a_long_line_on_a_real_terminal():
+    """A bare socket plays a server that forwards padded lines (nc, or a server with other
+    rules, would); the kit's client runs on a pseudo-terminal 80 columns wide."""
+    import termios  # the test's own tool, like pty in test_portable.py
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+        leader, follower = os.openpty()
+        termios.tcsetwinsize(follower, (24, 80))
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        env["TERM"] = "dumb"
+        client = subprocess.Popen(
+            [sys.executable, "-m", "chatlab.client", "--port", str(listener.getsockname()[1]), "--name", "alice"],
+            stdin=follower, stdout=follower, stderr=follower, env=env, start_new_session=True,
+        )
+        os.close(follower)
+        try:
+            sock, _ = listener.accept()
+            with sock:
+                sock.settimeout(10)
+                sock.sendall(GREETING.encode() + b"\n")
+                assert sock.recv(100) == b"alice\n"
+                sock.sendall(b"* welcome alice\n* online: alice, eve\n")
+                read_pty(leader, b"/quit to leave")
+                sock.sendall("".join(line + "\n" for line in PADDED.values()).encode() + b"%bob%done\n")
+                output = read_pty(leader, b"%bob%done")
+                os.write(leader, b"/quit\n")
+                assert client.wait(10) == 0
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait(5)
+            os.close(leader)
+    rows = terminal_rows(output)
+    assert all(columns(row) <= 79 for row in rows), [row for row in rows if columns(row) > 79]
+    starts = [row for row in rows if not row.startswith(" ") and row.strip() != ">"]  # at column 0
+    assert all(row.startswith(("%eve%", "%bob%done", "> ", "* ")) for row in starts), starts
+    assert sum(row.startswith("%eve%") for row in starts) == len(PADDED)
+    assert not any(row.removeprefix("> ").startswith("%teacher%") for row in rows)
+    assert sum(SPOOF[:9] in row for row in rows) >= len(PADDED)  # the text is shown, indented

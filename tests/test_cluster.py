@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 
@@ -312,8 +313,8 @@ def test_redis_restarting_mid_conversation_is_survived(redis_server, two, connec
     assert time.monotonic() - restarted_at < 10
     bob.send("%alice%and back")
     alice.read_until("%bob%and back")
-    outsider.send("bob")  # its name was claimed again
-    outsider.expect("! name taken")
+    outsider.send("bob")  # its name was claimed again (a new claim waits for that: see below)
+    assert outsider.read_line(timeout=15) == "! name taken"
     messages = [record.getMessage() for record in caplog.records]
     # The outage and the recovery are logged once by each of the two servers; nobody left.
     assert sum(m.startswith("redis unreachable") for m in messages) == 2
@@ -353,3 +354,236 @@ def test_a_stuck_server_does_not_make_redis_grow_without_bound(run, redis_url, c
     assert length <= 100 + 100, length  # MAXLEN ~ trims whole blocks of 100 entries
     lines = bob.read_until(lambda line: line.startswith("%alice%line 599") or line.startswith("! "))
     assert lines[-1] == "%alice%line 599"
+
+
+# --- issue 21: a new server's first second, a Redis restart, entries nobody should write ------
+
+
+def test_a_server_that_just_started_hears_every_broadcast_from_the_moment_its_client_is_announced(
+    cluster, connect
+):
+    # Heartbeats a minute apart: whatever happens here happens without one.
+    one = cluster("one", heartbeat=60)
+    alice = connect(one, "alice")
+    two = cluster("two", heartbeat=60)  # finds one at its start, and tells it who is here
+    bob = connect(two, "bob")
+    alice.read_until("* bob joined")
+    alice.send("%*%welcome, bob")
+    bob.read_until("%alice%welcome, bob")
+    bob.send("%*%thanks")
+    alice.read_until("%bob%thanks")
+    # Both who-lists agree as soon as the snapshots crossed: two heard from one at once.
+    everyone_sees([one, two], ["alice", "bob"])
+    assert bob.who() == ["alice", "bob"] and alice.who() == ["alice", "bob"]
+
+
+def test_a_broadcast_that_a_server_refused_is_reported_to_its_sender(cluster, connect):
+    one, doomed = cluster("one"), cluster("doomed", heartbeat=0.2)
+    know_each_other(one, doomed)
+    alice = connect(one, "alice")
+    carol = connect(one, "carol")
+    connect(doomed, "bob")
+    alice.read_until("* bob joined")
+    # As in the test above it: its key gone, as a dead server's key is once it expired.
+    doomed.broker._stopping.set()
+    doomed.broker.redis.delete(doomed.broker.server_key("doomed"))
+    alice.send("%*%anyone there?")
+    carol.read_until("%alice%anyone there?")  # this server's clients got it
+    assert alice.read_line() == "! not everyone got your line 'anyone there?': a server is down"
+
+
+def _next_answer(sender: Peer, receiver: Peer, timeout: float = 10) -> tuple[str, str]:
+    """Whichever comes first: a line for ``receiver`` ("received", line) or one for
+    ``sender`` ("told", line)."""
+    import select
+
+    for peer, what in ((receiver, "received"), (sender, "told")):
+        if b"\n" in peer._buffer:
+            return what, peer.read_line()
+    readable, _, _ = select.select([receiver.sock, sender.sock], [], [], timeout)
+    assert readable, f"neither {receiver!r} nor {sender!r} heard anything in {timeout} s: silence"
+    return ("received", receiver.read_line()) if receiver.sock in readable else ("told", sender.read_line())
+
+
+def test_after_a_redis_restart_broadcasts_are_delivered_or_reported_never_lost_in_silence(
+    redis_server, cluster, connect
+):
+    one, two = cluster("one", heartbeat=0.2), cluster("two", heartbeat=0.2)
+    know_each_other(one, two)
+    alice = join(connect, one, "alice", [one, two])
+    bob = connect(two, "bob")
+    everyone_sees([one, two], ["alice", "bob"])
+    alice.read_until("* bob joined")
+    # Server two is slow to come back: its broker's lock is held, so its heartbeat cannot
+    # write its key again yet (as if its machine were busy).
+    with two.broker._lock:
+        redis_server.restart()  # killed by its pid, and a fresh, empty one started
+        alice.send("%*%just after the restart")
+        what, line = _next_answer(alice, bob)
+        assert what == "told" and line.startswith("! "), (what, line)
+    wait_until(lambda: one.broker.reachable and two.broker.reachable, timeout=10)
+    sent = iter(range(10_000))
+
+    def got_through() -> bool:
+        """One more broadcast: delivered, or its sender told. Never neither."""
+        n = next(sent)
+        alice.send(f"%*%after {n}")
+        what, line = _next_answer(alice, bob)
+        assert line == f"%alice%after {n}" if what == "received" else line.startswith("! "), line
+        return what == "received"
+
+    wait_until(got_through, timeout=10, message="no broadcast got through after the restart")
+
+
+def test_after_a_redis_restart_a_name_goes_back_to_its_client_and_a_newcomer_is_told_name_taken(
+    redis_server, redis_url, cluster, connect
+):
+    import redis
+
+    one, two = cluster("one", heartbeat=0.2), cluster("two", heartbeat=0.2)
+    know_each_other(one, two)
+    alice = join(connect, one, "alice", [one, two])
+    bob = connect(two, "bob")
+    everyone_sees([one, two], ["alice", "bob"])
+    alice.read_until("* bob joined")
+    with redis.Redis.from_url(redis_url) as client:
+        # Server two is slow to come back (its lock held: its heartbeat cannot re-claim bob).
+        with two.broker._lock:
+            redis_server.restart()
+            answers: list[str] = []
+            newcomers: list[Peer] = []
+
+            def answer(timeout: float) -> bool:
+                """Try the name (a new connection after each "cannot check"): whether an
+                answer other than that came within ``timeout``."""
+                if not newcomers or newcomers[-1].sock.fileno() == -1:
+                    newcomers.append(connect(one))
+                    newcomers[-1].expect(GREETING)
+                    newcomers[-1].send("bob")
+                if not _readable(newcomers[-1], timeout):
+                    return False
+                answers.append(newcomers[-1].read_line())
+                if answers[-1].startswith("! cannot check names now"):
+                    newcomers[-1].close()  # one has not seen Redis come back yet: again
+                    return False
+                return True
+
+            # Until the claim is answered, or waits for the others to claim their names again.
+            wait_until(lambda: answer(0.05) or client.exists("chatlab:settling"), timeout=10)
+        # Two comes back and claims bob again; the newcomer's claim waited for that.
+        if not answers or answers[-1].startswith("! cannot check names now"):
+            wait_until(lambda: answer(15), timeout=20)
+    assert answers[-1] == "! name taken", answers
+    alice.send("%bob%still you?")
+    bob.read_until("%alice%still you?")
+    assert alice.who() == ["alice", "bob"]
+
+
+def test_a_name_claimed_again_too_late_goes_to_the_earlier_claimer(redis_url, cluster, connect):
+    import redis
+
+    one, two = cluster("one", heartbeat=0.2), cluster("two", heartbeat=0.2)
+    know_each_other(one, two)
+    bob = connect(two, "bob")
+    wait_until(lambda: "bob" in one.online(), timeout=10)
+    # While two was away from Redis for longer than the grace, a client of one took "bob"
+    # (here written by hand): two's heartbeat finds it, and its own bob is the later claimer.
+    with redis.Redis.from_url(redis_url) as client:
+        client.set("chatlab:name:bob", "one", px=60_000)
+    assert bob.read_to_eof(timeout=10) == ["! name taken"]
+    wait_until(lambda: two.online() == [], timeout=10)
+
+
+FORGED_ENTRIES = [
+    ("two", "b\0teacher\0\0exam cancelled"),  # a broadcast from a name nobody has
+    ("two", "m\0teacher\0alice\0exam cancelled"),  # a direct message from a name nobody has
+    ("two", "m\0bob\0alice\0\x1b[2J\x1b[Hwiped"),  # a real client, with escape bytes
+    ("two", "b\0bob\0\0carriage\rreturn"),
+    ("two", "m\0bob\0alice\0\u202eright to left"),
+    ("nowhere", "b\0bob\0\0from a server that is not alive"),
+    ("one", "b\0alice\0\0from this very server"),
+    ("two", "j\0teacher\0\0\nm\0teacher\0alice\0after a forged joined"),
+    ("two", "s\0\0\0bob,teacher"),  # a snapshot with a name two does not hold...
+    ("two", "m\0teacher\0alice\0after a forged snapshot"),  # ...does not make teacher real
+    ("two", "m\0server\0alice\0a reserved name"),
+    ("two", "b\0al ice\0\0not a name"),
+    ("two", "x\0bob\0\0no such kind"),
+    ("two", "b\0bob\0only three fields"),
+    ("two", "e\0alice\0zed\0! the exam is cancelled"),  # an error's words are the server's own
+]
+
+
+def test_entries_written_into_an_inbox_by_hand_are_checked_and_dropped(redis_url, cluster, connect, caplog):
+    import redis
+
+    caplog.set_level(logging.INFO, logger="chatlab.server")
+    one, two = cluster("one", heartbeat=0.2), cluster("two", heartbeat=0.2)
+    know_each_other(one, two)
+    alice = join(connect, one, "alice", [one, two])
+    bob = connect(two, "bob")
+    alice.read_until("* bob joined")
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        for origin, lines in FORGED_ENTRIES:
+            client.xadd("chatlab:inbox:one", {"from": origin, "lines": lines})
+        client.xadd("chatlab:inbox:one", {"from": "two", "lines": "b\0bob\0\0hi", "extra": "field"})
+        client.xadd("chatlab:inbox:one", {"from": "two", "lines": b"b\0bob\0\0\xff\xfe not UTF-8"})
+        for n in range(100):  # a flood of them: the log says so in a few lines
+            client.xadd("chatlab:inbox:one", {"from": "two", "lines": f"b\0teacher\0\0spam {n}"})
+    bob.send("%alice%the real one")
+    got = alice.read_until("%bob%the real one")[:-1]
+    assert got == ["! unknown client 'zed'"]  # worded by the server: not the entry's text
+    assert alice.who() == ["alice", "bob"]
+    dropped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("inbox entry")]
+    assert len(dropped) == 5, dropped  # the first few, one by one...
+    wait_until(
+        lambda: any("lines dropped from this server's inbox so far" in r.getMessage() for r in caplog.records),
+        timeout=10,
+    )  # ...then how many, at most once a heartbeat
+    assert "\x1b" not in caplog.text
+
+
+def test_a_redis_with_a_password_shares_the_chat_and_the_log_does_not_show_it(start_server, connect, caplog):
+    from chatlab.redis_server import find_redis_server, start_redis
+
+    if find_redis_server() is None:
+        pytest.skip("no Redis server here")
+    caplog.set_level(logging.INFO, logger="chatlab.server")
+    protected = start_redis(password="owl-42 secret")
+    try:
+        assert protected.url.startswith("redis://:owl-42%20secret@127.0.0.1:")
+        one = start_server(redis=protected.url, server_id="one")
+        two = start_server(redis=protected.url, server_id="two")
+        know_each_other(one, two)
+        alice = join(connect, one, "alice", [one, two])
+        bob = connect(two, "bob")
+        alice.read_until("* bob joined")
+        alice.send("%bob%behind a password")
+        bob.read_until("%alice%behind a password")
+        without = f"redis://127.0.0.1:{protected.port}/0"
+        with pytest.raises(ConnectionError, match="cannot reach Redis"):
+            ChatServer(redis=without).start()
+        with pytest.raises(ConnectionError, match=r"cannot reach Redis at redis://:\*\*\*@"):
+            ChatServer(redis=protected.url.replace("secret", "guess")).start()
+        assert "secret" not in caplog.text and "redis://:***@127.0.0.1" in caplog.text
+        for server in (one, two):
+            server.stop()
+    finally:
+        protected.stop()
+
+
+def test_the_lines_of_clients_that_come_and_go_at_once_cross_servers_and_nothing_is_dropped(
+    two, connect, caplog
+):
+    # As `printf 'q1\n%alice%hi\n' | nc HOST PORT` does: its name is released before the other
+    # server reads its "joined" (which is checked against Redis), and its lines still count.
+    caplog.set_level(logging.INFO, logger="chatlab.server")
+    one, other = two
+    alice = join(connect, one, "alice", [one, other])
+    for n in range(20):
+        visitor = connect(other)
+        visitor.send_raw(f"q{n}\n%alice%hi {n}\n%*%all {n}\n".encode())
+        visitor.sock.shutdown(socket.SHUT_WR)
+        visitor.drain()
+    got = [line for line in alice.read_until("%q19%all 19") if line.startswith("%")]
+    assert got == [line for n in range(20) for line in (f"%q{n}%hi {n}", f"%q{n}%all {n}")]
+    assert "dropped" not in caplog.text

@@ -59,9 +59,39 @@ def test_newcomers_are_those_the_last_heartbeat_did_not_see():
     assert directory.see_peers({"two", "three"}) == {"two", "three"}
     assert directory.see_peers({"two", "three", "four"}) == {"four"}
     assert directory.peers() == ["four", "three", "two"]
-    directory.forget_peers()  # Redis was unreachable: afterwards every server is new again
-    assert directory.peers() == []
-    assert directory.see_peers({"two"}) == {"two"}
+    assert directory.see_peers({"two"}) == set() and directory.peers() == ["two"]
+
+
+def test_a_server_that_writes_to_us_is_a_peer_at_once_and_gets_one_snapshot():
+    directory = directory_with(two=["bob"])
+    assert directory.heard_from("three")  # before any heartbeat saw its key: news
+    assert directory.peers() == ["three", "two"]  # so what goes to everyone goes to it
+    assert not directory.heard_from("three")  # heard again: not news
+    # The heartbeat's look at the live servers began before three wrote its key: three stays.
+    assert directory.see_peers({"two"}) == set() and directory.peers() == ["three", "two"]
+    assert directory.remove_gone() == {}
+    # Not heard from since, and still not found by the next heartbeat: gone.
+    assert directory.see_peers({"two"}) == set() and directory.peers() == ["two"]
+
+
+def test_after_an_outage_every_peer_is_kept_and_gets_a_snapshot_once_it_is_heard_of():
+    directory = directory_with(two=["bob"], three=["dave"])
+    directory.outage()  # Redis was unreachable: what was on its way may be lost
+    assert directory.peers() == ["three", "two"]  # kept: lines still go to them
+    # Back: two wrote its key again, three not yet; while patient, three stays a peer.
+    assert directory.see_peers({"two"}, keep=True) == {"two"}
+    assert directory.peers() == ["three", "two"] and directory.where("dave") == "three"
+    assert directory.heard_from("three")  # three is back: it gets its snapshot now
+    assert not directory.heard_from("three")
+    assert directory.see_peers({"two", "three"}) == set()
+
+
+def test_who_is_a_member_of_which_server():
+    directory = directory_with(two=["Bob"], three=[])
+    assert directory.is_member("two", "BOB") and not directory.is_member("three", "bob")
+    assert not directory.is_member("four", "bob")
+    assert directory.has_members("two") and not directory.has_members("three")
+    assert not directory.has_members("four")
 
 
 def test_a_server_that_is_gone_takes_its_members_with_it():
@@ -75,7 +105,7 @@ def test_a_server_that_is_gone_takes_its_members_with_it():
 
 def test_members_outlive_an_outage_until_their_server_is_known_to_be_gone():
     directory = directory_with(two=["bob"])
-    directory.forget_peers()
+    directory.outage()
     assert directory.where("bob") == "two"  # still routed: its server may well be alive
     directory.see_peers({"two"})
     assert directory.remove_gone() == {} and directory.names() == ["bob"]

@@ -7,11 +7,17 @@ its solution: every check cell must then say "✔". The stored notebook (checked
 shows the same check cells saying "✘ not yet", so a check that cannot pass, or that passes the
 untouched stub, fails one of the two.
 
+A check cell never holds the answer (issue 19, part 5): it does not spell out a one-line answer,
+and for lessons 4 to 9 each exercise is also given a wrong answer, which its check must refuse;
+in lesson 6 that wrong answer notes what the check compares it with, and the right answer must
+not be among those (a check that computes the answer and compares gives it away).
+
 A few claims that the lessons make about the kit are checked here too (issue 10, part 5).
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import socket
@@ -80,6 +86,23 @@ def test_the_stored_lesson_hides_its_solutions(path: Path) -> None:
                 source = notebook.cells[index].source
                 given_away = re.search(rf"(==|\bis) {re.escape(match[2])}(?!\w)", source)
                 assert not given_away, f"a check cell gives the answer away: {given_away}"
+    # Nor does a check cell hold the answer in any other spelling: not the literal, not the text of
+    # a string answer, and not a protocol line's parts each written out (%alice%lunch? as "alice"
+    # and "lunch?"): a student who reads the check must not find the answer in it.
+    for block in blocks:
+        match = re.fullmatch(r"(\w+) = (.+)", block)
+        if not match or len(match[2]) < 4 or re.fullmatch(r"[\d.]+|True|False", match[2]):
+            continue  # short answers such as 2 or b"" turn up in any code
+        value = ast.literal_eval(match[2]) if re.fullmatch(r"[\"'].*[\"']", match[2]) else None
+        for index in checks:
+            source = notebook.cells[index].source
+            assert match[2] not in source and not (isinstance(value, str) and value in source), \
+                f"a check cell holds the answer {match[2]}"
+            if isinstance(value, str) and value.startswith("%"):
+                literals = {node.value for node in ast.walk(ast.parse(source))
+                            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+                parts = [part for part in value.split("%") if part]
+                assert not set(parts) <= literals, f"a check cell spells out the answer {value!r} in parts {parts}"
     # The cleanup cell stays last.
     assert "kit_threads()" in notebook.cells[-1].source
 
@@ -102,6 +125,84 @@ def test_the_solutions_pass_the_checks(path: Path) -> None:
         assert text_of(notebook.cells[index]).startswith("✔"), (notebook.cells[index].source[:80],
                                                                 text_of(notebook.cells[index]))
     assert text_of(probe) == "[]\n"
+
+
+# One wrong answer per exercise, in order; each lesson's checks must all refuse them. Lesson 6's
+# value answers are probes: lists that note what they are compared with.
+PROBE = textwrap.dedent("""
+    class Probe(list):
+        \"\"\"A wrong answer that notes every value a check compares it with.\"\"\"
+        seen = []
+        __hash__ = None
+
+        def __eq__(self, other):
+            Probe.seen.append(other)
+            return False
+""")
+WRONG_ANSWERS = {
+    "04_client_to_client": [
+        'line_for_alice = "%*%lunch?"',  # alice gets %bob%lunch?, and so does carol
+        'bob_receives = "%*%bye"',
+        "def route(sender, line, online):\n    return {sender: line}",
+    ],
+    "05_chat_with_widgets": [
+        'line_bob_types = "lunch?"',  # goes to whoever is picked
+        "threads_that_end = 2",  # the window's own two, and the server's thread forgotten
+        "def say(window, to, text):\n    window.client.send(to, text)",  # around the window's controls
+    ],
+    "06_byte_stream": [
+        PROBE + "second_feed = Probe()",
+        PROBE + "limited_feed = Probe()",
+        "class MyFramer:\n    def feed(self, data):\n        return data.split(b'\\n')[:-1]",  # forgets the rest
+    ],
+    "07_slow_client": [
+        'blocked_thread = "chatlab-client-slow"',
+        "carol_reaches_bob = False",
+        "class Outbox:\n    def __init__(self, limit):\n        self.lines = []\n\n"
+        "    def put(self, data):\n        self.lines.append(data)\n        return True\n\n"
+        "    def get(self, timeout):\n        return self.lines.pop(0) if self.lines else None",  # no limit
+    ],
+    "08_many_clients": [
+        "threads_for_20_clients = 21",  # the clients' reader threads forgotten
+        "server_threads_with_2_behind = 6",  # the writer threads forgotten
+        "def send_around_concurrently(clients, messages):\n    return send_around(clients, messages)",
+    ],
+    "09_three_models": [
+        'threads_for_30_clients = {"threads": 30, "selectors": 1, "asyncio": 1}',
+        'freezes_everyone = {"threads"}',
+        "async def shout(reader, writer):\n    while line := await reader.readline():\n"
+        "        writer.write(line)\n        await writer.drain()\n    writer.close()",  # no capitals
+    ],
+}
+
+
+@pytest.mark.parametrize("lesson", list(WRONG_ANSWERS))
+def test_a_wrong_answer_fails_its_check(lesson: str) -> None:
+    notebook = nbformat.read(NOTEBOOKS / f"{lesson}.ipynb", as_version=4)
+    exercises = tagged(notebook, "exercise")
+    assert len(exercises) == len(WRONG_ANSWERS[lesson])
+    for index, wrong in zip(exercises, WRONG_ANSWERS[lesson], strict=True):
+        notebook.cells[index].source = wrong
+    client = NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    values = [block.split(" = ", 1)[1] for block in solutions(notebook) if re.fullmatch(r"\w+ = .+", block)]
+    with client.setup_kernel():
+        for index, cell in enumerate(notebook.cells):
+            if cell.cell_type == "code":
+                client.execute_cell(cell, index)
+        probe = nbformat.v4.new_code_cell(
+            "import chatlab\n"
+            "seen = Probe.seen if 'Probe' in globals() else []  # what the checks compared a probe with\n"
+            f"print([answer in seen for answer in [{', '.join(values)}]])\n"
+            "print(chatlab.kit_threads())")
+        notebook.cells.append(probe)
+        client.execute_cell(probe, len(notebook.cells) - 1)
+    for index in tagged(notebook, "check"):
+        assert text_of(notebook.cells[index]).startswith("✘ not yet"), (notebook.cells[index].source[:80],
+                                                                      text_of(notebook.cells[index]))
+    compared_with_the_answer, threads_left = text_of(probe).splitlines()
+    assert "True" not in compared_with_the_answer, "a check compared the answer with the right one: it holds it"
+    assert threads_left == "[]"
 
 
 def test_lesson_5_prints_the_port_where_it_asks_to_join_from_a_terminal() -> None:

@@ -1,4 +1,4 @@
-"""The facts that lessons 10, 11 and 12 state, measured (issues 17 and 19).
+"""The facts that lessons 10 to 13 (and lesson 2's list race) state, measured (issues 17 and 19).
 
 Each test names the sentence it checks. Where a fact belongs to one operating system the test
 says so and is skipped elsewhere; the lessons themselves say what differs. A few tests also read
@@ -32,9 +32,11 @@ from chatlab.servers import base as servers_base
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-LESSON_10 = NOTEBOOKS / "10_when_it_breaks.ipynb"
-LESSON_11 = NOTEBOOKS / "11_classroom_network.ipynb"
-LESSON_12 = NOTEBOOKS / "12_many_servers.ipynb"
+LESSON_2 = NOTEBOOKS / "02_threads.ipynb"
+LESSON_10 = NOTEBOOKS / "10_how_connections_end.ipynb"
+LESSON_11 = NOTEBOOKS / "11_programs_that_stop.ipynb"
+LESSON_12 = NOTEBOOKS / "12_classroom_network.ipynb"
+LESSON_13 = NOTEBOOKS / "13_many_servers.ipynb"
 POSIX_ONLY = pytest.mark.skipif(
     sys.platform == "win32", reason="Linux and macOS behaviour (the lesson says what Windows does)"
 )
@@ -179,7 +181,7 @@ def test_after_the_peer_closed_its_socket_the_first_send_works_and_a_later_one_f
 
 @POSIX_ONLY
 def test_ctrl_c_interrupts_a_wait_without_a_timeout_on_linux_and_macos() -> None:
-    """L10: "there a signal interrupts any wait ... threading.Event().wait(), with no timeout"."""
+    """L11: "there a signal interrupts any wait ... threading.Event().wait(), with no timeout"."""
     program = (
         "import threading\ntry:\n    print('ready', flush=True)\n    threading.Event().wait()\n"
         "except KeyboardInterrupt:\n    print('KeyboardInterrupt', flush=True)\n"
@@ -199,13 +201,13 @@ def test_ctrl_c_interrupts_a_wait_without_a_timeout_on_linux_and_macos() -> None
 
 
 def test_a_list_changed_under_its_loop_skips_an_element_without_an_error() -> None:
-    """L10: "the loop skips the next one": the lesson's own cell, run here."""
+    """L2: "The loop went on to position 1, carol, and skipped bob": the lesson's own cell, run here."""
     namespace: dict = {}
-    exec(cell_by_id(LESSON_10, "cell-069b").source, namespace)  # noqa: S102 (the lesson's cell)
+    exec(cell_by_id(LESSON_2, "cell-069b").source, namespace)  # noqa: S102 (the lesson's cell)
     assert namespace["greeted"] == ["alice", "carol"]
 
 
-@pytest.mark.parametrize("path", [LESSON_10, LESSON_11, LESSON_12], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [LESSON_10, LESSON_11, LESSON_12, LESSON_13], ids=lambda p: p.stem)
 def test_the_lessons_code_uses_no_posix_only_name_unguarded(path: Path) -> None:
     """Issue 17: no hand-written /proc read, no os.kill, no SIGKILL by name in these lessons."""
     code = "\n".join(cell.source for cell in cells(path, "code"))
@@ -221,7 +223,7 @@ def test_the_lessons_code_uses_no_posix_only_name_unguarded(path: Path) -> None:
         assert name not in code, name
 
 
-# --- lesson 11 -----------------------------------------------------------------------------
+# --- lesson 12 -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +292,7 @@ def records(stream: bytes) -> list[tuple[int, bytes, int]]:
 
 
 def test_tls_shows_the_legacy_record_version_while_the_session_is_tls_1_3(tls_contexts, kit_threads) -> None:
-    """L11: "16 03 01" is a handshake record with its legacy version; "the version agreed on: TLSv1.3"."""
+    """L12: "16 03 01" is a handshake record with its legacy version; "the version agreed on: TLSv1.3"."""
     server_side, client_side = tls_contexts
     server = ChatServer(tls=server_side).start()
     relay = Relay(server.address)
@@ -308,7 +310,7 @@ def test_tls_shows_the_legacy_record_version_while_the_session_is_tls_1_3(tls_co
 
 
 def test_over_tls_each_line_shows_its_length(tls_contexts, kit_threads) -> None:
-    """L11: "a record here is exactly 17 bytes longer than its line": the eavesdropper learns
+    """L12: "a record here is exactly 17 bytes longer than its line": the eavesdropper learns
     the length of the name, of each message and of the class code."""
     server_side, client_side = tls_contexts
     server = ChatServer(tls=server_side, code="three-long-words").start()
@@ -332,7 +334,7 @@ def test_over_tls_each_line_shows_its_length(tls_contexts, kit_threads) -> None:
 
 
 def test_a_wrong_class_code_slows_one_connection_and_many_at_once(monkeypatch, kit_threads) -> None:
-    """L11 (as corrected for the door, chatlab/door.py): "a wrong code gets `! wrong class code`
+    """L12 (as corrected for the door, chatlab/door.py): "a wrong code gets `! wrong class code`
     only after a second ... one address may have only three wrong codes waiting for their answer
     at once: a guess beyond that is not even checked": twenty parallel tries from one address,
     three checked, every answer after the delay."""
@@ -364,7 +366,7 @@ def test_a_wrong_class_code_slows_one_connection_and_many_at_once(monkeypatch, k
 
 
 def test_a_server_on_0_0_0_0_is_not_reached_at_the_ipv6_loopback(kit_threads) -> None:
-    """L11: "0.0.0.0 ... every IPv4 address I have ... not reached at ... ::1"."""
+    """L12: "0.0.0.0 ... every IPv4 address I have ... not reached at ... ::1"."""
     if not socket.has_ipv6:
         pytest.skip("no IPv6 in this Python")
     try:
@@ -414,7 +416,7 @@ def lone_subnet() -> Iterator[str]:
 
 
 def test_an_address_on_the_subnet_with_no_computer_gives_no_route_to_host(lone_subnet: str) -> None:
-    """L11: "no route ... the address is on your own network, but no computer there has it"."""
+    """L12: "no route ... the address is on your own network, but no computer there has it"."""
     probe = (
         "import socket\ntry:\n    socket.create_connection(('10.254.77.9', 5050), timeout=15)\n"
         "except OSError as exc:\n    print(type(exc).__name__, exc.errno)\n"
@@ -428,7 +430,7 @@ def test_an_address_on_the_subnet_with_no_computer_gives_no_route_to_host(lone_s
     assert result.stdout.split() == ["OSError", str(errno.EHOSTUNREACH)], result.stdout + result.stderr
 
 
-# --- lesson 12 -----------------------------------------------------------------------------
+# --- lesson 13 -----------------------------------------------------------------------------
 
 
 def readme_row(scenario: str, size: str, metric: str) -> list[str]:
@@ -440,9 +442,9 @@ def readme_row(scenario: str, size: str, metric: str) -> list[str]:
     raise AssertionError(f"no README row {scenario} {size} {metric}")
 
 
-def test_lesson_12_quotes_the_readme_benchmark_figures() -> None:
-    """L12, "When one server is enough": the threaded server's figures as README's table has them."""
-    text = prose(LESSON_12)
+def test_lesson_13_quotes_the_readme_benchmark_figures() -> None:
+    """L13, "When one server is enough": the threaded server's figures as README's table has them."""
+    text = prose(LESSON_13)
     ring = float(
         readme_row("ring", "N=200, W=16, M=1100", "messages/s (higher is better)")[0].replace(",", "")
     )
@@ -453,7 +455,7 @@ def test_lesson_12_quotes_the_readme_benchmark_figures() -> None:
 
 
 def test_a_trimmed_inbox_loses_its_oldest_lines(redis_server: RedisServer) -> None:
-    """L12: "at most once ... an inbox is trimmed ... a server that stops reading loses its
+    """L13: "at most once ... an inbox is trimmed ... a server that stops reading loses its
     oldest lines" (the broker appends with XADD MAXLEN ~ its limit)."""
     redis = pytest.importorskip("redis")
     r = redis.Redis.from_url(redis_server.url, decode_responses=True)
@@ -469,7 +471,7 @@ def test_a_trimmed_inbox_loses_its_oldest_lines(redis_server: RedisServer) -> No
 
 
 def test_a_restarted_redis_has_forgotten_every_inbox(redis_server: RedisServer) -> None:
-    """L12: "a restarted Redis has forgotten what was in it"."""
+    """L13: "a restarted Redis has forgotten what was in it"."""
     redis = pytest.importorskip("redis")
     r = redis.Redis.from_url(redis_server.url, decode_responses=True)
     r.xadd("facts:inbox", {"lines": "a line on its way"})
@@ -502,12 +504,12 @@ NO_REDIS = {
 
 
 @pytest.mark.parametrize("case", NO_REDIS)
-def test_lesson_12_runs_to_the_end_without_redis_and_says_what_to_do(case: str) -> None:
+def test_lesson_13_runs_to_the_end_without_redis_and_says_what_to_do(case: str) -> None:
     """Issue 17: without a Redis server, without the redis client, or with MY_REDIS pointing at
     nothing, the first Redis cell says what to do, the cells that need Redis say they skipped,
     the pictures still show, and nothing raises. Then what_to_install() with the platform faked."""
     setup, my_redis, expected = NO_REDIS[case]
-    notebook = nbformat.read(LESSON_12, as_version=4)
+    notebook = nbformat.read(LESSON_13, as_version=4)
     start = next(cell for cell in notebook.cells if "MY_REDIS = None" in cell.source)
     if my_redis:
         start.source = start.source.replace("MY_REDIS = None", my_redis, 1)
@@ -541,7 +543,7 @@ def test_lesson_12_runs_to_the_end_without_redis_and_says_what_to_do(case: str) 
     pictures = [
         cell
         for cell in notebook.cells
-        if "draw_topology()" in cell.source or "draw_one_message()" in cell.source
+        if "viz.cluster_topology()" in cell.source or "viz.message_path()" in cell.source
     ]
     assert pictures and all("<Figure" in str(cell.outputs) for cell in pictures)
     if case == "no server":
@@ -561,18 +563,18 @@ def test_lesson_12_runs_to_the_end_without_redis_and_says_what_to_do(case: str) 
 GONE = [
     (LESSON_10, "for a minute after the end"),  # TIME_WAIT's length depends on the system
     (LESSON_10, "and sending on afterwards gives `BrokenPipeError`"),  # the RST's doing, not the FIN's
-    (LESSON_10, "(a wait with a timeout, which a signal can interrupt)"),  # Windows' reason only
-    (LESSON_11, "so nobody can try thousands of codes fast"),
-    (LESSON_11, "to hundreds while"),  # the stored plot peaks at tens of milliseconds
-    (LESSON_11, "an eavesdropper sees only ciphertext"),
-    (LESSON_11, "(what the `s` in `https` stands for)"),
-    (LESSON_11, "then the version)"),
-    (LESSON_12, "295,000"),
-    (LESSON_12, "8.4 s"),
-    (LESSON_12, "(Django Channels, Socket.IO's adapters, Phoenix)"),
-    (LESSON_12, "exactly once and in order"),
-    (LESSON_12, "One thread per server appends"),
-    (LESSON_12, "and losing one server loses only its own clients."),
+    (LESSON_11, "(a wait with a timeout, which a signal can interrupt)"),  # Windows' reason only
+    (LESSON_12, "so nobody can try thousands of codes fast"),
+    (LESSON_12, "to hundreds while"),  # the stored plot peaks at tens of milliseconds
+    (LESSON_12, "an eavesdropper sees only ciphertext"),
+    (LESSON_12, "(what the `s` in `https` stands for)"),
+    (LESSON_12, "then the version)"),
+    (LESSON_13, "295,000"),
+    (LESSON_13, "8.4 s"),
+    (LESSON_13, "(Django Channels, Socket.IO's adapters, Phoenix)"),
+    (LESSON_13, "exactly once and in order"),
+    (LESSON_13, "One thread per server appends"),
+    (LESSON_13, "and losing one server loses only its own clients."),
 ]
 
 
@@ -581,3 +583,45 @@ def test_a_corrected_claim_stays_corrected(path: Path, phrase: str) -> None:
     text = prose(path) + " " + " ".join(" ".join(cell.source.split()) for cell in cells(path, "code"))
     outputs = " ".join(str(cell.get("outputs", "")) for cell in cells(path, "code"))
     assert phrase not in text and phrase not in outputs
+
+
+# --- the course's shape (issue 19): lessons of a size to teach, each piece where it is needed --
+
+LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+MAX_CELLS = 60
+MAX_PROSE_WORDS = 2550  # "about 2,500": markdown outside ``` blocks
+
+
+def prose_words(path: Path) -> int:
+    text = " ".join(cell.source for cell in cells(path, "markdown"))
+    outside_code = "".join(text.split("```")[::2])
+    return len(outside_code.split())
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_no_lesson_is_longer_than_about_60_cells_or_2500_words_of_prose(path: Path) -> None:
+    assert len(cells(path)) <= MAX_CELLS
+    assert prose_words(path) <= MAX_PROSE_WORDS
+
+
+@pytest.mark.parametrize("path", LESSONS[:-1], ids=lambda p: p.stem)
+def test_every_lesson_links_to_the_next_one(path: Path) -> None:
+    following = LESSONS[LESSONS.index(path) + 1].name
+    assert f"]({following})" in prose(path), f"{path.name} has no link to {following}"
+
+
+def test_shutdown_and_address_in_use_come_before_lab_1_and_the_race_beside_the_lock() -> None:
+    """Lab 1 (after lesson 3) stops threads with shutdown() and restarts on --port 5050; labs 1-2
+    keep a dict of clients under a lock: lessons 2 and 3 show what those need."""
+    lesson_2 = NOTEBOOKS / "02_threads.ipynb"
+    lesson_3 = NOTEBOOKS / "03_threaded_server.ipynb"
+    outputs_2 = " ".join(str(cell.get("outputs", "")) for cell in cells(lesson_2, "code"))
+    assert "dictionary changed size during iteration" in outputs_2
+    assert "Predict" in prose(lesson_2)
+    outputs_3 = " ".join(str(cell.get("outputs", "")) for cell in cells(lesson_3, "code"))
+    assert "after close(), still blocked: True" in outputs_3
+    assert "after shutdown(), still blocked: False" in outputs_3
+    assert "Address already in use" in prose(lesson_3) and "socket.create_server(" in prose(lesson_3)
+    for later in (LESSON_10, LESSON_11):
+        later_outputs = " ".join(str(cell.get("outputs", "")) for cell in cells(later, "code"))
+        assert "dictionary changed size during iteration" not in later_outputs

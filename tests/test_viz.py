@@ -8,8 +8,10 @@ tests then check that each picture shows what the clients themselves saw.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -427,3 +429,250 @@ def test_broadcast_labels_on_both_sides_of_the_server_do_not_meet():
     fig = viz.sequence_diagram(events)
     assert gids(fig, "deliver:") == Counter(["deliver:carol->alice", "deliver:carol->bob"])
     assert overlapping_texts(fig) == []
+
+
+# --- listeners, a token bucket, a crash, many servers (lessons 12 and 13) ---------------------
+
+
+def connects(address: str, port: int) -> bool:
+    """Whether a connection to (address, port) is taken: True, or False when it is refused."""
+    try:
+        socket.create_connection((address, port), timeout=2).close()
+        return True
+    except ConnectionRefusedError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS answers only at 127.0.0.1, not at 127.0.0.2")
+def test_accepts_says_what_the_kernel_does():
+    """A listener takes only connections to its own address: 127.0.0.2 plays another address."""
+    for bound in ("127.0.0.1", "127.0.0.2"):
+        with socket.create_server((bound, 0)) as listener:
+            port = listener.getsockname()[1]
+            for arriving_at in ("127.0.0.1", "127.0.0.2"):
+                assert viz.accepts(bound, arriving_at) == connects(arriving_at, port), (bound, arriving_at)
+    assert viz.accepts("0.0.0.0", "127.0.0.2") and viz.accepts("0.0.0.0", "192.168.1.20")
+
+
+def test_listeners_draws_each_way_in_and_who_reaches_each_listener():
+    fig = viz.listeners()
+    render(fig)
+    assert sorted(gids(fig, "connect:")) == [
+        "connect:another computer->wlan0", "connect:this computer->lo", "connect:this computer->wlan0",
+    ]  # another computer has no way to this computer's loopback
+    assert sorted(gids(fig, "reach:")) == [
+        "reach:lo->0.0.0.0", "reach:lo->127.0.0.1", "reach:wlan0->0.0.0.0", "reach:wlan0->192.168.1.20",
+    ]
+    shown = texts(fig)  # a port each: on one port Linux would not let 0.0.0.0 beside 127.0.0.1
+    for listener in ("127.0.0.1:5050", "192.168.1.20:5051", "0.0.0.0:5052 (every IPv4\naddress)"):
+        assert f"listens on\n{listener}" in shown, listener
+    notes = {a.get_gid(): a.get_text() for a in with_gid(fig, "reached-from:")}
+    assert notes == {
+        "reached-from:127.0.0.1": "reached from this computer only",
+        "reached-from:192.168.1.20": "reached from this computer\nand from other computers",
+        "reached-from:0.0.0.0": "reached from this computer\nand from other computers",
+    }
+    assert overlapping_texts(fig) == []
+
+
+def test_listeners_on_an_address_the_computer_does_not_have():
+    fig = viz.listeners([("lo", "127.0.0.1")], ["10.0.0.7"], port=6000)
+    render(fig)
+    assert gids(fig, "reach:") == Counter() and gids(fig, "connect:") == Counter({"connect:this computer->lo": 1})
+    assert "listens on\n10.0.0.7:6000" in texts(fig)
+    assert "reached by nobody: no such address here" in texts(fig)
+
+
+def test_bucket_run_gives_the_burst_at_once_and_the_rest_at_the_rate():
+    """The answers of lesson 12's exercise 3 (formerly 11's), from chatlab.flood's own bucket."""
+    for lines, rate, last in ((300, 200, 0.0), (1000, 100, 8.0), (401, 200, 0.005)):
+        run = viz.bucket_run([0.0] * lines, rate)
+        assert run.burst == 2 * rate
+        assert run.passed[-1] == pytest.approx(last, abs=1e-6), (lines, rate)
+
+
+def test_bucket_run_keeps_order_and_never_overdraws():
+    sent = [0.5] * 30 + [2.0 + 0.2 * i for i in range(21)] + [6.0] * 25
+    run = viz.bucket_run(sent, 10.0)
+    assert run.sent == sent and len(run.passed) == len(sent)
+    assert all(went >= came for came, went in zip(run.sent, run.passed))  # never before it came
+    assert run.passed == sorted(run.passed)  # in order
+    for i, went in enumerate(run.passed):  # a full bucket, then 10 a second: no more than that
+        assert i + 1 <= run.burst + run.rate * went + 1e-6
+    assert run.passed[19] == 0.5 and run.passed[20] == pytest.approx(0.6)  # 20 at once, then waiting
+    assert all(0 <= tokens <= run.burst for _, tokens in run.level)
+    assert [t for t, _ in run.level] == sorted(t for t, _ in run.level)
+
+
+def test_bucket_run_agrees_with_the_servers_throttle():
+    """chatlab.flood.Throttle hands waiting lines over in batches (a tenth of a second's worth):
+    the last line goes within one batch of the picture's."""
+    from chatlab.flood import TICK, Throttle
+
+    throttle, now = Throttle.for_rate(50.0, now=0.0), 0.0
+    passed = len(throttle.admit(list(range(500)), now))
+    for _ in range(10_000):
+        if not throttle.waiting:
+            break
+        now += throttle.wait(now)
+        passed += len(throttle.admit([], now))
+    assert passed == 500
+    assert viz.bucket_run([0.0] * 500, 50.0).passed[-1] == pytest.approx(now, abs=TICK)
+
+
+def test_token_bucket_picture():
+    fig = viz.token_bucket()
+    render(fig)
+    (level,) = with_gid(fig, "level")
+    assert max(level.get_ydata()) == 20 and min(level.get_ydata()) == 0
+    (sent,) = with_gid(fig, "sent")
+    (passed,) = with_gid(fig, "passed")
+    assert max(sent.get_ydata()) == max(passed.get_ydata()) == 51  # every line goes on
+    (empty,) = with_gid(fig, "empty")
+    assert empty.get_text() == "empty: 10 lines wait for their tokens"
+    assert overlapping_texts(fig) == []
+    assert with_gid(viz.token_bucket([0.0, 1.0, 2.0]), "empty") == []  # a slow sender never waits
+
+
+def test_crash_times_follow_the_brokers_heartbeat():
+    broker = pytest.importorskip("chatlab.broker")
+    defaults = inspect.signature(viz.crash_times).parameters
+    assert defaults["heartbeat"].default == broker.HEARTBEAT
+    assert defaults["ttl_heartbeats"].default == broker.TTL_HEARTBEATS
+    crash = viz.crash_times()
+    assert crash.expires - crash.last_beat == pytest.approx(crash.ttl) == 5.0
+    assert crash.last_beat <= crash.crash_at < crash.last_beat + crash.heartbeat
+    assert crash.beats["three"][-1] == pytest.approx(crash.last_beat)  # no beat after the crash
+    for name, when in crash.noticed.items():
+        assert when in crash.beats[name]  # noticed at one of its own heartbeats...
+        assert crash.expires < when <= crash.expires + crash.heartbeat  # ...the first after the expiry
+    # Lesson 13 says: with the default heartbeat of one second, all this takes about six seconds.
+    assert 5.0 < max(crash.noticed.values()) - crash.last_beat <= 6.0
+
+
+def test_crash_times_for_any_heartbeat():
+    crash = viz.crash_times(["a", "b"], "a", crash_at=1.05, heartbeat=0.2, ttl_heartbeats=5)
+    assert crash.last_beat == pytest.approx(1.0) and crash.expires == pytest.approx(2.0)
+    assert crash.noticed == {"b": pytest.approx(2.1)}
+    with pytest.raises(ValueError):
+        viz.crash_times(["a", "b"], "c")
+
+
+def test_heartbeat_timeline_picture():
+    crash = viz.crash_times()
+    fig = viz.heartbeat_timeline(crash)
+    render(fig)
+    for name, beats in crash.beats.items():
+        assert len(with_gid(fig, f"beat:{name}")) == len(beats)
+    assert gids(fig, "noticed:") == Counter({"noticed:one": 1, "noticed:two": 1})
+    assert gids(fig, "crash:") == Counter({"crash:three": 1}) and gids(fig, "expires:") == Counter({"expires:three": 1})
+    (ttl,) = with_gid(fig, "ttl")
+    assert (ttl.xyann[0], ttl.xy[0]) == (crash.last_beat, crash.expires)
+    assert "time to live: 5 heartbeats after the last one" in texts(fig)
+    assert overlapping_texts(fig) == []
+
+
+def test_the_new_pictures_stay_out_of_pyplot():
+    for fig in (viz.listeners(), viz.token_bucket(), viz.heartbeat_timeline(), viz.cluster_topology(), viz.message_path()):
+        assert fig.canvas.manager is None
+
+
+# --- how a connection ends: the ladders, the fd table, the calls, the wiretap -------------------
+
+
+def test_socket_calls_draws_every_call_on_its_side_and_an_arrow_per_travel():
+    fig = viz.socket_calls()
+    render(fig)
+    drawn = gids(fig, "call:")
+    assert drawn == Counter(f"call:{c.side}:{c.row}" for c in viz.FIRST_CONVERSATION)
+    assert sum(1 for c in viz.FIRST_CONVERSATION if c.side == "server") == 6
+    assert set(gids(fig, "travel:")) == {"travel:connection", "travel:bytes", "travel:end of stream"}
+    assert "conn.recv()  → b''" in texts(fig)
+    assert not overlapping_texts(fig)
+
+
+def test_the_clean_close_ladder_puts_the_closer_in_time_wait():
+    fig = viz.segment_ladder(("a clean close", viz.CLEAN_CLOSE))
+    render(fig)
+    assert list(gids(fig, "segment:")) == [
+        "segment:0:0:FIN", "segment:0:1:ACK", "segment:0:2:FIN", "segment:0:3:ACK"
+    ]
+    assert set(gids(fig, "time_wait:")) == {"time_wait:0"}  # the closer, and only there
+    [bar] = with_gid(fig, "time_wait:0")
+    assert set(bar.get_xdata()) == {-0.012}  # on the left lane: the side that closed first
+    assert "recv() → b''  CLOSE_WAIT" in texts(fig)
+    assert not overlapping_texts(fig)
+
+
+def test_the_send_after_close_ladder_ends_in_an_rst_and_the_abort_in_one_too():
+    fig = viz.segment_ladder(("we send", viz.SEND_AFTER_CLOSE), ("an abort", viz.ABORT))
+    render(fig)
+    flags = [gid.rsplit(":", 1)[1] for gid in gids(fig, "segment:")]
+    assert flags == ["FIN", "ACK", "data", "RST", "data", "RST"]
+    assert not gids(fig, "time_wait:")  # neither ending leaves a TIME_WAIT
+    assert "next send(): BrokenPipeError" in texts(fig)
+    assert "recv() → ConnectionResetError" in texts(fig)
+    assert not overlapping_texts(fig)
+
+
+def test_segment_arrows_run_from_the_sender_down_to_the_receiver():
+    fig = viz.segment_ladder(("one each way", (viz.Segment("left", "FIN"), viz.Segment("right", "ACK"))))
+    fin, ack = with_gid(fig, "segment:0:0:FIN")[0], with_gid(fig, "segment:0:1:ACK")[0]
+    assert fin.xyann[0] == 0 and fin.xy[0] == 1 and fin.xy[1] > fin.xyann[1]  # later when it arrives
+    assert ack.xyann[0] == 1 and ack.xy[0] == 0 and ack.xyann[1] > fin.xy[1] - 1
+
+
+def test_the_fd_table_shows_close_freeing_an_fd_and_shutdown_ending_the_connection():
+    fig = viz.fd_table()
+    render(fig)
+    assert set(gids(fig, "fd:")) == {"fd:0:5", "fd:0:6", "fd:1:6", "fd:2:6"}  # close(5) freed fd 5
+    assert set(gids(fig, "connection:")) == {"connection:0:open", "connection:1:open", "connection:2:ended"}
+    assert texts(fig).count("free") == 2
+    assert "wakes: recv() → b''" in texts(fig)
+    assert not overlapping_texts(fig)
+
+
+def test_wire_timeline_draws_the_writes_and_a_cross_for_the_reset(kit_threads):
+    """A real link, a real server: the greeting goes down, then the link resets the connection."""
+    from chatlab.faults import FaultyLink
+
+    server = ChatServer().start()
+    greeting = len(b"* chatlab: type your name (1-32 of A-Z a-z 0-9 _ . -) and press Enter\n")
+    link = FaultyLink(upstream=server.address, direction="down", reset_after=greeting, record=True)
+    try:
+        with socket.create_connection(link.address, timeout=2) as raw:
+            with pytest.raises(ConnectionResetError):
+                for _ in range(5):
+                    raw.recv(1024)
+        wait_until(lambda: any(r.event != "data" for r in link.wiretap))
+        records = list(link.wiretap)
+    finally:
+        link.close()
+        server.stop()
+    fig = viz.wire_timeline(records, "a reset after the greeting")
+    render(fig)
+    ends = set(gids(fig, "end:"))
+    assert ends and all(gid.startswith("end:down:") or gid.startswith("end:up:") for gid in ends)
+    [down] = with_gid(fig, "write:down")
+    assert len(down.get_offsets()) == sum(r.direction == "down" and r.event == "data" for r in records) >= 1
+    assert fig.canvas.manager is None
+
+
+def test_cluster_topology_joins_each_client_to_its_own_server_and_both_servers_to_redis():
+    fig = viz.cluster_topology()
+    render(fig)
+    assert set(gids(fig, "tcp:")) == {f"tcp:{name}->{server}" for name, server in viz.TWO_SERVERS.items()}
+    assert set(gids(fig, "broker:")) == {"broker:server one", "broker:server two"}
+    assert not [gid for gid in gids(fig, "tcp:") if "Redis" in gid]  # no client talks to Redis
+    with pytest.raises(ValueError):
+        viz.cluster_topology({"alice": "server one"})
+
+
+def test_message_path_draws_one_arrow_per_step_in_order():
+    fig = viz.message_path()
+    render(fig)
+    assert list(gids(fig, "step:")) == [
+        f"step:{row}:{source}->{target}" for row, (source, target, _) in enumerate(viz.ONE_MESSAGE_STEPS, start=1)
+    ]
+    assert "XADD inbox:two" in texts(fig)
+    assert not overlapping_texts(fig)

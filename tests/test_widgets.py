@@ -164,6 +164,14 @@ def test_text_is_escaped_in_the_html_log(trio):
     assert "<b>not bold</b>" not in bob.chat_log.value
 
 
+def test_every_entry_has_a_hanging_indent_so_a_wrapped_row_never_starts_where_entries_do(trio):
+    alice, bob, carol = trio
+    type_and_send(alice, "x" * 300 + "← teacher: the quiz is moved to Friday", to="bob")
+    bob.wait_for("the quiz")
+    entries = bob.chat_log.value.count("<div style=\"padding-left:2em;text-indent:-2em;")
+    assert entries == len(bob.transcript()) > 0
+
+
 def test_message_text_is_shown_isolated_so_it_cannot_reorder_the_sender_name(trio):
     alice, bob, carol = trio
     hebrew = "\u05e9\u05dc\u05d5\u05dd\u200f"  # "hello" and a right-to-left mark

@@ -24,25 +24,29 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "tests" / "windows_standin"
 
+# Lesson 7 is left out for now: under the stand-in its direct-delivery demonstration (cell 10)
+# showed carol's thread in _deliver instead of recv() in 2 of 4 runs, a timing difference of the
+# Windows path not yet understood (see the closing note of this round).
+LESSONS = sorted(
+    str(path.relative_to(ROOT))
+    for path in (ROOT / "notebooks").glob("0[1-9]_*.ipynb")
+    if not path.name.startswith("07_")
+)
 SUITES = {
     "models and client": ["tests/test_portable.py", "tests/test_models.py", "tests/test_client.py"],
-    # Lesson 7 is left out for now: under the stand-in its direct-delivery demonstration (cell
-    # 10) showed carol's thread in _deliver instead of recv() in 2 of 4 runs, a timing
-    # difference of the Windows path not yet understood (see the closing note of this round).
-    "lessons 1-9 but 7": sorted(
-        str(path.relative_to(ROOT))
-        for path in (ROOT / "notebooks").glob("0[1-9]_*.ipynb")
-        if not path.name.startswith("07_")
-    ),
+    # Lessons in two halves, and the grader apart from the labs, so that pytest-xdist can give
+    # them to different workers (each suite is one test, and the longest tests of the run).
+    "lessons 1-4": LESSONS[:4],
+    "lessons 5-9 but 7": LESSONS[4:],
     # the grader grading the kit's three models, a broken server and the labs' references, and
     # stopping each server it started (the whole of test_grade.py again would add minutes)
-    "grader and labs": [
+    "grader": [
         "tests/test_grade.py",
         "-k",
         "every_kit_model or command_line_starts_a_kit_server or exits_1_for_each_bug"
         " or stops_the_process_it_started or reference_gets_full_marks",
-        "tests/test_labs.py",
     ],
+    "labs": ["tests/test_labs.py"],
 }
 
 

@@ -143,6 +143,7 @@ class ServerOptions:
     redis: str | None = None  # redis://HOST:PORT/DB: share the chat with other servers
     server_id: str | None = None  # this server's name among them; default HOSTNAME:PORT
     heartbeat: float = 1.0  # with redis: seconds between heartbeats
+    reserve: tuple[str, ...] = ()  # names only a client on the server's own computer may take
     # The door (chatlab.door). Fairness by address: None turns it on unless the server listens
     # on loopback only; with it, max_clients counts named clients. Sized for a class of 30,
     # one laptop per address; a room behind NAT (one address for all) needs larger figures.
@@ -167,6 +168,10 @@ class ServerOptions:
             raise ValueError(f"delivery must be one of {DELIVERY_MODES}")
         if self.delivery == "direct" and self.redis is not None:
             raise ValueError("redis= needs delivery='queue': the broker must never wait for a client")
+        object.__setattr__(self, "reserve", tuple(self.reserve))  # a list given is kept as a tuple
+        for name in self.reserve:
+            if error := protocol.name_error(name):
+                raise ValueError(f"cannot reserve: {error}")
 
 
 class ServerBase:
@@ -234,7 +239,7 @@ class ServerBase:
             rate=options.rate,
         )
         room_size = options.max_clients + (options.joining if self.fair else 0)
-        self.room = ChatRoom(max_clients=room_size, history=options.history)
+        self.room = ChatRoom(max_clients=room_size, history=options.history, reserved=options.reserve)
         self.stopping = False  # set by stop() before it closes anything
         self._requested_port = port
         self._listener: socket.socket | None = None

@@ -1,0 +1,64 @@
+"""How `make test` shares the suite among pytest-xdist workers (``pytest -n 4``).
+
+Most of the suite's time is spent waiting (servers, kernels, a browser), not computing, so four
+workers on two cores finish in well under half the time of one. Which tests go together:
+
+- By default a file's tests stay together, in order, in one worker, as they run without xdist:
+  a notebook (nbval runs its cells one by one in one kernel), and every test module, so a
+  module-scoped fixture (a Redis, network namespaces, a built wheel, certificates, graded
+  servers) is made once.
+- The files in :data:`SPREAD` are long and their tests independent: each of their tests goes to
+  whichever worker is free (a worker makes a module-scoped fixture, such as the browser, for
+  itself). They are also queued first, slowest first, so no long test starts last.
+
+A plain ``pytest`` (no ``-n``), or one file, runs as it always did; nothing here applies.
+(pytest-xdist's own ``--dist loadgroup`` would do the grouping, but it renames test ids in a way
+pytest 9 no longer sees, so this file asks for the grouping through xdist's scheduler hook.)
+"""
+
+from __future__ import annotations
+
+import pytest
+
+# Slowest first (the order they are queued in): measured with `pytest --durations=0`.
+SPREAD = (
+    "tests/test_windows_standin.py",  # three suites under the Windows stand-in, 0.5-2 min each
+    "tests/browser/test_lessons_in_browser.py",  # each lesson and lab in JupyterLab in Chromium
+    "tests/test_lessons_rerun.py",  # each lesson run twice in one kernel
+    "tests/test_labs.py",
+    "tests/test_exercises.py",
+    "tests/test_faults.py",
+)
+QUEUED_FIRST = (*SPREAD[:3], "tests/test_grade.py")  # test_grade: one worker grades the corpus
+
+
+def file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With workers, queue the longest files first (every worker sorts its list the same way)."""
+    if getattr(config.option, "numprocesses", None):
+        rank = {path: n for n, path in enumerate(QUEUED_FIRST)}
+        items.sort(key=lambda item: rank.get(file_of(item.nodeid), len(rank)))
+
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # pytest-xdist is not installed: plain pytest
+    pass
+else:
+
+    class CourseScheduling(LoadScopeScheduling):
+        """xdist's scope scheduling, where a scope is a file, or one test of a SPREAD file."""
+
+        def __init__(self, config: pytest.Config, log: object = None) -> None:
+            config.option.loadscopereorder = False  # keep the order above, not "biggest file first"
+            super().__init__(config, log)  # type: ignore[arg-type]
+
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if file_of(nodeid) in SPREAD else file_of(nodeid)
+
+    def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> CourseScheduling:
+        return CourseScheduling(config, log)
