@@ -14,10 +14,9 @@ import unicodedata
 import pytest
 
 from chatlab import client as client_module
+from chatlab import kit_threads
 from chatlab.client import ChatClient, ChatError, ConnectionClosed, NameRefused, ServerFull
 from transcript import GREETING, HELP, wait_until
-
-pytestmark = pytest.mark.usefixtures("kit_threads")
 
 
 def test_a_client_registers_sends_and_receives(server, chat_client):
@@ -217,7 +216,7 @@ def test_nobody_listening_raises_connection_refused():
         ChatClient("127.0.0.1", port, "alice")
 
 
-def test_close_joins_the_reader_thread_and_the_others_see_the_client_leave(server, chat_client, kit_threads):
+def test_close_joins_the_reader_thread_and_the_others_see_the_client_leave(server, chat_client):
     bob = chat_client(server, "bob")
     alice = ChatClient(server.host, server.port, "alice")
     assert "chatlab-reader-alice" in kit_threads() and not alice.closed
@@ -232,7 +231,7 @@ def test_close_joins_the_reader_thread_and_the_others_see_the_client_leave(serve
         alice.recv(timeout=1)
 
 
-def test_close_waits_until_the_reader_thread_has_finished(server, chat_client, kit_threads):
+def test_close_waits_until_the_reader_thread_has_finished(server, chat_client):
     busy, release = threading.Event(), threading.Event()
 
     def slow_on_line(line: str) -> None:  # e.g. a widget that takes a moment to redraw
@@ -252,7 +251,7 @@ def test_close_waits_until_the_reader_thread_has_finished(server, chat_client, k
         timer.join()
 
 
-def test_a_client_is_a_context_manager(server, chat_client, kit_threads):
+def test_a_client_is_a_context_manager(server, chat_client):
     bob = chat_client(server, "bob")
     with ChatClient(server.host, server.port, "alice") as alice:
         alice.send("bob", "hi")

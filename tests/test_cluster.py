@@ -18,10 +18,7 @@ import pytest
 
 from chatlab.redis_server import RedisServer
 from chatlab.servers import AsyncioChatServer, ChatServer, SelectorsChatServer
-from test_cli import run  # noqa: F401  (a fixture: runs a chatlab program in a subprocess)
 from transcript import GREETING, Peer, run_together, wait_until
-
-pytestmark = pytest.mark.usefixtures("kit_threads")
 
 
 @pytest.fixture

@@ -242,7 +242,7 @@ def test_lesson_9_says_what_it_needs_without_the_kits_folder(monkeypatch, tmp_pa
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the doubling is Linux's")
-def test_lesson_7_linux_doubles_the_send_buffer_the_server_asks_for(kit_threads, start_server) -> None:
+def test_lesson_7_linux_doubles_the_send_buffer_the_server_asks_for(start_server) -> None:
     server = start_server(delivery="queue")
     with ChatClient(port=server.port, name="ann"):
         record = server.clients()[0]

@@ -18,13 +18,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from chatlab import kit_threads
 from chatlab.client import ChatClient, ConnectionClosed, ConnectionReset
 from chatlab.faults import FaultyLink
 from chatlab.servers import ServerBase
-from test_cli import Program
 from test_models import (  # noqa: F401  (imported tests run again here, through the link)
-    server,
-    start,
     test_a_broadcast_reaches_every_other_client_and_not_the_sender,
     test_a_direct_message_arrives_with_the_senders_name,
     test_a_full_server_and_a_silent_connection,
@@ -46,9 +44,7 @@ from test_models import (  # noqa: F401  (imported tests run again here, through
     test_the_replies_to_the_lines_of_one_packet_keep_their_order,
     test_who_help_and_an_unknown_command,
 )
-from transcript import Peer, wait_until
-
-pytestmark = pytest.mark.usefixtures("kit_threads")
+from transcript import Peer, Program, wait_until
 
 # The bad network the transcript tests run through: every byte a write of its own, 5-15 ms late.
 THROUGH = {"slice": 1, "latency": 0.005, "jitter": 0.01}
@@ -283,7 +279,7 @@ def test_a_refused_upstream_resets_the_client():
                 assert read_until_end(client) == (b"", "reset")
 
 
-def test_close_resets_open_connections_and_joins_every_thread(pair, kit_threads):
+def test_close_resets_open_connections_and_joins_every_thread(pair):
     link_pair = pair(latency=0.01)
     link_pair.client.sendall(b"hi")
     assert read_exactly(link_pair.server, 2) == b"hi"

@@ -30,8 +30,6 @@ from broken_servers import BUGS, Server
 from chatlab.grade import CHECKS, STAGES, CheckResult, Report, grade, shown
 from chatlab.servers import MODELS, server_class
 
-pytestmark = pytest.mark.usefixtures("kit_threads")
-
 TESTS = Path(__file__).parent
 ALL_CHECKS = [c.name for c in CHECKS]
 SUMMARY = f"grade: {len(ALL_CHECKS)} passed, 0 failed"

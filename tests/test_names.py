@@ -17,30 +17,12 @@ import unicodedata
 
 import pytest
 
-from chatlab import kit_threads, protocol
-from chatlab.servers import MODELS, ServerBase, ServerOptions, server_class
+from chatlab import protocol
+from chatlab.servers import ServerOptions
 from transcript import GREETING, TIMEOUT, Peer, alice_and_bob, wait_until
 
 TOO_MANY_BLANKS = "! too many blanks in a row (at most 8)"
 OTHER_LOOPBACK = "127.0.0.2"  # another address of this computer: "not the server's own"
-
-
-@pytest.fixture(params=list(MODELS))
-def start(request):
-    """``start(**options)`` starts a server of the model under test on 127.0.0.1, port 0."""
-    model_class = server_class(request.param)
-    servers: list[ServerBase] = []
-    before = set(kit_threads())
-
-    def start_server(**options: object) -> ServerBase:
-        server = model_class("127.0.0.1", 0, **options).start()
-        servers.append(server)
-        return server
-
-    yield start_server
-    for server in servers:
-        server.stop()
-    wait_until(lambda: set(kit_threads()) <= before, message="the model's threads ended")
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 
 from chatlab import ChatClient, ChatServer, NameRefused, ServerEvent, viz
+from transcript import wait_until
 
 
 def read_until(client: ChatClient, wanted: str, limit: int = 20) -> list[str]:
@@ -35,14 +36,6 @@ def read_until(client: ChatClient, wanted: str, limit: int = 20) -> list[str]:
         if seen[-1] == wanted:
             return seen
     raise AssertionError(f"{client.name} never got {wanted!r}; got {seen}")
-
-
-def wait_until(condition, timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 @dataclass
@@ -632,7 +625,7 @@ def test_the_fd_table_shows_close_freeing_an_fd_and_shutdown_ending_the_connecti
     assert not overlapping_texts(fig)
 
 
-def test_wire_timeline_draws_the_writes_and_a_cross_for_the_reset(kit_threads):
+def test_wire_timeline_draws_the_writes_and_a_cross_for_the_reset():
     """A real link, a real server: the greeting goes down, then the link resets the connection."""
     from chatlab.faults import FaultyLink
 

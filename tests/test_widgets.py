@@ -16,17 +16,9 @@ import pytest
 from chatlab import ChatClient, ChatServer, NameRefused, kit_threads
 from chatlab.servers import MODELS, server_class
 from chatlab.widgets import ENTER_GRACE, ChatWidget, ServerDashboard, chat_row, close_all
+from transcript import wait_until
 
 # --- helpers and fixtures (local to this file) ----------------------------------------------
-
-
-def eventually(condition: Callable[[], object], timeout: float = 3.0, what: str = "") -> None:
-    """Poll ``condition`` every 20 ms until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"still not true after {timeout} s: {what or condition}")
-        time.sleep(0.02)
 
 
 def type_and_send(widget: ChatWidget, text: str, to: str | None = None) -> None:
@@ -52,17 +44,15 @@ def commit(widget: ChatWidget, text: str) -> None:
 
 
 @pytest.fixture
-def no_thread_left() -> Iterator[None]:
-    """After the test, every chatlab thread it started has ended."""
-    before = set(kit_threads())
+def widgets_closed() -> Iterator[None]:
+    """After the test, every widget and server is closed (conftest then checks no thread is left)."""
     yield
     close_all()
     ChatServer.stop_all()
-    eventually(lambda: set(kit_threads()) <= before, 5.0, "chatlab threads left over")
 
 
 @pytest.fixture
-def server(no_thread_left: None) -> Iterator[ChatServer]:
+def server(widgets_closed: None) -> Iterator[ChatServer]:
     server = ChatServer("127.0.0.1", 0).start()
     yield server
     server.stop()
@@ -262,7 +252,7 @@ def test_a_refused_name_raises_the_clients_exception_and_leaves_nothing(server, 
             chat("not a name")
         assert not [name for name in kit_threads() if name not in before and "client-" not in name
                     and "writer-" not in name], "no widget or reader thread was started"
-        eventually(lambda: kit_threads() == before, what="the server let the refused ones go")
+        wait_until(lambda: kit_threads() == before, message="the server let the refused ones go")
 
 
 def test_the_server_stopping_shows_in_the_log_and_disables_sending(server, trio):
@@ -298,7 +288,7 @@ def test_closing_widgets_leaves_no_threads(server, trio):
     assert "chatlab-widget-alice" not in kit_threads()
     assert "chatlab-reader-alice" not in kit_threads()
     assert close_all() == 2
-    eventually(lambda: kit_threads() == ["chatlab-accept"], what="the server saw everyone leave")
+    wait_until(lambda: kit_threads() == ["chatlab-accept"], message="the server saw everyone leave")
     assert server.online() == []
 
 
@@ -370,7 +360,7 @@ def test_dashboard_redraws_by_itself_and_coalesces_bursts(server, trio):
     for i in range(100):
         alice.client.send("bob", f"burst {i}")
     bob.wait_for("burst 99")
-    eventually(lambda: "messages 100 " in dashboard.status.value, what="the live redraw")
+    wait_until(lambda: "messages 100 " in dashboard.status.value, message="the live redraw")
     redraws = dashboard.redraws - start
     assert 1 <= redraws < 50, f"{redraws} redraws for 100 messages"
     assert dashboard.clients_table.value.count(">100<") == 2  # alice sent 100, bob received 100
@@ -386,14 +376,14 @@ def test_dashboard_stop_and_start_buttons(server, trio):
     assert dashboard.stop_button.disabled and not dashboard.start_button.disabled
     for widget in trio:
         widget.wait_for("(connection closed)")
-    eventually(lambda: kit_threads() == ["chatlab-dashboard"], what="only the dashboard's thread")
+    wait_until(lambda: kit_threads() == ["chatlab-dashboard"], message="only the dashboard's thread")
     assert dashboard.summary().splitlines()[0] == "server: stopped, 0 online: nobody"
 
     dashboard.start_button.click()
     assert server.running and "running" in dashboard.status.value
     assert dashboard.start_button.disabled and not dashboard.stop_button.disabled
     dave = ChatWidget(server.host, server.port, "dave")  # port 0: a fresh port
-    eventually(lambda: ">dave<" in dashboard.clients_table.value, what="dave in the table")
+    wait_until(lambda: ">dave<" in dashboard.clients_table.value, message="dave in the table")
     dave.close()
     dashboard.close()
     server.stop()
@@ -422,7 +412,7 @@ def test_a_new_dashboard_of_the_same_server_replaces_the_old(server):
 
 
 @pytest.mark.parametrize("model", list(MODELS))
-def test_the_dashboard_shows_a_server_of_every_model(no_thread_left, model):
+def test_the_dashboard_shows_a_server_of_every_model(widgets_closed, model):
     server = server_class(model)("127.0.0.1", 0).start()
     alice = ChatClient(server.host, server.port, "alice")
     bob = ChatClient(server.host, server.port, "bob")
