@@ -46,6 +46,8 @@ from pathlib import Path
 
 import psutil
 
+from chatlab.portable import stop_process
+
 try:
     import resource  # limits on open files: Linux and macOS; Windows has no such limit
 except ImportError:
@@ -122,23 +124,16 @@ class ServerProcess:
         return _read(self.stdout) + _read(self.stderr)
 
     def stop(self) -> dict:
-        """``terminate()``, then ``kill()`` if it hangs (``chatlab.portable.stop_process`` does the same).
-
-        On Linux and macOS ``terminate()`` sends SIGTERM, which chatlab's CLI turns into a clean
-        stop (exit status 0); on Windows it ends the process at once.
+        """Stop the server with ``chatlab.portable.stop_process`` (``terminate()``, then ``kill()``
+        if it hangs): on Linux and macOS SIGTERM, which chatlab's CLI turns into a clean stop (exit
+        status 0); on Windows ``terminate()`` ends the process at once.
 
         Returns the exit code, whether it stopped in time, and the lines the server wrote to
         standard error (the readiness line aside).
         """
-        in_time = True
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(SERVER_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                in_time = False
-                self.process.kill()
-                self.process.wait(5.0)
+        started = time.monotonic()
+        stop_process(self.process, SERVER_STOP_TIMEOUT)
+        in_time = time.monotonic() - started < SERVER_STOP_TIMEOUT
         problems = [line for line in _read(self.stderr).splitlines() if line.strip() and not LISTENING.search(line)]
         self.stdout.close()
         self.stderr.close()
