@@ -15,12 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-
 from transcript import GREETING, Program
+
 
 def start_server_program(run, *options: str) -> tuple[Program, int]:
     server = run("chatlab.server", "--port", "0", *options)
-    port = int(server.wait_for(r"listening on 127\.0\.0\.1:(\d+) \(one thread per client, queue delivery\)")[1])
+    port = int(
+        server.wait_for(r"listening on 127\.0\.0\.1:(\d+) \(one thread per client, queue delivery\)")[1]
+    )
     return server, port
 
 
@@ -79,8 +81,11 @@ def test_the_server_program_stops_cleanly_on_ctrl_c_and_kill(run, connect, signu
 
 def signal_as_soon_as_it_listens(signum: int) -> tuple[int, str]:
     """Start a server program, signal it the moment it says it listens; its exit code and log."""
-    proc = subprocess.Popen([sys.executable, "-m", "chatlab.server", "--port", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chatlab.server", "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     with proc:
         log = b""
         deadline = time.monotonic() + 10
@@ -110,7 +115,9 @@ def test_a_busy_port_gives_a_clear_error_and_exit_code_1(run):
         server = run("chatlab.server", "--port", str(port))
         assert server.finish() == 1
     (line,) = server.lines["stderr"]
-    assert re.fullmatch(rf"\d\d:\d\d:\d\d ERROR   cannot listen on 127\.0\.0\.1:{port}: Address already in use", line)
+    assert re.fullmatch(
+        rf"\d\d:\d\d:\d\d ERROR   cannot listen on 127\.0\.0\.1:{port}: Address already in use", line
+    )
 
 
 def test_the_terminal_client_shows_what_arrives_and_sends_what_is_typed(server, connect, run):
@@ -177,8 +184,9 @@ def test_the_terminal_client_says_why_its_name_was_refused(server, connect, run)
     assert alice.lines["stderr"] == ["chatlab-client: name taken"]
 
 
-@pytest.mark.parametrize("program, module", [("chatlab-server", "chatlab.server"),
-                                             ("chatlab-client", "chatlab.client")])
+@pytest.mark.parametrize(
+    "program, module", [("chatlab-server", "chatlab.server"), ("chatlab-client", "chatlab.client")]
+)
 def test_the_programs_are_installed_under_their_names(program, module):
     scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
     assert scripts[program] == f"{module}:main"

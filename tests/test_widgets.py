@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from transcript import wait_until
 
 from chatlab import ChatClient, ChatServer, NameRefused, kit_threads
 from chatlab.servers import MODELS, server_class
 from chatlab.widgets import ENTER_GRACE, ChatWidget, ServerDashboard, chat_row, close_all
-from transcript import wait_until
 
 # --- helpers and fixtures (local to this file) ----------------------------------------------
 
@@ -100,7 +100,10 @@ def test_a_line_starting_with_percent_is_sent_as_written(trio):
     type_and_send(alice, "%*%barrier")
     carol.wait_for("barrier")
     assert alice.transcript()[-4:] == [
-        "→ %bob%hi from the line", "→ %server%who", "* online: alice, bob, carol", "→ %*%barrier",
+        "→ %bob%hi from the line",
+        "→ %server%who",
+        "* online: alice, bob, carol",
+        "→ %*%barrier",
     ]
     assert not any("hi from the line" in line for line in carol.transcript())
 
@@ -132,7 +135,7 @@ def test_an_unknown_recipient_is_an_error_entry_in_the_senders_log_only(trio):
     type_and_send(alice, "%zed%anyone there?")
     assert alice.wait_for("unknown client") == "! unknown client 'zed'"
     assert alice.transcript()[-2:] == ["→ %zed%anyone there?", "! unknown client 'zed'"]
-    assert 'color:var(--jp-error-color1' in alice.chat_log.value, "errors have their own colour"
+    assert "color:var(--jp-error-color1" in alice.chat_log.value, "errors have their own colour"
     type_and_send(alice, "barrier", to="everyone")
     bob.wait_for("barrier")
     carol.wait_for("barrier")
@@ -158,7 +161,7 @@ def test_every_entry_has_a_hanging_indent_so_a_wrapped_row_never_starts_where_en
     alice, bob, carol = trio
     type_and_send(alice, "x" * 300 + "← teacher: the quiz is moved to Friday", to="bob")
     bob.wait_for("the quiz")
-    entries = bob.chat_log.value.count("<div style=\"padding-left:2em;text-indent:-2em;")
+    entries = bob.chat_log.value.count('<div style="padding-left:2em;text-indent:-2em;')
     assert entries == len(bob.transcript()) > 0
 
 
@@ -250,8 +253,11 @@ def test_a_refused_name_raises_the_clients_exception_and_leaves_nothing(server, 
             chat("alice")
         with pytest.raises(NameRefused, match="invalid name"):
             chat("not a name")
-        assert not [name for name in kit_threads() if name not in before and "client-" not in name
-                    and "writer-" not in name], "no widget or reader thread was started"
+        assert not [
+            name
+            for name in kit_threads()
+            if name not in before and "client-" not in name and "writer-" not in name
+        ], "no widget or reader thread was started"
         wait_until(lambda: kit_threads() == before, message="the server let the refused ones go")
 
 
@@ -282,7 +288,10 @@ def test_re_creating_a_widget_replaces_the_open_one(server, chat):
 
 def test_closing_widgets_leaves_no_threads(server, trio):
     assert [name for name in kit_threads() if "-widget-" in name] == [
-        "chatlab-widget-alice", "chatlab-widget-bob", "chatlab-widget-carol"]
+        "chatlab-widget-alice",
+        "chatlab-widget-bob",
+        "chatlab-widget-carol",
+    ]
     alice, bob, carol = trio
     alice.close()
     assert "chatlab-widget-alice" not in kit_threads()
@@ -328,13 +337,15 @@ def test_dashboard_tables_and_summary_match_the_server(server, trio):
     dashboard.refresh()
     records = server.clients()
     assert [r.name for r in records] == ["alice", "bob", "carol"]
-    assert dashboard.summary() == "\n".join([
-        "server: running, 3 online: alice, bob, carol",
-        "  alice: sent 2, received 0",
-        "  bob: sent 0, received 2",
-        "  carol: sent 0, received 1",
-        "events: connections 3, joined 3, left 0, messages 2 (1 broadcast), errors 1",
-    ])
+    assert dashboard.summary() == "\n".join(
+        [
+            "server: running, 3 online: alice, bob, carol",
+            "  alice: sent 2, received 0",
+            "  bob: sent 0, received 2",
+            "  carol: sent 0, received 1",
+            "events: connections 3, joined 3, left 0, messages 2 (1 broadcast), errors 1",
+        ]
+    )
     clients = dashboard.clients_table.value
     for r in records:
         assert f">{r.name}<" in clients and f">{r.port}<" in clients and f">{r.fd}<" in clients
@@ -421,12 +432,14 @@ def test_the_dashboard_shows_a_server_of_every_model(widgets_closed, model):
         alice.send("bob", "hi")
         assert bob.recv(timeout=2) == "%alice%hi"
         dashboard.refresh()
-        assert dashboard.summary() == "\n".join([
-            "server: running, 2 online: alice, bob",
-            "  alice: sent 1, received 0",
-            "  bob: sent 0, received 1",
-            "events: connections 2, joined 2, left 0, messages 1 (0 broadcast), errors 0",
-        ])
+        assert dashboard.summary() == "\n".join(
+            [
+                "server: running, 2 online: alice, bob",
+                "  alice: sent 1, received 0",
+                "  bob: sent 0, received 1",
+                "events: connections 2, joined 2, left 0, messages 1 (0 broadcast), errors 0",
+            ]
+        )
         status = dashboard.status.value
         assert f"127.0.0.1:{server.port}" in status and server.describe() in status
         if model == "threads":

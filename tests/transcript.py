@@ -35,13 +35,17 @@ T = TypeVar("T")
 def run_together(target: Callable[[T], object], items: list[T], *, name: str, timeout: float = 20.0) -> None:
     """Call ``target(item)`` for every item, each in a thread of its own, and wait (bounded)
     until all have returned."""
-    threads = [threading.Thread(target=target, args=(item,), name=f"{name}-{i}") for i, item in enumerate(items)]
+    threads = [
+        threading.Thread(target=target, args=(item,), name=f"{name}-{i}") for i, item in enumerate(items)
+    ]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + timeout
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    assert not any(thread.is_alive() for thread in threads), f"{name}: threads still running after {timeout} s"
+    assert not any(thread.is_alive() for thread in threads), (
+        f"{name}: threads still running after {timeout} s"
+    )
 
 
 def wait_until(condition: Callable[[], T], timeout: float = 5.0, message: str = "") -> T:
@@ -188,7 +192,7 @@ class Peer:
         self.name = name
         online = self.read_line()
         assert online.startswith(ONLINE), f"{self!r}: expected the online list, got {online!r}"
-        return online[len(ONLINE):].split(", ")
+        return online[len(ONLINE) :].split(", ")
 
     def who(self) -> list[str]:
         """Ask who is online. The answer must be the very next line, which also proves that
@@ -196,7 +200,7 @@ class Peer:
         self.send("%server%who")
         line = self.read_line()
         assert line.startswith(ONLINE), f"{self!r}: expected the answer to who, got {line!r}"
-        return line[len(ONLINE):].split(", ")
+        return line[len(ONLINE) :].split(", ")
 
     # --- leaving -----------------------------------------------------------------------------
 
@@ -237,15 +241,22 @@ class Program:
         self.proc = subprocess.Popen(
             [*prefix, *(command or [sys.executable, "-m", *args])],
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
             preexec_fn=restore_ctrl_c,
         )
         self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._changed = threading.Condition()
         program = args[0] if args else (command or ["?"])[0]
         self._readers = [
-            threading.Thread(target=self._collect, args=(name, getattr(self.proc, name)),
-                             name=f"test-{name}-of-{program}", daemon=True)
+            threading.Thread(
+                target=self._collect,
+                args=(name, getattr(self.proc, name)),
+                name=f"test-{name}-of-{program}",
+                daemon=True,
+            )
             for name in self.lines
         ]
         for reader in self._readers:
@@ -262,7 +273,8 @@ class Program:
         regex = re.compile(pattern)
         with self._changed:
             found = self._changed.wait_for(
-                lambda: next(filter(None, map(regex.search, self.lines[stream])), None), timeout)
+                lambda: next(filter(None, map(regex.search, self.lines[stream])), None), timeout
+            )
         assert found, f"no {pattern!r} on {stream} within {timeout} s; it says {self.lines}"
         return found
 
