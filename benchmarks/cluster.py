@@ -37,7 +37,6 @@ import json
 import platform
 import select
 import socket
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -60,7 +59,9 @@ RECOVERY_TIMEOUT = 30.0
 FAULTS = ("lost", "duplicated", "reordered", "misdelivered", "errors", "hangups")
 
 
-def start_servers(count: int, redis: RedisServer | None, max_clients: int, cpu: int | None) -> list[run.ServerProcess]:
+def start_servers(
+    count: int, redis: RedisServer | None, max_clients: int, cpu: int | None
+) -> list[run.ServerProcess]:
     """``count`` kit servers (threads model), sharing ``redis`` if given; once they know each other."""
     servers = []
     try:
@@ -93,8 +94,9 @@ def measure(scenario: str, layout: str, size: int, params: dict, cpus: dict, pee
         addresses = [server.address for server in servers]
         pids = [server.pid for server in servers] + ([redis.pid] if redis else [])
         if scenario == "ring":
-            result = loadgen.ring(addresses, size, params["m"], window=16, timeout=60 + size / 10,
-                                  server_pid=pids[0])
+            result = loadgen.ring(
+                addresses, size, params["m"], window=16, timeout=60 + size / 10, server_pid=pids[0]
+            )
         elif scenario == "latency":
             result = loadgen.latency(addresses, size, params["k"], timeout=60, server_pid=pids[0])
         else:
@@ -153,7 +155,10 @@ def recovery(addresses: list[tuple[str, int]], redis: RedisServer) -> dict:
             if bob.ready(0.02):
                 line = bob.read()
                 if line.startswith("%alice%probe"):
-                    return {"recovery_s": round(time.monotonic() - restarted, 3), "answered_meanwhile": answered}
+                    return {
+                        "recovery_s": round(time.monotonic() - restarted, 3),
+                        "answered_meanwhile": answered,
+                    }
             while alice.ready(0):
                 answered += alice.read().startswith("! ")
         raise loadgen.LoadError(f"no line reached bob within {RECOVERY_TIMEOUT} s of the restart")
@@ -164,15 +169,22 @@ def recovery(addresses: list[tuple[str, int]], redis: RedisServer) -> dict:
 
 def run_all(*, quick: bool, repeat: int, pin_cpus: bool, out: str | None, progress=print) -> dict:
     sizes = QUICK_SIZES if quick else SIZES
-    params = {"m": QUICK_RING_MESSAGES if quick else RING_MESSAGES,
-              "k": QUICK_LATENCY_ROUND_TRIPS if quick else LATENCY_ROUND_TRIPS}
+    params = {
+        "m": QUICK_RING_MESSAGES if quick else RING_MESSAGES,
+        "k": QUICK_LATENCY_ROUND_TRIPS if quick else LATENCY_ROUND_TRIPS,
+    }
     cpus = run.plan_cpus(pin_cpus)
     if cpus.get("loadgen_cpu") is not None:
         run.pin_self([cpus["loadgen_cpu"]])
     loadgen.raise_fd_limit(sizes["ring"] + 64)
     peer = run.default_peers().get(run.BASELINE_PEER)
-    plan = [("ring", "same", None), ("ring", "cross", None), ("latency", "same", None), ("latency", "cross", None),
-            ("recovery", "cross", None)]
+    plan = [
+        ("ring", "same", None),
+        ("ring", "cross", None),
+        ("latency", "same", None),
+        ("latency", "cross", None),
+        ("recovery", "cross", None),
+    ]
     if peer:
         plan.insert(0, ("ring", "same", peer))
     load_at_start = round(psutil.getloadavg()[0], 2)
@@ -183,14 +195,27 @@ def run_all(*, quick: bool, repeat: int, pin_cpus: bool, out: str | None, progre
             size = sizes.get(scenario, 2)
             result = measure(scenario, layout, size, params, cpus, command)
             runs.setdefault(key, []).append(result)
-            progress(f"round {r + 1}/{repeat} {key}: " + ", ".join(
-                f"{k}={result[k]}" for k in ("error", "msgs_per_s", "lost", "p50_us", "recovery_s") if k in result))
+            progress(
+                f"round {r + 1}/{repeat} {key}: "
+                + ", ".join(
+                    f"{k}={result[k]}"
+                    for k in ("error", "msgs_per_s", "lost", "p50_us", "recovery_s")
+                    if k in result
+                )
+            )
     summaries = {key: run.summarize(results) for key, results in runs.items()}
     results = {
-        "meta": {"python": platform.python_version(), "cpus": cpus, "repeat": repeat, "sizes": sizes,
-                 "params": params, "load_at_start": load_at_start, "load_at_end": round(psutil.getloadavg()[0], 2),
-                 "not_on_this_system": run.not_on_this_system(),
-                 "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
+        "meta": {
+            "python": platform.python_version(),
+            "cpus": cpus,
+            "repeat": repeat,
+            "sizes": sizes,
+            "params": params,
+            "load_at_start": load_at_start,
+            "load_at_end": round(psutil.getloadavg()[0], 2),
+            "not_on_this_system": run.not_on_this_system(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        },
         "summaries": summaries,
         "runs": runs,
     }
@@ -221,33 +246,51 @@ def table(results: dict) -> str:
         return "-" if value is None else format(value, spec)
 
     ratio = f"{cross / same:.2f}x" if same and cross else "-"
-    rows.append(f"| ring N={n_ring}, W=16, messages/s | {fmt(same, ',.0f')} | {fmt(cross, ',.0f')} | {ratio} |")
+    rows.append(
+        f"| ring N={n_ring}, W=16, messages/s | {fmt(same, ',.0f')} | {fmt(cross, ',.0f')} | {ratio} |"
+    )
     if peer:
-        rows.append(f"| ring N={n_ring}, W=16, messages/s, asyncio-peer (one server) | {fmt(peer, ',.0f')} | - | "
-                    f"kit one server {fmt(same and same / peer, '.2f')}x, two servers "
-                    f"{fmt(cross and cross / peer, '.2f')}x of the peer |")
+        rows.append(
+            f"| ring N={n_ring}, W=16, messages/s, asyncio-peer (one server) | {fmt(peer, ',.0f')} | - | "
+            f"kit one server {fmt(same and same / peer, '.2f')}x, two servers "
+            f"{fmt(cross and cross / peer, '.2f')}x of the peer |"
+        )
     faults = []
     for layout in ("same", "cross"):
         summary = s.get(f"ring/{layout}") or {}
-        faults.append("/".join(str(summary.get(k) or 0) for k in ("lost", "duplicated", "reordered", "misdelivered")))
+        faults.append(
+            "/".join(str(summary.get(k) or 0) for k in ("lost", "duplicated", "reordered", "misdelivered"))
+        )
     rows.append(f"| ring lost/duplicated/reordered/misdelivered | {faults[0]} | {faults[1]} | - |")
     for pct in ("p50", "p95", "p99"):
         a, b = _get(s, "latency/same", f"{pct}_us"), _get(s, "latency/cross", f"{pct}_us")
         diff = f"+{(b - a) / 1000:.3f} ms" if a is not None and b is not None else "-"
-        rows.append(f"| latency N={n_lat}, round trip {pct} (µs) | {fmt(a, ',.0f')} | {fmt(b, ',.0f')} | {diff} |")
+        rows.append(
+            f"| latency N={n_lat}, round trip {pct} (µs) | {fmt(a, ',.0f')} | {fmt(b, ',.0f')} | {diff} |"
+        )
     rec = _get(s, "recovery/cross", "recovery_s")
-    rows.append(f"| Redis killed and restarted: alice reaches bob again after (s) | - | {fmt(rec, '.2f')} | - |")
+    rows.append(
+        f"| Redis killed and restarted: alice reaches bob again after (s) | - | {fmt(rec, '.2f')} | - |"
+    )
     cpus = meta["cpus"]
-    pinned = (f"servers and Redis pinned to CPU {cpus['server_cpu']}, load generator to CPU {cpus['loadgen_cpu']}"
-              if cpus["pinned"] else f"not pinned ({cpus['why_not']})")
+    pinned = (
+        f"servers and Redis pinned to CPU {cpus['server_cpu']}, load generator to CPU {cpus['loadgen_cpu']}"
+        if cpus["pinned"]
+        else f"not pinned ({cpus['why_not']})"
+    )
     rows.append("")
-    rows.append(f"Medians of {meta['repeat']} runs, {meta['time']}; Python {meta['python']}, {cpus['cpus']} CPUs; "
-                f"{pinned}; 1-min load {meta['load_at_start']} at the start, {meta['load_at_end']} at the end.")
+    rows.append(
+        f"Medians of {meta['repeat']} runs, {meta['time']}; Python {meta['python']}, {cpus['cpus']} CPUs; "
+        f"{pinned}; 1-min load {meta['load_at_start']} at the start, {meta['load_at_end']} at the end."
+    )
     rows += [f"Not on this system: {note}." for note in meta.get("not_on_this_system", [])]
     for key, summary in s.items():
         trouble = [f"{k}={summary[k]}" for k in FAULTS if summary.get(k)] + summary.get("failures", [])
         if summary.get("server_warnings") and not key.startswith("recovery"):
-            trouble.append(f"{summary['server_warnings']} server warnings, e.g. {(summary.get('server_log') or [''])[0]!r}")
+            trouble.append(
+                f"{summary['server_warnings']} server warnings, "
+                f"e.g. {(summary.get('server_log') or [''])[0]!r}"
+            )
         if trouble:
             rows.append(f"{key}: " + "; ".join(map(str, trouble)))
     return "\n".join(rows)
@@ -257,11 +300,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of a few seconds")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the table shows medians")
-    parser.add_argument("--out", default=str(run.RESULTS_DIR), help="where the JSON goes (default: %(default)s)")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin the servers and the generator to CPUs")
+    parser.add_argument(
+        "--out", default=str(run.RESULTS_DIR), help="where the JSON goes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin the servers and the generator to CPUs"
+    )
     args = parser.parse_args(argv)
-    results = run_all(quick=args.quick, repeat=args.repeat, pin_cpus=not args.no_pin, out=args.out,
-                      progress=lambda text: print(text, file=sys.stderr, flush=True))
+    results = run_all(
+        quick=args.quick,
+        repeat=args.repeat,
+        pin_cpus=not args.no_pin,
+        out=args.out,
+        progress=lambda text: print(text, file=sys.stderr, flush=True),
+    )
     print(results["table"])
     return 0
 

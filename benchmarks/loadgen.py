@@ -304,10 +304,13 @@ class LoadGenerator:
         still_to_come = sum(len(conns) - c.online_count - c.joined for c in conns)
         target = self.joined_total + still_to_come
         if not self.pump(lambda: self.joined_total >= target, deadline):
-            raise LoadError(f"timed out: {target - self.joined_total} of {still_to_come} "
-                            "join notices still undelivered")
+            raise LoadError(
+                f"timed out: {target - self.joined_total} of {still_to_come} join notices still undelivered"
+            )
 
-    def who_until_alone(self, name: str, deadline: float, every: float = 0.01) -> tuple[float | None, list[str]]:
+    def who_until_alone(
+        self, name: str, deadline: float, every: float = 0.01
+    ) -> tuple[float | None, list[str]]:
         """Register a fresh client ``name`` and ask ``%server%who`` until it is alone online.
 
         Returns (seconds until alone or None at the deadline, the last list of names). The
@@ -401,8 +404,9 @@ def raise_fd_limit(needed: int) -> int | None:
     """
     if resource is None:  # Windows
         if selectors.DefaultSelector is selectors.SelectSelector and needed > WINDOWS_SELECT_LIMIT:
-            raise LoadError(f"{needed} sockets needed, but select() on this system watches at most "
-                            f"{WINDOWS_SELECT_LIMIT}")
+            raise LoadError(
+                f"{needed} sockets needed, but select() on this system watches at most {WINDOWS_SELECT_LIMIT}"
+            )
         return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < needed:
@@ -412,15 +416,24 @@ def raise_fd_limit(needed: int) -> int | None:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         except (ValueError, OSError) as exc:  # macOS caps it below an unlimited hard limit
-            raise LoadError(f"{needed} file descriptors needed, but the limit cannot be raised: {exc}") from None
+            raise LoadError(
+                f"{needed} file descriptors needed, but the limit cannot be raised: {exc}"
+            ) from None
     return soft
 
 
 # --- the scenarios ----------------------------------------------------------------------------
 
 
-def ring(address: tuple[str, int] | list[tuple[str, int]], n: int, m: int, *, window: int = 16, timeout: float = 60.0,
-         server_pid: int | None = None) -> dict:
+def ring(
+    address: tuple[str, int] | list[tuple[str, int]],
+    n: int,
+    m: int,
+    *,
+    window: int = 16,
+    timeout: float = 60.0,
+    server_pid: int | None = None,
+) -> dict:
     """N clients in a ring, each sending M numbered messages to the next (i -> i+1 mod N).
 
     Each sender keeps at most ``window`` messages in flight (sent, not yet received), so the
@@ -496,20 +509,32 @@ def ring(address: tuple[str, int] | list[tuple[str, int]], n: int, m: int, *, wi
         left = sum(c.left for c in conns)
         hangups = gen.hangups
     return {
-        "n": n, "m": m, "window": window,
+        "n": n,
+        "m": m,
+        "window": window,
         "messages": n * m,
         "seconds": round(elapsed, 4),
         "msgs_per_s": round(n * m / elapsed, 1) if finished else None,
         "lost": n * m - total["arrived"],
         **faults,
-        "errors": errors, "left_notices": left, "hangups": hangups,
+        "errors": errors,
+        "left_notices": left,
+        "hangups": hangups,
         "timed_out": not finished,
         **cpu,
     }
 
 
-def latency(address: tuple[str, int] | list[tuple[str, int]], n: int, k: int, *, warmup: int = 50, chatter: float = 100.0,
-            timeout: float = 60.0, server_pid: int | None = None) -> dict:
+def latency(
+    address: tuple[str, int] | list[tuple[str, int]],
+    n: int,
+    k: int,
+    *,
+    warmup: int = 50,
+    chatter: float = 100.0,
+    timeout: float = 60.0,
+    server_pid: int | None = None,
+) -> dict:
     """N connected clients; ``lat0`` sends K pings to ``lat1``, which answers each at once.
 
     Meanwhile the other N-2 clients chat lightly: ``chatter`` messages a second in all, each
@@ -537,7 +562,7 @@ def latency(address: tuple[str, int] | list[tuple[str, int]], n: int, k: int, *,
             gen.send(ping, b"%s%d\n" % (ping_prefix, rounds["done"]))
 
         def at_ping(conn: Conn, line: bytes) -> None:
-            if line.startswith(ping_prefix) and int(line[len(ping_prefix):]) == rounds["done"]:
+            if line.startswith(ping_prefix) and int(line[len(ping_prefix) :]) == rounds["done"]:
                 if rounds["done"] >= warmup:
                     rtts_ns.append(time.perf_counter_ns() - rounds["start"])
                 rounds["done"] += 1
@@ -576,17 +601,28 @@ def latency(address: tuple[str, int] | list[tuple[str, int]], n: int, k: int, *,
     micros = [t / 1000 for t in rtts_ns]
     cuts = statistics.quantiles(micros, n=100, method="inclusive")
     return {
-        "n": n, "k": len(micros),
-        "p50_us": round(cuts[49], 1), "p95_us": round(cuts[94], 1), "p99_us": round(cuts[98], 1),
+        "n": n,
+        "k": len(micros),
+        "p50_us": round(cuts[49], 1),
+        "p95_us": round(cuts[94], 1),
+        "p99_us": round(cuts[98], 1),
         "max_us": round(max(micros), 1),
         "chatter_msgs": chat["count"],
-        "errors": errors, "hangups": hangups, "timed_out": not finished,
+        "errors": errors,
+        "hangups": hangups,
+        "timed_out": not finished,
         **cpu,
     }
 
 
-def churn(address: tuple[str, int], k: int, *, parallel: int = 4, timeout: float = 60.0,
-          server_pid: int | None = None) -> dict:
+def churn(
+    address: tuple[str, int],
+    k: int,
+    *,
+    parallel: int = 4,
+    timeout: float = 60.0,
+    server_pid: int | None = None,
+) -> dict:
     """Connect, register and disconnect K times, ``parallel`` sessions at a time.
 
     ``sessions_per_s`` is K divided by the time they took. Then a fresh client asks
@@ -602,7 +638,8 @@ def churn(address: tuple[str, int], k: int, *, parallel: int = 4, timeout: float
         cpu = meter.shares()
         empty_after, names = gen.who_until_alone("churnprobe", min(deadline, time.monotonic() + 10.0))
     return {
-        "k": k, "parallel": parallel,
+        "k": k,
+        "parallel": parallel,
         "seconds": round(elapsed, 4),
         "sessions_per_s": round(k / elapsed, 1),
         "back_to_empty": empty_after is not None,
@@ -612,8 +649,9 @@ def churn(address: tuple[str, int], k: int, *, parallel: int = 4, timeout: float
     }
 
 
-def capacity(address: tuple[str, int], n: int, *, server_pid: int, timeout: float = 120.0,
-             parallel: int = 100) -> dict:
+def capacity(
+    address: tuple[str, int], n: int, *, server_pid: int, timeout: float = 120.0, parallel: int = 100
+) -> dict:
     """N idle registered clients: the server's memory and threads before and with them.
 
     ``kib_per_client`` is the growth of the server's resident memory (RSS) divided by N,
@@ -631,8 +669,10 @@ def capacity(address: tuple[str, int], n: int, *, server_pid: int, timeout: floa
             gen.settle(conns, deadline)
         except LoadError as exc:  # say how far it got
             status = process_status(server_pid)
-            raise LoadError(f"{exc} after {time.monotonic() - start:.1f} s; the server had "
-                            f"{status['threads']} threads and {status['rss_kib'] // 1024} MiB") from exc
+            raise LoadError(
+                f"{exc} after {time.monotonic() - start:.1f} s; the server had "
+                f"{status['threads']} threads and {status['rss_kib'] // 1024} MiB"
+            ) from exc
         setup = time.monotonic() - start
         cpu = meter.shares()  # while registering
         gen.pump(lambda: False, min(deadline, time.monotonic() + 0.2))  # let the server rest
@@ -644,15 +684,18 @@ def capacity(address: tuple[str, int], n: int, *, server_pid: int, timeout: floa
     after = process_status(server_pid)
     return {
         "n": n,
-        "rss_before_kib": before["rss_kib"], "rss_with_kib": with_clients["rss_kib"],
+        "rss_before_kib": before["rss_kib"],
+        "rss_with_kib": with_clients["rss_kib"],
         "rss_after_kib": after["rss_kib"],
         "kib_per_client": round((with_clients["rss_kib"] - before["rss_kib"]) / n, 2),
-        "threads_before": before["threads"], "threads_with": with_clients["threads"],
+        "threads_before": before["threads"],
+        "threads_with": with_clients["threads"],
         "threads_after": after["threads"],
         "setup_s": round(setup, 3),
         "back_to_empty": empty_after is not None,
         "empty_after_s": round(empty_after, 3) if empty_after is not None else None,
         "who_at_end": names[:10],
-        "errors": errors, "hangups": hangups,
+        "errors": errors,
+        "hangups": hangups,
         **cpu,
     }

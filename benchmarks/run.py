@@ -12,8 +12,9 @@ threads or memory. Peers are servers from outside the kit, measured the same way
 yardsticks: any command with ``{port}`` in it (``--peer NAME=COMMAND``), and by default the
 two in ``../shared/peers/`` when that folder exists. The load generator (``loadgen.py``)
 runs in this process. Where the machine has two cores or more, the server and the generator
-are pinned to different ones (Linux and Windows; macOS cannot pin a process). Before the first cell the runner waits (a bounded time) for the
-load average to drop, and the report says whether the machine was quiet. Each cell runs
+are pinned to different ones (Linux and Windows; macOS cannot pin a process). Before the first
+cell the runner waits (a bounded time) for the load average to drop, and the report says
+whether the machine was quiet. Each cell runs
 ``--repeat`` times, interleaving the servers, and the table shows medians, with each server's
 ratio to the ``asyncio-peer`` (without it, to ``asyncio``, else to the first model). Results go
 to ``benchmarks/results/bench-TIME.json`` and ``.png``.
@@ -46,6 +47,8 @@ from pathlib import Path
 
 import psutil
 
+from chatlab.portable import stop_process
+
 try:
     import resource  # limits on open files: Linux and macOS; Windows has no such limit
 except ImportError:
@@ -66,8 +69,13 @@ SCENARIOS = ("ring", "ring1", "latency", "churn", "capacity")
 RING_SCENARIOS = ("ring", "ring1")
 DEFAULT_WINDOW = 16  # ring: messages each sender keeps in flight (--window)
 RING1_WINDOW = 1  # ring1: one message at a time per sender, as people chat
-DEFAULT_SIZES = {"ring": [5, 50, 200, 1000], "ring1": [5, 200, 1000], "latency": [5, 200], "churn": [2000],
-                 "capacity": [1000, 5000]}
+DEFAULT_SIZES = {
+    "ring": [5, 50, 200, 1000],
+    "ring1": [5, 200, 1000],
+    "latency": [5, 200],
+    "churn": [2000],
+    "capacity": [1000, 5000],
+}
 QUICK_SIZES = {"ring": [3, 10], "ring1": [3, 10], "latency": [3, 10], "churn": [40], "capacity": [20]}
 RING_SECONDS = 2.0  # how long a ring cell should take; M is chosen from a calibration run
 QUICK_RING_MESSAGES = 20
@@ -122,29 +130,27 @@ class ServerProcess:
         return _read(self.stdout) + _read(self.stderr)
 
     def stop(self) -> dict:
-        """``terminate()``, then ``kill()`` if it hangs (``chatlab.portable.stop_process`` does the same).
-
-        On Linux and macOS ``terminate()`` sends SIGTERM, which chatlab's CLI turns into a clean
-        stop (exit status 0); on Windows it ends the process at once.
+        """Stop the server with ``chatlab.portable.stop_process`` (``terminate()``, then ``kill()``
+        if it hangs): on Linux and macOS SIGTERM, which chatlab's CLI turns into a clean stop (exit
+        status 0); on Windows ``terminate()`` ends the process at once.
 
         Returns the exit code, whether it stopped in time, and the lines the server wrote to
         standard error (the readiness line aside).
         """
-        in_time = True
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(SERVER_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                in_time = False
-                self.process.kill()
-                self.process.wait(5.0)
-        problems = [line for line in _read(self.stderr).splitlines() if line.strip() and not LISTENING.search(line)]
+        started = time.monotonic()
+        stop_process(self.process, SERVER_STOP_TIMEOUT)
+        in_time = time.monotonic() - started < SERVER_STOP_TIMEOUT
+        problems = [
+            line for line in _read(self.stderr).splitlines() if line.strip() and not LISTENING.search(line)
+        ]
         self.stdout.close()
         self.stderr.close()
-        return {"server_exit": self.process.returncode, "server_stopped_in_time": in_time,
-                "server_warnings": len(problems),
-                "server_log": problems[:5]}
+        return {
+            "server_exit": self.process.returncode,
+            "server_stopped_in_time": in_time,
+            "server_warnings": len(problems),
+            "server_log": problems[:5],
+        }
 
 
 def listening_port(pid: int) -> int | None:
@@ -155,8 +161,11 @@ def listening_port(pid: int) -> int | None:
     """
     try:
         process = psutil.Process(pid)
-        connections = process.net_connections(kind="tcp4") if hasattr(process, "net_connections") \
-            else process.connections(kind="tcp4")  # psutil before 6.0
+        connections = (
+            process.net_connections(kind="tcp4")
+            if hasattr(process, "net_connections")
+            else process.connections(kind="tcp4")
+        )  # psutil before 6.0
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
     for connection in connections:
@@ -195,7 +204,8 @@ def pin_self(cpus: Sequence[int]) -> None:
 
 
 def pin(pid: int, cpu: int) -> None:
-    """Pin every thread of process ``pid`` (new threads inherit it) to one CPU; a no-op where it cannot pin."""
+    """Pin every thread of process ``pid`` (new threads inherit it) to one CPU; a no-op where it
+    cannot pin."""
     if PER_THREAD_PINNING:
         try:
             threads = psutil.Process(pid).threads()
@@ -231,8 +241,10 @@ def not_on_this_system() -> list[str]:
     if not CAN_PIN:
         missing.append(CANNOT_PIN)
     if not hasattr(os, "getloadavg"):
-        missing.append("this system has no load average (Windows): psutil estimates one from its first call on, "
-                       "so the wait for a quiet machine sees 0 at first")
+        missing.append(
+            "this system has no load average (Windows): psutil estimates one from its first call on, "
+            "so the wait for a quiet machine sees 0 at first"
+        )
     return missing
 
 
@@ -252,19 +264,40 @@ def accepts(port: int) -> bool:
         return False
 
 
-def server_argv(name: str, command: str | None, *, port: int, max_clients: int,
-                extra_args: Sequence[str] = ()) -> list[str]:
+def server_argv(
+    name: str, command: str | None, *, port: int, max_clients: int, extra_args: Sequence[str] = ()
+) -> list[str]:
     """The command line of a kit model (``command`` None) or of a peer (its command, with
     ``{port}`` and ``{max_clients}`` filled in; run as is, without a shell, so its pid is the
     server's own)."""
     if command is None:
-        return [sys.executable, "-m", "chatlab.server", "--model", name, "--host", HOST,
-                "--port", str(port), "--max-clients", str(max_clients), "--quiet", *extra_args]
+        return [
+            sys.executable,
+            "-m",
+            "chatlab.server",
+            "--model",
+            name,
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--max-clients",
+            str(max_clients),
+            "--quiet",
+            *extra_args,
+        ]
     return shlex.split(command.replace("{port}", str(port)).replace("{max_clients}", str(max_clients)))
 
 
-def start_server(name: str, *, max_clients: int, command: str | None = None, cpu: int | None = None,
-                 fd_limit: int | None = None, extra_args: Sequence[str] = ()) -> ServerProcess:
+def start_server(
+    name: str,
+    *,
+    max_clients: int,
+    command: str | None = None,
+    cpu: int | None = None,
+    fd_limit: int | None = None,
+    extra_args: Sequence[str] = (),
+) -> ServerProcess:
     """Start a server on 127.0.0.1 and return once it listens.
 
     ``name`` is a kit model (``python -m chatlab.server --model NAME --port 0``) unless
@@ -302,8 +335,9 @@ def start_server(name: str, *, max_clients: int, command: str | None = None, cpu
         if process.poll() is not None:
             text = server.log_text().strip().splitlines()
             server.stop()
-            raise ServerStartError(f"{name!r}: the server exited ({process.returncode}): "
-                                   + (text[-1] if text else "no output"))
+            raise ServerStartError(
+                f"{name!r}: the server exited ({process.returncode}): " + (text[-1] if text else "no output")
+            )
         logged = LISTENING.search(server.log_text())
         port = int(logged.group(1)) if logged else listening_port(process.pid)
         if not port and given_port and accepts(given_port):
@@ -326,23 +360,33 @@ def wait_for_quiet(threshold: float, max_wait: float, progress: Callable[[str], 
     first = load = psutil.getloadavg()[0]
     start = time.monotonic()
     if load >= threshold and max_wait > 0:
-        progress(f"load average {load:.2f} >= {threshold}: waiting up to {max_wait:.0f} s for a quiet machine")
+        progress(
+            f"load average {load:.2f} >= {threshold}: waiting up to {max_wait:.0f} s for a quiet machine"
+        )
     while load >= threshold and time.monotonic() - start < max_wait:
         time.sleep(min(5.0, max(0.0, max_wait - (time.monotonic() - start))))
         load = psutil.getloadavg()[0]
     quiet = load < threshold
     if not quiet:
         progress(f"the machine is not quiet (load average {load:.2f}); measuring anyway")
-    return {"threshold": threshold, "load_at_start": round(first, 2), "load_when_started": round(load, 2),
-            "waited_s": round(time.monotonic() - start, 1), "quiet": quiet}
+    return {
+        "threshold": threshold,
+        "load_at_start": round(first, 2),
+        "load_when_started": round(load, 2),
+        "waited_s": round(time.monotonic() - start, 1),
+        "quiet": quiet,
+    }
 
 
 def plan_cpus(want: bool) -> dict:
     """Which CPU the server gets and which the generator gets (different ones), if possible."""
     cpus = allowed_cpus()
     if cpus is None:  # macOS
-        return {"pinned": False, "why_not": "not asked" if not want else CANNOT_PIN,
-                "cpus": psutil.cpu_count() or 1}
+        return {
+            "pinned": False,
+            "why_not": "not asked" if not want else CANNOT_PIN,
+            "cpus": psutil.cpu_count() or 1,
+        }
     if want and len(cpus) >= 2:
         return {"pinned": True, "server_cpu": cpus[-1], "loadgen_cpu": cpus[0], "cpus": len(cpus)}
     reason = "not asked" if not want else f"only {len(cpus)} CPU available"
@@ -362,7 +406,9 @@ def _fd_needed(scenario: str, size: int) -> int:
     return 64 if scenario == "churn" else size + 64
 
 
-def run_cell(scenario: str, size: int, model: str, params: dict, cpus: dict, command: str | None = None) -> dict:
+def run_cell(
+    scenario: str, size: int, model: str, params: dict, cpus: dict, command: str | None = None
+) -> dict:
     """Run one scenario once against a fresh server (a kit ``model``, or a peer's ``command``);
     never raises for a failed run."""
     needed = _fd_needed(scenario, size)
@@ -372,17 +418,30 @@ def run_cell(scenario: str, size: int, model: str, params: dict, cpus: dict, com
         return {"error": f"skipped: {exc}"}
     try:
         fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if resource is not None else None
-        server = start_server(model, max_clients=size + 16 if scenario != "churn" else 64, command=command,
-                              cpu=cpus.get("server_cpu"), fd_limit=fd_limit)
+        server = start_server(
+            model,
+            max_clients=size + 16 if scenario != "churn" else 64,
+            command=command,
+            cpu=cpus.get("server_cpu"),
+            fd_limit=fd_limit,
+        )
     except ServerStartError as exc:
         return {"error": str(exc)}
     try:
         timeout = params.get("timeout") or time_budget(scenario, size)
         if scenario in RING_SCENARIOS:
-            result = loadgen.ring(server.address, size, params["m"], window=params["window"], timeout=timeout,
-                                  server_pid=server.pid)
+            result = loadgen.ring(
+                server.address,
+                size,
+                params["m"],
+                window=params["window"],
+                timeout=timeout,
+                server_pid=server.pid,
+            )
         elif scenario == "latency":
-            result = loadgen.latency(server.address, size, params["k"], timeout=timeout, server_pid=server.pid)
+            result = loadgen.latency(
+                server.address, size, params["k"], timeout=timeout, server_pid=server.pid
+            )
         elif scenario == "churn":
             result = loadgen.churn(server.address, size, timeout=timeout, server_pid=server.pid)
         else:
@@ -511,8 +570,11 @@ def draw_plots(results: dict, path: Path) -> str:
     servers, cells = results["meta"]["servers"], results["cells"]
 
     def series(scenario: str, key: str, model: str) -> tuple[list[int], list[float]]:
-        points = [(c["size"], c["summary"].get(key)) for c in cells
-                  if c["scenario"] == scenario and c["model"] == model]
+        points = [
+            (c["size"], c["summary"].get(key))
+            for c in cells
+            if c["scenario"] == scenario and c["model"] == model
+        ]
         points = [(size, value) for size, value in points if value is not None]
         return [p[0] for p in points], [p[1] for p in points]
 
@@ -521,9 +583,18 @@ def draw_plots(results: dict, path: Path) -> str:
     window = results["meta"]["window"]
     # (axes, the solid line's (scenario, key), the dashed line's or None, title)
     charts = [
-        (axes[0][0], ("ring", "msgs_per_s"), ("ring1", "msgs_per_s"),
-         f"ring: messages/s, W={window} solid, W={RING1_WINDOW} dashed"),
-        (axes[0][1], ("latency", "p99_us"), ("latency", "p50_us"), "latency: round trip (µs), p99 solid, p50 dashed"),
+        (
+            axes[0][0],
+            ("ring", "msgs_per_s"),
+            ("ring1", "msgs_per_s"),
+            f"ring: messages/s, W={window} solid, W={RING1_WINDOW} dashed",
+        ),
+        (
+            axes[0][1],
+            ("latency", "p99_us"),
+            ("latency", "p50_us"),
+            "latency: round trip (µs), p99 solid, p50 dashed",
+        ),
         (axes[1][0], ("capacity", "kib_per_client"), None, "capacity: server KiB per idle client"),
         (axes[1][1], ("capacity", "threads_with"), None, "capacity: server threads with N clients"),
     ]
@@ -536,8 +607,9 @@ def draw_plots(results: dict, path: Path) -> str:
                 if not xs:
                     continue
                 sizes.update(xs)
-                line, = ax.plot(xs, ys, marker="o", linestyle=style, color=color,
-                                label=None if color else server)
+                (line,) = ax.plot(
+                    xs, ys, marker="o", linestyle=style, color=color, label=None if color else server
+                )
                 color = line.get_color()
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("N clients")
@@ -548,8 +620,9 @@ def draw_plots(results: dict, path: Path) -> str:
         ax.grid(True, alpha=0.3)
         if ax.get_lines():
             ax.legend(fontsize=8)
-    figure.suptitle(f"chatlab server models and peers ({results['meta']['date']}, "
-                    f"medians of {results['meta']['repeat']})")
+    figure.suptitle(
+        f"chatlab server models and peers ({results['meta']['date']}, medians of {results['meta']['repeat']})"
+    )
     figure.savefig(path, dpi=100)
     return f"plots: {path}"
 
@@ -569,7 +642,7 @@ def default_peers(folder: Path = PEERS_DIR) -> dict[str, str]:
     return {
         "asyncio-peer": f"{python} {shlex.quote(str(folder / 'asyncio_peer.py'))} --port {{port}}",
         "selectors-peer": f"{python} {shlex.quote(str(folder / 'selectors_peer.py'))} --port {{port}} "
-                          "--max-clients {max_clients}",
+        "--max-clients {max_clients}",
     }
 
 
@@ -625,13 +698,19 @@ def run_benchmarks(
         if "{port}" not in command:
             raise ValueError(f"peer {name!r}: its command must contain {{port}}: {command!r}")
     commands: dict[str, str | None] = {**dict.fromkeys(models), **peers}  # None: a kit model
-    plan = {name: list((sizes or {}).get(name) or (QUICK_SIZES if quick else DEFAULT_SIZES)[name])
-            for name in scenarios}
-    quiet = wait_for_quiet(load_threshold, 0.0 if quick and max_wait is None else
-                           (120.0 if max_wait is None else max_wait), say)
+    plan = {
+        name: list((sizes or {}).get(name) or (QUICK_SIZES if quick else DEFAULT_SIZES)[name])
+        for name in scenarios
+    }
+    quiet = wait_for_quiet(
+        load_threshold, 0.0 if quick and max_wait is None else (120.0 if max_wait is None else max_wait), say
+    )
     cpus = plan_cpus(pin_cpus)
-    say("pinned: server on CPU {server_cpu}, load generator on CPU {loadgen_cpu}".format(**cpus)
-        if cpus["pinned"] else f"not pinned ({cpus['why_not']})")
+    say(
+        "pinned: server on CPU {server_cpu}, load generator on CPU {loadgen_cpu}".format(**cpus)
+        if cpus["pinned"]
+        else f"not pinned ({cpus['why_not']})"
+    )
     own_affinity = allowed_cpus()
     if cpus["pinned"]:
         pin_self([cpus["loadgen_cpu"]])
@@ -660,23 +739,38 @@ def run_benchmarks(
                         say(f"{scenario} N={size}, W={params['window']}: M={m} (calibrated on {first})")
                     params["m"] = m
                 elif scenario == "latency":
-                    params["k"] = latency_round_trips or (QUICK_LATENCY_ROUND_TRIPS if quick else LATENCY_ROUND_TRIPS)
+                    params["k"] = latency_round_trips or (
+                        QUICK_LATENCY_ROUND_TRIPS if quick else LATENCY_ROUND_TRIPS
+                    )
                 elif scenario == "capacity" and capacity_timeout:
                     params["timeout"] = capacity_timeout
                 for name in available:
-                    cells[(scenario, size, name)] = {"scenario": scenario, "size": size, "model": name,
-                                                     "kind": "model" if commands[name] is None else "peer",
-                                                     "params": params, "runs": []}
+                    cells[(scenario, size, name)] = {
+                        "scenario": scenario,
+                        "size": size,
+                        "model": name,
+                        "kind": "model" if commands[name] is None else "peer",
+                        "params": params,
+                        "runs": [],
+                    }
         for round_number in range(1, repeat + 1):  # the servers take turns inside every round
             for cell in cells.values():
                 if any("timed out" in run.get("error", "") for run in cell["runs"]):
                     run = {"error": "skipped: an earlier round timed out"}  # keep the run bounded
                 else:
-                    run = run_cell(cell["scenario"], cell["size"], cell["model"], cell["params"], cpus,
-                                   commands[cell["model"]])
+                    run = run_cell(
+                        cell["scenario"],
+                        cell["size"],
+                        cell["model"],
+                        cell["params"],
+                        cpus,
+                        commands[cell["model"]],
+                    )
                 cell["runs"].append(run)
-                say(f"[{round_number}/{repeat}] {cell['model']:>14} {cell['scenario']:>8} "
-                    f"{cell['size']:>5}: {_brief(run)}")
+                say(
+                    f"[{round_number}/{repeat}] {cell['model']:>14} {cell['scenario']:>8} "
+                    f"{cell['size']:>5}: {_brief(run)}"
+                )
     finally:
         if own_affinity is not None:
             pin_self(own_affinity)
@@ -689,11 +783,18 @@ def run_benchmarks(
         "models_missing": {name: why for name, why in missing.items() if name in models},
         "peers": {name: peers[name] for name in available if name in peers},
         "peers_missing": {name: why for name, why in missing.items() if name in peers},
-        "servers": available, "baseline": baseline_of(available),
-        "window": window, "ring1_window": RING1_WINDOW,
-        "repeat": repeat, "quick": quick, "sizes": plan,
-        "python": platform.python_version(), "machine": platform.machine(),
-        "cpus": cpus, "quiet": quiet, "load_at_end": round(psutil.getloadavg()[0], 2),
+        "servers": available,
+        "baseline": baseline_of(available),
+        "window": window,
+        "ring1_window": RING1_WINDOW,
+        "repeat": repeat,
+        "quick": quick,
+        "sizes": plan,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": cpus,
+        "quiet": quiet,
+        "load_at_end": round(psutil.getloadavg()[0], 2),
         "not_on_this_system": not_on_this_system(),
     }
     results = {"meta": meta, "cells": list(cells.values())}
@@ -715,8 +816,19 @@ def _brief(run: dict) -> str:
     """One line about one run, for the progress log."""
     if "error" in run:
         return run["error"]
-    keys = ("msgs_per_s", "lost", "p50_us", "p99_us", "sessions_per_s", "kib_per_client",
-            "threads_with", "empty_after_ms", "empty_after_s", "server_cpu", "loadgen_cpu")
+    keys = (
+        "msgs_per_s",
+        "lost",
+        "p50_us",
+        "p99_us",
+        "sessions_per_s",
+        "kib_per_client",
+        "threads_with",
+        "empty_after_ms",
+        "empty_after_s",
+        "server_cpu",
+        "loadgen_cpu",
+    )
     return ", ".join(f"{k}={run[k]}" for k in keys if k in run)
 
 
@@ -724,40 +836,65 @@ def notes(results: dict) -> str:
     """The lines under the table: how the numbers were taken."""
     meta = results["meta"]
     cpus, quiet = meta["cpus"], meta["quiet"]
-    pinned = (f"server pinned to CPU {cpus['server_cpu']}, load generator to CPU {cpus['loadgen_cpu']}"
-              if cpus["pinned"] else f"not pinned ({cpus['why_not']})")
+    pinned = (
+        f"server pinned to CPU {cpus['server_cpu']}, load generator to CPU {cpus['loadgen_cpu']}"
+        if cpus["pinned"]
+        else f"not pinned ({cpus['why_not']})"
+    )
     calm = ("quiet" if quiet["quiet"] else "NOT quiet") + (
         f" (1-min load {quiet['load_when_started']} at the start, threshold {quiet['threshold']}, "
-        f"{meta['load_at_end']} at the end)")
-    lines = [f"Medians of {meta['repeat']} runs; Python {meta['python']}, {cpus['cpus']} CPUs; {pinned}; "
-             f"machine {calm}; ratios are server/{meta['baseline']}."]
+        f"{meta['load_at_end']} at the end)"
+    )
+    lines = [
+        f"Medians of {meta['repeat']} runs; Python {meta['python']}, {cpus['cpus']} CPUs; {pinned}; "
+        f"machine {calm}; ratios are server/{meta['baseline']}."
+    ]
     if meta["peers"]:
-        lines.append("Peers, independent servers that are not part of the kit (their commands are in the JSON): "
-                     + ", ".join(meta["peers"]) + ".")
+        lines.append(
+            "Peers, independent servers that are not part of the kit (their commands are in the JSON): "
+            + ", ".join(meta["peers"])
+            + "."
+        )
     rings = [name for name in RING_SCENARIOS if name in meta["sizes"]]
     if rings:
-        windows = {"ring": f"ring: W={meta['window']}", "ring1": f"ring1: W={meta['ring1_window']}, as people chat"}
-        lines.append("window W: each sender keeps W messages in flight before waiting for them to arrive ("
-                     + "; ".join(windows[name] for name in rings) + ").")
+        windows = {
+            "ring": f"ring: W={meta['window']}",
+            "ring1": f"ring1: W={meta['ring1_window']}, as people chat",
+        }
+        lines.append(
+            "window W: each sender keeps W messages in flight before waiting for them to arrive ("
+            + "; ".join(windows[name] for name in rings)
+            + ")."
+        )
     lines += [f"Not on this system: {note}." for note in meta.get("not_on_this_system", [])]
     missing = {**meta["models_missing"], **meta["peers_missing"]}
     if missing:
-        lines.append("Not measured: " + ", ".join(missing)
-                     + " (their server did not start: see models_missing and peers_missing in the JSON).")
+        lines.append(
+            "Not measured: "
+            + ", ".join(missing)
+            + " (their server did not start: see models_missing and peers_missing in the JSON)."
+        )
     for cell in results["cells"]:
         summary = cell["summary"]
-        trouble = [f"{k}={summary[k]}" for k in ("duplicated", "reordered", "misdelivered", "lost",
-                                                 "errors", "hangups") if summary.get(k)]
+        trouble = [
+            f"{k}={summary[k]}"
+            for k in ("duplicated", "reordered", "misdelivered", "lost", "errors", "hangups")
+            if summary.get(k)
+        ]
         if summary.get("server_warnings"):
             first = (summary.get("server_log") or [""])[0]
             trouble.append(f"{summary['server_warnings']} server warnings, e.g. {first!r}")
         if summary.get("back_to_empty") is False:
             trouble.append("never back to empty")
         if summary.get("server_stopped_in_time") is False:
-            trouble.append(f"the server did not stop within {SERVER_STOP_TIMEOUT:.0f} s of SIGTERM and was killed")
+            trouble.append(
+                f"the server did not stop within {SERVER_STOP_TIMEOUT:.0f} s of SIGTERM and was killed"
+            )
         trouble += summary.get("failures", [])
         if trouble:
-            lines.append(f"{cell['model']} {cell['scenario']} {_size_label(cell)}: " + "; ".join(map(str, trouble)))
+            lines.append(
+                f"{cell['model']} {cell['scenario']} {_size_label(cell)}: " + "; ".join(map(str, trouble))
+            )
     return "\n".join(lines)
 
 
@@ -776,28 +913,61 @@ def _peer_option(text: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Benchmark chatlab's server models, with independent peers "
-                                                 "as yardsticks.")
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                        help="comma-separated models (default: %(default)s; missing ones are skipped)")
-    parser.add_argument("--peer", action="append", type=_peer_option, default=[], metavar="NAME=COMMAND",
-                        help="a server from outside the kit, measured the same way: a command with {port} "
-                             "(repeatable; replaces the default peers)")
-    parser.add_argument("--no-peers", action="store_true",
-                        help=f"measure no peer (default: the two in {PEERS_DIR}, if it exists)")
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
-                        help="ring: messages each sender keeps in flight (default %(default)s; ring1 uses 1)")
+    parser = argparse.ArgumentParser(
+        description="Benchmark chatlab's server models, with independent peers as yardsticks."
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help="comma-separated models (default: %(default)s; missing ones are skipped)",
+    )
+    parser.add_argument(
+        "--peer",
+        action="append",
+        type=_peer_option,
+        default=[],
+        metavar="NAME=COMMAND",
+        help="a server from outside the kit, measured the same way: a command with {port} "
+        "(repeatable; replaces the default peers)",
+    )
+    parser.add_argument(
+        "--no-peers",
+        action="store_true",
+        help=f"measure no peer (default: the two in {PEERS_DIR}, if it exists)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        help="ring: messages each sender keeps in flight (default %(default)s; ring1 uses 1)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of a few seconds")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per cell; the table shows medians (default 3)")
-    parser.add_argument("--out", default=str(RESULTS_DIR), help="where the JSON and PNG go (default: %(default)s)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of %(default)s")
-    parser.add_argument("--size", action="append", type=_sizes_option, default=[], metavar="SCENARIO=N,N",
-                        help="sizes for one scenario, e.g. ring=5,50 (repeatable)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per cell; the table shows medians (default 3)"
+    )
+    parser.add_argument(
+        "--out", default=str(RESULTS_DIR), help="where the JSON and PNG go (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of %(default)s"
+    )
+    parser.add_argument(
+        "--size",
+        action="append",
+        type=_sizes_option,
+        default=[],
+        metavar="SCENARIO=N,N",
+        help="sizes for one scenario, e.g. ring=5,50 (repeatable)",
+    )
     parser.add_argument("--ring-messages", type=int, help="M for every ring cell (default: calibrated)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and generator to CPUs")
-    parser.add_argument("--load-threshold", type=float, default=1.0, help="quiet means a load average below this")
-    parser.add_argument("--max-wait", type=float, help="longest wait for a quiet machine, s (default 120; --quick 0)")
+    parser.add_argument(
+        "--load-threshold", type=float, default=1.0, help="quiet means a load average below this"
+    )
+    parser.add_argument(
+        "--max-wait", type=float, help="longest wait for a quiet machine, s (default 120; --quick 0)"
+    )
     parser.add_argument("--capacity-timeout", type=float, help="longest capacity run, s (default 60 + N/10)")
     args = parser.parse_args(argv)
     if args.peer and args.no_peers:
@@ -810,11 +980,19 @@ def main(argv: list[str] | None = None) -> int:
         print(text, file=sys.stderr, flush=True)
 
     results = run_benchmarks(
-        [m for m in args.models.split(",") if m], peers=peers, window=args.window, quick=args.quick,
+        [m for m in args.models.split(",") if m],
+        peers=peers,
+        window=args.window,
+        quick=args.quick,
         repeat=args.repeat,
-        scenarios=[s for s in args.scenarios.split(",") if s], sizes=dict(args.size) or None,
-        ring_messages=args.ring_messages, out=args.out, plots=not args.no_plots,
-        pin_cpus=not args.no_pin, load_threshold=args.load_threshold, max_wait=args.max_wait,
+        scenarios=[s for s in args.scenarios.split(",") if s],
+        sizes=dict(args.size) or None,
+        ring_messages=args.ring_messages,
+        out=args.out,
+        plots=not args.no_plots,
+        pin_cpus=not args.no_pin,
+        load_threshold=args.load_threshold,
+        max_wait=args.max_wait,
         capacity_timeout=args.capacity_timeout,
         progress=progress,
     )

@@ -37,14 +37,16 @@ def memory_per_thread(n: int, recv_size: int = 1024) -> float:
     try:
         time.sleep(0.1)
         before = rss_kib()
-        threads = [threading.Thread(target=ours.recv, args=(recv_size,), name=f"cost-{i}", daemon=True)
-                   for i, (ours, _) in enumerate(pairs)]
+        threads = [
+            threading.Thread(target=ours.recv, args=(recv_size,), name=f"cost-{i}", daemon=True)
+            for i, (ours, _) in enumerate(pairs)
+        ]
         for thread in threads:
             thread.start()
         time.sleep(0.3)  # let every thread reach recv()
         grown = rss_kib() - before
     finally:
-        for ours, theirs in pairs:
+        for _ours, theirs in pairs:
             theirs.close()  # recv() returns b"" and the thread ends
         for thread in threads:
             thread.join(5)
@@ -71,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1000, help="threads for the memory figure")
     parser.add_argument("--cycles", type=int, default=2000, help="start/join cycles for the time figure")
     args = parser.parse_args(argv)
-    print(f"memory per idle thread blocked in recv(): {memory_per_thread(args.threads):.1f} KiB "
-          f"({args.threads} threads)")
+    print(
+        f"memory per idle thread blocked in recv(): {memory_per_thread(args.threads):.1f} KiB "
+        f"({args.threads} threads)"
+    )
     print(f"start a thread and join it: {start_and_join_us(args.cycles):.0f} µs (median of 5 rounds)")
     return 0
 

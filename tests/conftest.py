@@ -1,5 +1,7 @@
-"""Fixtures for the core tests: real servers on 127.0.0.1 (port 0), raw peers, chat clients,
-and a check that no chatlab thread outlives the test that started it."""
+"""Fixtures for the tests: real servers on 127.0.0.1 (port 0), one of the threaded model
+(``start_server``, ``server``) or of each model (``start``), raw peers (``connect``), chat
+clients, chatlab programs in subprocesses (``run``), a real Redis, and, for every test, a check
+that no chatlab thread outlives the test that started it (``no_kit_thread_left``)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ import pytest
 
 from chatlab.client import ChatClient
 from chatlab.redis_server import RedisServer, find_redis_server, start_redis
-from chatlab.servers import ChatServer, ServerBase
-from transcript import Peer, wait_until
+from chatlab.servers import MODELS, ChatServer, ServerBase, server_class
+from transcript import Peer, Program, wait_until
 
 
 def chatlab_threads() -> list[threading.Thread]:
@@ -20,22 +22,35 @@ def chatlab_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("chatlab-")]
 
 
-@pytest.fixture
-def kit_threads() -> Iterator[Callable[[], list[str]]]:
-    """``kit_threads()`` lists the names (sorted) of the chatlab threads started during this
-    test and still alive. After the test and its other fixtures, that list must be empty."""
+@pytest.fixture(autouse=True)
+def no_kit_thread_left() -> Iterator[None]:
+    """Every test: after it and its other fixtures, each chatlab thread it started has ended
+    (within 5 s). A leak fails the test that made it, not a later one."""
     before = set(chatlab_threads())
-
-    def started_here() -> list[str]:
-        return sorted(t.name for t in chatlab_threads() if t not in before)
-
-    yield started_here
+    yield
     try:
-        wait_until(lambda: not started_here(), timeout=5.0)
+        wait_until(lambda: set(chatlab_threads()) <= before, timeout=5.0)
     except AssertionError:
-        leftover = started_here()
+        leftover = sorted(t.name for t in chatlab_threads() if t not in before)
         ChatServer.stop_all()  # so that one leak does not fail every later test too
         pytest.fail(f"chatlab threads still running after the test: {leftover}")
+
+
+@pytest.fixture(params=list(MODELS))
+def start(request: pytest.FixtureRequest) -> Iterator[Callable[..., ServerBase]]:
+    """``start(**options)`` starts a server of the model under test (each test runs once per
+    model: threads, selectors, asyncio) on 127.0.0.1, port 0; all are stopped after the test."""
+    model_class = server_class(request.param)
+    servers: list[ServerBase] = []
+
+    def start_server(**options: object) -> ServerBase:
+        server = model_class("127.0.0.1", 0, **options).start()
+        servers.append(server)
+        return server
+
+    yield start_server
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture
@@ -106,3 +121,17 @@ def redis_server() -> Iterator[RedisServer]:
     server = start_redis()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def run() -> Iterator[Callable[..., Program]]:
+    """``run("chatlab.server", "--port", "0")`` starts a program; all are killed after the test."""
+    programs: list[Program] = []
+
+    def start(*args: str, stdin: bool = False) -> Program:
+        programs.append(Program(*args, stdin=stdin))
+        return programs[-1]
+
+    yield start
+    for program in programs:
+        program.kill()

@@ -27,10 +27,7 @@ from dataclasses import dataclass
 import pytest
 
 from chatlab.addresses import classroom_lines, interface_addresses, on_loopback, reachable_addresses
-from test_cli import Program
-from transcript import GREETING
-
-pytestmark = pytest.mark.usefixtures("kit_threads")
+from transcript import GREETING, Program
 
 NETNS_REASON = "network namespaces need root and iproute2 (ip netns)"
 

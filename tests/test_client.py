@@ -12,12 +12,11 @@ import time
 import unicodedata
 
 import pytest
-
-from chatlab import client as client_module
-from chatlab.client import ChatClient, ChatError, ConnectionClosed, NameRefused, ServerFull
 from transcript import GREETING, HELP, wait_until
 
-pytestmark = pytest.mark.usefixtures("kit_threads")
+from chatlab import client as client_module
+from chatlab import kit_threads
+from chatlab.client import ChatClient, ChatError, ConnectionClosed, NameRefused, ServerFull
 
 
 def test_a_client_registers_sends_and_receives(server, chat_client):
@@ -41,8 +40,12 @@ def test_a_client_registers_sends_and_receives(server, chat_client):
 
 def test_what_cannot_be_one_line_is_refused_before_sending(server, chat_client):
     alice = chat_client(server, "alice")
-    for call in [lambda: alice.send_line("%bob%two\nlines"), lambda: alice.send_line("a\rb"),
-                 lambda: alice.send("bob", "two\nlines"), lambda: alice.send("b%ob", "hi")]:
+    for call in [
+        lambda: alice.send_line("%bob%two\nlines"),
+        lambda: alice.send_line("a\rb"),
+        lambda: alice.send("bob", "two\nlines"),
+        lambda: alice.send("b%ob", "hi"),
+    ]:
         with pytest.raises(ValueError):
             call()
     with pytest.raises(ValueError):
@@ -136,13 +139,18 @@ def test_when_the_server_stops_recv_gives_what_arrived_then_raises(server, chat_
 
 def test_on_line_gets_every_line_in_the_reader_thread(server, chat_client):
     seen = []
-    alice = chat_client(server, "alice", on_line=lambda line: seen.append((threading.current_thread().name, line)))
+    alice = chat_client(
+        server, "alice", on_line=lambda line: seen.append((threading.current_thread().name, line))
+    )
     bob = chat_client(server, "bob")
     bob.send("alice", "hi")
     bob.close()
     wait_until(lambda: len(seen) == 3)
-    assert seen == [("chatlab-reader-alice", "* bob joined"), ("chatlab-reader-alice", "%bob%hi"),
-                    ("chatlab-reader-alice", "* bob left")]
+    assert seen == [
+        ("chatlab-reader-alice", "* bob joined"),
+        ("chatlab-reader-alice", "%bob%hi"),
+        ("chatlab-reader-alice", "* bob left"),
+    ]
     assert alice.pending() == [line for _, line in seen]  # the same lines are queued for recv()
 
 
@@ -170,6 +178,7 @@ def test_a_failing_callback_is_logged_and_the_client_keeps_receiving(server, cha
     bob.send("alice", "two")
     assert [alice.recv(timeout=2), alice.recv(timeout=2)] == ["%bob%one", "%bob%two"]
     assert not alice.closed
+
     def failures() -> list[logging.LogRecord]:
         return [r for r in caplog.records if r.name == "chatlab.client" and r.levelname == "ERROR"]
 
@@ -217,7 +226,7 @@ def test_nobody_listening_raises_connection_refused():
         ChatClient("127.0.0.1", port, "alice")
 
 
-def test_close_joins_the_reader_thread_and_the_others_see_the_client_leave(server, chat_client, kit_threads):
+def test_close_joins_the_reader_thread_and_the_others_see_the_client_leave(server, chat_client):
     bob = chat_client(server, "bob")
     alice = ChatClient(server.host, server.port, "alice")
     assert "chatlab-reader-alice" in kit_threads() and not alice.closed
@@ -232,7 +241,7 @@ def test_close_joins_the_reader_thread_and_the_others_see_the_client_leave(serve
         alice.recv(timeout=1)
 
 
-def test_close_waits_until_the_reader_thread_has_finished(server, chat_client, kit_threads):
+def test_close_waits_until_the_reader_thread_has_finished(server, chat_client):
     busy, release = threading.Event(), threading.Event()
 
     def slow_on_line(line: str) -> None:  # e.g. a widget that takes a moment to redraw
@@ -252,7 +261,7 @@ def test_close_waits_until_the_reader_thread_has_finished(server, chat_client, k
         timer.join()
 
 
-def test_a_client_is_a_context_manager(server, chat_client, kit_threads):
+def test_a_client_is_a_context_manager(server, chat_client):
     bob = chat_client(server, "bob")
     with ChatClient(server.host, server.port, "alice") as alice:
         alice.send("bob", "hi")
@@ -269,8 +278,14 @@ SPOOF = "%teacher%the quiz is moved to Friday"
 
 def columns(row: str) -> int:
     """A row's width on a terminal, counted here independently of the client's own count."""
-    return sum(0 if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf")
-               else 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in row)
+    return sum(
+        0
+        if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf")
+        else 2
+        if unicodedata.east_asian_width(c) in ("W", "F")
+        else 1
+        for c in row
+    )
 
 
 PADDED = {  # a line the server sends, padded so that SPOOF would begin a row of an 80-column terminal
@@ -290,7 +305,7 @@ def test_a_long_line_is_cut_into_rows_and_only_its_first_starts_at_column_0(line
     assert all(row.startswith(client_module.INDENT) for row in rows[1:])
     assert all(columns(row) <= 79 for row in rows)  # the terminal never wraps a row itself
     assert not any(row.startswith("%teacher%") for row in rows)
-    shown = rows[0] + "".join(row[len(client_module.INDENT):] for row in rows[1:])
+    shown = rows[0] + "".join(row[len(client_module.INDENT) :] for row in rows[1:])
     assert shown == line.expandtabs(8) or "\t" in line  # nothing lost (tabs become spaces)
 
 
@@ -338,8 +353,20 @@ def test_the_terminal_client_indents_the_rows_of_a_long_line_on_a_real_terminal(
         env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
         env["TERM"] = "dumb"
         client = subprocess.Popen(
-            [sys.executable, "-m", "chatlab.client", "--port", str(listener.getsockname()[1]), "--name", "alice"],
-            stdin=follower, stdout=follower, stderr=follower, env=env, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "chatlab.client",
+                "--port",
+                str(listener.getsockname()[1]),
+                "--name",
+                "alice",
+            ],
+            stdin=follower,
+            stdout=follower,
+            stderr=follower,
+            env=env,
+            start_new_session=True,
         )
         os.close(follower)
         try:

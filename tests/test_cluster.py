@@ -15,13 +15,10 @@ import time
 from collections.abc import Callable
 
 import pytest
+from transcript import GREETING, Peer, run_together, wait_until
 
 from chatlab.redis_server import RedisServer
 from chatlab.servers import AsyncioChatServer, ChatServer, SelectorsChatServer
-from test_cli import run  # noqa: F401  (a fixture: runs a chatlab program in a subprocess)
-from transcript import GREETING, Peer, run_together, wait_until
-
-pytestmark = pytest.mark.usefixtures("kit_threads")
 
 
 @pytest.fixture
@@ -159,7 +156,7 @@ def test_the_same_name_raced_on_two_servers_is_won_exactly_once(two, connect):
             peer.expect(GREETING)
         answers: dict[int, str] = {}
 
-        def claim(index: int, name: str = f"Racer{n}") -> None:
+        def claim(index: int, name: str = f"Racer{n}", peers=peers, answers=answers) -> None:
             peers[index].send(name if index == 0 else name.upper())
             answers[index] = peers[index].read_line()
 
@@ -210,7 +207,9 @@ def test_a_server_without_redis_fails_to_start_with_a_clear_error():
     assert not server.running and server.threads() == []
 
 
-def test_the_server_program_shares_a_chat_with_redis_and_refuses_other_models(run, redis_url, cluster, connect):
+def test_the_server_program_shares_a_chat_with_redis_and_refuses_other_models(
+    run, redis_url, cluster, connect
+):
     program = run("chatlab.server", "--port", "0", "--redis", redis_url, "--server-id", "prog")
     port = int(program.wait_for(r"listening on 127\.0\.0\.1:(\d+)", stream="stdout")[1])
     one = cluster("one")
@@ -536,7 +535,9 @@ def test_entries_written_into_an_inbox_by_hand_are_checked_and_dropped(redis_url
     dropped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("inbox entry")]
     assert len(dropped) == 5, dropped  # the first few, one by one...
     wait_until(
-        lambda: any("lines dropped from this server's inbox so far" in r.getMessage() for r in caplog.records),
+        lambda: any(
+            "lines dropped from this server's inbox so far" in r.getMessage() for r in caplog.records
+        ),
         timeout=10,
     )  # ...then how many, at most once a heartbeat
     assert "\x1b" not in caplog.text

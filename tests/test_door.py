@@ -23,8 +23,7 @@ import time
 
 import pytest
 import trustme
-from test_models import start  # noqa: F401  (a fixture: a server of each model, stopped after the test)
-from transcript import GREETING, TIMEOUT, Peer, wait_until
+from transcript import GREETING, TIMEOUT, Peer, Program, wait_until
 
 from chatlab import door, protocol
 from chatlab.client import ChatClient
@@ -475,8 +474,6 @@ def test_on_a_class_network_an_attacker_with_100_idle_connections_locks_nobody_o
     laptop opens 100 silent connections, and two students on another still join and chat."""
     import json
     import textwrap
-
-    from test_cli import Program
 
     on_server, on_room, server_address, attacker, student = three_hosts
     server = Program("chatlab.server", "--host", "0.0.0.0", "--port", "0", "--model", model, prefix=on_server)

@@ -66,11 +66,14 @@ def text_of(cell: nbformat.NotebookNode) -> str:
 def test_the_stored_lesson_hides_its_solutions(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     exercises, checks, blocks = tagged(notebook, "exercise"), tagged(notebook, "check"), solutions(notebook)
-    assert exercises, ("no cell tagged 'exercise': tag each cell the student edits 'exercise' and its check "
-                       "cell 'check', and give one ```python block per exercise in a closed <details> block")
+    assert exercises, (
+        "no cell tagged 'exercise': tag each cell the student edits 'exercise' and its check "
+        "cell 'check', and give one ```python block per exercise in a closed <details> block"
+    )
     assert len(exercises) == len(blocks), f"{len(exercises)} exercise cells but {len(blocks)} solution blocks"
-    assert len(checks) == len(exercises) and all(e < c for e, c in zip(exercises, checks, strict=True)), \
+    assert len(checks) == len(exercises) and all(e < c for e, c in zip(exercises, checks, strict=True)), (
         "every exercise cell has its check cell after it"
+    )
     sources = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
     assert "<details" in sources and not re.search(r"<details[^>]*\bopen\b", sources), "solutions stay closed"
     assert "<summary>" in sources
@@ -96,13 +99,19 @@ def test_the_stored_lesson_hides_its_solutions(path: Path) -> None:
         value = ast.literal_eval(match[2]) if re.fullmatch(r"[\"'].*[\"']", match[2]) else None
         for index in checks:
             source = notebook.cells[index].source
-            assert match[2] not in source and not (isinstance(value, str) and value in source), \
+            assert match[2] not in source and not (isinstance(value, str) and value in source), (
                 f"a check cell holds the answer {match[2]}"
+            )
             if isinstance(value, str) and value.startswith("%"):
-                literals = {node.value for node in ast.walk(ast.parse(source))
-                            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+                literals = {
+                    node.value
+                    for node in ast.walk(ast.parse(source))
+                    if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                }
                 parts = [part for part in value.split("%") if part]
-                assert not set(parts) <= literals, f"a check cell spells out the answer {value!r} in parts {parts}"
+                assert not set(parts) <= literals, (
+                    f"a check cell spells out the answer {value!r} in parts {parts}"
+                )
     # The cleanup cell stays last.
     assert "kit_threads()" in notebook.cells[-1].source
 
@@ -112,8 +121,9 @@ def test_the_solutions_pass_the_checks(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     for index, solution in zip(tagged(notebook, "exercise"), solutions(notebook), strict=True):
         notebook.cells[index].source = solution
-    client = NotebookClient(notebook, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client = NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
     with client.setup_kernel():
         for index, cell in enumerate(notebook.cells):
             if cell.cell_type == "code":
@@ -122,8 +132,10 @@ def test_the_solutions_pass_the_checks(path: Path) -> None:
         notebook.cells.append(probe)
         client.execute_cell(probe, len(notebook.cells) - 1)
     for index in tagged(notebook, "check"):
-        assert text_of(notebook.cells[index]).startswith("✔"), (notebook.cells[index].source[:80],
-                                                                text_of(notebook.cells[index]))
+        assert text_of(notebook.cells[index]).startswith("✔"), (
+            notebook.cells[index].source[:80],
+            text_of(notebook.cells[index]),
+        )
     assert text_of(probe) == "[]\n"
 
 
@@ -153,7 +165,8 @@ WRONG_ANSWERS = {
     "06_byte_stream": [
         PROBE + "second_feed = Probe()",
         PROBE + "limited_feed = Probe()",
-        "class MyFramer:\n    def feed(self, data):\n        return data.split(b'\\n')[:-1]",  # forgets the rest
+        # forgets the rest:
+        "class MyFramer:\n    def feed(self, data):\n        return data.split(b'\\n')[:-1]",
     ],
     "07_slow_client": [
         'blocked_thread = "chatlab-client-slow"',
@@ -183,8 +196,9 @@ def test_a_wrong_answer_fails_its_check(lesson: str) -> None:
     assert len(exercises) == len(WRONG_ANSWERS[lesson])
     for index, wrong in zip(exercises, WRONG_ANSWERS[lesson], strict=True):
         notebook.cells[index].source = wrong
-    client = NotebookClient(notebook, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client = NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
     values = [block.split(" = ", 1)[1] for block in solutions(notebook) if re.fullmatch(r"\w+ = .+", block)]
     with client.setup_kernel():
         for index, cell in enumerate(notebook.cells):
@@ -194,14 +208,19 @@ def test_a_wrong_answer_fails_its_check(lesson: str) -> None:
             "import chatlab\n"
             "seen = Probe.seen if 'Probe' in globals() else []  # what the checks compared a probe with\n"
             f"print([answer in seen for answer in [{', '.join(values)}]])\n"
-            "print(chatlab.kit_threads())")
+            "print(chatlab.kit_threads())"
+        )
         notebook.cells.append(probe)
         client.execute_cell(probe, len(notebook.cells) - 1)
     for index in tagged(notebook, "check"):
-        assert text_of(notebook.cells[index]).startswith("✘ not yet"), (notebook.cells[index].source[:80],
-                                                                      text_of(notebook.cells[index]))
+        assert text_of(notebook.cells[index]).startswith("✘ not yet"), (
+            notebook.cells[index].source[:80],
+            text_of(notebook.cells[index]),
+        )
     compared_with_the_answer, threads_left = text_of(probe).splitlines()
-    assert "True" not in compared_with_the_answer, "a check compared the answer with the right one: it holds it"
+    assert "True" not in compared_with_the_answer, (
+        "a check compared the answer with the right one: it holds it"
+    )
     assert threads_left == "[]"
 
 
@@ -217,8 +236,9 @@ def test_lesson_5_prints_the_port_where_it_asks_to_join_from_a_terminal() -> Non
 def run_the_benchmarks_cell(monkeypatch: pytest.MonkeyPatch, working_dir: Path, package_dir: Path) -> dict:
     """Lesson 9's cell that finds benchmarks/, with chatlab installed in `package_dir`."""
     notebook = nbformat.read(NOTEBOOKS / "09_three_models.ipynb", as_version=4)
-    source = next(cell.source for cell in notebook.cells
-                  if cell.cell_type == "code" and "BENCHMARKS" in cell.source)
+    source = next(
+        cell.source for cell in notebook.cells if cell.cell_type == "code" and "BENCHMARKS" in cell.source
+    )
     installed = types.SimpleNamespace(__file__=str(package_dir / "chatlab" / "__init__.py"))
     monkeypatch.chdir(working_dir)
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -242,7 +262,7 @@ def test_lesson_9_says_what_it_needs_without_the_kits_folder(monkeypatch, tmp_pa
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the doubling is Linux's")
-def test_lesson_7_linux_doubles_the_send_buffer_the_server_asks_for(kit_threads, start_server) -> None:
+def test_lesson_7_linux_doubles_the_send_buffer_the_server_asks_for(start_server) -> None:
     server = start_server(delivery="queue")
     with ChatClient(port=server.port, name="ann"):
         record = server.clients()[0]
@@ -253,17 +273,24 @@ def test_lesson_7_linux_doubles_the_send_buffer_the_server_asks_for(kit_threads,
 def test_make_handout_leaves_out_the_labs_solutions(tmp_path: Path) -> None:
     """`make handout` in a small repository shaped like the kit's: the zip has the skeletons,
     not the reference solutions."""
-    files = {"Makefile": (ROOT / "Makefile").read_text(), "notebooks/01_sockets.ipynb": "{}",
-             "notebooks/labs/lab1_server.py": "# TODO\n",
-             "notebooks/labs/solutions/lab1_server.py": "# answer\n"}
+    files = {
+        "Makefile": (ROOT / "Makefile").read_text(),
+        "notebooks/01_sockets.ipynb": "{}",
+        "notebooks/labs/lab1_server.py": "# TODO\n",
+        "notebooks/labs/solutions/lab1_server.py": "# answer\n",
+    }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "kit"]):
         subprocess.run(git + command, check=True, timeout=30)
-    subprocess.run(["make", "-C", str(tmp_path), "handout", "HANDOUT=out.zip"], check=True, timeout=60,
-                   capture_output=True)
+    subprocess.run(
+        ["make", "-C", str(tmp_path), "handout", "HANDOUT=out.zip"],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
     with zipfile.ZipFile(tmp_path / "out.zip") as handout:
         names = handout.namelist()
     assert "chatlab/notebooks/labs/lab1_server.py" in names and "chatlab/Makefile" in names
@@ -273,8 +300,10 @@ def test_make_handout_leaves_out_the_labs_solutions(tmp_path: Path) -> None:
 # Corrections found by review (issue 10, part 5): each claim stays in the lesson that needed it.
 CORRECTIONS = [
     ("01_sockets", ["ConnectionRefusedError", "TimeoutError", "firewall"]),  # refused is not the only answer
-    ("06_byte_stream", ['sender.sendall(b"first line\\n")', 'sender.sendall(b"second line\\n")',
-                        "receiver.recv(1024)"]),  # two separate sends, one recv()
+    (
+        "06_byte_stream",
+        ['sender.sendall(b"first line\\n")', 'sender.sendall(b"second line\\n")', "receiver.recv(1024)"],
+    ),  # two separate sends, one recv()
     ("07_slow_client", ["SEND_BUFFER", "Linux doubles", "128 KiB"]),
     ("08_many_clients", ["send_around()", "main thread", "not (only) the GIL"]),  # why messages/s stay flat
     ("08_many_clients", ["server.threads()", "main thread", "one more"]),  # agrees with lesson 9's table
@@ -283,8 +312,9 @@ CORRECTIONS = [
 ]
 
 
-@pytest.mark.parametrize(("lesson", "phrases"), CORRECTIONS,
-                         ids=[f"{name}-{i}" for i, (name, _) in enumerate(CORRECTIONS)])
+@pytest.mark.parametrize(
+    ("lesson", "phrases"), CORRECTIONS, ids=[f"{name}-{i}" for i, (name, _) in enumerate(CORRECTIONS)]
+)
 def test_a_review_correction_stays_in_its_lesson(lesson: str, phrases: list[str]) -> None:
     notebook = nbformat.read(NOTEBOOKS / f"{lesson}.ipynb", as_version=4)
     assert any(all(phrase in " ".join(cell.source.split()) for phrase in phrases) for cell in notebook.cells)

@@ -17,14 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-
-from chatlab.client import ChatClient, ConnectionClosed, ConnectionReset
-from chatlab.faults import FaultyLink
-from chatlab.servers import ServerBase
-from test_cli import Program
 from test_models import (  # noqa: F401  (imported tests run again here, through the link)
-    server,
-    start,
     test_a_broadcast_reaches_every_other_client_and_not_the_sender,
     test_a_direct_message_arrives_with_the_senders_name,
     test_a_full_server_and_a_silent_connection,
@@ -46,9 +39,12 @@ from test_models import (  # noqa: F401  (imported tests run again here, through
     test_the_replies_to_the_lines_of_one_packet_keep_their_order,
     test_who_help_and_an_unknown_command,
 )
-from transcript import Peer, wait_until
+from transcript import Peer, Program, wait_until
 
-pytestmark = pytest.mark.usefixtures("kit_threads")
+from chatlab import kit_threads
+from chatlab.client import ChatClient, ConnectionClosed, ConnectionReset
+from chatlab.faults import FaultyLink
+from chatlab.servers import ServerBase
 
 # The bad network the transcript tests run through: every byte a write of its own, 5-15 ms late.
 THROUGH = {"slice": 1, "latency": 0.005, "jitter": 0.01}
@@ -77,7 +73,9 @@ def connect(connect, link_to):
     It returns once the link has connected upstream too, so peers reach the server in the order
     they were opened, as they would without the link (test_a_full_server_... counts on it)."""
 
-    def through_link(server: ServerBase | tuple[str, int], name: str | None = None, **options: object) -> Peer:
+    def through_link(
+        server: ServerBase | tuple[str, int], name: str | None = None, **options: object
+    ) -> Peer:
         if not isinstance(server, ServerBase):
             return connect(server, name, **options)
         link = link_to(server)
@@ -200,11 +198,14 @@ def test_direction_up_leaves_the_other_direction_alone(pair):
     link_pair.server.sendall(b"defgh")
     assert read_exactly(link_pair.server, 3) == b"abc"
     assert read_exactly(link_pair.client, 5) == b"defgh"
+
     def writes(direction: str) -> list[int]:
         return [len(r.data) for r in link_pair.link.wiretap if r.direction == direction]
 
     # (the wiretap notes a write just after it, so the reader may see the bytes a moment earlier)
-    wait_until(lambda: writes("up") == [1, 1, 1] and writes("down") == [5], message=str(link_pair.link.wiretap))
+    wait_until(
+        lambda: writes("up") == [1, 1, 1] and writes("down") == [5], message=str(link_pair.link.wiretap)
+    )
 
 
 def test_the_wiretap_lists_a_reply_after_the_line_it_answers(pair):
@@ -283,7 +284,7 @@ def test_a_refused_upstream_resets_the_client():
                 assert read_until_end(client) == (b"", "reset")
 
 
-def test_close_resets_open_connections_and_joins_every_thread(pair, kit_threads):
+def test_close_resets_open_connections_and_joins_every_thread(pair):
     link_pair = pair(latency=0.01)
     link_pair.client.sendall(b"hi")
     assert read_exactly(link_pair.server, 2) == b"hi"
@@ -333,9 +334,18 @@ def test_a_stalled_link_makes_the_server_drop_the_client_as_too_slow(start_serve
             alice.send(f"%stalled%{i:03} " + "x" * 1000)
             if any(e.kind == "left" and e.client == "stalled" for e in server.events()):
                 break
-        wait_until(lambda: [(e.kind, e.text) for e in server.events() if e.client == "stalled"][-1:] == [("left", "too slow")])
+        wait_until(
+            lambda: (
+                [(e.kind, e.text) for e in server.events() if e.client == "stalled"][-1:]
+                == [("left", "too slow")]
+            )
+        )
         about_stalled = [(e.kind, e.text) for e in server.events() if e.client == "stalled"]
-        assert about_stalled == [("registered", ""), ("error", "too slow: disconnected"), ("left", "too slow")]
+        assert about_stalled == [
+            ("registered", ""),
+            ("error", "too slow: disconnected"),
+            ("left", "too slow"),
+        ]
         # The room forgets "stalled" before its thread has closed the socket and announced it
         # left: lines alice sent in between are answered "unknown client" (as in test_server).
         heard = alice.read_until("* stalled left", limit=700)
@@ -348,8 +358,19 @@ def test_a_stalled_link_makes_the_server_drop_the_client_as_too_slow(start_serve
 def test_the_command_line_listens_forwards_logs_and_stops_on_sigterm(start_server):
     server = start_server()
     program = Program(
-        "chatlab.faults", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{server.port}",
-        "--slice", "1", "--latency", "20", "--jitter", "10", "--reset-after", "200",
+        "chatlab.faults",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        f"127.0.0.1:{server.port}",
+        "--slice",
+        "1",
+        "--latency",
+        "20",
+        "--jitter",
+        "10",
+        "--reset-after",
+        "200",
     )
     try:
         port = int(program.wait_for(r"^listening on 127\.0\.0\.1:(\d+)$", stream="stdout").group(1))
@@ -357,7 +378,10 @@ def test_the_command_line_listens_forwards_logs_and_stops_on_sigterm(start_serve
         alice = Peer(("127.0.0.1", port))
         alice.register("alice")
         assert alice.who() == ["alice"]
-        program.wait_for(r"connection 1 from 127\.0\.0\.1:\d+ to 127\.0\.0\.1:\d+ \(latency=0\.02 jitter=0\.01 slice=1 reset_after=200\)")
+        program.wait_for(
+            r"connection 1 from 127\.0\.0\.1:\d+ to 127\.0\.0\.1:\d+ "
+            r"\(latency=0\.02 jitter=0\.01 slice=1 reset_after=200\)"
+        )
         alice.send("%server%help")
         with pytest.raises(ConnectionResetError):
             for _ in range(20):

@@ -22,9 +22,7 @@ import pytest
 from chatlab import flood
 from chatlab.flood import Throttle, TokenBucket, slow_down
 from chatlab.servers import ServerBase, server_class
-from test_cli import Program
-from transcript import Peer, wait_until
-from test_models import start  # noqa: F401  (a fixture: a server of each model, stopped after the test)
+from transcript import Peer, Program, wait_until
 
 FLOOD_LINES = 2000
 RATE = 500.0  # lines per second: a burst of 1000, so 2000 lines take at least 2 s

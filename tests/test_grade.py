@@ -30,8 +30,6 @@ from broken_servers import BUGS, Server
 from chatlab.grade import CHECKS, STAGES, CheckResult, Report, grade, shown
 from chatlab.servers import MODELS, server_class
 
-pytestmark = pytest.mark.usefixtures("kit_threads")
-
 TESTS = Path(__file__).parent
 ALL_CHECKS = [c.name for c in CHECKS]
 SUMMARY = f"grade: {len(ALL_CHECKS)} passed, 0 failed"
@@ -355,7 +353,14 @@ def test_batch_grades_a_folder_of_submissions_into_a_csv(tmp_path):
     assert rows[1] == ["alice", *["1"] * n, str(n), "0", str(n), str(n), ""]
     caught = set(CAUGHT_BY["echo-broadcast"]) & set(routing)
     marks = ["0" if name in caught else "1" for name in routing]
-    assert rows[2][: n + 5] == ["bob", *marks, str(n - len(caught)), str(len(caught)), str(n - len(caught)), str(n)]
+    assert rows[2][: n + 5] == [
+        "bob",
+        *marks,
+        str(n - len(caught)),
+        str(len(caught)),
+        str(n - len(caught)),
+        str(n),
+    ]
     first = next(name for name in routing if name in caught)
     assert rows[2][-1].startswith(f"{first}: ")
     assert len(rows) == 3
@@ -458,7 +463,10 @@ CAUGHT = {
     "bug_unlocked_registry": ("many clients join, broadcast and leave at once", "dictionary changed size"),
     # from a student's first attempt at labs 1 and 2 (all three passed the grader then)
     "bug_name_race": ("one name asked for at the same moment", "were welcomed"),
-    "bug_nameless_left": ("a client without a name leaves unannounced", "announce only clients that had a name"),
+    "bug_nameless_left": (
+        "a client without a name leaves unannounced",
+        "announce only clients that had a name",
+    ),
     "bug_who_case": ("server commands in any case", "'%server% WHO ' is answered like '%server%who'"),
     # from servers written apart from the kit, from the README (all four passed the grader then)
     "bug_text_stripped": ("spaces kept", "spaces at its ends too"),

@@ -291,7 +291,7 @@ def records(stream: bytes) -> list[tuple[int, bytes, int]]:
     return found
 
 
-def test_tls_shows_the_legacy_record_version_while_the_session_is_tls_1_3(tls_contexts, kit_threads) -> None:
+def test_tls_shows_the_legacy_record_version_while_the_session_is_tls_1_3(tls_contexts) -> None:
     """L12: "16 03 01" is a handshake record with its legacy version; "the version agreed on: TLSv1.3"."""
     server_side, client_side = tls_contexts
     server = ChatServer(tls=server_side).start()
@@ -309,7 +309,7 @@ def test_tls_shows_the_legacy_record_version_while_the_session_is_tls_1_3(tls_co
     assert version == "TLSv1.3"
 
 
-def test_over_tls_each_line_shows_its_length(tls_contexts, kit_threads) -> None:
+def test_over_tls_each_line_shows_its_length(tls_contexts) -> None:
     """L12: "a record here is exactly 17 bytes longer than its line": the eavesdropper learns
     the length of the name, of each message and of the class code."""
     server_side, client_side = tls_contexts
@@ -333,7 +333,7 @@ def test_over_tls_each_line_shows_its_length(tls_contexts, kit_threads) -> None:
     assert [length - 17 for length in data_records[-len(sent) :]] == sent
 
 
-def test_a_wrong_class_code_slows_one_connection_and_many_at_once(monkeypatch, kit_threads) -> None:
+def test_a_wrong_class_code_slows_one_connection_and_many_at_once(monkeypatch) -> None:
     """L12 (as corrected for the door, chatlab/door.py): "a wrong code gets `! wrong class code`
     only after a second ... one address may have only three wrong codes waiting for their answer
     at once: a guess beyond that is not even checked": twenty parallel tries from one address,
@@ -365,7 +365,7 @@ def test_a_wrong_class_code_slows_one_connection_and_many_at_once(monkeypatch, k
     assert waited >= 0.9 * servers_base.WRONG_CODE_DELAY
 
 
-def test_a_server_on_0_0_0_0_is_not_reached_at_the_ipv6_loopback(kit_threads) -> None:
+def test_a_server_on_0_0_0_0_is_not_reached_at_the_ipv6_loopback() -> None:
     """L12: "0.0.0.0 ... every IPv4 address I have ... not reached at ... ::1"."""
     if not socket.has_ipv6:
         pytest.skip("no IPv6 in this Python")

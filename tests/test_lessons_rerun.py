@@ -20,8 +20,9 @@ LABS = sorted(NOTEBOOKS.glob("labs/lab[0-9]_*.ipynb"))  # they also stop every "
 @pytest.mark.parametrize("path", LESSONS + LABS, ids=[path.stem for path in LESSONS + LABS])
 def test_a_lesson_runs_twice_in_one_kernel(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
     code_cells = [(index, cell) for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
     with client.setup_kernel():
         for _ in range(2):

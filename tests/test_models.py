@@ -19,30 +19,12 @@ import threading
 
 import pytest
 
-from chatlab import kit_threads, protocol
+from chatlab import protocol
 from chatlab.client import ChatClient, ServerFull
-from chatlab.servers import MODELS, ServerBase, server_class
+from chatlab.servers import MODELS
 from transcript import GREETING, HELP, Peer, alice_and_bob, wait_until
 
 NAME_RULE = "use 1-32 characters from A-Z a-z 0-9 _ . -"
-
-@pytest.fixture(params=list(MODELS))
-def start(request):
-    """``start(**options)`` starts a server of the model under test on 127.0.0.1, port 0."""
-    model_class = server_class(request.param)
-    servers: list[ServerBase] = []
-    before = set(kit_threads())
-
-    def start_server(**options: object) -> ServerBase:
-        server = model_class("127.0.0.1", 0, **options).start()
-        servers.append(server)
-        return server
-
-    yield start_server
-    for server in servers:
-        server.stop()
-    wait_until(lambda: set(kit_threads()) <= before, message="the model's threads ended")
-
 
 @pytest.fixture
 def server(start):

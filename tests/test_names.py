@@ -16,31 +16,13 @@ import sys
 import unicodedata
 
 import pytest
-
-from chatlab import kit_threads, protocol
-from chatlab.servers import MODELS, ServerBase, ServerOptions, server_class
 from transcript import GREETING, TIMEOUT, Peer, alice_and_bob, wait_until
+
+from chatlab import protocol
+from chatlab.servers import ServerOptions
 
 TOO_MANY_BLANKS = "! too many blanks in a row (at most 8)"
 OTHER_LOOPBACK = "127.0.0.2"  # another address of this computer: "not the server's own"
-
-
-@pytest.fixture(params=list(MODELS))
-def start(request):
-    """``start(**options)`` starts a server of the model under test on 127.0.0.1, port 0."""
-    model_class = server_class(request.param)
-    servers: list[ServerBase] = []
-    before = set(kit_threads())
-
-    def start_server(**options: object) -> ServerBase:
-        server = model_class("127.0.0.1", 0, **options).start()
-        servers.append(server)
-        return server
-
-    yield start_server
-    for server in servers:
-        server.stop()
-    wait_until(lambda: set(kit_threads()) <= before, message="the model's threads ended")
 
 
 @pytest.fixture
@@ -67,9 +49,21 @@ class PeerFrom(Peer):
 
 @pytest.mark.parametrize(
     "name, key",
-    [("alice", "allce"), ("aIice", "allce"), ("a1ice", "allce"), ("ALICE", "allce"), ("alice_", "allce"),
-     ("alice.-_", "allce"), ("AL1CE", "allce"), ("aiice", "allce"), ("b0b", "bob"), ("BOB", "bob"),
-     ("al.ice", "al.lce"), ("serv3r", "serv3r"), ("...", "")],
+    [
+        ("alice", "allce"),
+        ("aIice", "allce"),
+        ("a1ice", "allce"),
+        ("ALICE", "allce"),
+        ("alice_", "allce"),
+        ("alice.-_", "allce"),
+        ("AL1CE", "allce"),
+        ("aiice", "allce"),
+        ("b0b", "bob"),
+        ("BOB", "bob"),
+        ("al.ice", "al.lce"),
+        ("serv3r", "serv3r"),
+        ("...", ""),
+    ],
 )
 def test_a_names_skeleton_is_what_it_looks_like(name, key):
     """Lower case; I, L and 1 one letter (written l), 0 and O one letter (written o); no
@@ -77,8 +71,9 @@ def test_a_names_skeleton_is_what_it_looks_like(name, key):
     assert protocol.name_key(name) == key
 
 
-@pytest.mark.parametrize("name", ["server", "Server", "server.", "SERVER_", "server2", "serverbot",
-                                  "all", "ALL", "a11", "AlL-"])
+@pytest.mark.parametrize(
+    "name", ["server", "Server", "server.", "SERVER_", "server2", "serverbot", "all", "ALL", "a11", "AlL-"]
+)
 def test_names_that_look_like_server_or_all_are_reserved(name):
     assert protocol.name_error(name) == f"invalid name {name!r}: reserved"
 
@@ -90,10 +85,32 @@ def test_names_that_only_resemble_them_are_not(name):
 
 @pytest.mark.parametrize(
     "text",
-    ["a" + " " * 9 + "b", "\t" * 9, "\u00a0" * 9, "x" + "\u2003" * 9, "\u3000" * 9, " \u200b" * 5,
-     "    \u200b    \u200b    ", "\u3164" * 9, "\u2800" * 9, " " * 4 + "\u00a0" * 5, "\ufeff" * 9],
-    ids=["spaces", "tabs", "nbsp", "em-spaces", "ideographic", "zwsp-between", "zwsp-joined", "hangul-filler",
-         "braille-blank", "mixed", "bom"],
+    [
+        "a" + " " * 9 + "b",
+        "\t" * 9,
+        "\u00a0" * 9,
+        "x" + "\u2003" * 9,
+        "\u3000" * 9,
+        " \u200b" * 5,
+        "    \u200b    \u200b    ",
+        "\u3164" * 9,
+        "\u2800" * 9,
+        " " * 4 + "\u00a0" * 5,
+        "\ufeff" * 9,
+    ],
+    ids=[
+        "spaces",
+        "tabs",
+        "nbsp",
+        "em-spaces",
+        "ideographic",
+        "zwsp-between",
+        "zwsp-joined",
+        "hangul-filler",
+        "braille-blank",
+        "mixed",
+        "bom",
+    ],
 )
 def test_more_than_eight_blanks_in_a_row_are_refused(text):
     assert protocol.has_blank_run(text)
@@ -102,11 +119,24 @@ def test_more_than_eight_blanks_in_a_row_are_refused(text):
     )
 
 
-@pytest.mark.parametrize("text", ["a" + " " * 8 + "b", "\t" * 8, "\u00a0" * 8, "a \u00a0 " * 20, "caf\u00e9  au  lait",
-                                  "\u05e9\u05dc\u05d5\u05dd \u200f!", "", "1. " + "x" * 4000])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" + " " * 8 + "b",
+        "\t" * 8,
+        "\u00a0" * 8,
+        "a \u00a0 " * 20,
+        "caf\u00e9  au  lait",
+        "\u05e9\u05dc\u05d5\u05dd \u200f!",
+        "",
+        "1. " + "x" * 4000,
+    ],
+)
 def test_eight_blanks_in_a_row_and_ordinary_text_pass(text):
     assert not protocol.has_blank_run(text)
-    assert protocol.parse_line(f"%bob%{text}".encode(), registered=True) == protocol.DirectMessage("bob", text)
+    assert protocol.parse_line(f"%bob%{text}".encode(), registered=True) == protocol.DirectMessage(
+        "bob", text
+    )
 
 
 def test_every_whitespace_and_format_character_counts_as_a_blank():
@@ -195,7 +225,9 @@ def test_a_line_padded_with_blanks_is_refused_and_reaches_nobody(server, connect
     alice.expect(TOO_MANY_BLANKS)
     alice.send("%bob%after" + " " * 8 + "eight spaces")
     bob.expect("%alice%after" + " " * 8 + "eight spaces")  # the first line bob gets: nothing before it
-    assert [e.text for e in server.events() if e.kind == "error"] == ["too many blanks in a row (at most 8)"] * 2
+    assert [e.text for e in server.events() if e.kind == "error"] == [
+        "too many blanks in a row (at most 8)"
+    ] * 2
 
 
 def test_a_reserved_name_is_taken_only_from_the_servers_own_computer(start, connect):
@@ -225,7 +257,9 @@ def test_a_reserved_name_must_be_a_valid_one():
 def test_the_server_program_reserves_names_with_reserve():
     proc = subprocess.Popen(
         [sys.executable, "-m", "chatlab.server", "--port", "0", "--reserve", "teacher", "ta"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 30)  # bounded: the first line comes soon
@@ -248,8 +282,12 @@ def test_the_server_program_reserves_names_with_reserve():
 
 
 def test_the_server_program_refuses_a_name_it_cannot_reserve():
-    done = subprocess.run([sys.executable, "-m", "chatlab.server", "--port", "0", "--reserve", "server"],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "chatlab.server", "--port", "0", "--reserve", "server"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2
     assert "cannot reserve: invalid name 'server': reserved" in done.stderr
 

@@ -127,7 +127,7 @@ def feed_all(framer: LineFramer, chunks: list[bytes]) -> list[bytes | LineTooLon
 
 def cut(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
-    return [data[a:b] for a, b in zip(points, points[1:])]
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
 
 
 line_content = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"."))
@@ -142,7 +142,8 @@ line_content = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"."))
     cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
 )
 def test_any_chunking_gives_the_same_events_as_feeding_it_whole(contents, crlf, tail, max_line, cuts):
-    lines = [c + b"\r" if use_crlf else c for c, use_crlf in zip(contents, crlf)]
+    # crlf has 12 flags, one for each line there can be
+    lines = [c + b"\r" if use_crlf else c for c, use_crlf in zip(contents, crlf, strict=False)]
     stream = b"".join(line + b"\n" for line in lines) + tail
 
     whole = LineFramer(max_line)
@@ -155,17 +156,32 @@ def test_any_chunking_gives_the_same_events_as_feeding_it_whole(contents, crlf, 
 
 
 SAMPLE_STREAM = (
-    b"alice\r\n%bob%hi\n" + b"x" * 40 + b"\n%*%after the long one\r\n\n"
-    + b"y" * 31 + b"\r\n" + b"z" * 32 + b"\r\n%server%who\n" + b"w" * 100
+    b"alice\r\n%bob%hi\n"
+    + b"x" * 40
+    + b"\n%*%after the long one\r\n\n"
+    + b"y" * 31
+    + b"\r\n"
+    + b"z" * 32
+    + b"\r\n%server%who\n"
+    + b"w" * 100
 )
 
 
 def test_a_stream_trickled_one_byte_at_a_time_gives_the_same_events():
     whole = LineFramer(max_line=31).feed(SAMPLE_STREAM)
-    assert whole == [b"alice", b"%bob%hi", TOO_LONG, b"%*%after the long one", b"", b"y" * 31,
-                     TOO_LONG, b"%server%who", TOO_LONG]
+    assert whole == [
+        b"alice",
+        b"%bob%hi",
+        TOO_LONG,
+        b"%*%after the long one",
+        b"",
+        b"y" * 31,
+        TOO_LONG,
+        b"%server%who",
+        TOO_LONG,
+    ]
     trickle = LineFramer(max_line=31)
-    assert feed_all(trickle, [SAMPLE_STREAM[i:i + 1] for i in range(len(SAMPLE_STREAM))]) == whole
+    assert feed_all(trickle, [SAMPLE_STREAM[i : i + 1] for i in range(len(SAMPLE_STREAM))]) == whole
 
 
 # --- parsing: a line -> an event ----------------------------------------------------------------
@@ -217,10 +233,29 @@ def test_invalid_utf8_is_malformed(line, registered):
     assert parse_line(line, registered=registered) == Malformed("invalid utf-8")
 
 
-UNSAFE = ["\r", "\x1b", "\x00", "\x07", "\x08", "\x0b", "\x0c", "\x7f", "\x85", "\x9b",
-          "\u2028", "\u2029",
-          "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",  # bidi embeddings and overrides
-          "\u2066", "\u2067", "\u2068", "\u2069"]  # bidi isolates
+UNSAFE = [
+    "\r",
+    "\x1b",
+    "\x00",
+    "\x07",
+    "\x08",
+    "\x0b",
+    "\x0c",
+    "\x7f",
+    "\x85",
+    "\x9b",
+    "\u2028",
+    "\u2029",
+    "\u202a",
+    "\u202b",
+    "\u202c",
+    "\u202d",
+    "\u202e",  # bidi embeddings and overrides
+    "\u2066",
+    "\u2067",
+    "\u2068",
+    "\u2069",
+]  # bidi isolates
 
 
 @pytest.mark.parametrize("char", UNSAFE, ids=[f"U+{ord(c):04X}" for c in UNSAFE])
@@ -231,7 +266,9 @@ def test_unsafe_characters_are_refused_anywhere(char):
     assert parse_line(f"bob{char}".encode(), registered=False) == CONTROL
 
 
-@pytest.mark.parametrize("text", ["tab\there", "emoji \U0001f600", "caf\u00e9", "\u4e2d\u6587", "50% %x%", ""])
+@pytest.mark.parametrize(
+    "text", ["tab\there", "emoji \U0001f600", "caf\u00e9", "\u4e2d\u6587", "50% %x%", ""]
+)
 def test_tabs_emoji_and_percent_signs_are_fine(text):
     assert protocol.unsafe_character(text) is None
     assert parse_line(f"%bob%{text}".encode(), registered=True) == DirectMessage("bob", text)
@@ -321,7 +358,9 @@ def test_parse_online():
     assert protocol.parse_online("welcome alice") is None
 
 
-names = st.from_regex(r"[A-Za-z0-9_.-]{1,32}", fullmatch=True).filter(lambda n: protocol.name_error(n) is None)
+names = st.from_regex(r"[A-Za-z0-9_.-]{1,32}", fullmatch=True).filter(
+    lambda n: protocol.name_error(n) is None
+)
 safe_text = st.text(max_size=60).filter(
     lambda t: protocol.unsafe_character(t) is None and not protocol.has_blank_run(t)
 )
@@ -338,8 +377,11 @@ def test_a_message_survives_the_round_trip(to, sender, text):
     assert parse_server_line(received[:-1]) == ServerLine("message", text, sender)
 
 
-@pytest.mark.parametrize("text", ["\u05e9\u05dc\u05d5\u05dd\u200f!", "abc\u200edef", "\u0633\u0644\u0627\u0645\u061c 1"],
-                         ids=["hebrew-RLM", "LRM", "arabic-ALM"])
+@pytest.mark.parametrize(
+    "text",
+    ["\u05e9\u05dc\u05d5\u05dd\u200f!", "abc\u200edef", "\u0633\u0644\u0627\u0645\u061c 1"],
+    ids=["hebrew-RLM", "LRM", "arabic-ALM"],
+)
 def test_direction_marks_are_ordinary_text(text):
     """LRM, RLM and ALM are part of normal Hebrew, Arabic and Persian writing: not refused."""
     assert protocol.unsafe_character(text) is None

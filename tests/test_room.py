@@ -11,9 +11,9 @@ import socket
 import threading
 
 import pytest
+from transcript import run_together
 
 from chatlab.room import ChatRoom, ClientRecord, RemoteMessage
-from transcript import run_together
 
 
 class KeptWrites:
@@ -97,8 +97,10 @@ def test_the_lines_of_one_read_reach_each_receiver_as_one_write(room, admit):
     room.handle_lines(newcomer, [b"alice", b"%bob%one", b"%carol%two", b"%bob%three", b"%server%who"])
     # The welcome and the "joined" notice are not held back: they go out at once, so nobody can
     # write to alice before her welcome, and nobody hears from alice before hearing she joined.
-    assert newcomer.transport.writes == [b"* welcome alice\n* online: alice, bob, carol\n",
-                                         b"* online: alice, bob, carol\n"]
+    assert newcomer.transport.writes == [
+        b"* welcome alice\n* online: alice, bob, carol\n",
+        b"* online: alice, bob, carol\n",
+    ]
     assert bob.transport.writes[bob_writes:] == [b"* alice joined\n", b"%alice%one\n%alice%three\n"]
     assert carol.transport.writes[carol_writes:] == [b"* alice joined\n", b"%alice%two\n"]
 

@@ -10,8 +10,6 @@ from transcript import wait_until
 
 from chatlab.sendqueue import SendQueue
 
-pytestmark = pytest.mark.usefixtures("kit_threads")
-
 
 class Sent:
     """A send function that keeps every batch and the name of the thread that sent it; with

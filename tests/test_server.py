@@ -10,11 +10,10 @@ import time
 
 import pytest
 
+from chatlab import kit_threads
 from chatlab.client import ChatClient
 from chatlab.servers import ChatServer
 from transcript import GREETING, HELP, alice_and_bob, run_together, wait_until
-
-pytestmark = pytest.mark.usefixtures("kit_threads")
 
 def thread_names(server: ChatServer) -> list[str]:
     return sorted(t.name for t in server.threads())
@@ -102,7 +101,7 @@ def test_a_client_that_stops_writing_and_never_reads_is_removed_all_the_same(ser
     still_chatting(server, connect, "1")
 
 
-def test_a_client_that_never_says_anything_blocks_nobody(server, connect, kit_threads):
+def test_a_client_that_never_says_anything_blocks_nobody(server, connect):
     silent = connect(server)  # connects, then neither reads nor writes
     still_chatting(server, connect, "1")
     alice, bob = alice_and_bob(server, connect)
@@ -242,7 +241,7 @@ def test_a_writer_thread_serves_a_client_only_while_it_is_behind(server, connect
 
 
 @pytest.mark.parametrize("release", ["the receiver reads", "the server stops", "the receiver leaves"])
-def test_in_direct_mode_a_receiver_that_never_reads_stalls_its_senders(start_server, connect, kit_threads, release):
+def test_in_direct_mode_a_receiver_that_never_reads_stalls_its_senders(start_server, connect, release):
     server = start_server(delivery="direct")
     small_kernel_buffers(server)
     alice, carol = connect(server, "alice", sndbuf=4096), connect(server, "carol")
@@ -361,7 +360,7 @@ def test_every_message_arrives_once_and_in_order_around_a_ring(server, chat_clie
 # --- threads, life cycle, records, events ----------------------------------------------------------
 
 
-def test_every_thread_has_a_name_that_says_whose_it_is(server, connect, kit_threads):
+def test_every_thread_has_a_name_that_says_whose_it_is(server, connect):
     assert kit_threads() == ["chatlab-accept"]
     alice = connect(server)
     alice.expect(GREETING)
@@ -377,7 +376,7 @@ def test_every_thread_has_a_name_that_says_whose_it_is(server, connect, kit_thre
         alice.expect("* bob joined")
 
 
-def test_no_thread_is_left_behind_when_clients_leave_or_the_server_stops(server, connect, kit_threads):
+def test_no_thread_is_left_behind_when_clients_leave_or_the_server_stops(server, connect):
     alice, bob = alice_and_bob(server, connect)
     assert len(server.threads()) == 3
     alice.close()
@@ -388,7 +387,7 @@ def test_no_thread_is_left_behind_when_clients_leave_or_the_server_stops(server,
     assert server.threads() == [] and kit_threads() == []
 
 
-def test_stop_is_prompt_with_twenty_clients_one_of_them_mid_line(server, connect, kit_threads):
+def test_stop_is_prompt_with_twenty_clients_one_of_them_mid_line(server, connect):
     peers = [connect(server, f"p{i:02}") for i in range(20)]
     for i, peer in enumerate(peers):
         peer.expect(*[f"* p{j:02} joined" for j in range(i + 1, 20)])
@@ -402,7 +401,7 @@ def test_stop_is_prompt_with_twenty_clients_one_of_them_mid_line(server, connect
         peer.expect_eof()
 
 
-def test_stop_joins_the_thread_of_a_client_that_is_just_leaving(server, connect, kit_threads):
+def test_stop_joins_the_thread_of_a_client_that_is_just_leaving(server, connect):
     alice, bob = alice_and_bob(server, connect)
     leaving, release = threading.Event(), threading.Event()
 
@@ -433,7 +432,7 @@ def leave_a_connection_in_time_wait(server: ChatServer, connect) -> None:
     lingering.close()
 
 
-def test_a_server_can_be_started_again_on_a_new_or_the_same_port(start_server, connect, kit_threads):
+def test_a_server_can_be_started_again_on_a_new_or_the_same_port(start_server, connect):
     server = start_server()
     assert server.port != 0 and server.listener.getsockname() == ("127.0.0.1", server.port)
     still_chatting(server, connect, "1")
@@ -460,7 +459,7 @@ def test_start_refuses_a_server_that_is_already_running(server):
         server.start()
 
 
-def test_stop_all_stops_every_running_server(start_server, connect, kit_threads):
+def test_stop_all_stops_every_running_server(start_server, connect):
     first, second = start_server(), start_server()
     alice = connect(first, "alice")
     assert ChatServer.stop_all() == 2
@@ -469,7 +468,7 @@ def test_stop_all_stops_every_running_server(start_server, connect, kit_threads)
     assert ChatServer.stop_all() == 0
 
 
-def test_a_server_is_a_context_manager(connect, kit_threads):
+def test_a_server_is_a_context_manager(connect):
     with ChatServer() as server:
         assert server.running and server.port != 0
         alice = connect(server, "alice")
@@ -573,7 +572,7 @@ def test_kit_threads_lists_the_kits_threads_by_name(start_server, connect):
     assert chatlab.kit_threads() == before
 
 
-def test_stop_is_safe_from_two_threads_at_once(server, connect, kit_threads):
+def test_stop_is_safe_from_two_threads_at_once(server, connect):
     connect(server, "alice")
     errors = []
 
@@ -611,7 +610,7 @@ def test_a_connection_that_sends_no_name_in_time_is_told_and_closed(start_server
     assert [e.text for e in server.events() if e.kind == "left"] == ["no name in time"]
 
 
-def test_stop_right_after_a_greeting_leaves_no_thread_behind(start_server, connect, kit_threads):
+def test_stop_right_after_a_greeting_leaves_no_thread_behind(start_server, connect):
     """The accept thread greets a newcomer before it starts the newcomer's thread: a stop() in
     between must still find that thread and join it (it once outlived stop under load)."""
     for _ in range(30):

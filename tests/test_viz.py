@@ -23,6 +23,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
+from transcript import wait_until
 
 from chatlab import ChatClient, ChatServer, NameRefused, ServerEvent, viz
 
@@ -35,14 +36,6 @@ def read_until(client: ChatClient, wanted: str, limit: int = 20) -> list[str]:
         if seen[-1] == wanted:
             return seen
     raise AssertionError(f"{client.name} never got {wanted!r}; got {seen}")
-
-
-def wait_until(condition, timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 @dataclass
@@ -123,8 +116,11 @@ def overlapping_texts(fig: Figure) -> list[tuple[str, str]]:
     FigureCanvasAgg(fig)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    boxes = [(t.get_text(), t.get_window_extent(renderer).shrunk(0.98, 0.9))
-             for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    boxes = [
+        (t.get_text(), t.get_window_extent(renderer).shrunk(0.98, 0.9))
+        for t in fig.findobj(Text)
+        if t.get_visible() and t.get_text().strip()
+    ]
     return [(a, b) for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2) if box_a.overlaps(box_b)]
 
 
@@ -181,7 +177,11 @@ def test_topology_from_records_alone_uses_their_counters(session):
 def test_topology_from_names_has_no_counts():
     fig = viz.topology(["carol", "alice", "bob"])
     render(fig)
-    assert sorted(a.get_gid() for a in with_gid(fig, "client:")) == ["client:alice", "client:bob", "client:carol"]
+    assert sorted(a.get_gid() for a in with_gid(fig, "client:")) == [
+        "client:alice",
+        "client:bob",
+        "client:carol",
+    ]
     assert with_gid(fig, "edge-label:") == []
     assert len(with_gid(fig, "edge:")) == 3
 
@@ -196,9 +196,13 @@ def test_sequence_diagram_has_an_arrow_per_line_on_the_wire(session):
     assert gids(fig, "deliver:") == Counter(
         ["deliver:alice->bob", "deliver:bob->alice", "deliver:carol->alice", "deliver:carol->bob"]
     )
-    assert sum(gids(fig, "deliver:").values()) == sum(map(session.messages_received, ("alice", "bob", "carol")))
+    assert sum(gids(fig, "deliver:").values()) == sum(
+        map(session.messages_received, ("alice", "bob", "carol"))
+    )
     assert gids(fig, "refused:") == Counter({"refused:alice": 1})  # the line to 'zed' came in...
-    assert gids(fig, "error:") == Counter({"error:alice": 1, "error:": 1})  # ...and its error; the second alice
+    assert gids(fig, "error:") == Counter(
+        {"error:alice": 1, "error:": 1}
+    )  # ...and its error; the second alice
     assert gids(fig, "join:") == Counter({"join:alice": 1, "join:bob": 1, "join:carol": 1})
     assert gids(fig, "leave:") == Counter({"leave:carol": 1})
 
@@ -207,8 +211,16 @@ def test_sequence_diagram_labels_show_the_lines_as_typed_and_as_delivered(sessio
     shown = texts(viz.sequence_diagram(session.events))
     for lane in ("alice", "bob", "carol", "server"):
         assert lane in shown
-    for line in ("%bob%hi bob", "%alice%hi bob", "%alice%hi alice", "%bob%hi alice",
-                 "%*%hello all", "%carol%hello all", "%zed%…", "! unknown client 'zed'"):
+    for line in (
+        "%bob%hi bob",
+        "%alice%hi bob",
+        "%alice%hi alice",
+        "%bob%hi alice",
+        "%*%hello all",
+        "%carol%hello all",
+        "%zed%…",
+        "! unknown client 'zed'",
+    ):
         assert line in shown, line
     assert "! name taken  (to a connection with no name)" in shown
     assert shown.count("%carol%hello all") == 2  # one label per receiver
@@ -254,8 +266,10 @@ def test_each_receiver_of_a_broadcast_has_its_own_arrow_row(session):
 def test_other_refused_lines_are_described():
     """Lines the log cannot quote: it keeps why a line was refused, not the line."""
     with ChatServer() as server, ChatClient(port=server.port, name="ada") as ada:
-        for line, error in (("hello?", "! expected %name%message"),
-                            ("%server%dance", "! unknown command 'dance'; try %server%help")):
+        for line, error in (
+            ("hello?", "! expected %name%message"),
+            ("%server%dance", "! unknown command 'dance'; try %server%help"),
+        ):
             ada.send_line(line)
             read_until(ada, error)
         events = server.events()
@@ -264,8 +278,12 @@ def test_other_refused_lines_are_described():
     shown = texts(fig)
     assert gids(fig, "refused:") == Counter({"refused:ada": 2})
     assert gids(fig, "error:") == Counter({"error:ada": 2})
-    for label in ("(a line without %name%)", "! expected %name%message", "%server%dance",
-                  "! unknown command 'dance'; try %server%help"):
+    for label in (
+        "(a line without %name%)",
+        "! expected %name%message",
+        "%server%dance",
+        "! unknown command 'dance'; try %server%help",
+    ):
         assert label in shown, label
 
 
@@ -289,7 +307,10 @@ def test_a_dropped_client_is_not_drawn_as_a_refused_line():
         finally:
             slow.close()
     assert [(e.kind, e.text) for e in events if e.kind != "connected"] == [
-        ("registered", ""), ("error", "too slow: disconnected"), ("left", "too slow")]
+        ("registered", ""),
+        ("error", "too slow: disconnected"),
+        ("left", "too slow"),
+    ]
     fig = viz.sequence_diagram(events)
     render(fig)
     assert gids(fig, "refused:") == Counter() and gids(fig, "send:") == Counter()
@@ -314,7 +335,10 @@ def test_spans_from_events_follow_each_connection(session):
     refused = [t for t in by_thread if t.startswith("chatlab-client-127.0.0.1:")]
     assert len(refused) == 1  # the second "alice" never got a name
     assert sorted(set(by_thread) - set(refused)) == [
-        "chatlab-accept", "chatlab-client-alice", "chatlab-client-bob", "chatlab-client-carol",
+        "chatlab-accept",
+        "chatlab-client-alice",
+        "chatlab-client-bob",
+        "chatlab-client-carol",
     ]
     assert [s.activity for s in by_thread["chatlab-client-carol"]] == ["waiting for a name", "serving carol"]
     waiting, serving = by_thread["chatlab-client-carol"]
@@ -332,7 +356,10 @@ def test_thread_timeline_draws_a_row_per_thread_and_a_bar_per_span(session):
     rows = [label.get_text() for label in ax.get_yticklabels()]
     assert len(rows) == 5 and rows[1].startswith("chatlab-client-127.0.0.1:")  # digits sort first
     assert rows[:1] + rows[2:] == [
-        "chatlab-accept", "chatlab-client-alice", "chatlab-client-bob", "chatlab-client-carol",
+        "chatlab-accept",
+        "chatlab-client-alice",
+        "chatlab-client-bob",
+        "chatlab-client-carol",
     ]
     assert len(with_gid(fig, "span:")) == len(spans) == 8
     assert "serving alice" in texts(fig) and "waiting for a name" in texts(fig)
@@ -380,8 +407,11 @@ def test_thread_recorder_records_each_thread_by_name():
 
 def test_figures_stay_out_of_pyplot(session):
     """A figure is shown once, when a cell ends with it: pyplot must not hold on to it."""
-    for fig in (viz.topology(session.records, session.events), viz.sequence_diagram(session.events),
-                viz.thread_timeline(viz.spans_from_events(session.events, session.started))):
+    for fig in (
+        viz.topology(session.records, session.events),
+        viz.sequence_diagram(session.events),
+        viz.thread_timeline(viz.spans_from_events(session.events, session.started)),
+    ):
         assert fig.canvas.manager is None
 
 
@@ -393,8 +423,13 @@ def test_no_text_overlaps_with_six_clients():
         try:
             for i, client in enumerate(clients):
                 receiver = clients[(i + 1) % len(clients)]
-                client.send(receiver.name, f"hello {receiver.name}, this is a long message from {client.name}")
-                read_until(receiver, f"%{client.name}%hello {receiver.name}, this is a long message from {client.name}")
+                client.send(
+                    receiver.name, f"hello {receiver.name}, this is a long message from {client.name}"
+                )
+                read_until(
+                    receiver,
+                    f"%{client.name}%hello {receiver.name}, this is a long message from {client.name}",
+                )
             clients[0].broadcast("hi all")
             for client in clients[1:]:
                 read_until(client, "%alice%hi all")
@@ -458,10 +493,15 @@ def test_listeners_draws_each_way_in_and_who_reaches_each_listener():
     fig = viz.listeners()
     render(fig)
     assert sorted(gids(fig, "connect:")) == [
-        "connect:another computer->wlan0", "connect:this computer->lo", "connect:this computer->wlan0",
+        "connect:another computer->wlan0",
+        "connect:this computer->lo",
+        "connect:this computer->wlan0",
     ]  # another computer has no way to this computer's loopback
     assert sorted(gids(fig, "reach:")) == [
-        "reach:lo->0.0.0.0", "reach:lo->127.0.0.1", "reach:wlan0->0.0.0.0", "reach:wlan0->192.168.1.20",
+        "reach:lo->0.0.0.0",
+        "reach:lo->127.0.0.1",
+        "reach:wlan0->0.0.0.0",
+        "reach:wlan0->192.168.1.20",
     ]
     shown = texts(fig)  # a port each: on one port Linux would not let 0.0.0.0 beside 127.0.0.1
     for listener in ("127.0.0.1:5050", "192.168.1.20:5051", "0.0.0.0:5052 (every IPv4\naddress)"):
@@ -478,7 +518,9 @@ def test_listeners_draws_each_way_in_and_who_reaches_each_listener():
 def test_listeners_on_an_address_the_computer_does_not_have():
     fig = viz.listeners([("lo", "127.0.0.1")], ["10.0.0.7"], port=6000)
     render(fig)
-    assert gids(fig, "reach:") == Counter() and gids(fig, "connect:") == Counter({"connect:this computer->lo": 1})
+    assert gids(fig, "reach:") == Counter() and gids(fig, "connect:") == Counter(
+        {"connect:this computer->lo": 1}
+    )
     assert "listens on\n10.0.0.7:6000" in texts(fig)
     assert "reached by nobody: no such address here" in texts(fig)
 
@@ -495,7 +537,7 @@ def test_bucket_run_keeps_order_and_never_overdraws():
     sent = [0.5] * 30 + [2.0 + 0.2 * i for i in range(21)] + [6.0] * 25
     run = viz.bucket_run(sent, 10.0)
     assert run.sent == sent and len(run.passed) == len(sent)
-    assert all(went >= came for came, went in zip(run.sent, run.passed))  # never before it came
+    assert all(went >= came for came, went in zip(run.sent, run.passed, strict=True))  # never before it came
     assert run.passed == sorted(run.passed)  # in order
     for i, went in enumerate(run.passed):  # a full bucket, then 10 a second: no more than that
         assert i + 1 <= run.burst + run.rate * went + 1e-6
@@ -565,7 +607,9 @@ def test_heartbeat_timeline_picture():
     for name, beats in crash.beats.items():
         assert len(with_gid(fig, f"beat:{name}")) == len(beats)
     assert gids(fig, "noticed:") == Counter({"noticed:one": 1, "noticed:two": 1})
-    assert gids(fig, "crash:") == Counter({"crash:three": 1}) and gids(fig, "expires:") == Counter({"expires:three": 1})
+    assert gids(fig, "crash:") == Counter({"crash:three": 1}) and gids(fig, "expires:") == Counter(
+        {"expires:three": 1}
+    )
     (ttl,) = with_gid(fig, "ttl")
     assert (ttl.xyann[0], ttl.xy[0]) == (crash.last_beat, crash.expires)
     assert "time to live: 5 heartbeats after the last one" in texts(fig)
@@ -573,7 +617,13 @@ def test_heartbeat_timeline_picture():
 
 
 def test_the_new_pictures_stay_out_of_pyplot():
-    for fig in (viz.listeners(), viz.token_bucket(), viz.heartbeat_timeline(), viz.cluster_topology(), viz.message_path()):
+    for fig in (
+        viz.listeners(),
+        viz.token_bucket(),
+        viz.heartbeat_timeline(),
+        viz.cluster_topology(),
+        viz.message_path(),
+    ):
         assert fig.canvas.manager is None
 
 
@@ -595,7 +645,10 @@ def test_the_clean_close_ladder_puts_the_closer_in_time_wait():
     fig = viz.segment_ladder(("a clean close", viz.CLEAN_CLOSE))
     render(fig)
     assert list(gids(fig, "segment:")) == [
-        "segment:0:0:FIN", "segment:0:1:ACK", "segment:0:2:FIN", "segment:0:3:ACK"
+        "segment:0:0:FIN",
+        "segment:0:1:ACK",
+        "segment:0:2:FIN",
+        "segment:0:3:ACK",
     ]
     assert set(gids(fig, "time_wait:")) == {"time_wait:0"}  # the closer, and only there
     [bar] = with_gid(fig, "time_wait:0")
@@ -632,7 +685,7 @@ def test_the_fd_table_shows_close_freeing_an_fd_and_shutdown_ending_the_connecti
     assert not overlapping_texts(fig)
 
 
-def test_wire_timeline_draws_the_writes_and_a_cross_for_the_reset(kit_threads):
+def test_wire_timeline_draws_the_writes_and_a_cross_for_the_reset():
     """A real link, a real server: the greeting goes down, then the link resets the connection."""
     from chatlab.faults import FaultyLink
 
@@ -672,7 +725,8 @@ def test_message_path_draws_one_arrow_per_step_in_order():
     fig = viz.message_path()
     render(fig)
     assert list(gids(fig, "step:")) == [
-        f"step:{row}:{source}->{target}" for row, (source, target, _) in enumerate(viz.ONE_MESSAGE_STEPS, start=1)
+        f"step:{row}:{source}->{target}"
+        for row, (source, target, _) in enumerate(viz.ONE_MESSAGE_STEPS, start=1)
     ]
     assert "XADD inbox:two" in texts(fig)
     assert not overlapping_texts(fig)

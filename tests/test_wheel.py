@@ -217,7 +217,9 @@ def test_the_installed_server_client_fault_link_and_grader_work_together(kit, st
         **outside_the_checkout(where),
     )
     assert graded.returncode == 0, graded.stdout + graded.stderr
-    assert re.fullmatch(r"grade: [1-9]\d* passed, 0 failed, (\d+)/\1 points", graded.stdout.rstrip().splitlines()[-1])
+    assert re.fullmatch(
+        r"grade: [1-9]\d* passed, 0 failed, (\d+)/\1 points", graded.stdout.rstrip().splitlines()[-1]
+    )
     graded = subprocess.run(
         [
             program(scripts, "chatlab-grade"),
@@ -234,7 +236,9 @@ def test_the_installed_server_client_fault_link_and_grader_work_together(kit, st
         **outside_the_checkout(where),
     )
     assert graded.returncode == 0, graded.stdout + graded.stderr
-    assert re.fullmatch(r"grade: [1-9]\d* passed, 0 failed, (\d+)/\1 points", graded.stdout.rstrip().splitlines()[-1])
+    assert re.fullmatch(
+        r"grade: [1-9]\d* passed, 0 failed, (\d+)/\1 points", graded.stdout.rstrip().splitlines()[-1]
+    )
 
     for process in (link, server):
         process.terminate()  # both stop cleanly on SIGTERM; on Windows this ends them at once

@@ -12,21 +12,13 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from transcript import wait_until
 
 from chatlab import ChatClient, ChatServer, NameRefused, kit_threads
 from chatlab.servers import MODELS, server_class
 from chatlab.widgets import ENTER_GRACE, ChatWidget, ServerDashboard, chat_row, close_all
 
 # --- helpers and fixtures (local to this file) ----------------------------------------------
-
-
-def eventually(condition: Callable[[], object], timeout: float = 3.0, what: str = "") -> None:
-    """Poll ``condition`` every 20 ms until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"still not true after {timeout} s: {what or condition}")
-        time.sleep(0.02)
 
 
 def type_and_send(widget: ChatWidget, text: str, to: str | None = None) -> None:
@@ -52,17 +44,15 @@ def commit(widget: ChatWidget, text: str) -> None:
 
 
 @pytest.fixture
-def no_thread_left() -> Iterator[None]:
-    """After the test, every chatlab thread it started has ended."""
-    before = set(kit_threads())
+def widgets_closed() -> Iterator[None]:
+    """After the test, every widget and server is closed (conftest then checks no thread is left)."""
     yield
     close_all()
     ChatServer.stop_all()
-    eventually(lambda: set(kit_threads()) <= before, 5.0, "chatlab threads left over")
 
 
 @pytest.fixture
-def server(no_thread_left: None) -> Iterator[ChatServer]:
+def server(widgets_closed: None) -> Iterator[ChatServer]:
     server = ChatServer("127.0.0.1", 0).start()
     yield server
     server.stop()
@@ -110,7 +100,10 @@ def test_a_line_starting_with_percent_is_sent_as_written(trio):
     type_and_send(alice, "%*%barrier")
     carol.wait_for("barrier")
     assert alice.transcript()[-4:] == [
-        "→ %bob%hi from the line", "→ %server%who", "* online: alice, bob, carol", "→ %*%barrier",
+        "→ %bob%hi from the line",
+        "→ %server%who",
+        "* online: alice, bob, carol",
+        "→ %*%barrier",
     ]
     assert not any("hi from the line" in line for line in carol.transcript())
 
@@ -142,7 +135,7 @@ def test_an_unknown_recipient_is_an_error_entry_in_the_senders_log_only(trio):
     type_and_send(alice, "%zed%anyone there?")
     assert alice.wait_for("unknown client") == "! unknown client 'zed'"
     assert alice.transcript()[-2:] == ["→ %zed%anyone there?", "! unknown client 'zed'"]
-    assert 'color:var(--jp-error-color1' in alice.chat_log.value, "errors have their own colour"
+    assert "color:var(--jp-error-color1" in alice.chat_log.value, "errors have their own colour"
     type_and_send(alice, "barrier", to="everyone")
     bob.wait_for("barrier")
     carol.wait_for("barrier")
@@ -168,7 +161,7 @@ def test_every_entry_has_a_hanging_indent_so_a_wrapped_row_never_starts_where_en
     alice, bob, carol = trio
     type_and_send(alice, "x" * 300 + "← teacher: the quiz is moved to Friday", to="bob")
     bob.wait_for("the quiz")
-    entries = bob.chat_log.value.count("<div style=\"padding-left:2em;text-indent:-2em;")
+    entries = bob.chat_log.value.count('<div style="padding-left:2em;text-indent:-2em;')
     assert entries == len(bob.transcript()) > 0
 
 
@@ -260,9 +253,12 @@ def test_a_refused_name_raises_the_clients_exception_and_leaves_nothing(server, 
             chat("alice")
         with pytest.raises(NameRefused, match="invalid name"):
             chat("not a name")
-        assert not [name for name in kit_threads() if name not in before and "client-" not in name
-                    and "writer-" not in name], "no widget or reader thread was started"
-        eventually(lambda: kit_threads() == before, what="the server let the refused ones go")
+        assert not [
+            name
+            for name in kit_threads()
+            if name not in before and "client-" not in name and "writer-" not in name
+        ], "no widget or reader thread was started"
+        wait_until(lambda: kit_threads() == before, message="the server let the refused ones go")
 
 
 def test_the_server_stopping_shows_in_the_log_and_disables_sending(server, trio):
@@ -292,13 +288,16 @@ def test_re_creating_a_widget_replaces_the_open_one(server, chat):
 
 def test_closing_widgets_leaves_no_threads(server, trio):
     assert [name for name in kit_threads() if "-widget-" in name] == [
-        "chatlab-widget-alice", "chatlab-widget-bob", "chatlab-widget-carol"]
+        "chatlab-widget-alice",
+        "chatlab-widget-bob",
+        "chatlab-widget-carol",
+    ]
     alice, bob, carol = trio
     alice.close()
     assert "chatlab-widget-alice" not in kit_threads()
     assert "chatlab-reader-alice" not in kit_threads()
     assert close_all() == 2
-    eventually(lambda: kit_threads() == ["chatlab-accept"], what="the server saw everyone leave")
+    wait_until(lambda: kit_threads() == ["chatlab-accept"], message="the server saw everyone leave")
     assert server.online() == []
 
 
@@ -338,13 +337,15 @@ def test_dashboard_tables_and_summary_match_the_server(server, trio):
     dashboard.refresh()
     records = server.clients()
     assert [r.name for r in records] == ["alice", "bob", "carol"]
-    assert dashboard.summary() == "\n".join([
-        "server: running, 3 online: alice, bob, carol",
-        "  alice: sent 2, received 0",
-        "  bob: sent 0, received 2",
-        "  carol: sent 0, received 1",
-        "events: connections 3, joined 3, left 0, messages 2 (1 broadcast), errors 1",
-    ])
+    assert dashboard.summary() == "\n".join(
+        [
+            "server: running, 3 online: alice, bob, carol",
+            "  alice: sent 2, received 0",
+            "  bob: sent 0, received 2",
+            "  carol: sent 0, received 1",
+            "events: connections 3, joined 3, left 0, messages 2 (1 broadcast), errors 1",
+        ]
+    )
     clients = dashboard.clients_table.value
     for r in records:
         assert f">{r.name}<" in clients and f">{r.port}<" in clients and f">{r.fd}<" in clients
@@ -370,7 +371,7 @@ def test_dashboard_redraws_by_itself_and_coalesces_bursts(server, trio):
     for i in range(100):
         alice.client.send("bob", f"burst {i}")
     bob.wait_for("burst 99")
-    eventually(lambda: "messages 100 " in dashboard.status.value, what="the live redraw")
+    wait_until(lambda: "messages 100 " in dashboard.status.value, message="the live redraw")
     redraws = dashboard.redraws - start
     assert 1 <= redraws < 50, f"{redraws} redraws for 100 messages"
     assert dashboard.clients_table.value.count(">100<") == 2  # alice sent 100, bob received 100
@@ -386,14 +387,14 @@ def test_dashboard_stop_and_start_buttons(server, trio):
     assert dashboard.stop_button.disabled and not dashboard.start_button.disabled
     for widget in trio:
         widget.wait_for("(connection closed)")
-    eventually(lambda: kit_threads() == ["chatlab-dashboard"], what="only the dashboard's thread")
+    wait_until(lambda: kit_threads() == ["chatlab-dashboard"], message="only the dashboard's thread")
     assert dashboard.summary().splitlines()[0] == "server: stopped, 0 online: nobody"
 
     dashboard.start_button.click()
     assert server.running and "running" in dashboard.status.value
     assert dashboard.start_button.disabled and not dashboard.stop_button.disabled
     dave = ChatWidget(server.host, server.port, "dave")  # port 0: a fresh port
-    eventually(lambda: ">dave<" in dashboard.clients_table.value, what="dave in the table")
+    wait_until(lambda: ">dave<" in dashboard.clients_table.value, message="dave in the table")
     dave.close()
     dashboard.close()
     server.stop()
@@ -422,7 +423,7 @@ def test_a_new_dashboard_of_the_same_server_replaces_the_old(server):
 
 
 @pytest.mark.parametrize("model", list(MODELS))
-def test_the_dashboard_shows_a_server_of_every_model(no_thread_left, model):
+def test_the_dashboard_shows_a_server_of_every_model(widgets_closed, model):
     server = server_class(model)("127.0.0.1", 0).start()
     alice = ChatClient(server.host, server.port, "alice")
     bob = ChatClient(server.host, server.port, "bob")
@@ -431,12 +432,14 @@ def test_the_dashboard_shows_a_server_of_every_model(no_thread_left, model):
         alice.send("bob", "hi")
         assert bob.recv(timeout=2) == "%alice%hi"
         dashboard.refresh()
-        assert dashboard.summary() == "\n".join([
-            "server: running, 2 online: alice, bob",
-            "  alice: sent 1, received 0",
-            "  bob: sent 0, received 1",
-            "events: connections 2, joined 2, left 0, messages 1 (0 broadcast), errors 0",
-        ])
+        assert dashboard.summary() == "\n".join(
+            [
+                "server: running, 2 online: alice, bob",
+                "  alice: sent 1, received 0",
+                "  bob: sent 0, received 1",
+                "events: connections 2, joined 2, left 0, messages 1 (0 broadcast), errors 0",
+            ]
+        )
         status = dashboard.status.value
         assert f"127.0.0.1:{server.port}" in status and server.describe() in status
         if model == "threads":

@@ -1,4 +1,5 @@
-"""Raw-socket line clients for tests that read like a chat transcript: send a line, expect a line.
+"""Raw-socket line clients for tests that read like a chat transcript: send a line, expect a line;
+and :class:`Program`, a chatlab program in a subprocess whose output a test can wait for.
 
 A :class:`Peer` talks to the server with nothing but a socket and its own line splitting (not
 chatlab's framer), so the tests check the server against an independent reading of the
@@ -7,8 +8,12 @@ protocol. Every read has a timeout: a missing line fails the test instead of han
 
 from __future__ import annotations
 
+import re
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,13 +35,17 @@ T = TypeVar("T")
 def run_together(target: Callable[[T], object], items: list[T], *, name: str, timeout: float = 20.0) -> None:
     """Call ``target(item)`` for every item, each in a thread of its own, and wait (bounded)
     until all have returned."""
-    threads = [threading.Thread(target=target, args=(item,), name=f"{name}-{i}") for i, item in enumerate(items)]
+    threads = [
+        threading.Thread(target=target, args=(item,), name=f"{name}-{i}") for i, item in enumerate(items)
+    ]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + timeout
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    assert not any(thread.is_alive() for thread in threads), f"{name}: threads still running after {timeout} s"
+    assert not any(thread.is_alive() for thread in threads), (
+        f"{name}: threads still running after {timeout} s"
+    )
 
 
 def wait_until(condition: Callable[[], T], timeout: float = 5.0, message: str = "") -> T:
@@ -183,7 +192,7 @@ class Peer:
         self.name = name
         online = self.read_line()
         assert online.startswith(ONLINE), f"{self!r}: expected the online list, got {online!r}"
-        return online[len(ONLINE):].split(", ")
+        return online[len(ONLINE) :].split(", ")
 
     def who(self) -> list[str]:
         """Ask who is online. The answer must be the very next line, which also proves that
@@ -191,7 +200,7 @@ class Peer:
         self.send("%server%who")
         line = self.read_line()
         assert line.startswith(ONLINE), f"{self!r}: expected the answer to who, got {line!r}"
-        return line[len(ONLINE):].split(", ")
+        return line[len(ONLINE) :].split(", ")
 
     # --- leaving -----------------------------------------------------------------------------
 
@@ -215,3 +224,75 @@ def alice_and_bob(server, connect) -> tuple[Peer, Peer]:
     alice, bob = connect(server, "alice"), connect(server, "bob")
     alice.expect("* bob joined")
     return alice, bob
+
+
+class Program:
+    """A chatlab program in a subprocess. Threads collect what it writes to stdout and stderr
+    (they end when it exits), so a test can wait for a line without blocking on a pipe.
+    ``prefix`` runs it through another command, e.g. ``ip netns exec NS``; ``command`` runs
+    that command instead of ``python -m ARGS``."""
+
+    def __init__(
+        self, *args: str, stdin: bool = False, prefix: tuple[str, ...] = (), command: list[str] | None = None
+    ) -> None:
+        restore_ctrl_c = None
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # e.g. started in the background
+            restore_ctrl_c = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+        self.proc = subprocess.Popen(
+            [*prefix, *(command or [sys.executable, "-m", *args])],
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            preexec_fn=restore_ctrl_c,
+        )
+        self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._changed = threading.Condition()
+        program = args[0] if args else (command or ["?"])[0]
+        self._readers = [
+            threading.Thread(
+                target=self._collect,
+                args=(name, getattr(self.proc, name)),
+                name=f"test-{name}-of-{program}",
+                daemon=True,
+            )
+            for name in self.lines
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _collect(self, name: str, pipe) -> None:
+        for line in pipe:
+            with self._changed:
+                self.lines[name].append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_for(self, pattern: str, stream: str = "stderr", timeout: float = 10.0) -> re.Match:
+        """The first line of ``stream`` that matches the regex ``pattern``, waiting for it."""
+        regex = re.compile(pattern)
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: next(filter(None, map(regex.search, self.lines[stream])), None), timeout
+            )
+        assert found, f"no {pattern!r} on {stream} within {timeout} s; it says {self.lines}"
+        return found
+
+    def write(self, text: str) -> None:
+        self.proc.stdin.write(text)
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = 5.0) -> int:
+        """Wait for the program to exit and for its output to be read; its exit code."""
+        code = self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.finish()
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()

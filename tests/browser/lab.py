@@ -159,7 +159,9 @@ class JupyterLabServer:
 
     def start(self, timeout: float = 60.0) -> JupyterLabServer:
         command = [
-            sys.executable, "-m", "jupyterlab",
+            sys.executable,
+            "-m",
+            "jupyterlab",
             "--no-browser",
             "--ip=127.0.0.1",
             f"--port={self.port}",
@@ -265,7 +267,8 @@ class NotebookPage:
         self.wait_for_kernel(timeout)
         # Cells are attached to the page a few at a time.
         self.page.wait_for_function(
-            f"document.querySelectorAll('{PANEL} .jp-Notebook .jp-Cell').length === {len(self.notebook.cells)}",
+            f"document.querySelectorAll('{PANEL} .jp-Notebook .jp-Cell').length"
+            f" === {len(self.notebook.cells)}",
             timeout=timeout * 1000,
         )
         return self
@@ -328,9 +331,7 @@ class NotebookPage:
             state = self.state()
             if state and state["kernel"] == "idle":
                 cells = state["cells"]
-                if time.monotonic() - started_at > 15 and all(
-                    cells[i]["prompt"] == "[ ]:" for i in indices
-                ):
+                if time.monotonic() - started_at > 15 and all(cells[i]["prompt"] == "[ ]:" for i in indices):
                     raise TimeoutError(f"{self.name}: none of the cells {indices} started in 15 s")
                 busy = [c["index"] for c in cells if c["prompt"] == "[*]:"]
                 failed = any(c["errors"] for c in cells)

@@ -93,7 +93,9 @@ def test_lesson_runs_without_errors(name, open_notebook, stored_lessons, request
         for i in expected
         if rich_outputs(stored.cells[i]) != rich_shown(state["cells"][i])
     ]
-    assert not shown_differently, f"{name}: figures/widgets differ from the stored notebook: {shown_differently}"
+    assert not shown_differently, (
+        f"{name}: figures/widgets differ from the stored notebook: {shown_differently}"
+    )
     stderr = [(cell["index"], text) for cell in state["cells"] for text in cell["stderr"]]
     if stderr:
         warnings.warn(f"{name} wrote to stderr: {stderr}", stacklevel=1)
