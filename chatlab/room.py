@@ -48,6 +48,10 @@ from .notices import NoticeBoard
 
 log = logging.getLogger("chatlab.server")
 
+# A client's first refused lines are logged one by one; after that they are only counted
+# (``ClientRecord.refused``), and the server logs the count when the client leaves.
+LOGGED_REFUSALS = 5
+
 
 class Transport(Protocol):
     """How bytes reach one client; each server model provides one per connection."""
@@ -148,6 +152,8 @@ class ClientRecord:
     transport: Transport = field(default=None, repr=False)  # type: ignore[assignment]
     send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     too_slow: bool = field(default=False, repr=False)
+    refused: int = field(default=0, repr=False)  # how many of its lines were refused
+    malformed: int = field(default=0, repr=False)  # how many of those were not even well formed
     order: int = field(default=0, repr=False)  # 1 for the first client to register, and so on
     notices_seen: int | None = field(default=None, repr=False)  # None unless online
 
@@ -402,7 +408,9 @@ class ChatRoom:
     ) -> None:
         """Tell a client, the log and the subscribers that something of its was refused
         (``unknown``: the unknown name or command it was refused for, see ServerEvent)."""
-        log.warning("%s:%d %s: %s", record.ip, record.port, record.name or "(no name yet)", reason)
+        record.refused += 1
+        if record.refused <= LOGGED_REFUSALS:  # a flood of bad lines is no flood of log lines
+            log.warning("%s:%d %s: %s", record.ip, record.port, record.name or "(no name yet)", reason)
         self._emit("error", record, text=reason, unknown=unknown)
         self.send(record, reply or protocol.format_error(reason), outgoing)
 
@@ -470,6 +478,7 @@ class ChatRoom:
         return unseen
 
     def _malformed(self, record: ClientRecord, event: protocol.Malformed, outgoing: Outgoing | None) -> None:
+        record.malformed += 1  # its session ends a connection that sends too many
         self.refuse(record, event.reason, outgoing=outgoing)
 
     def _drop_slow(self, record: ClientRecord) -> None:
