@@ -14,6 +14,7 @@ options are one :class:`ServerOptions`, checked once when it is made.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import ssl
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol
-from ..portable import make_listener
+from ..portable import file_limit, make_listener
 from ..room import ChatRoom, ClientRecord, ServerEvent
 
 __all__ = ["Outbox", "ServerBase", "ServerOptions", "connection_error", "refuse_full", "shutdown"]
@@ -43,6 +44,11 @@ DEFAULT_PORT = protocol.DEFAULT_PORT
 # a script that waits for the end of each try cannot guess fast.
 WRONG_CODE_DELAY = 1.0
 DELIVERY_MODES = ("queue", "direct")  # how the threaded server hands a line to its receiver
+ACCEPT_BACKOFF = 0.1  # out of file descriptors: seconds before a model accepts again
+# "Too many open files", for this process (EMFILE) or the whole system (ENFILE); on Windows
+# the socket's own error number.
+OUT_OF_FILES = {errno.EMFILE, errno.ENFILE, getattr(errno, "WSAEMFILE", errno.EMFILE)}
+FILES_IN_RESERVE = 16  # descriptors a server needs besides its clients' sockets (listener, logs...)
 
 
 class Outbox:
@@ -259,6 +265,14 @@ class ServerBase:
             raise
         ServerBase._running.add(self)
         log.info("listening on %s:%d (%s)", self.host, self.port, self.describe())
+        limit = file_limit()
+        if limit is not None and self.max_clients + FILES_IN_RESERVE > limit:
+            log.warning(
+                "max_clients is %d, but this process may open only %d files (sockets count): "
+                "raise the limit (ulimit -n) or lower max_clients",
+                self.max_clients,
+                limit,
+            )
         return self
 
     def stop(self, timeout: float = 5.0) -> None:

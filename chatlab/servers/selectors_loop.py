@@ -25,7 +25,6 @@ descriptors, the loop stops watching the listening socket for :data:`ACCEPT_BACK
 from __future__ import annotations
 
 import enum
-import errno
 import heapq
 import itertools
 import logging
@@ -36,7 +35,9 @@ import time
 from typing import Any
 
 from .base import (
+    ACCEPT_BACKOFF,
     DRAIN_TIMEOUT,
+    OUT_OF_FILES,
     RECV_SIZE,
     Outbox,
     ServerBase,
@@ -53,10 +54,6 @@ log = logging.getLogger("chatlab.server")
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _ACCEPT, _WAKE = "accept", "wake"  # what the selector holds for the listener and the waker
-ACCEPT_BACKOFF = 0.1  # out of file descriptors: seconds before the loop accepts again
-# "Too many open files", for this process (EMFILE) or the whole system (ENFILE); on Windows
-# the socket's own error number.
-OUT_OF_FILES = {errno.EMFILE, errno.ENFILE, getattr(errno, "WSAEMFILE", errno.EMFILE)}
 
 
 class State(enum.Enum):

@@ -37,8 +37,10 @@ from typing import Any
 from ..portable import UNTIMED, NoWaitSender, wake_accept
 from ..room import ClientRecord
 from .base import (
+    ACCEPT_BACKOFF,
     DELIVERY_MODES,
     DRAIN_TIMEOUT,
+    OUT_OF_FILES,
     RECV_SIZE,
     SEND_BUFFER,
     Outbox,
@@ -183,15 +185,21 @@ class ChatServer(ServerBase):
     # --- the accept thread ------------------------------------------------------------------
 
     def _accept_loop(self, listener: socket.socket) -> None:
+        out_of_files = False  # accept() failed for want of file descriptors (logged once)
         while not self.stopping:
             try:
                 sock, address = listener.accept()
             except OSError as exc:
                 if self.stopping:
                     break
-                log.warning("accept failed: %s", exc)  # e.g. out of file descriptors
-                time.sleep(0.05)
+                if exc.errno not in OUT_OF_FILES:
+                    log.warning("accept failed: %s", exc)
+                elif not out_of_files:  # it fails again at once until one is free: say so once
+                    out_of_files = True
+                    log.warning("accept failed: %s; accepting again when descriptors are free", exc)
+                self._halting.wait(ACCEPT_BACKOFF)  # the connection waits in the kernel's queue
                 continue
+            out_of_files = False
             if self.stopping:  # woken by wake_accept(), or a client in the last moment
                 sock.close()
                 break
