@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -188,13 +189,43 @@ def test_a_laptop_that_vanishes_from_the_network_frees_its_name(two_hosts, model
 
 
 def test_a_client_dropped_as_too_slow_gets_only_whole_lines(start, connect):
+    """A client that reads, but slower than alice writes to it, is dropped once 32 KiB wait for
+    it; what it reads up to the end is whole lines (read_to_eof fails on a cut one)."""
     server = start(max_backlog=32 * 1024)
     server.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # accepted sockets inherit it
     alice = connect(server, "alice")
-    stalled = connect(server, "stalled", rcvbuf=4096)  # registers, then reads nothing until the end
-    alice.expect("* stalled joined")
-    for i in range(200):  # 200 lines of 999 bytes: far more than buffers and backlog hold
-        alice.send(f"%stalled%{i:03} " + "y" * 994)
-    alice.read_until("* stalled left", limit=10)
-    lines = stalled.read_to_eof(timeout=10)  # fails on a line cut in the middle
-    assert lines and all(line.startswith("%alice%") and len(line) == 1006 for line in lines[2:])
+    slow = connect(server, "slow", rcvbuf=4096)
+    alice.expect("* slow joined")
+    received: list[str] = []
+    failures: list[BaseException] = []
+
+    def read_slowly() -> None:  # about 100 kB/s: far slower than alice, bounded by the timeout
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            try:
+                data = slow.sock.recv(2048)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                break
+            slow._buffer += data
+        try:
+            received.extend(slow.read_to_eof(timeout=1))
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    reader = threading.Thread(target=read_slowly, name="test-slow-reader")
+    reader.start()
+    try:
+        for i in range(400):  # one line at a time, 1006 bytes each with its newline: 400 kB in about a second
+            alice.send(f"%slow%{i:03} " + "y" * 994)
+            time.sleep(0.002)
+        alice.read_until("* slow left", limit=500)
+    finally:
+        reader.join(30)
+    assert not reader.is_alive() and not failures, failures
+    assert received, "it read whole lines before it was dropped"
+    bad = [(i, len(line), line[:12]) for i, line in enumerate(received) if not (line.startswith("%alice%") and len(line) == 1005)]
+    assert not bad, (len(received), bad)
+    assert any(e.text == "too slow" for e in server.events() if e.client == "slow")

@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import protocol
 from ..room import ClientRecord
-from .base import OUT_OF_FILES, ServerBase, ServerOptions, connection_error
+from .base import DRAIN_TIMEOUT, OUT_OF_FILES, ServerBase, ServerOptions, connection_error
 from .session import READ_ON, Phase, Reaction, Session, Then
 
 __all__ = ["AsyncioChatServer"]
@@ -64,7 +64,11 @@ class _LoopTransport:
         return True
 
     def abort(self) -> None:
-        self.transport.abort()  # drops the buffer; the loop calls connection_lost soon
+        # Dropped as too slow: what is buffered (whole lines: a refused write is not in it)
+        # goes out first, so that it does not end in the middle of a line; if it is not read
+        # within DRAIN_TIMEOUT, the connection is cut. The loop calls connection_lost after.
+        self.transport.close()
+        asyncio.get_running_loop().call_later(DRAIN_TIMEOUT, self.transport.abort)
 
     def registered(self, name: str) -> None:
         pass  # one thread serves everyone: there is no thread to rename

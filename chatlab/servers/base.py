@@ -39,6 +39,7 @@ RECV_SIZE = 65536  # read big chunks while a client sends a lot
 # doubles the value asked for, for its own bookkeeping: getsockopt then reports 131072.)
 SEND_BUFFER = 64 * 1024
 DRAIN_TIMEOUT = 1.0  # how long a leaving client may take to read what is still queued for it
+NEWLINE = ord("\n")
 DEFAULT_PORT = protocol.DEFAULT_PORT
 # How long a connection that gave a wrong class code stays open (unread) before it is closed:
 # a script that waits for the end of each try cannot guess fast.
@@ -55,16 +56,19 @@ class Outbox:
     """The bytes waiting for a client that is behind: its socket would not take them yet.
 
     It holds at most ``limit`` bytes. When more would not fit, :meth:`put` returns False, once,
-    and the outbox closes: the server then drops that client instead of waiting for it. It has
-    no lock of its own: whoever calls it holds the client's ``send_lock``.
+    and the outbox closes: the server then drops that client instead of waiting for it, once it
+    has sent the end of the line the client is in the middle of (:meth:`finish_line`), so that
+    a dropped client gets whole lines only. It has no lock of its own: whoever calls it holds
+    the client's ``send_lock``.
     """
 
-    __slots__ = ("limit", "_data", "closed")
+    __slots__ = ("limit", "_data", "closed", "mid_line")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._data = bytearray()
         self.closed = False
+        self.mid_line = False  # what went to the socket so far ends in the middle of a line
 
     def __len__(self) -> int:
         return len(self._data)
@@ -90,8 +94,17 @@ class Outbox:
             sent = sock.send(self._data)
         except BlockingIOError:
             return 0
+        if sent:
+            self.mid_line = self._data[sent - 1] != NEWLINE
         del self._data[:sent]
         return sent
+
+    def finish_line(self, unsent: bytes = b"") -> None:
+        """The client is dropped: keep only the end of the line it has been sent part of
+        (nothing if it is between lines). ``unsent``: bytes a send did not take, which come
+        before what is queued."""
+        data = unsent + self._data
+        self._data = bytearray(data[: data.find(b"\n") + 1] if self.mid_line else b"")
 
     def close(self) -> None:
         self.closed = True

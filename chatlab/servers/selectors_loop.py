@@ -349,8 +349,10 @@ class SelectorsChatServer(ServerBase):
             soon, self._soon = self._soon, set()
         for connection in soon:
             if connection.state is not CLOSED:
-                if connection.aborted:
-                    self._end(connection, "too slow", drain=False)
+                if connection.aborted:  # dropped: it gets the end of the line it is in, no more
+                    with connection.record.send_lock:
+                        connection.outbox.finish_line()
+                    self._end(connection, "too slow", drain=True)
                 else:
                     self._flush(connection)
 
