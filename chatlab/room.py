@@ -177,6 +177,11 @@ Outgoing = dict[ClientRecord, list[bytes]]
 """What the lines of one read sent, not written yet: receiver -> its pieces, in order."""
 
 
+def _not_delivered(receiver: ClientRecord) -> str:
+    """What a sender is told when its line to ``receiver`` is lost because it is being dropped."""
+    return f"{receiver.name} is too slow and is being disconnected; your line was not delivered"
+
+
 class ChatRoom:
     """The registry of clients, the routing of their lines, and the event log."""
 
@@ -252,7 +257,10 @@ class ChatRoom:
                 self._rules[type(event)](record, event, outgoing)
         finally:
             for receiver, chunks in outgoing.items():
+                dropped_before = receiver.too_slow
                 self._deliver(receiver, b"".join(chunks))
+                if receiver.too_slow and not dropped_before and receiver is not record:
+                    self.refuse(record, _not_delivered(receiver))  # this read's lines overflowed it
             if self.elsewhere is not None:  # and what they sent to other servers' clients
                 self.elsewhere.flush()
 
@@ -549,9 +557,12 @@ class ChatRoom:
         to, text = event.to, event.text
         with self._lock:
             target = self._by_name.get(to.lower())
-            if target is not None:
+            if target is not None and not target.too_slow:
                 target.messages_out += 1
                 logged = self._log_event("message", record, target.name, text)
+        if target is not None and target.too_slow:  # being dropped: the line would be lost
+            self.refuse(record, _not_delivered(target), outgoing=outgoing)
+            return
         if target is None:
             if self.elsewhere is not None:
                 self._direct_elsewhere(record, to, text, outgoing)

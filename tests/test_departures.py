@@ -229,3 +229,18 @@ def test_a_client_dropped_as_too_slow_gets_only_whole_lines(start, connect):
     bad = [(i, len(line), line[:12]) for i, line in enumerate(received) if not (line.startswith("%alice%") and len(line) == 1005)]
     assert not bad, (len(received), bad)
     assert any(e.text == "too slow" for e in server.events() if e.client == "slow")
+
+
+def test_lines_to_a_client_being_dropped_get_an_error_back(start, connect):
+    server = start(max_backlog=32 * 1024)
+    server.listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # accepted sockets inherit it
+    alice = connect(server, "alice")
+    stalled = connect(server, "stalled", rcvbuf=4096)  # registers, then reads nothing
+    alice.expect("* stalled joined")
+    for i in range(200):  # 200 kB: more than the buffers and the backlog hold
+        alice.send(f"%stalled%{i:03} " + "y" * 994)
+    lines = alice.read_until("* stalled left", limit=300)
+    lost = "! stalled is too slow and is being disconnected; your line was not delivered"
+    assert lost in lines, lines[:5]
+    assert set(lines[:-1]) <= {lost, "! unknown client 'stalled'"}  # and after it left: unknown
+    stalled.close()
