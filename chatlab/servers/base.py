@@ -185,8 +185,8 @@ class ServerBase:
     Options (:class:`ServerOptions`) are checked once, when the server is made; the model reads
     them, never changes them. Flood control: with ``rate`` (lines per second), a client that
     sends more is read more slowly (:mod:`chatlab.flood`): its session answers PAUSE, the model
-    stops reading that socket until then and calls :meth:`Session.resume`. Nothing is lost;
-    the client is told once.
+    stops reading that socket until then and calls :meth:`Session.resume`. Nothing is lost
+    while it stays connected; the client is told once.
     """
 
     model = "base"
