@@ -199,12 +199,12 @@ def test_a_client_dropped_as_too_slow_gets_only_whole_lines(start, connect):
     received: list[str] = []
     failures: list[BaseException] = []
 
-    def read_slowly() -> None:  # about 100 kB/s: far slower than alice, bounded by the timeout
+    def read_slowly() -> None:  # about 200 kB/s: slower than alice, bounded by the timeout
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             time.sleep(0.02)
             try:
-                data = slow.sock.recv(2048)
+                data = slow.sock.recv(4096)
             except ConnectionResetError:
                 data = b""
             if not data:

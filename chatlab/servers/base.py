@@ -39,6 +39,9 @@ RECV_SIZE = 65536  # read big chunks while a client sends a lot
 # doubles the value asked for, for its own bookkeeping: getsockopt then reports 131072.)
 SEND_BUFFER = 64 * 1024
 DRAIN_TIMEOUT = 1.0  # how long a leaving client may take to read what is still queued for it
+# How long a client dropped as too slow may take to read the end of the line it is in the
+# middle of (a client that still reads gets whole lines; one that reads nothing is not waited for).
+LINE_END_TIMEOUT = 0.25
 NEWLINE = ord("\n")
 DEFAULT_PORT = protocol.DEFAULT_PORT
 # How long a connection that gave a wrong class code stays open (unread) before it is closed:

@@ -37,6 +37,7 @@ from typing import Any
 from .base import (
     ACCEPT_BACKOFF,
     DRAIN_TIMEOUT,
+    LINE_END_TIMEOUT,
     OUT_OF_FILES,
     RECV_SIZE,
     Outbox,
@@ -352,7 +353,7 @@ class SelectorsChatServer(ServerBase):
                 if connection.aborted:  # dropped: it gets the end of the line it is in, no more
                     with connection.record.send_lock:
                         connection.outbox.finish_line()
-                    self._end(connection, "too slow", drain=True)
+                    self._end(connection, "too slow", drain=True, within=LINE_END_TIMEOUT)
                 else:
                     self._flush(connection)
 
@@ -368,8 +369,11 @@ class SelectorsChatServer(ServerBase):
         elif what == "close" and (state is LINGERING or state is DRAINING) and now >= connection.until:
             self._close(connection)  # its time is up, whether or not its last bytes went out
 
-    def _end(self, connection: _Connection, reason: str | None, *, drain: bool) -> None:
-        """The connection is over: the room forgets it now, and it closes once drained."""
+    def _end(
+        self, connection: _Connection, reason: str | None, *, drain: bool, within: float = DRAIN_TIMEOUT
+    ) -> None:
+        """The connection is over: the room forgets it now, and it closes once drained (or
+        after ``within`` seconds)."""
         if connection.state is DRAINING or connection.state is LINGERING:
             if not drain:
                 self._close(connection)
@@ -378,7 +382,7 @@ class SelectorsChatServer(ServerBase):
             return
         connection.session.leave(reason)
         if drain and len(connection.outbox) and not self.stopping:
-            connection.state, connection.until = DRAINING, time.monotonic() + DRAIN_TIMEOUT
+            connection.state, connection.until = DRAINING, time.monotonic() + within
             self._at(connection.until, connection, "close")
             self._flush(connection)  # closes it at once if everything goes out
         else:

@@ -40,6 +40,7 @@ from .base import (
     ACCEPT_BACKOFF,
     DELIVERY_MODES,
     DRAIN_TIMEOUT,
+    LINE_END_TIMEOUT,
     NEWLINE,
     OUT_OF_FILES,
     RECV_SIZE,
@@ -112,7 +113,7 @@ class _QueuedTransport:
 
     def abort(self) -> None:
         """Dropped as too slow: its own thread wakes up, cleans up and tells the others. A
-        writer thread sending the end of a line is left to finish it (for DRAIN_TIMEOUT at
+        writer thread sending the end of a line is left to finish it (for LINE_END_TIMEOUT at
         most: the client's thread waits that long for it, then shuts the socket)."""
         if self.record.writer is None:
             shutdown(self.record.sock)
@@ -359,8 +360,9 @@ class ChatServer(ServerBase):
             writer = record.writer
         if writer is not None and not self.stopping:
             # A client that only closed its sending side (`nc -N`) still reads the replies to
-            # its last lines; one that reads nothing more is not waited for long.
-            writer.join(DRAIN_TIMEOUT)
+            # its last lines; one that reads nothing more is not waited for long, and one
+            # dropped as too slow only for the end of the line it is in.
+            writer.join(LINE_END_TIMEOUT if record.too_slow else DRAIN_TIMEOUT)
         if writer is not None:
             shutdown(record.sock)  # wakes the writer if it is stuck, then we can close
         if writer is not None:
