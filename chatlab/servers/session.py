@@ -206,7 +206,7 @@ class Session:
         self.left = False
         self.waiting: list = []  # lines read (and let through by the throttle) waiting for their turn
         self.malformed_seen = 0  # the record's count of malformed lines when it was last looked at
-        self.bad_lines: TokenBucket | None = None  # made at the first refused line
+        self.bad_lines: TokenBucket | None = None  # made at the first malformed line
 
     def _move(self, event: str) -> None:
         """Move on to the next phase after ``event``, as :data:`TRANSITIONS` says."""
@@ -314,15 +314,15 @@ class Session:
             lines = self.waiting[:LINES_PER_TURN]
             del self.waiting[:LINES_PER_TURN]
         self.room.handle_lines(record, lines)
+        if self.phase is _NAME and record.name is not None:
+            self._move("registered")
         if record.malformed != self.malformed_seen and self._too_many_malformed(now):
             return CLOSE_WHEN_SENT
-        if record.too_slow:  # dropped: the rest is not handled (handle_lines says so too)
-            self._drop_waiting()
+        if record.too_slow:  # dropped: nothing more is handled; leave() counts what waits
+            return READ_ON
         if throttle is not None and throttle.waiting and not throttle.told:  # once; its log line too
             throttle.told = True
             self.room.refuse(record, slow_down(throttle.bucket.rate))
-        if self.phase is _NAME and record.name is not None:
-            self._move("registered")
         if self.waiting:
             return Reaction(Then.PAUSE, now + NEXT_TURN)  # the others first, then the next batch
         if throttle is None or not (delay := throttle.wait(now)):
@@ -338,7 +338,6 @@ class Session:
             self.bad_lines = TokenBucket(1 / BAD_LINE_SECONDS, BAD_LINES, BAD_LINES, now)
         if self.bad_lines.take(new, now) == new:
             return False
-        self._drop_waiting()
         self.reason = TOO_MANY_BAD_LINES
         log.warning("%s: %d malformed lines; closing it: %s", record.label, record.malformed, self.reason)
         self.room.send(record, protocol.format_error(TOO_MANY_BAD_LINES))
