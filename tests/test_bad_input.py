@@ -138,3 +138,17 @@ def test_replies_to_one_sender_count_against_its_backlog_before_more_are_built(c
         tracemalloc.stop()
     assert left() == ["too slow"]
     assert peak < 2_000_000, f"{peak / 1e6:.1f} MB at the peak"
+
+
+def test_the_readme_gives_the_figures_the_server_uses():
+    from pathlib import Path
+
+    from chatlab.portable import KEEPALIVE
+    from chatlab.servers.session import BAD_LINE_SECONDS
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert f"more than {BAD_LINES} malformed lines at once" in readme
+    assert f"one every {BAD_LINE_SECONDS:g} seconds after that" in readme
+    assert f"first {LOGGED_REFUSALS} refused lines" in readme
+    assert f"at most {LINES_PER_TURN} lines of one client" in readme
+    assert KEEPALIVE.user_timeout <= 45 and "after about 45 s" in readme
