@@ -6,7 +6,8 @@ reaches). Every line the client sends takes a token. When the bucket is empty, t
 reading that client's socket until tokens have flowed back in. Nothing is thrown away: the
 client's lines wait in the kernel's buffers, and once those are full TCP's own flow control
 makes the client's ``send()`` wait. Its lines arrive late, never lost, never out of order, and
-every other client is served as before.
+every other client is served as before. (Unless it hangs up meanwhile: then the lines still
+waiting are dropped and counted in the log, see :mod:`chatlab.servers.session`.)
 
 A server reads whatever has arrived, often many lines at once. The lines of a read that find no
 token wait in the client's :class:`Throttle` (at most one read's worth) and go to the room, in

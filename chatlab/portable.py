@@ -17,19 +17,35 @@ run it on Linux too (with the POSIX-only names removed: ``tests/windows_standin`
   stopping. ``shutdown()`` of the listening socket does that on Linux only.
 - :func:`stop_process`: ask a program to stop, then make it. There is no ``SIGKILL`` on Windows;
   ``Popen.terminate()`` and ``Popen.kill()`` work everywhere.
+- :func:`keep_alive`: have the system check that an idle connection's other end still exists
+  (TCP keepalive), so a laptop that vanished from the network frees its name within about a
+  minute. The options that say how often have different names on each system (macOS calls the
+  idle time ``TCP_KEEPALIVE``), and ``TCP_USER_TIMEOUT`` (Linux) exists nowhere else.
+- :func:`peer_gone`: has the other end hung up? Asked without reading anything and without
+  waiting; ``select.poll`` where there is one (Windows has only ``select.select``).
+- :func:`file_limit`: how many files this process may open (``resource``, which Windows lacks).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import select
 import socket
 import subprocess
+from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "CAN_SEND_WITHOUT_WAITING",
+    "KEEPALIVE",
     "UNTIMED",
+    "KeepAlive",
     "NoWaitSender",
+    "file_limit",
+    "keep_alive",
     "make_listener",
+    "peer_gone",
     "stop_process",
     "wake_accept",
 ]
@@ -153,3 +169,97 @@ def stop_process(process: subprocess.Popen, timeout: float = 5.0, *, kill: bool 
             process.kill()
             process.wait(timeout)
     return process.returncode
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    """How a server checks that a quiet client still exists (TCP keepalive), in seconds.
+
+    After ``idle`` seconds with nothing received, the system sends an empty probe every
+    ``interval`` seconds; after ``count`` unanswered probes the connection fails (the server's
+    read gets "Connection timed out") and the client leaves, freeing its name. Where there is
+    ``TCP_USER_TIMEOUT`` (Linux), data sent to the client that stays unacknowledged for
+    ``user_timeout`` seconds ends the connection too (and Linux then ends a connection whose
+    probes fail once that long has passed since it last heard from the client).
+    """
+
+    idle: float = 20.0
+    interval: float = 5.0
+    count: int = 4
+    user_timeout: float = 45.0
+
+
+KEEPALIVE = KeepAlive()
+"""The figures every server connection gets: a vanished laptop is noticed in about 45 s."""
+
+# The option for the idle time: TCP_KEEPIDLE on Linux and Windows, TCP_KEEPALIVE on macOS.
+_KEEPIDLE: int | None = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)
+_KEEPINTVL: int | None = getattr(socket, "TCP_KEEPINTVL", None)
+_KEEPCNT: int | None = getattr(socket, "TCP_KEEPCNT", None)
+_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux only (milliseconds)
+
+
+def keep_alive(sock: socket.socket, figures: KeepAlive | None = None) -> None:
+    """Turn TCP keepalive on for ``sock`` with ``figures`` (default :data:`KEEPALIVE`).
+
+    ``SO_KEEPALIVE`` exists everywhere; each finer option is set where the system has it, and
+    left at the system's default (two hours of idle time) where it has not. A system that
+    refuses an option (an old Windows) is logged once per option, not fatal.
+    """
+    figures = figures or KEEPALIVE
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        (_KEEPIDLE, max(1, round(figures.idle))),
+        (_KEEPINTVL, max(1, round(figures.interval))),
+        (_KEEPCNT, figures.count),
+        (_USER_TIMEOUT, round(figures.user_timeout * 1000)),
+    ):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+        except OSError as exc:
+            if option not in _refused_options:
+                _refused_options.add(option)
+                log.warning("TCP option %d not set: %s", option, exc)
+
+
+_refused_options: set[int] = set()
+
+
+def peer_gone(sock: Any) -> str | None:
+    """Whether the other end of ``sock`` has hung up, looked at without reading and without
+    waiting: ``"disconnected"`` (it closed), ``"connection error: ..."`` (a reset, a timeout),
+    or None (it has not; or it sent bytes we have not read yet, which come before its end).
+
+    ``sock`` may be the ``TransportSocket`` asyncio hands out, which has no ``recv``: looking
+    with ``MSG_PEEK`` takes nothing away from asyncio, so the socket inside it is used.
+    """
+    sock = getattr(sock, "_sock", sock)
+    try:
+        if hasattr(select, "poll"):  # select.select takes no descriptor above 1023 on Linux
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            readable = bool(poller.poll(0))
+        else:  # Windows: no poll, and its select has no such limit for one socket
+            readable = bool(select.select([sock], [], [], 0)[0])
+        if not readable:
+            return None
+        return None if sock.recv(1, socket.MSG_PEEK) else "disconnected"
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:  # never connected: there is no other end to have left
+            return None
+        return f"connection error: {exc.strerror or exc}"
+
+
+def file_limit() -> int | None:
+    """How many files (sockets included) this process may open; None where it cannot be asked
+    (Windows, whose limit on sockets is far higher than a classroom needs)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft

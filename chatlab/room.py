@@ -52,6 +52,10 @@ from .notices import NoticeBoard
 
 log = logging.getLogger("chatlab.server")
 
+# A client's first refused lines are logged one by one; after that they are only counted
+# (``ClientRecord.refused``), and the server logs the count when the client leaves.
+LOGGED_REFUSALS = 5
+
 
 class Transport(Protocol):
     """How bytes reach one client; each server model provides one per connection."""
@@ -152,6 +156,8 @@ class ClientRecord:
     transport: Transport = field(default=None, repr=False)  # type: ignore[assignment]
     send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     too_slow: bool = field(default=False, repr=False)
+    refused: int = field(default=0, repr=False)  # how many of its lines were refused
+    malformed: int = field(default=0, repr=False)  # how many of those were not even well formed
     order: int = field(default=0, repr=False)  # 1 for the first client to register, and so on
     notices_seen: int | None = field(default=None, repr=False)  # None unless online
 
@@ -184,6 +190,11 @@ class RemoteMessage:
 
 Outgoing = dict[ClientRecord, list[bytes]]
 """What the lines of one read sent, not written yet: receiver -> its pieces, in order."""
+
+
+def _not_delivered(receiver: ClientRecord) -> str:
+    """What a sender is told when its line to ``receiver`` is lost because it is being dropped."""
+    return f"{receiver.name} is too slow and is being disconnected; your line was not delivered"
 
 
 class ChatRoom:
@@ -265,7 +276,10 @@ class ChatRoom:
                 self._rules[type(event)](record, event, outgoing)
         finally:
             for receiver, chunks in outgoing.items():
+                dropped_before = receiver.too_slow
                 self._deliver(receiver, b"".join(chunks))
+                if receiver.too_slow and not dropped_before and receiver is not record:
+                    self.refuse(record, _not_delivered(receiver))  # this read's lines overflowed it
             if self.elsewhere is not None:  # and what they sent to other servers' clients
                 self.elsewhere.flush()
 
@@ -421,7 +435,9 @@ class ChatRoom:
     ) -> None:
         """Tell a client, the log and the subscribers that something of its was refused
         (``unknown``: the unknown name or command it was refused for, see ServerEvent)."""
-        log.warning("%s:%d %s: %s", record.ip, record.port, record.name or "(no name yet)", reason)
+        record.refused += 1
+        if record.refused <= LOGGED_REFUSALS:  # a flood of bad lines is no flood of log lines
+            log.warning("%s:%d %s: %s", record.ip, record.port, record.name or "(no name yet)", reason)
         self._emit("error", record, text=reason, unknown=unknown)
         self.send(record, reply or protocol.format_error(reason), outgoing)
 
@@ -489,6 +505,7 @@ class ChatRoom:
         return unseen
 
     def _malformed(self, record: ClientRecord, event: protocol.Malformed, outgoing: Outgoing | None) -> None:
+        record.malformed += 1  # its session ends a connection that sends too many
         self.refuse(record, event.reason, outgoing=outgoing)
 
     def _drop_slow(self, record: ClientRecord) -> None:
@@ -579,9 +596,12 @@ class ChatRoom:
         to, text = event.to, event.text
         with self._lock:
             target = self._by_name.get(protocol.name_key(to))
-            if target is not None:
+            if target is not None and not target.too_slow:
                 target.messages_out += 1
                 logged = self._log_event("message", record, target.name, text)
+        if target is not None and target.too_slow:  # being dropped: the line would be lost
+            self.refuse(record, _not_delivered(target), outgoing=outgoing)
+            return
         if target is None:
             if self.elsewhere is not None:
                 self._direct_elsewhere(record, to, text, outgoing)

@@ -1,10 +1,11 @@
-"""Out of file descriptors: the selectors loop backs off instead of spinning.
+"""Out of file descriptors: every model backs off instead of spinning, and says so once.
 
 When a process may open no more files, ``accept()`` fails with EMFILE and the connection stays
 in the kernel's queue, so the listening socket stays readable. A loop that simply tries again
 spins at full CPU and fills the log; the selectors server stops watching the listener for a
-moment (``ACCEPT_BACKOFF``), says so once, and takes the waiting connection in once a
-descriptor is free. The server runs in a subprocess whose file limit the test lowers with
+moment (``ACCEPT_BACKOFF``), the threaded server's accept thread waits as long, asyncio waits a
+second by itself; each says so once, and takes the waiting connection in once a descriptor is
+free. A server whose ``max_clients`` the file limit cannot hold says so when it starts. The server runs in a subprocess whose file limit the test lowers with
 ``resource.setrlimit`` (POSIX only: on Windows this test is skipped), and psutil measures its
 CPU time.
 """
@@ -26,8 +27,8 @@ psutil = pytest.importorskip("psutil")
 SERVER = """
 import logging, os, resource, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-from chatlab.servers import SelectorsChatServer
-server = SelectorsChatServer("127.0.0.1", 0, name_timeout=None).start()
+from chatlab.servers import server_class
+server = server_class(sys.argv[1])("127.0.0.1", 0, name_timeout=None).start()
 free = os.dup(0)  # the lowest free descriptor: all below it are open
 os.close(free)
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -39,9 +40,10 @@ server.stop()
 WINDOW = 1.0  # seconds of wall time over which the server's CPU time is measured
 
 
-def test_out_of_file_descriptors_the_loop_waits_logs_once_and_goes_on():
+@pytest.mark.parametrize("model", ["threads", "selectors", "asyncio"])
+def test_out_of_file_descriptors_the_loop_waits_logs_once_and_goes_on(model):
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER],
+        [sys.executable, "-c", SERVER, model],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -76,3 +78,26 @@ def test_out_of_file_descriptors_the_loop_waits_logs_once_and_goes_on():
             server.kill()
             server.wait(5)
         reader.join(5)
+
+
+LIMITED = """
+import logging, resource, sys
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+from chatlab.servers import server_class
+server_class(sys.argv[1])("127.0.0.1", 0, max_clients=int(sys.argv[2])).start().stop()
+"""
+
+
+@pytest.mark.parametrize("model", ["threads", "selectors", "asyncio"])
+def test_a_server_warns_at_start_when_max_clients_exceeds_the_file_limit(model):
+    def warnings(max_clients: int) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", LIMITED, model, str(max_clients)], capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    assert "may open only 64 files" in warnings(100)
+    assert warnings(30) == ""

@@ -122,20 +122,20 @@ def test_binary_garbage_gets_error_lines_and_breaks_nothing(server, connect):
     eve.expect(GREETING)
     # Every byte value, with a newline every 256 bytes: control characters, then invalid UTF-8.
     eve.send(bytes(range(256)) * 64)
-    errors = [eve.read_line() for _ in range(65)]
-    assert errors == ["! control characters are not allowed"] + ["! invalid utf-8"] * 64
-    eve.send("eve")
-    eve.expect("* welcome eve", "* online: alice, eve")
+    errors = eve.read_until(lambda line: not line.startswith("! ") or "bad lines" in line, limit=200)
+    assert errors[:2] == ["! control characters are not allowed", "! invalid utf-8"]
+    assert set(errors[1:-1]) == {"! invalid utf-8"} and errors[-1] == "! too many bad lines"
+    eve.expect_eof()  # 65 garbage lines at once: a script, not a person mistyping
+    eve = connect(server, "eve")
     alice.expect("* eve joined")
     eve.send(random.Random(7).randbytes(1 << 16))  # 64 KiB of noise, about 256 "lines"
-    eve.send("%alice%still here")
-    alice.expect("%eve%still here")
-    eve.send("%server%who")
-    replies = eve.read_until(lambda line: not line.startswith("! "), limit=2000)
-    assert replies[-1] == "* online: alice, eve"
-    assert len(replies) > 100  # an error for each line of noise, and nothing else
+    replies = eve.read_until(lambda line: not line.startswith("! ") or "bad lines" in line, limit=2000)
+    assert replies[-1] == "! too many bad lines"
+    eve.expect_eof()
+    alice.expect("* eve left")
+    assert alice.who() == ["alice"]
     still_chatting(server, connect, "1")
-    wait_until(lambda: len(server.threads()) == 1 + 2)  # alice's and eve's, and accept
+    wait_until(lambda: len(server.threads()) == 1 + 1)  # alice's, and accept
 
 
 def test_a_hundred_clients_can_register_at_the_same_time(start_server, connect):
@@ -211,11 +211,12 @@ def test_a_receiver_that_never_reads_does_not_stall_the_others(start_server, con
     alice.send("%server%who")
     lines = alice.read_until("* online: alice, carol", limit=count + 2)
     assert "* stalled left" in lines  # the room forgets a dropped client before it announces it left
-    assert set(lines) == {"* stalled left", "! unknown client 'stalled'", "* online: alice, carol"}
+    lost = "! stalled is too slow and is being disconnected; your line was not delivered"
+    assert set(lines) - {lost} == {"* stalled left", "! unknown client 'stalled'", "* online: alice, carol"}
     assert "stalled is too far behind; disconnecting it" in server_log(caplog)
     about_stalled = [(e.kind, e.text) for e in server.events() if e.client == "stalled"]
     assert about_stalled == [("registered", ""), ("error", "too slow: disconnected"), ("left", "too slow")]
-    stalled.drain()  # what had reached its buffers (the last line cut short), then the end
+    stalled.drain()  # what had reached its buffers, then the end
 
 
 def test_a_writer_thread_serves_a_client_only_while_it_is_behind(server, connect):

@@ -143,7 +143,7 @@ def test_a_flood_pauses_reading_until_tokens_come_back(session_of):
     start = time.monotonic()  # the bucket was filled at this clock's "now"
     session.receive(b"alice\n", now=start)
     transport.taken()
-    reaction = session.receive(b"".join(b"line %d\n" % i for i in range(40)), now=start)
+    reaction = session.receive(b"".join(b"%%*%%line %d\n" % i for i in range(40)), now=start)
     assert reaction.then is Then.PAUSE and reaction.at is not None and reaction.at > start
     assert b"slow down" in transport.taken()
     now = reaction.at

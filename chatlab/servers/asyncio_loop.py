@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from ..room import ClientRecord
-from .base import ServerBase, ServerOptions, connection_error
+from .base import DRAIN_TIMEOUT, OUT_OF_FILES, ServerBase, ServerOptions, connection_error
 from .session import READ_ON, Phase, Reaction, Session, Then
 
 __all__ = ["AsyncioChatServer"]
@@ -33,6 +33,7 @@ __all__ = ["AsyncioChatServer"]
 log = logging.getLogger("chatlab.server")
 
 START_TIMEOUT = 5.0  # how long start() waits for the loop thread to begin serving
+OUT_OF_FILES_LOG_EVERY = 60.0  # seconds: out of file descriptors is logged at most this often
 TURNED_AWAY = Phase.TURNED_AWAY  # a module-level name: quicker to look up on every read
 
 
@@ -62,7 +63,11 @@ class _LoopTransport:
         return True
 
     def abort(self) -> None:
-        self.transport.abort()  # drops the buffer; the loop calls connection_lost soon
+        # Dropped as too slow: what is buffered (whole lines: a refused write is not in it)
+        # goes out first, so that it does not end in the middle of a line; if it is not read
+        # within DRAIN_TIMEOUT, the connection is cut. The loop calls connection_lost after.
+        self.transport.close()
+        asyncio.get_running_loop().call_later(DRAIN_TIMEOUT, self.transport.abort)
 
     def registered(self, name: str) -> None:
         pass  # one thread serves everyone: there is no thread to rename
@@ -168,6 +173,7 @@ class AsyncioChatServer(ServerBase):
         self._connections: set[_Connection] = set()  # touched only in the loop thread
         self._notices_due = False  # a call of room.deliver_notices() is scheduled
         self.room.notices_due = self._deliver_notices_soon
+        self._out_of_files_logged = -OUT_OF_FILES_LOG_EVERY  # when accept() last said so (monotonic)
 
     def describe(self) -> str:
         return "one asyncio event loop"
@@ -209,9 +215,22 @@ class AsyncioChatServer(ServerBase):
         self._notices_due = False
         self.room.deliver_notices()
 
+    def _loop_failed(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio's report of an error in the loop. Out of file descriptors, it stops
+        accepting for a second and reports it, with a traceback, every time: say it in one
+        line, once a minute at most (asyncio's own accepting cannot tell us when it works again)."""
+        error = context.get("exception")
+        if isinstance(error, OSError) and error.errno in OUT_OF_FILES:
+            if time.monotonic() - self._out_of_files_logged >= OUT_OF_FILES_LOG_EVERY:
+                self._out_of_files_logged = time.monotonic()
+                log.warning("accept failed: %s; accepting again when descriptors are free", error)
+            return
+        loop.default_exception_handler(context)
+
     def _loop_thread(self, listener: socket.socket, serving: threading.Event) -> None:
         loop = self._loop
         assert loop is not None
+        loop.set_exception_handler(self._loop_failed)
         try:
             loop.run_until_complete(self._serve(listener, serving))
         except Exception:

@@ -14,6 +14,7 @@ options are one :class:`ServerOptions`, checked once when it is made.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import ssl
@@ -27,7 +28,7 @@ from typing import Any
 from .. import protocol
 from ..addresses import on_loopback
 from ..door import Door
-from ..portable import make_listener
+from ..portable import file_limit, make_listener
 from ..room import ChatRoom, ClientRecord, ServerEvent
 
 __all__ = ["Outbox", "ServerBase", "ServerOptions", "connection_error", "refuse_full", "shutdown"]
@@ -40,6 +41,10 @@ RECV_SIZE = 65536  # read big chunks while a client sends a lot
 # doubles the value asked for, for its own bookkeeping: getsockopt then reports 131072.)
 SEND_BUFFER = 64 * 1024
 DRAIN_TIMEOUT = 1.0  # how long a leaving client may take to read what is still queued for it
+# How long a client dropped as too slow may take to read the end of the line it is in the
+# middle of (a client that still reads gets whole lines; one that reads nothing is not waited for).
+LINE_END_TIMEOUT = 0.25
+NEWLINE = ord("\n")
 DEFAULT_PORT = protocol.DEFAULT_PORT
 # How long a wrong class code waits for its answer (the connection unread, and out of the
 # room's count meanwhile): a script cannot learn whether a guess was right any sooner.
@@ -48,22 +53,30 @@ WRONG_CODE_DELAY = 1.0
 # this long at most, whatever name_timeout says.
 FULL_HANDSHAKE_TIMEOUT = 5.0
 DELIVERY_MODES = ("queue", "direct")  # how the threaded server hands a line to its receiver
+ACCEPT_BACKOFF = 0.1  # out of file descriptors: seconds before a model accepts again
+# "Too many open files", for this process (EMFILE) or the whole system (ENFILE); on Windows
+# the socket's own error number.
+OUT_OF_FILES = {errno.EMFILE, errno.ENFILE, getattr(errno, "WSAEMFILE", errno.EMFILE)}
+FILES_IN_RESERVE = 16  # descriptors a server needs besides its clients' sockets (listener, logs...)
 
 
 class Outbox:
     """The bytes waiting for a client that is behind: its socket would not take them yet.
 
     It holds at most ``limit`` bytes. When more would not fit, :meth:`put` returns False, once,
-    and the outbox closes: the server then drops that client instead of waiting for it. It has
-    no lock of its own: whoever calls it holds the client's ``send_lock``.
+    and the outbox closes: the server then drops that client instead of waiting for it, once it
+    has sent the end of the line the client is in the middle of (:meth:`finish_line`), so that
+    a dropped client gets whole lines only. It has no lock of its own: whoever calls it holds
+    the client's ``send_lock``.
     """
 
-    __slots__ = ("limit", "_data", "closed")
+    __slots__ = ("limit", "_data", "closed", "mid_line")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._data = bytearray()
         self.closed = False
+        self.mid_line = False  # what went to the socket so far ends in the middle of a line
 
     def __len__(self) -> int:
         return len(self._data)
@@ -89,8 +102,17 @@ class Outbox:
             sent = sock.send(self._data)
         except BlockingIOError:
             return 0
+        if sent:
+            self.mid_line = self._data[sent - 1] != NEWLINE
         del self._data[:sent]
         return sent
+
+    def finish_line(self, unsent: bytes = b"") -> None:
+        """The client is dropped: keep only the end of the line it has been sent part of
+        (nothing if it is between lines). ``unsent``: bytes a send did not take, which come
+        before what is queued."""
+        data = unsent + self._data
+        self._data = bytearray(data[: data.find(b"\n") + 1] if self.mid_line else b"")
 
     def close(self) -> None:
         self.closed = True
@@ -190,8 +212,8 @@ class ServerBase:
     Options (:class:`ServerOptions`) are checked once, when the server is made; the model reads
     them, never changes them. Flood control: with ``rate`` (lines per second), a client that
     sends more is read more slowly (:mod:`chatlab.flood`): its session answers PAUSE, the model
-    stops reading that socket until then and calls :meth:`Session.resume`. Nothing is lost;
-    the client is told once.
+    stops reading that socket until then and calls :meth:`Session.resume`. Nothing is lost
+    while it stays connected; the client is told once.
     """
 
     model = "base"
@@ -301,6 +323,14 @@ class ServerBase:
             raise
         ServerBase._running.add(self)
         log.info("listening on %s:%d (%s)", self.host, self.port, self.describe())
+        limit = file_limit()
+        if limit is not None and self.max_clients + FILES_IN_RESERVE > limit:
+            log.warning(
+                "max_clients is %d, but this process may open only %d files (sockets count): "
+                "raise the limit (ulimit -n) or lower max_clients",
+                self.max_clients,
+                limit,
+            )
         return self
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -25,7 +25,6 @@ descriptors, the loop stops watching the listening socket for :data:`ACCEPT_BACK
 from __future__ import annotations
 
 import enum
-import errno
 import heapq
 import itertools
 import logging
@@ -36,7 +35,10 @@ import time
 from typing import Any
 
 from .base import (
+    ACCEPT_BACKOFF,
     DRAIN_TIMEOUT,
+    LINE_END_TIMEOUT,
+    OUT_OF_FILES,
     RECV_SIZE,
     Outbox,
     ServerBase,
@@ -53,10 +55,6 @@ log = logging.getLogger("chatlab.server")
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _ACCEPT, _WAKE = "accept", "wake"  # what the selector holds for the listener and the waker
-ACCEPT_BACKOFF = 0.1  # out of file descriptors: seconds before the loop accepts again
-# "Too many open files", for this process (EMFILE) or the whole system (ENFILE); on Windows
-# the socket's own error number.
-OUT_OF_FILES = {errno.EMFILE, errno.ENFILE, getattr(errno, "WSAEMFILE", errno.EMFILE)}
 
 
 class State(enum.Enum):
@@ -352,8 +350,10 @@ class SelectorsChatServer(ServerBase):
             soon, self._soon = self._soon, set()
         for connection in soon:
             if connection.state is not CLOSED:
-                if connection.aborted:
-                    self._end(connection, "too slow", drain=False)
+                if connection.aborted:  # dropped: it gets the end of the line it is in, no more
+                    with connection.record.send_lock:
+                        connection.outbox.finish_line()
+                    self._end(connection, "too slow", drain=True, within=LINE_END_TIMEOUT)
                 else:
                     self._flush(connection)
 
@@ -369,8 +369,11 @@ class SelectorsChatServer(ServerBase):
         elif what == "close" and (state is LINGERING or state is DRAINING) and now >= connection.until:
             self._close(connection)  # its time is up, whether or not its last bytes went out
 
-    def _end(self, connection: _Connection, reason: str | None, *, drain: bool) -> None:
-        """The connection is over: the room forgets it now, and it closes once drained."""
+    def _end(
+        self, connection: _Connection, reason: str | None, *, drain: bool, within: float = DRAIN_TIMEOUT
+    ) -> None:
+        """The connection is over: the room forgets it now, and it closes once drained (or
+        after ``within`` seconds)."""
         if connection.state is DRAINING or connection.state is LINGERING:
             if not drain:
                 self._close(connection)
@@ -379,7 +382,7 @@ class SelectorsChatServer(ServerBase):
             return
         connection.session.leave(reason)
         if drain and len(connection.outbox) and not self.stopping:
-            connection.state, connection.until = DRAINING, time.monotonic() + DRAIN_TIMEOUT
+            connection.state, connection.until = DRAINING, time.monotonic() + within
             self._at(connection.until, connection, "close")
             self._flush(connection)  # closes it at once if everything goes out
         else:

@@ -8,6 +8,22 @@ reading until a time, close once what waits is sent, or abort. The connection's
 :class:`Phase` moves only as the table :data:`TRANSITIONS` says. A model never talks to the
 room about a connection in any other way.
 
+What one client can make the server do is bounded here, so every model has the same bounds.
+The lines of one read go to the room at most :data:`LINES_PER_TURN` at a time (the rest wait,
+and the model serves the others in between); what they send back to their own sender (the
+answer to ``%server%who``, say) is written to its transport before the next batch is built,
+so it counts against ``max_backlog``. A client that sends more than :data:`BAD_LINES` malformed
+lines (too long, not UTF-8, control characters, not ``%name%text``, not a name) in a short
+while is told ``! too many bad lines`` and closed; and the log shows the first few lines
+refused of any client and then only a summary, however many it sent. Every connection gets
+TCP keepalive (:func:`~chatlab.portable.keep_alive`), so one whose laptop vanished ends.
+
+How a connection ends, whatever the model: when the client hangs up (or resets), lines it
+sent that the server has read but not handed over yet (they wait under flood control, or for
+their turn) are dropped, and the log says how many. A client paused by flood control is
+looked at (:func:`~chatlab.portable.peer_gone`) at every pause, so one that hung up leaves
+within a tenth of a second, not once its lines have trickled out.
+
 Two guards sit at the door of a session, both optional and both here, so every model has
 them: TLS (``tls=``, an :class:`ssl.SSLContext`; the handshake happens in :meth:`Session.receive`
 through a :class:`~chatlab.tls.TlsLayer`, the model's transport is wrapped in a
@@ -32,8 +48,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import protocol
 from ..door import TOO_MANY_GUESSES
-from ..flood import Throttle, slow_down
-from ..room import ClientRecord
+from ..flood import Throttle, TokenBucket, slow_down
+from ..portable import keep_alive, peer_gone
+from ..room import LOGGED_REFUSALS, ClientRecord
 from ..tls import NotTls, TlsLayer, TlsTransport
 from . import base as _base  # WRONG_CODE_DELAY read when used: a test may change it
 from .base import FULL_HANDSHAKE_TIMEOUT, SEND_BUFFER, connection_error
@@ -41,9 +58,31 @@ from .base import FULL_HANDSHAKE_TIMEOUT, SEND_BUFFER, connection_error
 if TYPE_CHECKING:  # a type only: base.py does not import this module
     from .base import ServerBase
 
-__all__ = ["ABORT", "READ_ON", "TRANSITIONS", "Phase", "Reaction", "Session", "Then"]
+__all__ = [
+    "ABORT",
+    "BAD_LINES",
+    "LINES_PER_TURN",
+    "READ_ON",
+    "TOO_MANY_BAD_LINES",
+    "TRANSITIONS",
+    "Phase",
+    "Reaction",
+    "Session",
+    "Then",
+]
 
 log = logging.getLogger("chatlab.server")
+
+# The most lines of one client the room handles before the model serves the others again: a
+# read of 64 KiB of newlines is 65,536 lines, and an event loop must not spend a second on it.
+LINES_PER_TURN = 256
+# A connection may send this many malformed lines at once, and one more every BAD_LINE_SECONDS;
+# past that it is closed: a person mistypes now and then, a script floods.
+BAD_LINES = 10
+BAD_LINE_SECONDS = 6.0
+TOO_MANY_BAD_LINES = "too many bad lines"
+# A pause this short lets the model serve the other clients before it calls resume().
+NEXT_TURN = 1e-6
 
 
 class Phase(enum.Enum):
@@ -137,6 +176,9 @@ class Session:
         "throttle",
         "linger",
         "left",
+        "waiting",
+        "malformed_seen",
+        "bad_lines",
         "door",
         "deadline",
         "refusal",
@@ -155,6 +197,7 @@ class Session:
         send_buffer: int | None = SEND_BUFFER,
     ) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # send short lines at once
+        keep_alive(sock)  # a laptop that vanished from the network is noticed, and its name freed
         if send_buffer is not None:  # what the kernel holds counts as "behind" too: bound it
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         options = server.options
@@ -190,6 +233,9 @@ class Session:
             self.throttle = None if options.rate is None else Throttle.for_rate(options.rate, now)
         self.linger = READ_ON  # once turned away: the CLOSE its model applies
         self.left = False
+        self.waiting: list = []  # lines read (and let through by the throttle) waiting for their turn
+        self.malformed_seen = 0  # the record's count of malformed lines when it was last looked at
+        self.bad_lines: TokenBucket | None = None  # made at the first malformed line
 
     def _move(self, event: str) -> None:
         """Move on to the next phase after ``event``, as :data:`TRANSITIONS` says."""
@@ -322,41 +368,76 @@ class Session:
         return plaintext
 
     def _handle(self, lines: list, now: float) -> Reaction:
-        """Hand lines to the room; with a ``rate``, only those that have tokens now (the rest
-        wait in order for :meth:`resume`), and tell the client once that its lines wait."""
-        throttle = self.throttle
+        """Hand lines to the room, at most :data:`LINES_PER_TURN` of them (the rest wait for
+        :meth:`resume`, after the model has served the others); with a ``rate``, only those
+        that have tokens now, and the client is told once that its lines wait."""
+        record, throttle = self.record, self.throttle
         seated = self.phase is _NAME and self.at_door  # a fair door: a name needs a free seat
         if seated and not self.door.seat():
             return self._turn_away("server full", "server full", None, protocol.SERVER_FULL)
-        if throttle is None:
-            self.room.handle_lines(self.record, lines)
-        else:
-            self.room.handle_lines(self.record, throttle.admit(lines, now))
-            if self.record.too_slow:  # dropped: the rest is not handled (handle_lines says so too)
-                throttle.waiting.clear()
-            if throttle.waiting and not throttle.told:  # once per connection; its log line too
-                throttle.told = True
-                self.room.refuse(self.record, slow_down(throttle.bucket.rate))
-        if self.phase is _NAME and self.record.name is not None:
+        if throttle is not None:
+            lines = throttle.admit(lines, now)  # the rest wait in the throttle, in order
+        if self.waiting or len(lines) > LINES_PER_TURN:
+            self.waiting += lines
+            lines = self.waiting[:LINES_PER_TURN]
+            del self.waiting[:LINES_PER_TURN]
+        self.room.handle_lines(record, lines)
+        if self.phase is _NAME and record.name is not None:
             self._move("registered")
             if seated:
-                self.door.named(self.record.ip)
+                self.door.named(record.ip)
                 self.at_door, self.seated = False, True
         elif seated:
             self.door.unseat()
+        if record.malformed != self.malformed_seen and self._too_many_malformed(now):
+            return CLOSE_WHEN_SENT
+        if record.too_slow:  # dropped: nothing more is handled; leave() counts what waits
+            return READ_ON
+        if throttle is not None and throttle.waiting and not throttle.told:  # once; its log line too
+            throttle.told = True
+            self.room.refuse(record, slow_down(throttle.bucket.rate))
+        if self.waiting:
+            return Reaction(Then.PAUSE, now + NEXT_TURN)  # the others first, then the next batch
         if throttle is None or not (delay := throttle.wait(now)):
             return READ_ON
         return Reaction(Then.PAUSE, now + delay)  # over the flood rate: read it again later
 
+    def _too_many_malformed(self, now: float) -> bool:
+        """Malformed lines came: True if that was too many (the client is told, and the model
+        closes the connection), False while it stays within :data:`BAD_LINES`."""
+        record = self.record
+        new, self.malformed_seen = record.malformed - self.malformed_seen, record.malformed
+        if self.bad_lines is None:
+            self.bad_lines = TokenBucket(1 / BAD_LINE_SECONDS, BAD_LINES, BAD_LINES, now)
+        if self.bad_lines.take(new, now) == new:
+            return False
+        self.reason = TOO_MANY_BAD_LINES
+        log.warning("%s: %d malformed lines; closing it: %s", record.label, record.malformed, self.reason)
+        self.room.send(record, protocol.format_error(TOO_MANY_BAD_LINES))
+        return True
+
+    def _drop_waiting(self) -> int:
+        """Forget the lines that wait (read, not handed to the room yet); how many there were."""
+        dropped = len(self.waiting)
+        self.waiting.clear()
+        if self.throttle is not None:
+            dropped += len(self.throttle.waiting)
+            self.throttle.waiting.clear()
+        return dropped
+
     def resume(self, now: float) -> Reaction:
-        """Flood control: the pause is over. Hand the room the waiting lines that have tokens
-        now; READ once none wait, else PAUSE again."""
+        """The pause is over. Hand the room the next waiting lines (with flood control, those
+        that have tokens now); READ once none wait, else PAUSE again. A client paused by flood
+        control that has hung up meanwhile is not waited for: ABORT (its lines are dropped)."""
         try:
             if self.phase is Phase.TURNED_AWAY:  # a wrong code's delay is over: answer, close
                 if self.answer is not None:
                     self.room.refuse(self.record, self.reason, self.answer)
                     self.answer = None
                 return CLOSE_WHEN_SENT
+            if self.throttle is not None and (gone := peer_gone(self.record.sock)):
+                self.reason = gone
+                return ABORT
             return self._handle([], now)
         except Exception:  # a bug: say so; the model ends this connection
             self.failed()
@@ -429,6 +510,10 @@ class Session:
             self.reason = reason
         if self.framer.pending:
             log.info("%s left mid-line; dropped %d bytes", self.record.label, self.framer.pending)
+        if dropped := self._drop_waiting():
+            log.info("%s left; dropped %d lines it sent that were still waiting", self.record.label, dropped)
+        if (unlogged := self.record.refused - LOGGED_REFUSALS) > 0:
+            log.info("%s: %d more lines refused (not logged one by one)", self.record.label, unlogged)
         self.announce = self.room.remove(self.record)  # it was online: the others saw it
 
     def departed(self) -> None:

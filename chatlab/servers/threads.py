@@ -37,8 +37,12 @@ from typing import Any
 from ..portable import UNTIMED, NoWaitSender, wake_accept
 from ..room import ClientRecord
 from .base import (
+    ACCEPT_BACKOFF,
     DELIVERY_MODES,
     DRAIN_TIMEOUT,
+    LINE_END_TIMEOUT,
+    NEWLINE,
+    OUT_OF_FILES,
     RECV_SIZE,
     SEND_BUFFER,
     Outbox,
@@ -96,7 +100,11 @@ class _QueuedTransport:
         record.bytes_out += sent
         if sent == len(data):
             return True
-        if not self.outbox.put(data[sent:]):
+        self.outbox.mid_line = sent > 0 and data[sent - 1] != NEWLINE
+        if not self.outbox.put(data[sent:]):  # too far behind: dropped, after the end of its line
+            self.outbox.finish_line(data[sent:])
+            if len(self.outbox):
+                record.writer = self.server._start_writer(self)
             return False
         record.writer = self.server._start_writer(self)
         if record.writer is None:
@@ -105,7 +113,16 @@ class _QueuedTransport:
         return True
 
     def abort(self) -> None:
-        shutdown(self.record.sock)  # its own thread wakes up, cleans up and tells the others
+        """Dropped as too slow: its own thread wakes up, cleans up and tells the others. A
+        writer thread sending the end of a line is left to finish it (for LINE_END_TIMEOUT at
+        most: the client's thread waits that long for it, then shuts the socket)."""
+        if self.record.writer is None:
+            shutdown(self.record.sock)
+            return
+        try:
+            self.record.sock.shutdown(socket.SHUT_RD)  # wakes recv(); sending goes on
+        except OSError:
+            pass
 
     def registered(self, name: str) -> None:
         """Called in the client's own thread once it has a name: no more name timeout, and its
@@ -184,15 +201,21 @@ class ChatServer(ServerBase):
     # --- the accept thread ------------------------------------------------------------------
 
     def _accept_loop(self, listener: socket.socket) -> None:
+        out_of_files = False  # accept() failed for want of file descriptors (logged once)
         while not self.stopping:
             try:
                 sock, address = listener.accept()
             except OSError as exc:
                 if self.stopping:
                     break
-                log.warning("accept failed: %s", exc)  # e.g. out of file descriptors
-                time.sleep(0.05)
+                if exc.errno not in OUT_OF_FILES:
+                    log.warning("accept failed: %s", exc)
+                elif not out_of_files:  # it fails again at once until one is free: say so once
+                    out_of_files = True
+                    log.warning("accept failed: %s; accepting again when descriptors are free", exc)
+                self._halting.wait(ACCEPT_BACKOFF)  # the connection waits in the kernel's queue
                 continue
+            out_of_files = False
             if self.stopping:  # woken by wake_accept(), or a client in the last moment
                 sock.close()
                 break
@@ -302,22 +325,37 @@ class ChatServer(ServerBase):
                 return
 
     def _write_loop(self, transport: _QueuedTransport) -> None:
-        """A writer thread: send what waits in the outbox until it is empty, then end."""
+        """A writer thread: send what waits in the outbox until it is empty, then end. Once
+        the client is dropped as too slow, only the end of the line it is in goes out."""
         record, outbox = transport.record, transport.outbox
         while True:
             with record.send_lock:
+                if record.too_slow:
+                    outbox.finish_line()
                 data = outbox.take()
                 if not data:
                     record.writer = None  # caught up: senders write to the socket again
                     return
             try:
-                record.sock.sendall(data)  # the one place that waits for this client
+                self._send_lines(record, outbox, data)
             except OSError:
                 with record.send_lock:
                     outbox.close()
                 shutdown(record.sock)  # let the client's own thread notice and clean up
                 return
-            record.bytes_out += len(data)
+
+    def _send_lines(self, record: ClientRecord, outbox: Outbox, data: bytes) -> None:
+        """Send ``data``, waiting for the client (the one place that does); if it is dropped
+        meanwhile, stop at the end of the line it is in."""
+        view, position = memoryview(data), 0
+        while position < len(data):
+            sent = record.sock.send(view[position:])  # waits until the kernel takes some
+            position += sent
+            record.bytes_out += sent
+            outbox.mid_line = data[position - 1] != NEWLINE
+            if record.too_slow:
+                end = data.find(b"\n", position) + 1 if outbox.mid_line else position
+                view, data = view[:end], data[:end]
 
     def _close(self, session: Session) -> None:
         record = session.record
@@ -331,8 +369,9 @@ class ChatServer(ServerBase):
             writer = record.writer
         if writer is not None and not self.stopping:
             # A client that only closed its sending side (`nc -N`) still reads the replies to
-            # its last lines; one that reads nothing more is not waited for long.
-            writer.join(DRAIN_TIMEOUT)
+            # its last lines; one that reads nothing more is not waited for long, and one
+            # dropped as too slow only for the end of the line it is in.
+            writer.join(LINE_END_TIMEOUT if record.too_slow else DRAIN_TIMEOUT)
         if writer is not None:
             shutdown(record.sock)  # wakes the writer if it is stuck, then we can close
         if writer is not None:
