@@ -1343,9 +1343,10 @@ def message_path(
 # --- beyond one computer: listeners, flood control, a crash (lessons 12 and 13) -----------------
 #
 # Pictures of what no event log records: which listening socket a connection can reach, a token
-# bucket draining and filling, a crashed server's heartbeat running out. Each is drawn from a few numbers that a small function without I/O works out
-# (:func:`accepts`, :func:`bucket_run`, :func:`crash_times`), so a test can hold the numbers
-# against the real thing: a socket, :mod:`chatlab.flood`, the broker's heartbeat.
+# bucket draining and filling, a crashed server's heartbeat running out. Each is drawn from a few
+# numbers that a small function without I/O works out (:func:`accepts`, :func:`bucket_run`,
+# :func:`crash_times`), so a test can hold the numbers against the real thing: a socket,
+# :mod:`chatlab.flood`, the broker's heartbeat.
 
 EVERY_IPV4 = "0.0.0.0"
 NOTE_COLOR = "#546E7A"

