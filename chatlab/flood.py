@@ -14,6 +14,10 @@ token wait in the client's :class:`Throttle` (at most one read's worth) and go t
 order, as tokens come in; the socket is read again only once none are waiting. So the rate
 holds for what the others receive, not only for what the server reads.
 
+On a classroom server that is fair (:mod:`chatlab.door`), all the connections from one address
+draw from one :class:`SharedBucket`: ten connections from one laptop get the rate of one, and
+the names they register cost a token each, like lines.
+
 Like :mod:`chatlab.protocol`, this module has no sockets and no clock of its own: the caller
 says what time it is, so the arithmetic is tested without waiting.
 """
@@ -21,9 +25,10 @@ says what time it is, so the arithmetic is tested without waiting.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 
-__all__ = ["BURST_SECONDS", "TICK", "Throttle", "TokenBucket", "slow_down"]
+__all__ = ["BURST_SECONDS", "TICK", "SharedBucket", "Throttle", "TokenBucket", "slow_down"]
 
 BURST_SECONDS = 2.0  # a full bucket holds this many seconds' worth of lines
 # While lines wait, the server hands them over in batches of this many seconds' worth (at
@@ -80,6 +85,22 @@ class TokenBucket:
         self._refill(now)
         wanted = min(lines, max(1.0, math.floor(self.burst)))
         return max(0.0, (wanted - self.tokens) / self.rate)
+
+
+@dataclass
+class SharedBucket(TokenBucket):
+    """A :class:`TokenBucket` that several connections draw from, each perhaps in a thread of
+    its own (all the connections of one address): taking and asking hold its lock."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def take(self, lines: int, now: float) -> int:
+        with self.lock:  # another thread's clock may have read a moment later: never go back
+            return super().take(lines, max(now, self.stamp))
+
+    def wait(self, lines: int, now: float) -> float:
+        with self.lock:
+            return super().wait(lines, max(now, self.stamp))
 
 
 @dataclass

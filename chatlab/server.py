@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks a free port"
     )
-    parser.add_argument("--max-clients", type=int, default=100)
+    parser.add_argument(
+        "--max-clients",
+        type=int,
+        default=100,
+        help="most clients at once (default 100); with the door's fairness, named clients only",
+    )
     parser.add_argument(
         "--max-line", type=int, default=protocol.DEFAULT_MAX_LINE, help="longest line in bytes"
     )
@@ -73,6 +78,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
     parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     parser.add_argument("--code", help="a class code every client must send before its name")
+    door = parser.add_argument_group(
+        "the door (README: a classroom server)",
+        "fairness by address, on by default unless --host is loopback; sized for a class of 30 "
+        "with a laptop per address. A room behind NAT (one address for all) needs "
+        "--per-address 100 --arrivals 20 --joining-per-address 64, or --no-fair.",
+    )
+    door.add_argument(
+        "--fair",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="count by address: connections, new connections a second, the door's pool, the "
+        "flood rate; --max-clients then counts named clients (default: on beyond loopback)",
+    )
+    defaults = ServerOptions()
+    door.add_argument(
+        "--per-address",
+        type=int,
+        default=defaults.per_address,
+        metavar="N",
+        help=f"connections open at once from one address (default {defaults.per_address})",
+    )
+    door.add_argument(
+        "--arrivals",
+        type=float,
+        default=defaults.arrivals,
+        metavar="PER_SECOND",
+        help=f"new connections a second from one address (default {defaults.arrivals:g})",
+    )
+    door.add_argument(
+        "--joining",
+        type=int,
+        default=defaults.joining,
+        metavar="N",
+        help=f"connections not named yet, server-wide (default {defaults.joining})",
+    )
+    door.add_argument(
+        "--joining-per-address",
+        type=int,
+        default=defaults.joining_per_address,
+        metavar="N",
+        help=f"of which from one address (default {defaults.joining_per_address})",
+    )
+    door.add_argument(
+        "--guesses",
+        type=int,
+        default=defaults.guesses,
+        metavar="N",
+        help=f"wrong class codes one address may have waiting for their answer (default {defaults.guesses})",
+    )
     parser.add_argument(
         "--redis",
         metavar="URL",
@@ -124,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             server_id=args.server_id,
             heartbeat=args.heartbeat,
             reserve=tuple(args.reserve),
+            fair=args.fair,
+            per_address=args.per_address,
+            arrivals=args.arrivals,
+            joining=args.joining,
+            joining_per_address=args.joining_per_address,
+            guesses=args.guesses,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -131,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.model == "threads":
         sys.setswitchinterval(SERVER_SWITCH_INTERVAL)  # this process runs only the server
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
+    if server.fair:  # before "listening on": the lines after it are for the students
+        log.info(
+            "the door: %d connections and %g new a second per address; %d joining at once",
+            args.per_address,
+            args.arrivals,
+            args.joining,
+        )
     try:
         try:
             server.start()

@@ -98,15 +98,17 @@ def test_a_name_registers_and_the_model_reads_on(session_of):
     assert transport.taken() == b"%alice%hi\n"
 
 
-def test_a_wrong_code_turns_the_client_away_and_nothing_more_is_read(session_of):
+def test_a_wrong_code_is_answered_after_the_delay_and_nothing_more_is_read(session_of):
     session, transport = session_of(code="owl-42")
     assert transport.taken() == protocol.CODE_PROMPT
     reaction = session.receive(b"owl-41\nalice\n", now=10.0)
-    assert reaction == Reaction(Then.CLOSE, 10.0 + WRONG_CODE_DELAY)
+    assert reaction == Reaction(Then.PAUSE, 10.0 + WRONG_CODE_DELAY)  # no answer yet
     assert session.phase is Phase.TURNED_AWAY and session.reason == "wrong class code"
-    assert transport.taken() == protocol.WRONG_CODE
-    assert session.receive(b"owl-42\n", now=10.5) == reaction  # not read: the same answer
     assert transport.taken() == b""
+    assert session.server.connection_count() == 0  # out of the room's count meanwhile
+    assert session.receive(b"owl-42\n", now=10.5) == reaction  # not read: the same answer
+    assert session.resume(now=10.0 + WRONG_CODE_DELAY) == Reaction(Then.CLOSE)
+    assert transport.taken() == protocol.WRONG_CODE
 
 
 def test_the_right_code_asks_for_the_name(session_of):

@@ -24,7 +24,6 @@ import threading
 import time
 from typing import Any
 
-from .. import protocol
 from ..room import ClientRecord
 from .base import DRAIN_TIMEOUT, OUT_OF_FILES, ServerBase, ServerOptions, connection_error
 from .session import READ_ON, Phase, Reaction, Session, Then
@@ -92,13 +91,13 @@ class _Connection(asyncio.Protocol):
         session.record.thread = threading.current_thread()
         session.attach(_LoopTransport(transport, session.record, self.server.max_backlog))
         if not session.open():
-            transport.write(protocol.SERVER_FULL)
+            transport.write(session.refusal)
             transport.close()  # closes once the line is sent
             return
         self.session = session
-        if self.server.name_timeout is not None:
+        if session.deadline is not None:  # the door's one deadline: handshake, code, name
             loop = asyncio.get_running_loop()
-            self.name_timer = loop.call_later(self.server.name_timeout, self.name_timed_out)
+            self.name_timer = loop.call_later(session.deadline - time.monotonic(), self.name_timed_out)
 
     def data_received(self, data: bytes) -> None:
         session = self.session

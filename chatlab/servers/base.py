@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol
+from ..addresses import on_loopback
+from ..door import Door
 from ..portable import file_limit, make_listener
 from ..room import ChatRoom, ClientRecord, ServerEvent
 
@@ -44,9 +46,12 @@ DRAIN_TIMEOUT = 1.0  # how long a leaving client may take to read what is still 
 LINE_END_TIMEOUT = 0.25
 NEWLINE = ord("\n")
 DEFAULT_PORT = protocol.DEFAULT_PORT
-# How long a connection that gave a wrong class code stays open (unread) before it is closed:
-# a script that waits for the end of each try cannot guess fast.
+# How long a wrong class code waits for its answer (the connection unread, and out of the
+# room's count meanwhile): a script cannot learn whether a guess was right any sooner.
 WRONG_CODE_DELAY = 1.0
+# A full TLS server finishes the handshake to say so (openssl s_client then shows the line):
+# this long at most, whatever name_timeout says.
+FULL_HANDSHAKE_TIMEOUT = 5.0
 DELIVERY_MODES = ("queue", "direct")  # how the threaded server hands a line to its receiver
 ACCEPT_BACKOFF = 0.1  # out of file descriptors: seconds before a model accepts again
 # "Too many open files", for this process (EMFILE) or the whole system (ENFILE); on Windows
@@ -121,13 +126,13 @@ def shutdown(sock: socket.socket) -> None:
         pass  # already shut down, or never connected
 
 
-def refuse_full(sock: socket.socket) -> None:
-    """Tell a new connection that the server is full, and close it.
+def refuse_full(sock: socket.socket, reply: bytes = protocol.SERVER_FULL) -> None:
+    """Tell a new connection that the server is full (or why else it is refused), and close it.
 
     A few bytes into the empty send buffer of a new socket: this does not wait.
     """
     try:
-        sock.sendall(protocol.SERVER_FULL)
+        sock.sendall(reply)
     except OSError:
         pass
     sock.close()
@@ -161,8 +166,22 @@ class ServerOptions:
     server_id: str | None = None  # this server's name among them; default HOSTNAME:PORT
     heartbeat: float = 1.0  # with redis: seconds between heartbeats
     reserve: tuple[str, ...] = ()  # names only a client on the server's own computer may take
+    # The door (chatlab.door). Fairness by address: None turns it on unless the server listens
+    # on loopback only; with it, max_clients counts named clients. Sized for a class of 30,
+    # one laptop per address; a room behind NAT (one address for all) needs larger figures.
+    fair: bool | None = None
+    per_address: int = 8  # fair: connections open at once from one address
+    arrivals: float = 2.0  # fair: new connections per second from one address (bursts of per_address)
+    joining: int = 64  # fair: connections not named yet (TLS, code, name), server-wide
+    joining_per_address: int = 4  # fair: of which from one address
+    guesses: int = 3  # wrong class codes waiting for their answer at once, per address
 
     def __post_init__(self) -> None:
+        for limit in ("per_address", "joining", "joining_per_address", "guesses"):
+            if getattr(self, limit) < 1:
+                raise ValueError(f"{limit.replace('_', '-')} must be at least 1")
+        if not self.arrivals > 0:
+            raise ValueError("arrivals must be a positive number of connections per second")
         if self.rate is not None and not self.rate > 0:  # also refuses nan
             raise ValueError("rate must be a positive number of lines per second")
         if self.code is not None and (not self.code.strip() or "\n" in self.code or "\r" in self.code):
@@ -228,9 +247,21 @@ class ServerBase:
         self.broker: Any = None  # a chatlab.broker.Broker while running with redis
         self.host = host
         self.port = port
-        self.room = ChatRoom(
-            max_clients=options.max_clients, history=options.history, reserved=options.reserve
+        # Fair (chatlab.door): the door counts the named clients and the connections at the door;
+        # the room's own count is then only a backstop over both.
+        self.fair = not on_loopback(host) if options.fair is None else options.fair
+        self.door = Door(
+            fair=self.fair,
+            max_clients=options.max_clients,
+            per_address=options.per_address,
+            arrivals=options.arrivals,
+            joining=options.joining,
+            joining_per_address=options.joining_per_address,
+            guesses=options.guesses,
+            rate=options.rate,
         )
+        room_size = options.max_clients + (options.joining if self.fair else 0)
+        self.room = ChatRoom(max_clients=room_size, history=options.history, reserved=options.reserve)
         self.stopping = False  # set by stop() before it closes anything
         self._requested_port = port
         self._listener: socket.socket | None = None
@@ -241,6 +272,10 @@ class ServerBase:
         self._threads: list[threading.Thread] = []
         self._threads_lock = threading.Lock()
         self._prune_at = 64
+        # Connections open but outside the room: a full TLS server finishing a handshake to say
+        # so. stop() must wake their threads too (threads model).
+        self._outside: set[ClientRecord] = set()
+        self._outside_lock = threading.Lock()
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -250,7 +285,7 @@ class ServerBase:
 
     @property
     def max_clients(self) -> int:
-        return self.room.max_clients
+        return self.options.max_clients
 
     @property
     def address(self) -> tuple[str, int]:
@@ -386,6 +421,19 @@ class ServerBase:
     def subscribe(self, callback: Callable[[ServerEvent], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for every future event; see :meth:`ChatRoom.subscribe`."""
         return self.room.subscribe(callback)
+
+    def outside(self, record: ClientRecord, *, there: bool) -> None:
+        """Note that a connection the room does not count is open (``there``) or closed."""
+        with self._outside_lock:
+            if there:
+                self._outside.add(record)
+            else:
+                self._outside.discard(record)
+
+    def outsiders(self) -> list[ClientRecord]:
+        """The records of the connections open outside the room (see :meth:`outside`)."""
+        with self._outside_lock:
+            return list(self._outside)
 
     def threads(self) -> list[threading.Thread]:
         """The threads this server started that are still alive."""

@@ -244,12 +244,12 @@ class SelectorsChatServer(ServerBase):
             session.attach(connection)
             if not session.open():  # the greeting only waits in the outbox until this turn ends
                 connection.state = CLOSED
-                refuse_full(sock)
+                refuse_full(sock, session.refusal)
                 return
             sock.setblocking(False)
             self._connections.add(connection)
-            if self.name_timeout is not None:
-                self._at(time.monotonic() + self.name_timeout, connection, "name")
+            if session.deadline is not None:  # the door's one deadline: handshake, code, name
+                self._at(session.deadline, connection, "name")
             self._selector.register(sock, READ, connection)  # type: ignore[union-attr]
         except Exception:  # a bug, or the system out of something: refuse this one, keep serving
             log.exception("could not take in %s:%d", address[0], address[1])

@@ -28,9 +28,12 @@ Two guards sit at the door of a session, both optional and both here, so every m
 them: TLS (``tls=``, an :class:`ssl.SSLContext`; the handshake happens in :meth:`Session.receive`
 through a :class:`~chatlab.tls.TlsLayer`, the model's transport is wrapped in a
 :class:`~chatlab.tls.TlsTransport`, and the greeting follows the handshake) and a class code
-(``code=``: the greeting asks for it, and the first line must be it). Both count against
-``name_timeout``: from the accept, a connection has that long to finish its handshake, give
-the code and register.
+(``code=``: the greeting asks for it, and the first line must be it; a wrong one is answered
+only after ``WRONG_CODE_DELAY``, out of the room's count meanwhile). Both count against one
+deadline, ``name_timeout`` from the accept (:attr:`Session.deadline`): a connection has that
+long to finish its handshake, give the code and register, however it trickles its bytes.
+Who may come in at all, how many at once and how fast, is the server's :class:`~chatlab.door.Door`:
+:meth:`Session.open` asks it, and the session tells it when its client is named and when it left.
 """
 
 from __future__ import annotations
@@ -44,11 +47,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol
+from ..door import TOO_MANY_GUESSES
 from ..flood import Throttle, TokenBucket, slow_down
 from ..portable import keep_alive, peer_gone
 from ..room import LOGGED_REFUSALS, ClientRecord
 from ..tls import NotTls, TlsLayer, TlsTransport
-from .base import SEND_BUFFER, WRONG_CODE_DELAY, connection_error
+from . import base as _base  # WRONG_CODE_DELAY read when used: a test may change it
+from .base import FULL_HANDSHAKE_TIMEOUT, SEND_BUFFER, connection_error
 
 if TYPE_CHECKING:  # a type only: base.py does not import this module
     from .base import ServerBase
@@ -97,11 +102,13 @@ TRANSITIONS: dict[tuple[Phase, str], Phase] = {
     (Phase.HANDSHAKE, "TLS established, code asked"): Phase.CODE,
     (Phase.HANDSHAKE, "not a TLS client"): Phase.TURNED_AWAY,
     (Phase.HANDSHAKE, "TLS handshake failed"): Phase.TURNED_AWAY,
+    (Phase.HANDSHAKE, "TLS established, server full"): Phase.TURNED_AWAY,
     (Phase.HANDSHAKE, "timed out"): Phase.OVER,
     (Phase.CODE, "right code"): Phase.NAME,
     (Phase.CODE, "wrong code"): Phase.TURNED_AWAY,
     (Phase.CODE, "timed out"): Phase.OVER,
     (Phase.NAME, "registered"): Phase.CHAT,
+    (Phase.NAME, "server full"): Phase.TURNED_AWAY,
     (Phase.NAME, "timed out"): Phase.OVER,
     # Whatever the phase, a connection can end: the client hangs up, an error, a stop.
     **{(phase, "ended"): Phase.OVER for phase in Phase},
@@ -145,9 +152,10 @@ class Session:
     with TLS the session wraps it, :class:`~chatlab.tls.TlsTransport`), and calls :meth:`open`
     (admitted and greeted, or refused as full). Then three calls, each answered with a
     :class:`Reaction` the model applies: :meth:`receive` for every piece of bytes that arrives,
-    :meth:`resume` when a pause it asked for is over, :meth:`timed_out` when ``name_timeout``
-    has passed since the accept. Once the connection is over, :meth:`leave` (the room forgets
-    the client) and, after the socket is closed, :meth:`departed` (the others hear it left).
+    :meth:`resume` when a pause it asked for is over, :meth:`timed_out` at its :attr:`deadline`
+    (``name_timeout`` after the accept; :meth:`time_left` says how long that is). Once the
+    connection is over, :meth:`leave` (the room forgets the client) and, after the socket is
+    closed, :meth:`departed` (the others hear it left).
 
     ``phase`` is where the connection is (:class:`Phase`); its moves are the table
     :data:`TRANSITIONS`. Which thread calls these is the model's business; a session is only
@@ -171,6 +179,13 @@ class Session:
         "waiting",
         "malformed_seen",
         "bad_lines",
+        "door",
+        "deadline",
+        "refusal",
+        "answer",
+        "at_door",
+        "seated",
+        "admitted",
     )
 
     def __init__(
@@ -186,6 +201,7 @@ class Session:
         if send_buffer is not None:  # what the kernel holds counts as "behind" too: bound it
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         options = server.options
+        now = time.monotonic()
         self.server = server
         self.room = server.room
         self.record = ClientRecord(ip=address[0], port=address[1], sock=sock, fd=sock.fileno())
@@ -200,8 +216,21 @@ class Session:
             self.phase = Phase.HANDSHAKE
         else:
             self.phase = Phase.NAME if options.code is None else Phase.CODE
-        # Flood control (``rate``): the client's token bucket and the lines waiting for tokens.
-        self.throttle = None if options.rate is None else Throttle.for_rate(options.rate, time.monotonic())
+        # The door: one deadline for handshake, code and name, counted from the accept.
+        self.door = server.door
+        self.deadline = None if options.name_timeout is None else now + options.name_timeout
+        self.refusal = protocol.SERVER_FULL  # what the model tells it if open() refuses it
+        self.answer: bytes | None = None  # a line owed: after the TLS handshake, or a code's delay
+        self.at_door = False  # counted by a fair door as not named yet
+        self.seated = False  # counted by a fair door as named
+        self.admitted = False  # the room took it in
+        # Flood control (``rate``): the client's token bucket and the lines waiting for tokens;
+        # with a fair door the bucket is shared by every connection from its address.
+        shared = None if options.rate is None else server.door.bucket(address[0], now)
+        if shared is not None:
+            self.throttle: Throttle | None = Throttle(shared)
+        else:
+            self.throttle = None if options.rate is None else Throttle.for_rate(options.rate, now)
         self.linger = READ_ON  # once turned away: the CLOSE its model applies
         self.left = False
         self.waiting: list = []  # lines read (and let through by the throttle) waiting for their turn
@@ -222,17 +251,40 @@ class Session:
         self.record.transport = transport if self.tls is None else TlsTransport(transport, self.tls)
 
     def open(self) -> bool:
-        """Admit the connection to the room and greet it; False if the room is full.
+        """Let the connection in (the door, then the room) and greet it; False if it is refused.
 
-        When it is refused, the model sends ``protocol.SERVER_FULL`` and closes the socket
-        (:func:`refuse_full`); nothing else has happened to it. With TLS the greeting comes
-        once the handshake is done (in :meth:`receive`).
+        When it is refused, the model sends ``refusal`` (``! server full``, or why the door
+        said no) and closes the socket (:func:`refuse_full`); nothing else has happened to it.
+        With TLS the greeting comes once the handshake is done (in :meth:`receive`), and so
+        does ``! server full``: the client could not read it before (FULL_HANDSHAKE_TIMEOUT).
         """
-        if not self.room.admit(self.record):
+        record, now = self.record, time.monotonic()
+        refusal = self.door.enter(record.ip, now)
+        if refusal is not None:
+            log.warning("%s:%d refused: %s", record.ip, record.port, refusal.decode().strip("! \n"))
+            self.refusal = refusal
             return False
-        if self.tls is None:
-            self.greet()
-        return True
+        self.at_door = self.door.fair
+        if self.door.full():
+            log.warning("%s:%d refused: server full", record.ip, record.port)
+        elif self.room.admit(record):  # it logs a refusal itself
+            self.admitted = True
+            if self.tls is None:
+                self.greet()
+            return True
+        if self.tls is not None:  # say it after the handshake, in words the client can read
+            self.server.outside(record, there=True)  # stop() closes it too
+            self.answer = protocol.SERVER_FULL
+            soon = now + FULL_HANDSHAKE_TIMEOUT
+            self.deadline = soon if self.deadline is None else min(self.deadline, soon)
+            return True
+        self.leave()
+        return False
+
+    def time_left(self, now: float) -> float | None:
+        """Seconds until the :attr:`deadline` (a little more than 0 once it has passed), or
+        None if there is none: for a model whose wait is a socket's timeout."""
+        return None if self.deadline is None else max(self.deadline - now, 1e-3)
 
     def greet(self) -> None:
         """Ask for the class code if the server has one, else for the name."""
@@ -265,14 +317,23 @@ class Session:
         """:meth:`receive` in the phases before the chat: the handshake, the code, the name."""
         if self.phase is Phase.TURNED_AWAY:
             return self.linger  # what it still sends is not read
-        if self.tls is not None and not (data := self._decrypt(data, now)):
-            return self.linger if self.phase is Phase.TURNED_AWAY else READ_ON
+        if self.deadline is not None and now >= self.deadline:  # trickling bytes buys no time
+            return self.timed_out(now)
+        if self.tls is not None:
+            data = self._decrypt(data, now)
+            if self.phase is Phase.TURNED_AWAY:
+                return self.linger
+            if not data:
+                return READ_ON
         self.record.bytes_in += len(data)
         lines = self.framer.feed(data)
         if self.phase is Phase.CODE and lines:
+            ip, answer_at = self.record.ip, now + _base.WRONG_CODE_DELAY
+            if not self.door.guess(ip, now, answer_at):  # not checked, so it may hear it at once
+                return self._turn_away("wrong code", "too many class code guesses", None, TOO_MANY_GUESSES)
             if not protocol.code_matches(lines[0], self.server.options.code or ""):
-                until = now + WRONG_CODE_DELAY
-                return self._turn_away("wrong code", "wrong class code", until, protocol.WRONG_CODE)
+                return self._answer_later("wrong class code", protocol.WRONG_CODE, answer_at)
+            self.door.right(ip, answer_at)
             self._move("right code")
             log.info("%s:%d gave the class code", self.record.ip, self.record.port)
             self.room.send(self.record, protocol.GREETING)
@@ -295,7 +356,11 @@ class Session:
             self._turn_away("TLS handshake failed", reason, now)
             return b""
         self._send_as_is(self.tls.outgoing())  # the handshake's own messages
-        if self.tls.established:
+        if self.tls.established and self.answer is not None:  # full (logged at open): say so now
+            self.room.send(self.record, self.answer)
+            self.answer, self.reason, self.linger = None, "server full", CLOSE_WHEN_SENT
+            self._move("TLS established, server full")
+        elif self.tls.established:
             log.info("%s:%d TLS established (%s)", self.record.ip, self.record.port, self.tls.version)
             code_asked = self.server.options.code is not None
             self._move("TLS established, code asked" if code_asked else "TLS established")
@@ -307,6 +372,9 @@ class Session:
         :meth:`resume`, after the model has served the others); with a ``rate``, only those
         that have tokens now, and the client is told once that its lines wait."""
         record, throttle = self.record, self.throttle
+        seated = self.phase is _NAME and self.at_door  # a fair door: a name needs a free seat
+        if seated and not self.door.seat():
+            return self._turn_away("server full", "server full", None, protocol.SERVER_FULL)
         if throttle is not None:
             lines = throttle.admit(lines, now)  # the rest wait in the throttle, in order
         if self.waiting or len(lines) > LINES_PER_TURN:
@@ -316,6 +384,11 @@ class Session:
         self.room.handle_lines(record, lines)
         if self.phase is _NAME and record.name is not None:
             self._move("registered")
+            if seated:
+                self.door.named(record.ip)
+                self.at_door, self.seated = False, True
+        elif seated:
+            self.door.unseat()
         if record.malformed != self.malformed_seen and self._too_many_malformed(now):
             return CLOSE_WHEN_SENT
         if record.too_slow:  # dropped: nothing more is handled; leave() counts what waits
@@ -357,6 +430,11 @@ class Session:
         that have tokens now); READ once none wait, else PAUSE again. A client paused by flood
         control that has hung up meanwhile is not waited for: ABORT (its lines are dropped)."""
         try:
+            if self.phase is Phase.TURNED_AWAY:  # a wrong code's delay is over: answer, close
+                if self.answer is not None:
+                    self.room.refuse(self.record, self.reason, self.answer)
+                    self.answer = None
+                return CLOSE_WHEN_SENT
             if self.throttle is not None and (gone := peer_gone(self.record.sock)):
                 self.reason = gone
                 return ABORT
@@ -366,8 +444,8 @@ class Session:
             return ABORT
 
     def timed_out(self, now: float) -> Reaction:
-        """``name_timeout`` has passed since the accept: READ if the client registered in time
-        (nothing to do), else tell it why and CLOSE."""
+        """The :attr:`deadline` has passed: READ if the client registered in time (or was
+        turned away meanwhile: nothing to do), else tell it why and CLOSE."""
         if self.phase not in (Phase.HANDSHAKE, Phase.CODE, Phase.NAME):
             return READ_ON
         if self.phase is Phase.HANDSHAKE:
@@ -380,13 +458,26 @@ class Session:
         self.room.refuse(self.record, self.reason)
         return CLOSE_WHEN_SENT
 
-    def _turn_away(self, event: str, reason: str, until: float, reply: bytes | None = None) -> Reaction:
+    def _turn_away(
+        self, event: str, reason: str, until: float | None, reply: bytes | None = None
+    ) -> Reaction:
         """Refuse this connection (logged, and told if it can be: before the TLS handshake is
-        done nothing can); the model closes it at ``until``, reading nothing more."""
+        done nothing can); the model closes it at ``until`` (None: once sent), reading nothing
+        more."""
         self.room.refuse(self.record, reason, reply)
         self.reason = reason
         self._move(event)
         self.linger = Reaction(Then.CLOSE, until)
+        return self.linger
+
+    def _answer_later(self, reason: str, reply: bytes, at: float) -> Reaction:
+        """A wrong class code: out of the room's count now; the model pauses it until ``at``,
+        then :meth:`resume` gives the answer and closes it. Hanging up meanwhile tells the
+        guesser nothing sooner."""
+        self.room.remove(self.record)
+        self.reason, self.answer = reason, reply
+        self._move("wrong code")
+        self.linger = Reaction(Then.PAUSE, at)
         return self.linger
 
     def failed(self) -> None:
@@ -406,6 +497,11 @@ class Session:
             return
         self.left = True
         self._move("ended")
+        if self.at_door or self.seated:
+            self.door.leave(self.record.ip, joining=self.at_door, seated=self.seated)
+            self.at_door = self.seated = False
+        if not self.admitted:
+            self.server.outside(self.record, there=False)
         if self.server.stopping:
             self.reason = "server stopped"
         elif self.record.too_slow:
@@ -424,4 +520,7 @@ class Session:
         """The socket is closed: log why the client left and, if it was online, tell the others
         (unless the server is stopping meanwhile: then everyone is leaving)."""
         self.leave()
-        self.room.departed(self.record, self.reason, self.announce and not self.server.stopping)
+        if self.admitted:
+            self.room.departed(self.record, self.reason, self.announce and not self.server.stopping)
+        else:  # turned away at the door: the room never had it
+            log.info("%s:%d closed (%s)", self.record.ip, self.record.port, self.reason)

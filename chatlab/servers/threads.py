@@ -52,7 +52,7 @@ from .base import (
     refuse_full,
     shutdown,
 )
-from .session import READ_ON, Reaction, Session, Then
+from .session import READ_ON, Phase, Reaction, Session, Then
 
 __all__ = ["ChatServer", "DELIVERY_MODES", "SERVER_SWITCH_INTERVAL"]
 
@@ -64,6 +64,7 @@ QUIET_RECV_SIZE = 256  # wait with a small buffer while a client is quiet: every
 # thousands of client threads those wake-ups alone fill the processor. The server program
 # (``python -m chatlab.server --model threads``) asks for 100 ms.
 SERVER_SWITCH_INTERVAL = 0.1
+CHAT = Phase.CHAT  # a module-level name: quicker to look up on every read
 
 
 class _QueuedTransport:
@@ -203,7 +204,7 @@ class ChatServer(ServerBase):
             wake_accept(listener)  # macOS and Windows: a connection of our own wakes it
         self._accept_thread.join(timeout)
         listener.close()
-        for record in self.room.connections():
+        for record in self.room.connections() + self.outsiders():
             shutdown(record.sock)  # wakes each client's thread in recv(): it cleans up and ends
         self._join_threads(timeout)
 
@@ -244,11 +245,11 @@ class ChatServer(ServerBase):
         record.thread = threading.Thread(
             target=self._serve, args=(session,), daemon=True, name=f"chatlab-client-{record.label}"
         )
-        sock.settimeout(self.name_timeout)  # a connection that never registers ends
         if not session.open():
             transport.nowait.close()
-            refuse_full(sock)
+            refuse_full(sock, session.refusal)
             return
+        sock.settimeout(self._door_timeout(session))  # a connection that never registers ends
         self._track(record.thread)
         try:
             record.thread.start()
@@ -293,6 +294,8 @@ class ChatServer(ServerBase):
                 reaction = session.receive(data, time.monotonic())
                 if reaction is not READ_ON and not self._apply(session, reaction):
                     break
+                if session.phase is not CHAT:  # the door's deadline does not restart with a byte
+                    sock.settimeout(self._door_timeout(session))
         except TimeoutError:
             self._apply(session, session.timed_out(time.monotonic()))
         except OSError as exc:
@@ -301,6 +304,12 @@ class ChatServer(ServerBase):
             session.failed()
         finally:
             self._close(session)
+
+    @staticmethod
+    def _door_timeout(session: Session) -> float | None:
+        """The socket's timeout until the session's door deadline (UNTIMED if it has none)."""
+        left = session.time_left(time.monotonic())
+        return UNTIMED if left is None else left
 
     def _apply(self, session: Session, reaction: Reaction) -> bool:
         """Do what the session asked; True to read on, False to close the connection now."""
