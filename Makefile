@@ -38,10 +38,11 @@ wheel:
 	rm -rf build
 	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir dist .
 
-# ruff and mypy read their settings from pyproject.toml (they check chatlab/).
+# ruff and mypy read their settings from pyproject.toml: ruff checks and formats the kit, the tests
+# and the benchmarks (not the corpus of student servers); mypy checks chatlab/.
 lint: $(STAMP)
-	$(BIN)/ruff check chatlab
-	$(BIN)/ruff format --check chatlab
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 # Four workers (pytest-xdist) even on two cores: most of the suite waits for servers, kernels and a

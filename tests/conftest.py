@@ -10,11 +10,11 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from transcript import Peer, Program, wait_until
 
 from chatlab.client import ChatClient
 from chatlab.redis_server import RedisServer, find_redis_server, start_redis
 from chatlab.servers import MODELS, ChatServer, ServerBase, server_class
-from transcript import Peer, Program, wait_until
 
 
 def chatlab_threads() -> list[threading.Thread]:

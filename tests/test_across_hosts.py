@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from transcript import GREETING, Program
 
 from chatlab.addresses import classroom_lines, interface_addresses, on_loopback, reachable_addresses
-from transcript import GREETING, Program
 
 NETNS_REASON = "network namespaces need root and iproute2 (ip netns)"
 
@@ -75,7 +75,8 @@ def test_the_log_lines_give_the_exact_commands_for_every_address():
 def test_with_tls_and_a_code_the_commands_say_so():
     lines = classroom_lines("0.0.0.0", 5050, [("eth0", "192.168.1.20")], cafile="class.crt", code=True)
     assert lines[1:] == [
-        "  python -m chatlab.client --host 192.168.1.20 --port 5050 --tls --cafile class.crt --code CODE --name NAME",
+        "  python -m chatlab.client --host 192.168.1.20 --port 5050 --tls --cafile class.crt"
+        " --code CODE --name NAME",
         "  openssl s_client -connect 192.168.1.20:5050 -CAfile class.crt -quiet",
     ]
 
@@ -124,7 +125,9 @@ class Hosts:
         prefix = self.on_server() if on_server else self.on_client()
         done = subprocess.run(
             [*prefix, sys.executable, "-c", textwrap.dedent(code)],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         assert done.returncode == 0, f"failed: {done.stderr}"
         return done.stdout
@@ -143,15 +146,18 @@ def hosts() -> Iterator[Hosts]:
     subnet = f"10.200.{pid % 256}"
     made: list[str] = []
     try:
-        hosts = Hosts(f"chatlab-{pid}-server", f"chatlab-{pid}-client", f"clab{pid}s",
-                      f"{subnet}.1", f"{subnet}.2")
+        hosts = Hosts(
+            f"chatlab-{pid}-server", f"chatlab-{pid}-client", f"clab{pid}s", f"{subnet}.1", f"{subnet}.2"
+        )
         for ns in (hosts.server_ns, hosts.client_ns):
             ip("netns", "add", ns)
             made.append(ns)
         client_if = f"clab{pid}c"
         ip("link", "add", hosts.server_if, "type", "veth", "peer", "name", client_if)
-        for ns, interface, address in [(hosts.server_ns, hosts.server_if, hosts.server_address),
-                                       (hosts.client_ns, client_if, hosts.client_address)]:
+        for ns, interface, address in [
+            (hosts.server_ns, hosts.server_if, hosts.server_address),
+            (hosts.client_ns, client_if, hosts.client_address),
+        ]:
             ip("link", "set", interface, "netns", ns)  # the cable's ends go into the namespaces
             ip("-n", ns, "addr", "add", f"{address}/30", "dev", interface)
             ip("-n", ns, "link", "set", interface, "up")
@@ -199,15 +205,16 @@ def on_client(hosts: Hosts) -> Iterator:
 
 def address_lines(server: Program) -> list[str]:
     """The server's log lines after its "listening on" line, up to "press Ctrl-C"."""
-    lines = [line[len("12:00:00 INFO    "):] for line in server.lines["stderr"]]  # the message
+    lines = [line[len("12:00:00 INFO    ") :] for line in server.lines["stderr"]]  # the message
     start = next(i for i, line in enumerate(lines) if line.startswith("listening on"))
     end = lines.index("press Ctrl-C to stop")
     return lines[start + 1 : end]
 
 
 def test_the_veth_address_is_the_only_interface_address_in_the_namespace(hosts):
-    out = hosts.python("from chatlab.addresses import interface_addresses; print(interface_addresses())",
-                       on_server=True)
+    out = hosts.python(
+        "from chatlab.addresses import interface_addresses; print(interface_addresses())", on_server=True
+    )
     assert out.strip() == repr([(hosts.server_if, hosts.server_address)])
 
 
@@ -250,8 +257,10 @@ def test_bound_to_every_interface_it_is_reachable_from_the_other_host(hosts, ser
     server.wait_for(rf"INFO +{re.escape(hosts.client_address)}:\d+ is alice$")  # the client's own address
 
 
-@pytest.mark.skipif(shutil.which("nc") is None and not os.environ.get("CHATLAB_REQUIRE_NETNS"),
-                    reason="nc (netcat-openbsd) is not installed")
+@pytest.mark.skipif(
+    shutil.which("nc") is None and not os.environ.get("CHATLAB_REQUIRE_NETNS"),
+    reason="nc (netcat-openbsd) is not installed",
+)
 def test_plain_nc_from_the_other_host_chats_with_a_raw_socket_client(hosts, server_on, on_client):
     server, port = server_on("--host", "0.0.0.0")
     nc_command = address_lines(server)[2].strip()
@@ -259,7 +268,11 @@ def test_plain_nc_from_the_other_host_chats_with_a_raw_socket_client(hosts, serv
     carol.wait_for(rf"^{re.escape(GREETING)}$", "stdout")
     carol.write("carol\n")
     carol.wait_for(r"^\* welcome carol$", "stdout")
-    dave = on_client([sys.executable, "-c", textwrap.dedent(f"""
+    dave = on_client(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import socket
         with socket.create_connection(("{hosts.server_address}", {port}), timeout=10) as sock:
             reader = sock.makefile("rb")
@@ -270,7 +283,9 @@ def test_plain_nc_from_the_other_host_chats_with_a_raw_socket_client(hosts, serv
                 print(line, flush=True)
                 if line.startswith("%carol%"):
                     break
-    """)])
+    """),
+        ]
+    )
     dave.wait_for(r"^\* welcome dave$", "stdout")
     carol.wait_for(r"^%dave%raw bytes from another host$", "stdout")
     carol.write("%dave%got it\n")
@@ -290,30 +305,39 @@ def test_on_its_default_host_it_is_not_reachable_from_the_other_host(hosts, serv
     """)
     assert out.strip() == "refused"
     # while on its own host, loopback reaches it
-    greeting = hosts.python(f"""
+    greeting = hosts.python(
+        f"""
         import socket
         with socket.create_connection(("127.0.0.1", {port}), timeout=5) as sock:
             print(sock.makefile().readline().strip())
-    """, on_server=True)
+    """,
+        on_server=True,
+    )
     assert greeting.strip() == GREETING
 
 
 def test_bound_to_one_address_only_that_address_is_listed_and_reachable(hosts, server_on):
     server, port = server_on("--host", hosts.server_address)
-    assert address_lines(server)[0] == f"students can connect to {hosts.server_address} port {port} ({hosts.server_if}):"
+    assert (
+        address_lines(server)[0]
+        == f"students can connect to {hosts.server_address} port {port} ({hosts.server_if}):"
+    )
     out = hosts.python(f"""
         import socket
         with socket.create_connection(("{hosts.server_address}", {port}), timeout=5) as sock:
             print(sock.makefile().readline().strip())
     """)
     assert out.strip() == GREETING
-    refused = hosts.python(f"""
+    refused = hosts.python(
+        f"""
         import socket
         try:
             socket.create_connection(("127.0.0.1", {port}), timeout=5)
         except ConnectionRefusedError:
             print("refused")
-    """, on_server=True)
+    """,
+        on_server=True,
+    )
     assert refused.strip() == "refused"  # not even loopback on its own host: it listens there only
 
 
@@ -340,23 +364,51 @@ def test_the_chat_widget_connects_to_the_other_host(hosts, server_on, on_client)
     server.wait_for(rf"INFO +{re.escape(hosts.client_address)}:\d+ is erin$")
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None and not os.environ.get("CHATLAB_REQUIRE_NETNS"),
-                    reason="openssl is not installed")
+@pytest.mark.skipif(
+    shutil.which("openssl") is None and not os.environ.get("CHATLAB_REQUIRE_NETNS"),
+    reason="openssl is not installed",
+)
 def test_a_classroom_server_with_tls_and_a_code_as_the_readme_makes_it(hosts, server_on, on_client, tmp_path):
     """The instructor's certificate made as the README shows, for the address students type;
     the student types the command from the server's log, with the file it names."""
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=chatlab class",
-         "-addext", f"subjectAltName=IP:{hosts.server_address}",
-         "-keyout", str(tmp_path / "class.key"), "-out", str(tmp_path / "class.crt")],
-        check=True, capture_output=True, timeout=30,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=chatlab class",
+            "-addext",
+            f"subjectAltName=IP:{hosts.server_address}",
+            "-keyout",
+            str(tmp_path / "class.key"),
+            "-out",
+            str(tmp_path / "class.crt"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
-    server, port = server_on("--host", "0.0.0.0", "--tls-cert", str(tmp_path / "class.crt"),
-                             "--tls-key", str(tmp_path / "class.key"), "--code", "owl-42")
+    server, port = server_on(
+        "--host",
+        "0.0.0.0",
+        "--tls-cert",
+        str(tmp_path / "class.crt"),
+        "--tls-key",
+        str(tmp_path / "class.key"),
+        "--code",
+        "owl-42",
+    )
     address = hosts.server_address
     assert address_lines(server)[:3] == [
         f"students can connect to {address} port {port} ({hosts.server_if}):",
-        f"  python -m chatlab.client --host {address} --port {port} --tls --cafile class.crt --code CODE --name NAME",
+        f"  python -m chatlab.client --host {address} --port {port} --tls --cafile class.crt"
+        " --code CODE --name NAME",
         f"  openssl s_client -connect {address}:{port} -CAfile class.crt -quiet",
     ]
     command = address_lines(server)[1].strip().replace("python", sys.executable, 1)

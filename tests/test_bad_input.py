@@ -17,14 +17,11 @@ import socket
 import tracemalloc
 
 import pytest
+from transcript import GREETING, wait_until
 
 from chatlab.room import LOGGED_REFUSALS
 from chatlab.servers.base import ServerBase
 from chatlab.servers.session import BAD_LINES, LINES_PER_TURN, READ_ON, Session, Then
-from test_models import start  # noqa: F401  (a fixture: a server of each model, stopped after the test)
-from transcript import GREETING, wait_until
-
-pytestmark = pytest.mark.usefixtures("kit_threads")
 
 NEWLINES = b"\n" * 65536  # one read's worth of empty (malformed) lines
 

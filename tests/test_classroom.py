@@ -18,13 +18,13 @@ import time
 
 import pytest
 import trustme
+from transcript import GREETING, Peer, run_together, wait_until
 
 from chatlab import kit_threads
 from chatlab.client import ChatClient, CodeRefused, TlsFailed
 from chatlab.servers import MODELS, ServerBase, server_class
 from chatlab.servers import base as servers_base
 from chatlab.widgets import ChatWidget, close_all
-from transcript import GREETING, Peer, run_together, wait_until
 
 CODE = "owl-42"
 CODE_PROMPT = "* chatlab: this chat needs the class code; type it and press Enter"
@@ -125,7 +125,9 @@ def test_a_direct_message_arrives_byte_exact_over_tls(start, server_tls, client_
     assert {"alice", "bob"} == set(server.online())
 
 
-def test_the_client_checks_the_certificate_and_says_so_clearly(start, server_tls, client_tls, clients, caplog):
+def test_the_client_checks_the_certificate_and_says_so_clearly(
+    start, server_tls, client_tls, clients, caplog
+):
     server = start(tls=server_tls)
     alice = clients(server, "alice", tls=client_tls)
     with pytest.raises(TlsFailed, match=r"certificate of 127\.0\.0\.1:\d+ is not trusted.*--cafile"):
@@ -212,7 +214,9 @@ def test_a_damaged_tls_record_ends_only_that_connection(start, server_tls, clien
     assert alice.recv(timeout=5) == "%alice%fine"
 
 
-def test_tls_lines_stay_whole_and_in_order_when_a_reader_falls_behind(start, server_tls, client_tls, clients, peers):
+def test_tls_lines_stay_whole_and_in_order_when_a_reader_falls_behind(
+    start, server_tls, client_tls, clients, peers
+):
     """bob stops reading while alice sends ~600 KB: the encrypted bytes wait in bob's socket and
     outbox (and, in the threads model, for a writer thread); every line arrives, in order."""
     server = start(tls=server_tls)
@@ -270,9 +274,19 @@ def test_tls_with_the_threaded_servers_direct_delivery(server_tls, client_tls, c
 def test_openssl_s_client_is_the_tls_nc(start, ca, server_tls, tmp_path):
     server = start(tls=server_tls, code=CODE)
     ca.cert_pem.write_to_path(str(tmp_path / "class.pem"))
-    command = ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-CAfile",
-               str(tmp_path / "class.pem"), "-verify_return_error", "-quiet"]
-    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as s_client:
+    command = [
+        "openssl",
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{server.port}",
+        "-CAfile",
+        str(tmp_path / "class.pem"),
+        "-verify_return_error",
+        "-quiet",
+    ]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    ) as s_client:
         try:
             s_client.stdin.write(f"{CODE}\nalice\n%server%who\n".encode())
             s_client.stdin.flush()
@@ -285,7 +299,11 @@ def test_openssl_s_client_is_the_tls_nc(start, ca, server_tls, tmp_path):
         finally:
             s_client.kill()
     assert received.decode().splitlines() == [
-        CODE_PROMPT, GREETING, "* welcome alice", "* online: alice", "* online: alice"
+        CODE_PROMPT,
+        GREETING,
+        "* welcome alice",
+        "* online: alice",
+        "* online: alice",
     ]
 
 
@@ -438,8 +456,19 @@ def pem_files(ca, tmp_path):
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_the_server_program_with_tls_and_a_code(run, pem_files, client_tls, clients, model):  # noqa: F811
-    server = run("chatlab.server", "--port", "0", "--model", model, "--tls-cert", str(pem_files / "server.crt"),
-                 "--tls-key", str(pem_files / "server.key"), "--code", CODE)
+    server = run(
+        "chatlab.server",
+        "--port",
+        "0",
+        "--model",
+        model,
+        "--tls-cert",
+        str(pem_files / "server.crt"),
+        "--tls-key",
+        str(pem_files / "server.key"),
+        "--code",
+        CODE,
+    )
     port = int(server.wait_for(r"^listening on 127\.0\.0\.1:(\d+)$", stream="stdout")[1])
     address = ServerAddress(port)
     alice = clients(address, "alice", tls=client_tls, code=CODE)
@@ -461,8 +490,19 @@ def test_the_server_program_refuses_a_missing_certificate(run, tmp_path):  # noq
 
 def test_the_terminal_client_with_tls_a_cafile_and_a_code(run, pem_files, start, server_tls, peers):  # noqa: F811
     server = start(tls=server_tls, code=CODE)
-    alice = run("chatlab.client", "--port", str(server.port), "--name", "alice", "--tls",
-                "--cafile", str(pem_files / "class.pem"), "--code", CODE, stdin=True)
+    alice = run(
+        "chatlab.client",
+        "--port",
+        str(server.port),
+        "--name",
+        "alice",
+        "--tls",
+        "--cafile",
+        str(pem_files / "class.pem"),
+        "--code",
+        CODE,
+        stdin=True,
+    )
     alice.wait_for(r"^\* you are alice; online: alice$", "stdout")
     bob = peers(server, tls=ssl.create_default_context(cafile=str(pem_files / "class.pem")))
     register_with_code(bob, "bob")

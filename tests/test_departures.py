@@ -26,10 +26,6 @@ import time
 import pytest
 
 from chatlab.portable import KEEPALIVE
-from test_models import start  # noqa: F401  (a fixture: a server of each model, stopped after the test)
-from transcript import wait_until
-
-pytestmark = pytest.mark.usefixtures("kit_threads")
 
 RATE = 10.0  # a burst of 20 lines, then 10 a second: 300 lines take about 28 s
 SLOW_DOWN = "! slow down: at most 10 lines per second; your lines wait"
@@ -109,7 +105,8 @@ VANISH_SERVER = """
     cut = time.monotonic()
     while "bob" in server.online() and time.monotonic() - cut < 12:
         time.sleep(0.1)
-    print("gone" if "bob" not in server.online() else "still online", round(time.monotonic() - cut, 1), flush=True)
+    gone = "bob" not in server.online()
+    print("gone" if gone else "still online", round(time.monotonic() - cut, 1), flush=True)
     server.stop()
 """
 VANISH_CLIENT = """
@@ -161,12 +158,21 @@ def test_a_laptop_that_vanishes_from_the_network_frees_its_name(two_hosts, model
     names, links, addresses, ip = two_hosts
     netns = lambda side: ("ip", "netns", "exec", names[side])  # noqa: E731
     run = dict(stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    server = subprocess.Popen([*netns("server"), sys.executable, "-c", textwrap.dedent(VANISH_SERVER), model], **run)
+    server = subprocess.Popen(
+        [*netns("server"), sys.executable, "-c", textwrap.dedent(VANISH_SERVER), model], **run
+    )
     client = None
     try:
         port = server.stdout.readline().strip()
         client = subprocess.Popen(
-            [*netns("client"), sys.executable, "-c", textwrap.dedent(VANISH_CLIENT), addresses["server"], port],
+            [
+                *netns("client"),
+                sys.executable,
+                "-c",
+                textwrap.dedent(VANISH_CLIENT),
+                addresses["server"],
+                port,
+            ],
             **run,
         )
         assert client.stdout.readline().strip() == "online"
@@ -226,7 +232,11 @@ def test_a_client_dropped_as_too_slow_gets_only_whole_lines(start, connect):
         reader.join(30)
     assert not reader.is_alive() and not failures, failures
     assert received, "it read whole lines before it was dropped"
-    bad = [(i, len(line), line[:12]) for i, line in enumerate(received) if not (line.startswith("%alice%") and len(line) == 1005)]
+    bad = [
+        (i, len(line), line[:12])
+        for i, line in enumerate(received)
+        if not (line.startswith("%alice%") and len(line) == 1005)
+    ]
     assert not bad, (len(received), bad)
     assert any(e.text == "too slow" for e in server.events() if e.client == "slow")
 

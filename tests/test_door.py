@@ -88,8 +88,17 @@ def idle_connections(server, source: str, count: int) -> list[socket.socket]:
 
 
 def a_door(**limits) -> door.Door:
-    options = {"fair": True, "max_clients": 2, "per_address": 3, "arrivals": 1.0, "joining": 4,
-               "joining_per_address": 2, "guesses": 2, "rate": None, **limits}
+    options = {
+        "fair": True,
+        "max_clients": 2,
+        "per_address": 3,
+        "arrivals": 1.0,
+        "joining": 4,
+        "joining_per_address": 2,
+        "guesses": 2,
+        "rate": None,
+        **limits,
+    }
     return door.Door(**options)
 
 
@@ -342,8 +351,11 @@ def test_hanging_up_does_not_buy_a_faster_guess(start):
     second are checked, whatever the model."""
     server = start(code=CODE)
     checked = []
-    server.subscribe(lambda event: checked.append(event) if event.text == "wrong class code"
-                     and event.kind == "error" else None)
+    server.subscribe(
+        lambda event: (
+            checked.append(event) if event.text == "wrong class code" and event.kind == "error" else None
+        )
+    )
     began, tries = time.monotonic(), 0
     while time.monotonic() - began < 2.0 and tries < 2000:
         tries += 1
@@ -377,13 +389,20 @@ def test_a_full_tls_server_says_so_in_openssl_s_client(start, tls_contexts, tmp_
     alice = ChatClient(server.host, server.port, "alice", tls=client_tls)
     try:
         ca.cert_pem.write_to_path(str(tmp_path / "class.pem"))
-        command = ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-CAfile",
-                   str(tmp_path / "class.pem"), "-verify_return_error", "-quiet"]
+        command = [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{server.port}",
+            "-CAfile",
+            str(tmp_path / "class.pem"),
+            "-verify_return_error",
+            "-quiet",
+        ]
         done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
     finally:
         alice.close()
     assert done.stdout.decode().splitlines() == [SERVER_FULL], done.stderr.decode()[-500:]
-
 
 
 def test_a_full_tls_server_stops_at_once_while_a_refused_handshake_waits(start, tls_contexts):
@@ -459,8 +478,13 @@ def three_hosts():
                 ip("-n", ns, "addr", "add", f"{subnet}{address}/29", "dev", interface)
             ip("-n", ns, "link", "set", interface, "up")
             ip("-n", ns, "link", "set", "lo", "up")
-        yield (("ip", "netns", "exec", server_ns), ("ip", "netns", "exec", room_ns),
-               f"{subnet}.1", f"{subnet}.2", f"{subnet}.3")
+        yield (
+            ("ip", "netns", "exec", server_ns),
+            ("ip", "netns", "exec", room_ns),
+            f"{subnet}.1",
+            f"{subnet}.2",
+            f"{subnet}.3",
+        )
     except subprocess.CalledProcessError as exc:
         missing(f"{NETNS_REASON}: {exc.cmd} failed: {exc.stderr.strip()}")
     finally:
@@ -480,9 +504,19 @@ def test_on_a_class_network_an_attacker_with_100_idle_connections_locks_nobody_o
     try:
         port = server.wait_for(r"^listening on \S+:(\d+)$", "stdout")[1]
         done = subprocess.run(
-            [*on_room, sys.executable, "-c", textwrap.dedent(ATTACK_AND_JOIN),
-             server_address, port, attacker, student],
-            capture_output=True, text=True, timeout=60,
+            [
+                *on_room,
+                sys.executable,
+                "-c",
+                textwrap.dedent(ATTACK_AND_JOIN),
+                server_address,
+                port,
+                attacker,
+                student,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     finally:
         server.proc.terminate()

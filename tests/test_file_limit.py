@@ -5,7 +5,8 @@ in the kernel's queue, so the listening socket stays readable. A loop that simpl
 spins at full CPU and fills the log; the selectors server stops watching the listener for a
 moment (``ACCEPT_BACKOFF``), the threaded server's accept thread waits as long, asyncio waits a
 second by itself; each says so once, and takes the waiting connection in once a descriptor is
-free. A server whose ``max_clients`` the file limit cannot hold says so when it starts. The server runs in a subprocess whose file limit the test lowers with
+free. A server whose ``max_clients`` the file limit cannot hold says so when it starts. The
+server runs in a subprocess whose file limit the test lowers with
 ``resource.setrlimit`` (POSIX only: on Windows this test is skipped), and psutil measures its
 CPU time.
 """
@@ -94,7 +95,10 @@ server_class(sys.argv[1])("127.0.0.1", 0, max_clients=int(sys.argv[2])).start().
 def test_a_server_warns_at_start_when_max_clients_exceeds_the_file_limit(model):
     def warnings(max_clients: int) -> str:
         done = subprocess.run(
-            [sys.executable, "-c", LIMITED, model, str(max_clients)], capture_output=True, text=True, timeout=30
+            [sys.executable, "-c", LIMITED, model, str(max_clients)],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert done.returncode == 0, done.stderr
         return done.stderr

@@ -18,11 +18,11 @@ import threading
 import time
 
 import pytest
+from transcript import Peer, Program, wait_until
 
 from chatlab import flood
 from chatlab.flood import Throttle, TokenBucket, slow_down
 from chatlab.servers import ServerBase, server_class
-from transcript import Peer, Program, wait_until
 
 FLOOD_LINES = 2000
 RATE = 500.0  # lines per second: a burst of 1000, so 2000 lines take at least 2 s
@@ -198,7 +198,8 @@ def test_without_a_rate_nothing_changes(start, connect, caplog):
 
 def test_a_paused_client_does_not_hold_up_a_stop(start, connect):
     server = start(rate=1.0)  # 2 tokens: 300 lines leave a debt of about 300 s
-    sink, flooder = connect(server, "sink"), connect(server, "flood")
+    connect(server, "sink")
+    flooder = connect(server, "flood")
     flooder.send_raw(b"%sink%x\n" * 300)
     flooder.expect(SLOW_DOWN.replace("500", "1"))
     server.stop(timeout=5.0)
@@ -273,8 +274,10 @@ def test_flood_control_counts_lines_inside_tls_after_the_class_code(start, tmp_p
     ca.configure_trust(client_context)
     server = start(rate=200.0, tls=server_context, code="owl-42")  # a burst of 400
     options = {"tls": client_context, "code": "owl-42"}
-    with ChatClient("127.0.0.1", server.port, "sink", **options) as sink, \
-         ChatClient("127.0.0.1", server.port, "flood", **options) as flooder:
+    with (
+        ChatClient("127.0.0.1", server.port, "sink", **options) as sink,
+        ChatClient("127.0.0.1", server.port, "flood", **options) as flooder,
+    ):
         assert sink.recv() == "* flood joined"
         started = time.monotonic()
         for i in range(600):

@@ -18,13 +18,14 @@ import sys
 import threading
 
 import pytest
+from transcript import GREETING, HELP, Peer, alice_and_bob, wait_until
 
 from chatlab import protocol
 from chatlab.client import ChatClient, ServerFull
 from chatlab.servers import MODELS
-from transcript import GREETING, HELP, Peer, alice_and_bob, wait_until
 
 NAME_RULE = "use 1-32 characters from A-Z a-z 0-9 _ . -"
+
 
 @pytest.fixture
 def server(start):
@@ -234,8 +235,20 @@ def test_control_characters_cannot_make_a_receiver_see_a_forged_line(server, con
 
 @pytest.mark.parametrize(
     "name",
-    [b"server", b"SERVER", b"all", b"*", b"bob", b"BOB", b"bob\r", b"bob\rserver", b"\x1b[2Kbob",
-     "bob\u202e".encode(), b"bob\x85", b"carol joined"],
+    [
+        b"server",
+        b"SERVER",
+        b"all",
+        b"*",
+        b"bob",
+        b"BOB",
+        b"bob\r",
+        b"bob\rserver",
+        b"\x1b[2Kbob",
+        "bob\u202e".encode(),
+        b"bob\x85",
+        b"carol joined",
+    ],
 )
 def test_a_name_cannot_pass_for_someone_else(server, connect, name):
     bob = connect(server, "bob")
@@ -361,9 +374,14 @@ def test_a_ring_of_50_gets_every_message_once_and_in_order(start):
     try:
         for client in clients:
             client.pending()  # the join notices
-        senders = [threading.Thread(target=lambda i=i: [
-            clients[i].send(f"ring{(i + 1) % count}", str(n)) for n in range(messages)])
-            for i in range(count)]
+        senders = [
+            threading.Thread(
+                target=lambda i=i: [
+                    clients[i].send(f"ring{(i + 1) % count}", str(n)) for n in range(messages)
+                ]
+            )
+            for i in range(count)
+        ]
         for sender in senders:
             sender.start()
         for sender in senders:
@@ -391,7 +409,9 @@ def test_records_events_and_a_restart(start, connect):
     assert sorted(records) == ["alice", "bob"]
     assert (records["alice"].ip, records["alice"].port) == ("127.0.0.1", alice.port)
     assert records["alice"].messages_in == 1 and records["bob"].messages_out == 1
-    assert [(e.kind, e.client, e.to) for e in server.events() if e.kind == "message"] == [("message", "alice", "bob")]
+    assert [(e.kind, e.client, e.to) for e in server.events() if e.kind == "message"] == [
+        ("message", "alice", "bob")
+    ]
     first_port = server.port
     server.stop()
     assert not server.running and server.threads() == []
@@ -406,7 +426,8 @@ def test_records_events_and_a_restart(start, connect):
 def test_each_model_runs_from_the_command_line(model):
     process = subprocess.Popen(
         [sys.executable, "-m", "chatlab.server", "--model", model, "--port", "0"],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         port = None

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+from transcript import Peer, wait_until
 
 from chatlab import portable
 from chatlab.servers import ChatServer
-from transcript import Peer, wait_until
 
 STANDIN = Path(__file__).resolve().parent / "windows_standin"
 
@@ -205,7 +205,10 @@ def test_the_threaded_server_stops_when_shutdown_does_not_wake_accept(
     peer.close()
 
 
-STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True);"
+    " time.sleep(60)"
+)
 
 
 def test_stop_process_asks_then_makes_a_program_stop() -> None:

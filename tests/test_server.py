@@ -9,11 +9,12 @@ import threading
 import time
 
 import pytest
+from transcript import GREETING, HELP, alice_and_bob, run_together, wait_until
 
 from chatlab import kit_threads
 from chatlab.client import ChatClient
 from chatlab.servers import ChatServer
-from transcript import GREETING, HELP, alice_and_bob, run_together, wait_until
+
 
 def thread_names(server: ChatServer) -> list[str]:
     return sorted(t.name for t in server.threads())
@@ -50,7 +51,9 @@ def server_log(caplog) -> list[str]:
 
 
 @pytest.mark.parametrize("delivery", ["queue", "direct"])
-def test_a_client_that_stops_writing_still_gets_the_replies_to_its_last_lines(start_server, connect, delivery):
+def test_a_client_that_stops_writing_still_gets_the_replies_to_its_last_lines(
+    start_server, connect, delivery
+):
     """As with ``printf 'alice\\n%server%who\\n' | nc -N 127.0.0.1 5050``: send, close the
     sending side, then read until the server closes the connection."""
     server = start_server(delivery=delivery)
@@ -153,7 +156,7 @@ def test_a_hundred_clients_can_register_at_the_same_time(start_server, connect):
             peer.send(name)
             peer.expect(f"* welcome {name}")
             online = peer.read_line()
-            assert online.startswith("* online: ") and name in online[len("* online: "):].split(", ")
+            assert online.startswith("* online: ") and name in online[len("* online: ") :].split(", ")
             welcomed.append(name)
         except BaseException as exc:
             failures.append((name, repr(exc)))
@@ -235,8 +238,13 @@ def test_a_writer_thread_serves_a_client_only_while_it_is_behind(server, connect
     alice.send("%sleepy%caught up")  # straight into its socket again
     sleepy.expect("%alice%caught up")
     # Whether the sender's thread or the writer sent them, every byte was counted once.
-    got = [GREETING, "* welcome sleepy", "* online: alice, sleepy", *[f"%alice{line[7:]}" for line in lines],
-           "%alice%caught up"]
+    got = [
+        GREETING,
+        "* welcome sleepy",
+        "* online: alice, sleepy",
+        *[f"%alice{line[7:]}" for line in lines],
+        "%alice%caught up",
+    ]
     sent = sum(len(line.encode()) + 1 for line in got)
     wait_until(lambda: [c.bytes_out for c in server.clients() if c.name == "sleepy"] == [sent])
 
@@ -490,7 +498,7 @@ def test_client_records_say_who_is_where_and_count_what_was_sent(server, connect
 
     records = server.clients()
     assert [r.name for r in records] == ["alice", "bob"]
-    for record, peer in zip(records, [alice, bob]):
+    for record, peer in zip(records, [alice, bob], strict=True):
         assert (record.ip, record.port) == ("127.0.0.1", peer.port)
         assert record.sock.getpeername() == ("127.0.0.1", peer.port)
         assert record.fd == record.sock.fileno() and record.fd >= 0
@@ -501,7 +509,11 @@ def test_client_records_say_who_is_where_and_count_what_was_sent(server, connect
     def traffic_adds_up() -> bool:
         a, b = server.clients()
         return (a.bytes_in, a.bytes_out, b.bytes_in, b.bytes_out) == (
-            alice.bytes_sent, alice.bytes_received, bob.bytes_sent, bob.bytes_received)
+            alice.bytes_sent,
+            alice.bytes_received,
+            bob.bytes_sent,
+            bob.bytes_received,
+        )
 
     wait_until(traffic_adds_up)
     a.name = "mallory"  # a snapshot: changing it changes nothing at the server
@@ -595,8 +607,7 @@ def test_stop_says_which_threads_outlived_its_timeout(server, connect, caplog):
     release = threading.Event()
     server.subscribe(lambda event: event.kind == "left" and release.wait(2))  # holds bob's thread
     connect(server, "bob").close()
-    wait_until(lambda: not release.is_set() and any(
-        e.kind == "left" for e in server.events()))
+    wait_until(lambda: not release.is_set() and any(e.kind == "left" for e in server.events()))
     server.stop(timeout=0.2)
     release.set()
     assert "stopped, but these threads still run: chatlab-client-bob" in server_log(caplog)
