@@ -1,7 +1,7 @@
 """An asyncio chat server: the chat room of :mod:`chatlab.room`, served by one event loop.
 
 One thread (``chatlab-asyncio``) runs an asyncio event loop of its own and serves every client.
-The loop watches all the sockets at once and calls a :class:`_Connection` (an
+The loop watches all the sockets at once and calls a :class:`_ClientProtocol` (an
 :class:`asyncio.Protocol`) when something happens: ``connection_made`` for a new client,
 ``data_received`` with whatever bytes arrived (handed to the client's
 :class:`~chatlab.servers.session.Session`, as in every model), ``connection_lost`` when it is
@@ -73,7 +73,7 @@ class _LoopTransport:
         pass  # one thread serves everyone: there is no thread to rename
 
 
-class _Connection(asyncio.Protocol):
+class _ClientProtocol(asyncio.Protocol):
     """One client connection; the event loop calls these methods, all in the loop thread."""
 
     def __init__(self, server: AsyncioChatServer) -> None:
@@ -170,7 +170,7 @@ class AsyncioChatServer(ServerBase):
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
-        self._connections: set[_Connection] = set()  # touched only in the loop thread
+        self._connections: set[_ClientProtocol] = set()  # touched only in the loop thread
         self._notices_due = False  # a call of room.deliver_notices() is scheduled
         self.room.notices_due = self._deliver_notices_soon
         self._out_of_files_logged = -OUT_OF_FILES_LOG_EVERY  # when accept() last said so (monotonic)
@@ -243,7 +243,7 @@ class AsyncioChatServer(ServerBase):
         loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         try:
-            server = await loop.create_server(lambda: _Connection(self), sock=listener)
+            server = await loop.create_server(lambda: _ClientProtocol(self), sock=listener)
         except BaseException as exc:
             self._start_error = exc
             raise

@@ -245,6 +245,7 @@ class ServerBase:
         self.name_timeout = options.name_timeout
         self.rate = options.rate
         self.broker: Any = None  # a chatlab.broker.Broker while running with redis
+        self._out_of_files = False  # accept() failed for want of file descriptors (logged once)
         self.host = host
         self.port = port
         # Fair (chatlab.door): the door counts the named clients and the connections at the door;
@@ -452,6 +453,19 @@ class ServerBase:
                 ]  # not yet started
                 self._prune_at = 2 * len(self._threads) + 64
             self._threads.append(thread)
+
+    def _accept_failed(self, exc: OSError) -> bool:
+        """``accept()`` raised ``exc``: log it (running out of file descriptors only once, until a
+        connection is taken again: ``_out_of_files = False``). True if that is why: then the
+        model waits :data:`ACCEPT_BACKOFF` before accepting again (the connection waits in the
+        kernel's queue, so accepting again at once would only fail again, at full speed)."""
+        if exc.errno not in OUT_OF_FILES:
+            log.warning("accept failed: %s", exc)
+            return False
+        if not self._out_of_files:
+            self._out_of_files = True
+            log.warning("accept failed: %s; accepting again when descriptors are free", exc)
+        return True
 
     def _untrack(self, thread: threading.Thread) -> None:
         """Forget a thread that could not be started."""

@@ -38,7 +38,6 @@ from .base import (
     ACCEPT_BACKOFF,
     DRAIN_TIMEOUT,
     LINE_END_TIMEOUT,
-    OUT_OF_FILES,
     RECV_SIZE,
     Outbox,
     ServerBase,
@@ -70,8 +69,9 @@ class State(enum.Enum):
 READING, PAUSED, LINGERING, DRAINING, CLOSED = State  # short names for the loop's checks
 
 
-class _Connection:
-    """One client as the loop sees it; also the :class:`~chatlab.room.Transport` of its record.
+class _WatchedClient:
+    """One client as the selectors loop watches it (its socket, state and outbox); also the
+    :class:`~chatlab.room.Transport` of its record.
 
     ``write`` and ``abort`` may be called from any thread (the room calls ``write`` with the
     record's ``send_lock`` held, which also guards the outbox); everything else runs in the
@@ -123,16 +123,15 @@ class SelectorsChatServer(ServerBase):
         self._loop_ident: int | None = None  # the loop thread's id, once it runs
         self._selector: selectors.BaseSelector | None = None
         self._waker: socket.socket | None = None  # a byte written here wakes the loop
-        self._connections: set[_Connection] = set()
+        self._connections: set[_WatchedClient] = set()
         # (when, order, connection or None for the listener, what): the loop's own deadlines.
         # An entry whose connection has moved on since is skipped when it comes up.
-        self._deadlines: list[tuple[float, int, _Connection | None, str]] = []
+        self._deadlines: list[tuple[float, int, _WatchedClient | None, str]] = []
         self._order = itertools.count()  # ties in time are taken in the order they were set
-        self._soon: set[_Connection] = set()  # to flush or abort at the end of this turn
+        self._soon: set[_WatchedClient] = set()  # to flush or abort at the end of this turn
         self._notices_due = False  # whether the room has notices to deliver at the end of it
         self.room.notices_due = self._deliver_notices_soon
         self._soon_lock = threading.Lock()
-        self._out_of_files = False  # accept() failed for want of file descriptors (logged once)
 
     def describe(self) -> str:
         return "one selectors event loop"
@@ -169,14 +168,14 @@ class SelectorsChatServer(ServerBase):
     def _deliver_notices_soon(self) -> None:
         self._notices_due = True  # the room calls this in the loop thread, which then goes on
 
-    def _call_soon(self, connection: _Connection) -> None:
+    def _call_soon(self, connection: _WatchedClient) -> None:
         """Have the loop flush or abort ``connection`` at the end of its turn (any thread)."""
         with self._soon_lock:
             self._soon.add(connection)
         if threading.get_ident() != self._loop_ident:  # from another thread: wake the loop up
             self._wake()
 
-    def _at(self, when: float, connection: _Connection | None, what: str) -> None:
+    def _at(self, when: float, connection: _WatchedClient | None, what: str) -> None:
         """Have the loop act at ``when``: see :meth:`_due` for what it does then."""
         heapq.heappush(self._deadlines, (when, next(self._order), connection, what))
 
@@ -223,24 +222,19 @@ class SelectorsChatServer(ServerBase):
         except BlockingIOError:
             return  # the client gave up before we got to it
         except OSError as exc:
-            if exc.errno not in OUT_OF_FILES:
-                log.warning("accept failed: %s", exc)
+            if not self._accept_failed(exc):
                 return
-            # The connection stays in the kernel's queue, so the listener stays readable: stop
-            # watching it for a while rather than spin, and say so once.
-            if not self._out_of_files:
-                self._out_of_files = True
-                log.warning("accept failed: %s; accepting again when descriptors are free", exc)
+            # The listener stays readable: stop watching it for a while rather than spin.
             self._selector.unregister(listener)  # type: ignore[union-attr]
             self._at(time.monotonic() + ACCEPT_BACKOFF, None, "accept")
             return
         self._out_of_files = False
         session = None
-        connection: _Connection | None = None
+        connection: _WatchedClient | None = None
         try:
             session = Session(self, sock, address)
             session.record.thread = self._thread
-            connection = _Connection(self, session)
+            connection = _WatchedClient(self, session)
             session.attach(connection)
             if not session.open():  # the greeting only waits in the outbox until this turn ends
                 connection.state = CLOSED
@@ -265,7 +259,7 @@ class SelectorsChatServer(ServerBase):
                 session.leave("server error")
                 session.departed()
 
-    def _read(self, connection: _Connection) -> None:
+    def _read(self, connection: _WatchedClient) -> None:
         try:
             data = connection.record.sock.recv(RECV_SIZE)
         except BlockingIOError:
@@ -280,7 +274,7 @@ class SelectorsChatServer(ServerBase):
         if reaction is not READ_ON:
             self._apply(connection, reaction)
 
-    def _apply(self, connection: _Connection, reaction: Reaction) -> None:
+    def _apply(self, connection: _WatchedClient, reaction: Reaction) -> None:
         """Do what the session asked: read on, pause until a time, close, or abort."""
         then = reaction.then
         if then is Then.READ:
@@ -299,7 +293,7 @@ class SelectorsChatServer(ServerBase):
             return
         self._watch(connection, len(connection.outbox) > 0)
 
-    def _flush(self, connection: _Connection) -> None:
+    def _flush(self, connection: _WatchedClient) -> None:
         """Send what the socket takes now; watch for writability while anything is left."""
         record = connection.record
         error = None
@@ -317,7 +311,7 @@ class SelectorsChatServer(ServerBase):
             return
         self._watch(connection, pending)
 
-    def _watch(self, connection: _Connection, pending: bool) -> None:
+    def _watch(self, connection: _WatchedClient, pending: bool) -> None:
         """Have the selector watch the socket for what we wait for now: reading, unless the
         client is paused or leaving; writing, while bytes are ``pending``."""
         events = (READ if connection.state is READING else 0) | (WRITE if pending else 0)
@@ -357,7 +351,7 @@ class SelectorsChatServer(ServerBase):
                 else:
                     self._flush(connection)
 
-    def _due(self, connection: _Connection, what: str, now: float) -> None:
+    def _due(self, connection: _WatchedClient, what: str, now: float) -> None:
         """A deadline came: a name timeout, the end of a pause, or the time to close."""
         state = connection.state
         if what == "name" and (state is READING or state is PAUSED):
@@ -370,7 +364,7 @@ class SelectorsChatServer(ServerBase):
             self._close(connection)  # its time is up, whether or not its last bytes went out
 
     def _end(
-        self, connection: _Connection, reason: str | None, *, drain: bool, within: float = DRAIN_TIMEOUT
+        self, connection: _WatchedClient, reason: str | None, *, drain: bool, within: float = DRAIN_TIMEOUT
     ) -> None:
         """The connection is over: the room forgets it now, and it closes once drained (or
         after ``within`` seconds)."""
@@ -388,7 +382,7 @@ class SelectorsChatServer(ServerBase):
         else:
             self._close(connection)
 
-    def _close(self, connection: _Connection) -> None:
+    def _close(self, connection: _WatchedClient) -> None:
         if connection.state is CLOSED:
             return
         connection.state = CLOSED

@@ -42,7 +42,6 @@ from .base import (
     DRAIN_TIMEOUT,
     LINE_END_TIMEOUT,
     NEWLINE,
-    OUT_OF_FILES,
     RECV_SIZE,
     SEND_BUFFER,
     Outbox,
@@ -67,22 +66,47 @@ SERVER_SWITCH_INTERVAL = 0.1
 CHAT = Phase.CHAT  # a module-level name: quicker to look up on every read
 
 
-class _QueuedTransport:
-    """Queue delivery: write into the socket without waiting; queue what it will not take.
+class _Transport:
+    """How the room's lines reach one client's socket; :class:`_QueuedTransport` or
+    :class:`_DirectTransport`, by the server's ``delivery``. The session calls ``write`` (in the
+    sender's thread, with the receiver's ``send_lock`` held), ``abort`` (dropped as too slow)
+    and ``registered``."""
 
-    ``write`` runs in the sender's thread with the receiver's ``send_lock`` held. While the
-    receiver keeps up, the kernel takes every line at once and nothing else happens. When its
-    socket is full, the rest goes to its :class:`Outbox` and a writer thread
-    (``chatlab-writer-bob``) starts: it alone waits for the slow receiver, and it ends as soon as
-    the outbox is empty again.
-    """
-
-    __slots__ = ("server", "record", "outbox", "nowait")  # one per client: keep it small
-    untimed = UNTIMED  # how the client's own thread waits in recv() once it has a name
+    __slots__ = ("server", "record")  # one per client: keep it small
+    untimed: float | None = UNTIMED  # how the client's own thread waits in recv() once it has a name
 
     def __init__(self, server: ChatServer, record: ClientRecord) -> None:
         self.server = server
         self.record = record
+
+    def abort(self) -> None:
+        shutdown(self.record.sock)  # its own thread wakes up, cleans up and tells the others
+
+    def registered(self, name: str) -> None:
+        """Called in the client's own thread once it has a name: no more name timeout, and its
+        threads are renamed after it."""
+        self.record.sock.settimeout(self.untimed)  # wait for its lines as long as it likes
+        for thread, role in ((self.record.thread, "client"), (self.record.writer, "writer")):
+            if thread is not None:
+                thread.name = f"chatlab-{role}-{name}"
+
+    def close(self) -> None:
+        """Release what this transport holds besides the socket (the socket's owner closes it)."""
+
+
+class _QueuedTransport(_Transport):
+    """Queue delivery: write into the socket without waiting; queue what it will not take.
+
+    While the receiver keeps up, the kernel takes every line at once and nothing else happens.
+    When its socket is full, the rest goes to its :class:`Outbox` and a writer thread
+    (``chatlab-writer-bob``) starts: it alone waits for the slow receiver, and it ends as soon as
+    the outbox is empty again.
+    """
+
+    __slots__ = ("outbox", "nowait")
+
+    def __init__(self, server: ChatServer, record: ClientRecord) -> None:
+        super().__init__(server, record)
         self.outbox = Outbox(server.max_backlog)
         self.nowait = NoWaitSender(record.sock)
 
@@ -125,16 +149,11 @@ class _QueuedTransport:
         except OSError:
             pass
 
-    def registered(self, name: str) -> None:
-        """Called in the client's own thread once it has a name: no more name timeout, and its
-        threads are renamed after it."""
-        self.record.sock.settimeout(self.untimed)  # wait for its lines as long as it likes
-        for thread, role in ((self.record.thread, "client"), (self.record.writer, "writer")):
-            if thread is not None:
-                thread.name = f"chatlab-{role}-{name}"
+    def close(self) -> None:
+        self.nowait.close()
 
 
-class _DirectTransport(_QueuedTransport):
+class _DirectTransport(_Transport):
     """Direct delivery, as in the report: the sender's thread writes into the socket itself.
 
     It never sends without waiting, so once its client has a name the socket is a plain
@@ -146,7 +165,7 @@ class _DirectTransport(_QueuedTransport):
     """
 
     __slots__ = ()
-    untimed = None
+    untimed = None  # no outbox, no writer thread: the sender's thread waits instead
 
     def write(self, data: bytes) -> bool:
         try:
@@ -211,21 +230,16 @@ class ChatServer(ServerBase):
     # --- the accept thread ------------------------------------------------------------------
 
     def _accept_loop(self, listener: socket.socket) -> None:
-        out_of_files = False  # accept() failed for want of file descriptors (logged once)
         while not self.stopping:
             try:
                 sock, address = listener.accept()
             except OSError as exc:
                 if self.stopping:
                     break
-                if exc.errno not in OUT_OF_FILES:
-                    log.warning("accept failed: %s", exc)
-                elif not out_of_files:  # it fails again at once until one is free: say so once
-                    out_of_files = True
-                    log.warning("accept failed: %s; accepting again when descriptors are free", exc)
+                self._accept_failed(exc)
                 self._halting.wait(ACCEPT_BACKOFF)  # the connection waits in the kernel's queue
                 continue
-            out_of_files = False
+            self._out_of_files = False
             if self.stopping:  # woken by wake_accept(), or a client in the last moment
                 sock.close()
                 break
@@ -240,13 +254,13 @@ class ChatServer(ServerBase):
         queued = self.delivery == "queue"
         session = Session(self, sock, address, send_buffer=SEND_BUFFER if queued else None)
         record = session.record
-        transport = (_QueuedTransport if queued else _DirectTransport)(self, record)
+        transport: _Transport = (_QueuedTransport if queued else _DirectTransport)(self, record)
         session.attach(transport)
         record.thread = threading.Thread(
             target=self._serve, args=(session,), daemon=True, name=f"chatlab-client-{record.label}"
         )
         if not session.open():
-            transport.nowait.close()
+            transport.close()
             refuse_full(sock, session.refusal)
             return
         sock.settimeout(self._door_timeout(session))  # a connection that never registers ends
@@ -256,7 +270,7 @@ class ChatServer(ServerBase):
         except BaseException:
             self._untrack(record.thread)
             session.leave("server error")
-            transport.nowait.close()
+            transport.close()
             sock.close()
             session.departed()
             raise
@@ -368,15 +382,14 @@ class ChatServer(ServerBase):
                 view, data = view[:end], data[:end]
 
     def _close(self, session: Session) -> None:
-        record = session.record
+        record, transport, writer = session.record, session.transport, None
         session.leave()
-        if self.delivery == "direct":
-            # A sender may be stuck writing to this client, holding its send_lock: wake it first.
+        if isinstance(transport, _QueuedTransport):
+            with record.send_lock:
+                transport.outbox.close()  # nothing more is queued; what is queued goes out
+                writer = record.writer
+        else:  # direct: a sender may be stuck writing to this client, holding its send_lock
             shutdown(record.sock)
-        transport = session.transport
-        with record.send_lock:
-            transport.outbox.close()  # nothing more is queued; what is queued goes out
-            writer = record.writer
         if writer is not None and not self.stopping:
             # A client that only closed its sending side (`nc -N`) still reads the replies to
             # its last lines; one that reads nothing more is not waited for long, and one
@@ -384,9 +397,8 @@ class ChatServer(ServerBase):
             writer.join(LINE_END_TIMEOUT if record.too_slow else DRAIN_TIMEOUT)
         if writer is not None:
             shutdown(record.sock)  # wakes the writer if it is stuck, then we can close
-        if writer is not None:
             writer.join()
         with record.send_lock:  # no sender thread is half-way through a write
-            transport.nowait.close()
+            transport.close()
             record.sock.close()
         session.departed()
