@@ -73,7 +73,7 @@ class _Transport:
     and ``registered``."""
 
     __slots__ = ("server", "record")  # one per client: keep it small
-    untimed: float | None = UNTIMED  # how the client's own thread waits in recv() once it has a name
+    plain_blocking = False  # once named, a plain blocking socket (True), or one timed UNTIMED
 
     def __init__(self, server: ChatServer, record: ClientRecord) -> None:
         self.server = server
@@ -85,7 +85,8 @@ class _Transport:
     def registered(self, name: str) -> None:
         """Called in the client's own thread once it has a name: no more name timeout, and its
         threads are renamed after it."""
-        self.record.sock.settimeout(self.untimed)  # wait for its lines as long as it likes
+        # Wait for its lines as long as it likes: UNTIMED where a no-wait sender shares the socket.
+        self.record.sock.settimeout(None if self.plain_blocking else UNTIMED)
         for thread, role in ((self.record.thread, "client"), (self.record.writer, "writer")):
             if thread is not None:
                 thread.name = f"chatlab-{role}-{name}"
@@ -157,7 +158,7 @@ class _DirectTransport(_Transport):
     """Direct delivery, as in the report: the sender's thread writes into the socket itself.
 
     It never sends without waiting, so once its client has a name the socket is a plain
-    blocking one on every system (``untimed = None``), not one with a timeout as
+    blocking one on every system (``plain_blocking``), not one with a timeout as
     :class:`~chatlab.portable.NoWaitSender` needs on Windows. With a timeout, Python waits in
     ``poll()`` before every ``send()``, and TCP calls a socket writable only while a third of
     its send buffer is free: a ``sendall()`` to a client that stopped reading stopped with the
@@ -165,7 +166,7 @@ class _DirectTransport(_Transport):
     """
 
     __slots__ = ()
-    untimed = None  # no outbox, no writer thread: the sender's thread waits instead
+    plain_blocking = True  # no outbox, no writer thread: the sender's thread waits instead
 
     def write(self, data: bytes) -> bool:
         try:
