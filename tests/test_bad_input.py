@@ -17,30 +17,13 @@ import socket
 import tracemalloc
 
 import pytest
-from transcript import GREETING, wait_until
+from transcript import GREETING, KeptWrites, wait_until
 
 from chatlab.room import LOGGED_REFUSALS
 from chatlab.servers.base import ServerBase
 from chatlab.servers.session import BAD_LINES, LINES_PER_TURN, READ_ON, Session, Then
 
 NEWLINES = b"\n" * 65536  # one read's worth of empty (malformed) lines
-
-
-class KeptWrites:
-    """A transport that keeps every write."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> bool:
-        self.writes.append(data)
-        return True
-
-    def abort(self) -> None:
-        pass
-
-    def registered(self, name: str) -> None:
-        pass
 
 
 def test_a_session_hands_the_room_one_turns_worth_of_lines_at_a_time():

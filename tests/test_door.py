@@ -38,19 +38,6 @@ TOO_MANY_GUESSES = door.TOO_MANY_GUESSES.decode().strip()
 TOO_MANY_CONNECTIONS = door.TOO_MANY_CONNECTIONS.decode().strip()
 
 
-class PeerFrom(Peer):
-    """A :class:`Peer` whose connection comes from ``source`` (a loopback alias: a laptop)."""
-
-    def __init__(self, address: tuple[str, int], source: str, *, timeout: float = TIMEOUT) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout, source_address=(source, 0))
-        self.port = self.sock.getsockname()[1]
-        self.timeout = timeout
-        self.name: str | None = None
-        self.bytes_sent = 0
-        self.bytes_received = 0
-        self._buffer = b""
-
-
 @pytest.fixture
 def peers_from():
     """``peers_from(server, source)`` opens a raw Peer from a loopback alias; every one is
@@ -59,7 +46,7 @@ def peers_from():
 
     def open_peer(server, source: str = STUDENT) -> Peer:
         try:
-            peer = PeerFrom(server.address, source)
+            peer = Peer(server.address, source=source)
         except OSError as exc:
             if exc.errno == errno.EADDRNOTAVAIL:  # macOS has 127.0.0.1 only, unless told
                 pytest.skip(f"the loopback alias {source} is not usable here: {exc}")
@@ -203,7 +190,7 @@ def test_a_reconnect_loop_floods_nobody_with_joined_and_left(start, peers_from):
     alice.register("alice")
     tries, refused = 40, 0
     for i in range(tries):
-        eve = PeerFrom(server.address, ATTACKER)
+        eve = Peer(server.address, source=ATTACKER)
         lines = [eve.read_line()]
         if lines == [GREETING]:
             eve.send(f"eve{i}")

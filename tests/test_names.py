@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import re
 import select
-import socket
 import subprocess
 import sys
 import unicodedata
 
 import pytest
-from transcript import GREETING, TIMEOUT, Peer, alice_and_bob, wait_until
+from transcript import GREETING, Peer, alice_and_bob, wait_until
 
 from chatlab import protocol
 from chatlab.servers import ServerOptions
@@ -30,18 +29,13 @@ def server(start):
     return start()
 
 
-class PeerFrom(Peer):
+def peer_from(address: tuple[str, int], source: str) -> Peer:
     """A Peer whose connection comes from ``source``, another loopback address (skipped where
     the computer has none: macOS has only 127.0.0.1 unless an alias is added)."""
-
-    def __init__(self, address: tuple[str, int], source: str) -> None:
-        try:
-            sock = socket.create_connection(address, timeout=TIMEOUT, source_address=(source, 0))
-        except OSError as exc:
-            pytest.skip(f"cannot connect from {source}: {exc}")
-        self.sock, self.port, self.timeout, self.name = sock, sock.getsockname()[1], TIMEOUT, None
-        self.bytes_sent = self.bytes_received = 0
-        self._buffer = b""
+    try:
+        return Peer(address, source=source)
+    except OSError as exc:
+        pytest.skip(f"cannot connect from {source}: {exc}")
 
 
 # --- the rules, without sockets --------------------------------------------------------------------
@@ -233,7 +227,7 @@ def test_a_line_padded_with_blanks_is_refused_and_reaches_nobody(server, connect
 def test_a_reserved_name_is_taken_only_from_the_servers_own_computer(start, connect):
     server = start(reserve=("teacher",))
     for name in ["teacher", "TEACHER", "teacher_", "tEacher."]:
-        student = PeerFrom(server.address, OTHER_LOOPBACK)
+        student = peer_from(server.address, OTHER_LOOPBACK)
         with student:
             student.expect(GREETING)
             student.send(name)
@@ -268,7 +262,7 @@ def test_the_server_program_reserves_names_with_reserve():
         assert listens, f"the server said {listening!r}"
         port = int(listens[1])
         for name in ["teacher", "TA"]:
-            with PeerFrom(("127.0.0.1", port), OTHER_LOOPBACK) as student:
+            with peer_from(("127.0.0.1", port), OTHER_LOOPBACK) as student:
                 student.expect(GREETING)
                 student.send(name)
                 student.expect(f"! name {name!r} is reserved")

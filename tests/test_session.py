@@ -15,33 +15,12 @@ import time
 
 import pytest
 import trustme
+from transcript import KeptWrites
 
 from chatlab import protocol
 from chatlab.servers.base import WRONG_CODE_DELAY, ServerBase, ServerOptions
 from chatlab.servers.session import ABORT, READ_ON, TRANSITIONS, Phase, Reaction, Session, Then
 from chatlab.tls import TlsLayer
-
-
-class KeptWrites:
-    """A transport that keeps every write, in order."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> bool:
-        self.writes.append(data)
-        return True
-
-    def abort(self) -> None:
-        pass
-
-    def registered(self, name: str) -> None:
-        pass
-
-    def taken(self) -> bytes:
-        data = b"".join(self.writes)
-        self.writes.clear()
-        return data
 
 
 @pytest.fixture

@@ -65,7 +65,8 @@ class Peer:
 
     ``rcvbuf``/``sndbuf`` shrink the socket's kernel buffers (set before connecting), which
     makes a client that stops reading, or a sender that gets stuck, show up after kilobytes
-    rather than megabytes.
+    rather than megabytes. ``source`` connects from another address of this computer (a
+    loopback alias such as 127.0.0.2 plays a second laptop; macOS has only 127.0.0.1).
     """
 
     def __init__(
@@ -75,8 +76,11 @@ class Peer:
         timeout: float = TIMEOUT,
         rcvbuf: int | None = None,
         sndbuf: int | None = None,
+        source: str | None = None,
     ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if source is not None:
+            self.sock.bind((source, 0))
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         if sndbuf is not None:
@@ -296,3 +300,26 @@ class Program:
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+class KeptWrites:
+    """A transport that keeps every write, in order: a Session's, without a socket."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> bool:
+        self.writes.append(data)
+        return True
+
+    def abort(self) -> None:
+        pass
+
+    def registered(self, name: str) -> None:
+        pass
+
+    def taken(self) -> bytes:
+        """Everything written since the last call, as one piece."""
+        data = b"".join(self.writes)
+        self.writes.clear()
+        return data
