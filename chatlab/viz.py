@@ -1958,3 +1958,70 @@ def heartbeat_timeline(
         bbox_to_anchor=(0.54, 0.0),
     )
     return fig
+
+
+# --- one flood, with and without flood control (lesson 12) ----------------------------------------
+
+
+def spam_received(
+    without: dict[str, list[float]],
+    with_rate: dict[str, list[float]],
+    rate: float = 200.0,
+    *,
+    flood_at: float = 0.5,
+    seconds: float = 3.0,
+    figsize: tuple[float, float] = (10.0, 3.6),
+) -> Figure:
+    """The spam lines each student received over time: without flood control (left) and with
+    ``--rate rate`` (right), on one scale.
+
+    ``without`` and ``with_rate`` map a student to the times (seconds from the start) at which
+    its spam lines arrived; the spammer floods at ``flood_at``. The right panel also draws what
+    flood control lets through at most: a full bucket at once (:data:`chatlab.flood.BURST_SECONDS`
+    worth), then ``rate`` a second. Each panel's title says the most any student received. Gids:
+    ``received:<panel>:<student>`` (panel ``without`` or ``rate``), ``flood`` and ``allowed``.
+    """
+    from .flood import BURST_SECONDS  # here, not at the top: only this picture needs it
+
+    colors = client_colors([*without, *with_rate])
+    fig = Figure(figsize=figsize)
+    left, right = fig.subplots(1, 2, sharex=True, sharey=True)
+    for ax, panel, title, spam in (
+        (left, "without", "no flood control", without),
+        (right, "rate", f"--rate {rate:g}", with_rate),
+    ):
+        for name, times in sorted(spam.items()):
+            arrived = sorted(times)
+            ax.step(
+                [0.0, *arrived],
+                range(len(arrived) + 1),
+                where="post",
+                color=colors[name],
+                linewidth=1.5,
+                label=name,
+                gid=f"received:{panel}:{name}",
+            )
+        ax.axvline(
+            flood_at, color=ERROR_COLOR, linestyle=":", linewidth=2, label="spammer floods", gid="flood"
+        )
+        most = max((len(times) for times in spam.values()), default=0)
+        ax.set_title(f"{title}: {most:,} lines", color=TEXT_COLOR, family=MONO, fontsize=11)
+        ax.set_xlabel("seconds", fontsize=9, color=TEXT_COLOR)
+        ax.set_xlim(0, seconds)
+        ax.tick_params(labelsize=8, colors=TEXT_COLOR)
+        ax.grid(color="#E3E7EB", linewidth=0.8)
+        ax.set_axisbelow(True)
+    burst = rate * BURST_SECONDS
+    right.plot(
+        [flood_at, seconds],
+        [burst, burst + rate * (seconds - flood_at)],
+        color=TEXT_COLOR,
+        linestyle="--",
+        linewidth=1,
+        label=f"at most {burst:g}, then {rate:g} a second",
+        gid="allowed",
+    )
+    left.set_ylabel("spam lines received", fontsize=9, color=TEXT_COLOR)
+    right.legend(loc="center right", fontsize=8)
+    fig.tight_layout()
+    return fig

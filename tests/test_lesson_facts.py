@@ -605,12 +605,16 @@ GONE = [
     (LESSON_12, "an eavesdropper sees only ciphertext"),
     (LESSON_12, "(what the `s` in `https` stands for)"),
     (LESSON_12, "then the version)"),
+    (LESSON_12, "a hundred of them try a hundred"),  # the door: three guesses waiting per address
+    (LESSON_12, "to tens of milliseconds"),  # one client's turn is bounded: the flood costs volume now
+    (LESSON_12, "worst(with_rate) < worst(without)"),  # one outlier decided it
     (LESSON_13, "295,000"),
     (LESSON_13, "8.4 s"),
     (LESSON_13, "(Django Channels, Socket.IO's adapters, Phoenix)"),
     (LESSON_13, "exactly once and in order"),
     (LESSON_13, "One thread per server appends"),
     (LESSON_13, "and losing one server loses only its own clients."),
+    (LESSON_13, "The servers find each other at their next heartbeat."),  # a line from a server is news
 ]
 
 

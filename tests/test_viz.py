@@ -730,3 +730,25 @@ def test_message_path_draws_one_arrow_per_step_in_order():
     ]
     assert "XADD inbox:two" in texts(fig)
     assert not overlapping_texts(fig)
+
+
+def test_spam_received_draws_each_student_and_what_the_rate_lets_through():
+    without = {name: [0.5 + i / 20_000 for i in range(10_000)] for name in ("ana", "ben")}
+    with_rate = {name: [0.5] * 400 + [0.5 + i / 200 for i in range(1, 101)] for name in ("ana", "ben")}
+    fig = viz.spam_received(without, with_rate, rate=200)
+    render(fig)
+    assert gids(fig, "received:") == {
+        "received:without:ana": 1,
+        "received:without:ben": 1,
+        "received:rate:ana": 1,
+        "received:rate:ben": 1,
+    }
+    (ana_without,) = with_gid(fig, "received:without:ana")
+    assert max(ana_without.get_ydata()) == 10_000
+    (ana_rate,) = with_gid(fig, "received:rate:ana")
+    assert max(ana_rate.get_ydata()) == 500
+    (allowed,) = with_gid(fig, "allowed")
+    assert list(allowed.get_ydata()) == [400, 400 + 200 * 2.5]  # a full bucket (two seconds), then the rate
+    titles = sorted(ax.get_title() for ax in fig.axes)
+    assert titles == ["--rate 200: 500 lines", "no flood control: 10,000 lines"]
+    assert overlapping_texts(fig) == []
