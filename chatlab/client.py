@@ -428,7 +428,11 @@ def main(argv: list[str] | None = None) -> int:
             if readline is not None:  # clear the line being typed, show this one, draw it again
                 sys.stdout.write("\r\x1b[K" + text + "\n" + prompt + readline.get_line_buffer())
                 sys.stdout.flush()
-            else:  # no readline (Windows): the line appears where the cursor is
+            elif prompt:  # no readline (Windows): from column 0, over the prompt, which follows it
+                # (what was being typed is still there for Enter, but no longer shown)
+                sys.stdout.write("\r" + text.ljust(len(prompt)) + "\n" + prompt)
+                sys.stdout.flush()
+            else:
                 print(text, flush=True)
 
     name = args.name or input("your name: ").strip()
