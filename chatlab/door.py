@@ -73,8 +73,8 @@ class Door:
     """Admission by address for one server (see the module docstring); every method is quick.
 
     A session calls :meth:`enter` at the accept (None: come in; else the line to refuse it
-    with), :meth:`seat` before its name is handled, :meth:`named` once it has one (it leaves the
-    door's pool), :meth:`unseat` if the name was refused, and :meth:`leave` when it ends. Without
+    with), :meth:`seat` before its name is handled (it leaves the door's pool for a seat),
+    :meth:`unseat` if the name was refused (back to the pool), and :meth:`leave` when it ends. Without
     fairness only the class-code guard (:meth:`guess`) counts anything.
     """
 
@@ -156,28 +156,27 @@ class Door:
         with self._lock:
             return self._visitor(ip, now).lines
 
-    def seat(self) -> bool:
-        """Take a seat for a name about to be registered; False if ``max_clients`` are named."""
+    def seat(self, ip: str) -> bool:
+        """Take a seat for a name from ``ip`` about to be registered, and leave the door's pool
+        (before the welcome goes out: the client may connect again as soon as it has it);
+        False if ``max_clients`` are named. :meth:`unseat` if the name was not registered."""
         if not self.fair:
             return True
         with self._lock:
             if self.named_count >= self.max_clients:
                 return False
             self.named_count += 1
+            self._visitors[ip].joining -= 1
+            self.joining_count -= 1
             return True
 
-    def unseat(self) -> None:
-        """Give back a seat taken by :meth:`seat` whose name was not registered."""
+    def unseat(self, ip: str) -> None:
+        """Give back a seat taken by :meth:`seat` whose name was not registered: back in the pool."""
         if self.fair:
             with self._lock:
                 self.named_count -= 1
-
-    def named(self, ip: str) -> None:
-        """A connection from ``ip`` has registered (in its seat): it leaves the door's pool."""
-        if self.fair:
-            with self._lock:
-                self._visitors[ip].joining -= 1
-                self.joining_count -= 1
+                self._visitors[ip].joining += 1
+                self.joining_count += 1
 
     def leave(self, ip: str, *, joining: bool, seated: bool) -> None:
         """A connection from ``ip`` let in by :meth:`enter` is over; it was still ``joining``,

@@ -94,14 +94,16 @@ def test_the_door_counts_connections_joining_and_seats_by_address():
     assert hall.enter("10.0.0.2", now=0.0) is None
     assert hall.enter("10.0.0.2", now=0.0) is None
     assert hall.enter("10.0.0.2", now=0.0) == door.BUSY  # two of its connections are joining
-    assert hall.seat() and not hall.full()
-    hall.named("10.0.0.2")  # one of them registered: out of the pool, in a seat
+    assert hall.seat("10.0.0.2") and not hall.full()  # one of them named: out of the pool, in a seat
     assert hall.enter("10.0.0.2", now=0.0) == door.TOO_FAST  # even a refused one took a turn
     assert hall.enter("10.0.0.2", now=1.0) is None  # its third, and last, connection
     assert hall.enter("10.0.0.2", now=10.0) == door.TOO_MANY_CONNECTIONS
-    assert hall.seat() and hall.full() and not hall.seat()
+    assert hall.seat("10.0.0.2") and hall.full() and not hall.seat("10.0.0.2")
+    hall.unseat("10.0.0.2")  # that name was refused: back at the door, its seat free
+    assert not hall.full() and hall.joining_count == 2
+    assert hall.seat("10.0.0.2") and hall.full()
     hall.leave("10.0.0.2", joining=False, seated=True)
-    assert not hall.full() and hall.named_count == 1
+    assert not hall.full() and hall.named_count == 1 and hall.joining_count == 1
 
 
 def test_new_connections_from_one_address_come_at_the_rate_after_a_burst():
@@ -129,7 +131,7 @@ def test_guesses_wait_per_address_and_a_right_code_is_not_one():
 def test_without_fairness_the_door_lets_everyone_in():
     hall = a_door(fair=False)
     assert all(hall.enter("10.0.0.2", now=0.0) is None for _ in range(50))
-    assert hall.seat() and not hall.full() and hall.bucket("10.0.0.2", 0.0) is None
+    assert hall.seat("10.0.0.2") and not hall.full() and hall.bucket("10.0.0.2", 0.0) is None
 
 
 # --- finding 1: one student locks the class out ---------------------------------------------------

@@ -373,7 +373,7 @@ class Session:
         that have tokens now, and the client is told once that its lines wait."""
         record, throttle = self.record, self.throttle
         seated = self.phase is _NAME and self.at_door  # a fair door: a name needs a free seat
-        if seated and not self.door.seat():
+        if seated and not self.door.seat(record.ip):
             return self._turn_away("server full", "server full", None, protocol.SERVER_FULL)
         if throttle is not None:
             lines = throttle.admit(lines, now)  # the rest wait in the throttle, in order
@@ -381,14 +381,15 @@ class Session:
             self.waiting += lines
             lines = self.waiting[:LINES_PER_TURN]
             del self.waiting[:LINES_PER_TURN]
-        self.room.handle_lines(record, lines)
+        try:
+            self.room.handle_lines(record, lines)
+        finally:
+            if seated and record.name is None:
+                self.door.unseat(record.ip)  # not named: back at the door
+            elif seated:
+                self.at_door, self.seated = False, True
         if self.phase is _NAME and record.name is not None:
             self._move("registered")
-            if seated:
-                self.door.named(record.ip)
-                self.at_door, self.seated = False, True
-        elif seated:
-            self.door.unseat()
         if record.malformed != self.malformed_seen and self._too_many_malformed(now):
             return CLOSE_WHEN_SENT
         if record.too_slow:  # dropped: nothing more is handled; leave() counts what waits
