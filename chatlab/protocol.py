@@ -30,6 +30,7 @@ a row (:func:`has_blank_run`), which could pad it until its end wraps onto a row
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 import unicodedata
@@ -195,6 +196,7 @@ class Malformed:
 Event = Register | DirectMessage | Broadcast | Command | Malformed
 
 
+@functools.lru_cache(maxsize=4096)  # asked once per message, mostly for the same few names
 def name_key(name: str) -> str:
     """A name's skeleton: what it looks like. Two names with one skeleton are one name.
 
