@@ -371,7 +371,18 @@ class Session:
         """Hand lines to the room, at most :data:`LINES_PER_TURN` of them (the rest wait for
         :meth:`resume`, after the model has served the others); with a ``rate``, only those
         that have tokens now, and the client is told once that its lines wait."""
-        record, throttle = self.record, self.throttle
+        record = self.record
+        if (  # the common case, once per read: a named client, no rate, a few lines, none waiting
+            self.phase is _CHAT
+            and self.throttle is None
+            and not self.waiting
+            and len(lines) <= LINES_PER_TURN
+        ):
+            self.room.handle_lines(record, lines)
+            if record.malformed != self.malformed_seen and self._too_many_malformed(now):
+                return CLOSE_WHEN_SENT
+            return READ_ON
+        throttle = self.throttle
         seated = self.phase is _NAME and self.at_door  # a fair door: a name needs a free seat
         if seated and not self.door.seat(record.ip):
             return self._turn_away("server full", "server full", None, protocol.SERVER_FULL)
