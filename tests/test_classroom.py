@@ -18,7 +18,7 @@ import time
 
 import pytest
 import trustme
-from transcript import GREETING, Peer, run_together, wait_until
+from transcript import GREETING, Peer, run_together, s_client, wait_until
 
 from chatlab import kit_threads
 from chatlab.client import ChatClient, CodeRefused, TlsFailed
@@ -274,30 +274,21 @@ def test_tls_with_the_threaded_servers_direct_delivery(server_tls, client_tls, c
 def test_openssl_s_client_is_the_tls_nc(start, ca, server_tls, tmp_path):
     server = start(tls=server_tls, code=CODE)
     ca.cert_pem.write_to_path(str(tmp_path / "class.pem"))
-    command = [
-        "openssl",
-        "s_client",
-        "-connect",
-        f"127.0.0.1:{server.port}",
-        "-CAfile",
-        str(tmp_path / "class.pem"),
-        "-verify_return_error",
-        "-quiet",
-    ]
+    command = s_client(server.port, tmp_path / "class.pem")
     with subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    ) as s_client:
+    ) as openssl:
         try:
-            s_client.stdin.write(f"{CODE}\nalice\n%server%who\n".encode())
-            s_client.stdin.flush()
+            openssl.stdin.write(f"{CODE}\nalice\n%server%who\n".encode())
+            openssl.stdin.flush()
             received = b""
             deadline = time.monotonic() + 20
             while received.count(b"\n") < 5 and time.monotonic() < deadline:
-                ready, _, _ = select.select([s_client.stdout], [], [], 0.5)
+                ready, _, _ = select.select([openssl.stdout], [], [], 0.5)
                 if ready:
-                    received += os.read(s_client.stdout.fileno(), 4096)
+                    received += os.read(openssl.stdout.fileno(), 4096)
         finally:
-            s_client.kill()
+            openssl.kill()
     assert received.decode().splitlines() == [
         CODE_PROMPT,
         GREETING,

@@ -23,7 +23,7 @@ import time
 
 import pytest
 import trustme
-from transcript import GREETING, TIMEOUT, Peer, Program, wait_until
+from transcript import GREETING, TIMEOUT, Peer, Program, s_client, wait_until
 
 from chatlab import door, protocol
 from chatlab.client import ChatClient
@@ -378,16 +378,7 @@ def test_a_full_tls_server_says_so_in_openssl_s_client(start, tls_contexts, tmp_
     alice = ChatClient(server.host, server.port, "alice", tls=client_tls)
     try:
         ca.cert_pem.write_to_path(str(tmp_path / "class.pem"))
-        command = [
-            "openssl",
-            "s_client",
-            "-connect",
-            f"127.0.0.1:{server.port}",
-            "-CAfile",
-            str(tmp_path / "class.pem"),
-            "-verify_return_error",
-            "-quiet",
-        ]
+        command = s_client(server.port, tmp_path / "class.pem")
         done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
     finally:
         alice.close()

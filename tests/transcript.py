@@ -323,3 +323,9 @@ class KeptWrites:
         data = b"".join(self.writes)
         self.writes.clear()
         return data
+
+
+def s_client(port: int, cafile: object) -> list[str]:
+    """``openssl s_client`` to a TLS server on 127.0.0.1, trusting ``cafile``: the TLS ``nc``."""
+    return ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(cafile),
+            "-verify_return_error", "-quiet"]  # fmt: skip
