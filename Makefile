@@ -46,9 +46,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Six workers (pytest-xdist) even on two cores: most of the suite waits for servers, kernels and a
-# browser. On the 2-core CI machine a fresh clone's run took 7:15 with 4, 6:29 with 6 and 6:56 with
-# 8 (each worker starts its own JupyterLab and Chromium). The root conftest.py says which tests
-# share a worker. TEST_WORKERS=0 runs in one process.
+# browser. On the 2-core CI machine a fresh clone's pytest took 7:15 with 4, 6:29-6:58 with 6 and
+# 6:56 with 8, and 6:19 with 6 once the browser lessons ran in three groups (one JupyterLab and
+# Chromium each). The root conftest.py says which tests share a worker. TEST_WORKERS=0 runs in
+# one process.
 TEST_WORKERS ?= 6
 test: lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)

@@ -8,8 +8,11 @@ workers on two cores finish in well under half the time of one. Which tests go t
   module-scoped fixture (a Redis, network namespaces, a built wheel, certificates, graded
   servers) is made once.
 - The files in :data:`SPREAD` are long and their tests independent: each of their tests goes to
-  whichever worker is free (a worker makes a module-scoped fixture, such as the browser, for
-  itself). They are also queued first, slowest first, so no long test starts last.
+  whichever worker is free. They are also queued first, slowest first, so no long test starts
+  last.
+- The files in :data:`DEALT` are long too, but their module-scoped fixture is dear (JupyterLab
+  and Chromium take 20-30 s to start): their tests are dealt into a few groups, each run in
+  one worker, in order, with one fixture.
 
 A plain ``pytest`` (no ``-n``), or one file, runs as it always did; nothing here applies.
 (pytest-xdist's own ``--dist loadgroup`` would do the grouping, but it renames test ids in a way
@@ -22,14 +25,20 @@ import pytest
 
 # Slowest first (the order they are queued in): measured with `pytest --durations=0`.
 SPREAD = (
-    "tests/test_windows_standin.py",  # three suites under the Windows stand-in, 0.5-2 min each
-    "tests/browser/test_lessons_in_browser.py",  # each lesson and lab in JupyterLab in Chromium
+    "tests/test_windows_standin.py",  # five suites under the Windows stand-in, 0.5-1.5 min each
     "tests/test_lessons_rerun.py",  # each lesson run twice in one kernel
     "tests/test_labs.py",
     "tests/test_exercises.py",
     "tests/test_faults.py",
 )
-QUEUED_FIRST = (*SPREAD[:3], "tests/test_grade.py")  # test_grade: one worker grades the corpus
+# Each lesson and lab in JupyterLab in Chromium, 30-60 s each: dealt into 3 groups (of 7 or 8).
+DEALT = {"tests/browser/test_lessons_in_browser.py": 3}
+QUEUED_FIRST = (
+    "tests/browser/test_lessons_in_browser.py",
+    *SPREAD[:2],
+    "tests/test_grade.py",  # one worker grades the corpus of student servers (about 3 min)
+    "tests/browser/test_site.py",  # builds the website first (up to 1.5 min on a busy machine)
+)
 
 
 def file_of(nodeid: str) -> str:
@@ -51,14 +60,25 @@ except ImportError:  # pytest-xdist is not installed: plain pytest
 else:
 
     class CourseScheduling(LoadScopeScheduling):
-        """xdist's scope scheduling, where a scope is a file, or one test of a SPREAD file."""
+        """xdist's scope scheduling, where a scope is a file, one test of a SPREAD file, or
+        one group of a DEALT file."""
 
         def __init__(self, config: pytest.Config, log: object = None) -> None:
             config.option.loadscopereorder = False  # keep the order above, not "biggest file first"
             super().__init__(config, log)  # type: ignore[arg-type]
+            self._scopes: dict[str, str] = {}  # nodeid: its scope, decided once
+            self._dealt: dict[str, int] = {}  # DEALT file: tests dealt so far
 
         def _split_scope(self, nodeid: str) -> str:
-            return nodeid if file_of(nodeid) in SPREAD else file_of(nodeid)
+            if nodeid not in self._scopes:
+                path = file_of(nodeid)
+                if path in DEALT:
+                    turn = self._dealt.get(path, 0)
+                    self._dealt[path] = turn + 1
+                    self._scopes[nodeid] = f"{path}#{turn % DEALT[path]}"
+                else:
+                    self._scopes[nodeid] = nodeid if path in SPREAD else path
+            return self._scopes[nodeid]
 
     def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> CourseScheduling:
         return CourseScheduling(config, log)
