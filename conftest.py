@@ -15,11 +15,20 @@ workers on two cores finish in well under half the time of one. Which tests go t
   one worker, in order, with one fixture.
 
 A plain ``pytest`` (no ``-n``), or one file, runs as it always did; nothing here applies.
+
+One more thing here applies to every run: on POSIX, nbval's kernels talk to pytest over Unix
+sockets, not TCP ports (see :func:`pytest_configure`).
 (pytest-xdist's own ``--dist loadgroup`` would do the grouping, but it renames test ids in a way
 pytest 9 no longer sees, so this file asks for the grouping through xdist's scheduler hook.)
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from typing import Any
 
 import pytest
 
@@ -39,6 +48,36 @@ QUEUED_FIRST = (
     "tests/test_grade.py",  # one worker grades the corpus of student servers (about 3 min)
     "tests/browser/test_site.py",  # builds the website first (up to 1.5 min on a busy machine)
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """On POSIX, start nbval's kernels on Unix sockets instead of five TCP ports each.
+
+    jupyter_client picks a kernel's ports by binding port 0 and letting go; the kernel binds
+    them a moment later. Meanwhile the suite's thousands of client connections take ports from
+    the same ephemeral range, and when one takes a kernel's port first the kernel exits at once
+    ("Kernel died before replying to kernel_info", from zmq's "Address already in use"): a
+    notebook that fails before its first cell. Unix sockets have no ports to lose. Windows has
+    no zmq ipc transport and keeps TCP.
+    """
+    if os.name != "posix":
+        return
+    try:
+        import nbval.kernel
+        from jupyter_client.manager import KernelManager
+    except ImportError:  # nbval is not installed: no notebooks are collected
+        return
+    # A short folder: a Unix socket's path must stay under 104 bytes (macOS) or 108 (Linux).
+    folder = tempfile.mkdtemp(prefix="chatlab-kernels-", dir="/tmp")
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+    class UnixSocketKernelManager(KernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", os.path.join(folder, uuid.uuid4().hex[:12]))
+            super().__init__(**kwargs)
+
+    nbval.kernel.KernelManager = UnixSocketKernelManager  # what nbval's start_new_kernel() calls
 
 
 def file_of(nodeid: str) -> str:

@@ -15,10 +15,12 @@ import copy
 import http.cookiejar
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -132,6 +134,10 @@ class JupyterLabServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = work_dir / "jupyterlab.log"
+        # Kernels on Unix sockets (POSIX), named after files here: a short path keeps each
+        # socket's under the 104 bytes macOS allows.
+        short = "/tmp" if os.name == "posix" else None
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="chatlab-lab-", dir=short))
         self.process: subprocess.Popen[bytes] | None = None
         self._cookies = http.cookiejar.CookieJar()
         self._opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self._cookies))
@@ -149,7 +155,7 @@ class JupyterLabServer:
             ("JUPYTERLAB_SETTINGS_DIR", settings),
             ("JUPYTERLAB_WORKSPACES_DIR", self.work_dir / "workspaces"),
             ("JUPYTER_CONFIG_DIR", self.work_dir / "config"),
-            ("JUPYTER_RUNTIME_DIR", self.work_dir / "runtime"),
+            ("JUPYTER_RUNTIME_DIR", self.runtime_dir),
             ("IPYTHONDIR", self.work_dir / "ipython"),
         ]:
             folder.mkdir(parents=True, exist_ok=True)
@@ -157,7 +163,17 @@ class JupyterLabServer:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def start(self, timeout: float = 60.0) -> JupyterLabServer:
+    def start(self, timeout: float = 60.0, tries: int = 3) -> JupyterLabServer:
+        """Start it; if another program took the free port first, start it on a new one."""
+        for _ in range(tries):
+            if self._launch(timeout):
+                return self
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+        raise RuntimeError(f"jupyter lab found its port taken {tries} times:\n{self.log()}")
+
+    def _launch(self, timeout: float) -> bool:
+        """True once it answers; False if it exited because its port was taken."""
         command = [
             sys.executable,
             "-m",
@@ -169,6 +185,10 @@ class JupyterLabServer:
             "--IdentityProvider.token=",
             f"--ServerApp.root_dir={self.root_dir}",
         ]
+        if os.name == "posix":
+            # Not five TCP ports per kernel that another test's connection can take first
+            # (the kernel would die at start): see pytest_configure in the root conftest.py.
+            command.append("--KernelManager.transport=ipc")
         if os.geteuid() == 0:
             command.append("--allow-root")  # JupyterLab refuses to run as root without it
         with open(self.log_path, "wb") as log:
@@ -184,11 +204,13 @@ class JupyterLabServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if "already in use" in self.log():
+                    return False
                 raise RuntimeError(f"jupyter lab exited with {self.process.returncode}:\n{self.log()}")
             try:
                 self.request("GET", "/api/status", timeout=2)
                 self.request("GET", "/lab", timeout=10, raw=True)  # sets the _xsrf cookie
-                return self
+                return True
             except (OSError, urllib.error.URLError):
                 time.sleep(0.2)
         self.stop()
@@ -235,6 +257,7 @@ class JupyterLabServer:
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
             return
         try:
             self.shutdown_kernels()
@@ -246,6 +269,7 @@ class JupyterLabServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=5)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
 class NotebookPage:
