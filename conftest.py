@@ -86,8 +86,10 @@ def file_of(nodeid: str) -> str:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With workers, queue the longest files first (every worker sorts its list the same way)."""
-    if getattr(config.option, "numprocesses", None):
+    """With workers, queue the longest files first (every worker sorts its list the same way:
+    the scheduler takes the workers' order, and in a worker ``-n`` is not set, so a worker is
+    told by its ``workerinput``)."""
+    if getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
         rank = {path: n for n, path in enumerate(QUEUED_FIRST)}
         items.sort(key=lambda item: rank.get(file_of(item.nodeid), len(rank)))
 
