@@ -22,10 +22,18 @@ from .addresses import classroom_lines
 from .room import ClientRecord, ServerEvent
 from .servers import MODELS, ChatServer, ServerBase, server_class
 from .servers.base import DEFAULT_PORT, ServerOptions
-from .servers.threads import DELIVERY_MODES, SERVER_SWITCH_INTERVAL
+from .servers.threads import DELIVERY_MODES
 from .tls import server_context
 
 __all__ = ["ChatServer", "ClientRecord", "MODELS", "ServerBase", "ServerEvent", "main", "server_class"]
+
+# Only one thread runs Python at a time (the GIL), so with thousands of clients most threads wait
+# for it, and each waiting thread wakes up every "switch interval" (5 ms by default) to ask for
+# it: with thousands of threads those wake-ups alone fill the processor. So this program, which
+# runs only the server, sets a longer interval for the threaded model. The cost: a thread that
+# keeps computing may hold the GIL for up to 100 ms before it must let another run. The server's
+# threads hand the GIL over at every read and write anyway, so they never get near that.
+SERVER_SWITCH_INTERVAL = 0.1
 
 log = logging.getLogger("chatlab.server")
 

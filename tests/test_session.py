@@ -184,7 +184,7 @@ def test_the_greeting_follows_the_handshake_encrypted(session_of, tls_pair):
 def test_a_plain_text_client_of_a_tls_server_is_told_in_plain_text(session_of, tls_pair):
     session, transport = session_of(tls=tls_pair[0])
     reaction = session.receive(b"alice\n", now=5.0)
-    assert reaction == Reaction(Then.CLOSE, 5.0)  # at once, once it is told
+    assert reaction == Reaction(Then.CLOSE)  # once it is told
     assert session.phase is Phase.TURNED_AWAY and session.reason == "not a TLS client"
     assert transport.taken() == protocol.TLS_REQUIRED
 

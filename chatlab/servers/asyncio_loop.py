@@ -116,14 +116,8 @@ class _ClientProtocol(asyncio.Protocol):
             assert reaction.at is not None
             self.transport.pause_reading()
             self.resume_timer = loop.call_later(reaction.at - time.monotonic(), self.resume)
-        elif then is Then.CLOSE:  # read nothing more; close it (sending what waits first)
-            self.transport.pause_reading()
-            if self.name_timer is not None:
-                self.name_timer.cancel()
-            if reaction.at is None:
-                self.transport.close()
-            else:  # turned away: not before then
-                loop.call_later(reaction.at - time.monotonic(), self.transport.close)
+        elif then is Then.CLOSE:  # close it once what waits is sent; it stops reading at once
+            self.transport.close()  # (the timers are cancelled in connection_lost)
         else:
             self.transport.abort()
 
@@ -183,11 +177,7 @@ class AsyncioChatServer(ServerBase):
         self._loop = asyncio.new_event_loop()
         self._start_error: BaseException | None = None
         serving = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop_thread, args=(listener, serving), name="chatlab-asyncio", daemon=True
-        )
-        self._track(self._thread)
-        self._thread.start()
+        self._thread = self._spawn("chatlab-asyncio", self._loop_thread, listener, serving)
         if not serving.wait(START_TIMEOUT):
             raise RuntimeError("the asyncio loop thread did not start serving")
         if self._start_error is not None:

@@ -45,6 +45,7 @@ DRAIN_TIMEOUT = 1.0  # how long a leaving client may take to read what is still 
 # middle of (a client that still reads gets whole lines; one that reads nothing is not waited for).
 LINE_END_TIMEOUT = 0.25
 NEWLINE = ord("\n")
+SEND_CHUNK = 256 * 1024  # the most a thread waiting in send() hands the kernel at once
 DEFAULT_PORT = protocol.DEFAULT_PORT
 # How long a wrong class code waits for its answer (the connection unread, and out of the
 # room's count meanwhile): a script cannot learn whether a guess was right any sooner.
@@ -90,11 +91,15 @@ class Outbox:
         self._data += data
         return True
 
-    def take(self) -> bytes:
-        """Everything queued, in one piece (b"" if nothing is)."""
-        data = bytes(self._data)
-        self._data.clear()
-        return data
+    def put_after(self, data: bytes, sent: int) -> bool:
+        """A send took only the first ``sent`` bytes of ``data``: queue the rest. False as for
+        :meth:`put`; then only the end of the line the client is in stays, to be sent."""
+        self.mid_line = sent > 0 and data[sent - 1] != NEWLINE
+        if self.put(data[sent:]):
+            return True
+        self._data += data[sent:]  # past the limit, but only until its line is finished:
+        self.finish_line()
+        return False
 
     def send_some(self, sock: socket.socket) -> int:
         """Send what a non-blocking ``sock`` takes now, and keep the rest; returns the count."""
@@ -102,26 +107,37 @@ class Outbox:
             sent = sock.send(self._data)
         except BlockingIOError:
             return 0
-        if sent:
-            self.mid_line = self._data[sent - 1] != NEWLINE
-        del self._data[:sent]
+        self._forget(sent)
         return sent
 
-    def finish_line(self, unsent: bytes = b"") -> None:
+    def next_chunk(self, sent: int, dropped: bool) -> bytes:
+        """For a thread that waits in ``send()``: forget the ``sent`` bytes its last send took,
+        and say what to send next (b"": nothing). Once the client is ``dropped``, only the end
+        of the line it is in is left."""
+        self._forget(sent)
+        if dropped:
+            self.finish_line()
+        return bytes(self._data[:SEND_CHUNK])
+
+    def _forget(self, sent: int) -> None:
+        if sent:
+            self.mid_line = self._data[sent - 1] != NEWLINE
+            del self._data[:sent]
+
+    def finish_line(self) -> None:
         """The client is dropped: keep only the end of the line it has been sent part of
-        (nothing if it is between lines). ``unsent``: bytes a send did not take, which come
-        before what is queued."""
-        data = unsent + self._data
-        self._data = bytearray(data[: data.find(b"\n") + 1] if self.mid_line else b"")
+        (nothing if it is between lines)."""
+        del self._data[self._data.find(b"\n") + 1 if self.mid_line else 0 :]
 
     def close(self) -> None:
         self.closed = True
 
 
-def shutdown(sock: socket.socket) -> None:
-    """Wake every thread blocked on ``sock``: recv returns b'' and sendall fails."""
+def shutdown(sock: socket.socket, how: int = socket.SHUT_RDWR) -> None:
+    """Wake every thread blocked on ``sock``: recv returns b'' and sendall fails (with
+    ``how=SHUT_RD``, only recv: sending goes on)."""
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        sock.shutdown(how)
     except OSError:
         pass  # already shut down, or never connected
 
@@ -453,6 +469,18 @@ class ServerBase:
                 ]  # not yet started
                 self._prune_at = 2 * len(self._threads) + 64
             self._threads.append(thread)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
+        """Start a daemon thread that stop() joins. If it cannot start (the system is out of
+        threads: ``RuntimeError``), it is forgotten and the error raised."""
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._track(thread)
+        try:
+            thread.start()
+        except BaseException:
+            self._untrack(thread)
+            raise
+        return thread
 
     def _accept_failed(self, exc: OSError) -> bool:
         """``accept()`` raised ``exc``: log it (running out of file descriptors only once, until a

@@ -61,12 +61,11 @@ class State(enum.Enum):
 
     READING = "reading"  # watched for reading (and for writing while bytes wait)
     PAUSED = "paused"  # over the flood rate: not read until ``until``
-    LINGERING = "lingering"  # turned away: read nothing more; closed at ``until``
     DRAINING = "draining"  # left: closed once its last bytes are sent, or at ``until``
     CLOSED = "closed"
 
 
-READING, PAUSED, LINGERING, DRAINING, CLOSED = State  # short names for the loop's checks
+READING, PAUSED, DRAINING, CLOSED = State  # short names for the loop's checks
 
 
 class _WatchedClient:
@@ -85,12 +84,12 @@ class _WatchedClient:
         self.outbox = Outbox(server.max_backlog)  # written by the room, not sent yet
         self.events = READ  # what the selector watches the socket for (0: not registered)
         self.state = READING
-        self.until = 0.0  # PAUSED, LINGERING, DRAINING: when that ends
+        self.until = 0.0  # PAUSED, DRAINING: when that ends
         self.aborted = False  # the room dropped it (from any thread): the loop ends it
 
     def write(self, data: bytes) -> bool:
         state = self.state
-        if state is DRAINING or state is LINGERING or state is CLOSED:
+        if state is DRAINING or state is CLOSED:
             return True  # it is leaving; there is nobody to write to
         if not self.outbox.put(data):
             return False  # too far behind: the room aborts it
@@ -144,11 +143,7 @@ class SelectorsChatServer(ServerBase):
             sock.setblocking(False)
         self._selector.register(listener, READ, _ACCEPT)
         self._selector.register(wake_up, READ, _WAKE)
-        self._thread = threading.Thread(
-            target=self._loop, args=(listener, wake_up), name="chatlab-selectors", daemon=True
-        )
-        self._track(self._thread)
-        self._thread.start()
+        self._thread = self._spawn("chatlab-selectors", self._loop, listener, wake_up)
 
     def _halt(self, listener: socket.socket, timeout: float) -> None:
         assert self._thread is not None
@@ -283,11 +278,6 @@ class SelectorsChatServer(ServerBase):
             assert reaction.at is not None
             connection.state, connection.until = PAUSED, reaction.at
             self._at(reaction.at, connection, "resume")
-        elif then is Then.CLOSE and reaction.at is not None:  # turned away: closed at `at`
-            connection.state, connection.until = LINGERING, reaction.at
-            self._at(reaction.at, connection, "close")
-            self._flush(connection)  # sends the refusal; stops watching it for reading
-            return
         else:  # CLOSE once sent, or ABORT now
             self._end(connection, None, drain=then is Then.CLOSE)
             return
@@ -360,7 +350,7 @@ class SelectorsChatServer(ServerBase):
                 self._apply(connection, reaction)
         elif what == "resume" and state is PAUSED and now >= connection.until:
             self._apply(connection, connection.session.resume(now))
-        elif what == "close" and (state is LINGERING or state is DRAINING) and now >= connection.until:
+        elif what == "close" and state is DRAINING and now >= connection.until:
             self._close(connection)  # its time is up, whether or not its last bytes went out
 
     def _end(
@@ -368,7 +358,7 @@ class SelectorsChatServer(ServerBase):
     ) -> None:
         """The connection is over: the room forgets it now, and it closes once drained (or
         after ``within`` seconds)."""
-        if connection.state is DRAINING or connection.state is LINGERING:
+        if connection.state is DRAINING:
             if not drain:
                 self._close(connection)
             return

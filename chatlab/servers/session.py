@@ -121,7 +121,7 @@ class Then(enum.Enum):
 
     READ = "read"  # read its socket again
     PAUSE = "pause"  # read nothing until ``at``, then call Session.resume()
-    CLOSE = "close"  # read nothing more; close it once what waits is sent, or at ``at`` if given
+    CLOSE = "close"  # read nothing more; close it once what waits is sent
     ABORT = "abort"  # close it now (an error): what waits for it is dropped
 
 
@@ -135,7 +135,7 @@ class Reaction:
     """
 
     then: Then
-    at: float | None = None  # PAUSE: when to call resume(); CLOSE: when (None: once sent)
+    at: float | None = None  # PAUSE: when to call resume()
 
 
 READ_ON = Reaction(Then.READ)  # the common answers, made once
@@ -330,7 +330,7 @@ class Session:
         if self.phase is Phase.CODE and lines:
             ip, answer_at = self.record.ip, now + _base.WRONG_CODE_DELAY
             if not self.door.guess(ip, now, answer_at):  # not checked, so it may hear it at once
-                return self._turn_away("wrong code", "too many class code guesses", None, TOO_MANY_GUESSES)
+                return self._turn_away("wrong code", "too many class code guesses", TOO_MANY_GUESSES)
             if not protocol.code_matches(lines[0], self.server.options.code or ""):
                 return self._answer_later("wrong class code", protocol.WRONG_CODE, answer_at)
             self.door.right(ip, answer_at)
@@ -348,12 +348,12 @@ class Session:
         try:
             plaintext = self.tls.receive(data)
         except NotTls:
-            self._turn_away("not a TLS client", "not a TLS client", now)
+            self._turn_away("not a TLS client", "not a TLS client")
             self._send_as_is(protocol.TLS_REQUIRED)  # in plain text, the one thing it can read
             return b""
         except ssl.SSLError as exc:
             reason = f"TLS handshake failed: {exc.reason or exc}"
-            self._turn_away("TLS handshake failed", reason, now)
+            self._turn_away("TLS handshake failed", reason)
             return b""
         self._send_as_is(self.tls.outgoing())  # the handshake's own messages
         if self.tls.established and self.answer is not None:  # full (logged at open): say so now
@@ -385,7 +385,7 @@ class Session:
         throttle = self.throttle
         seated = self.phase is _NAME and self.at_door  # a fair door: a name needs a free seat
         if seated and not self.door.seat(record.ip):
-            return self._turn_away("server full", "server full", None, protocol.SERVER_FULL)
+            return self._turn_away("server full", "server full", protocol.SERVER_FULL)
         if throttle is not None:
             lines = throttle.admit(lines, now)  # the rest wait in the throttle, in order
         if self.waiting or len(lines) > LINES_PER_TURN:
@@ -470,16 +470,13 @@ class Session:
         self.room.refuse(self.record, self.reason)
         return CLOSE_WHEN_SENT
 
-    def _turn_away(
-        self, event: str, reason: str, until: float | None, reply: bytes | None = None
-    ) -> Reaction:
+    def _turn_away(self, event: str, reason: str, reply: bytes | None = None) -> Reaction:
         """Refuse this connection (logged, and told if it can be: before the TLS handshake is
-        done nothing can); the model closes it at ``until`` (None: once sent), reading nothing
-        more."""
+        done nothing can); the model closes it once that is sent, reading nothing more."""
         self.room.refuse(self.record, reason, reply)
         self.reason = reason
         self._move(event)
-        self.linger = Reaction(Then.CLOSE, until)
+        self.linger = CLOSE_WHEN_SENT
         return self.linger
 
     def _answer_later(self, reason: str, reply: bytes, at: float) -> Reaction:

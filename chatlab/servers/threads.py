@@ -17,13 +17,6 @@ A receiver that stops reading stalls nobody, and once its outbox overflows it is
 With ``delivery="direct"`` the sender's thread writes into the receiver's socket and waits
 until it is taken, as in the report: simple, and one client that stops reading freezes every
 client that writes to it (lesson 7 shows it).
-
-Only one thread runs Python at a time (the GIL), so with thousands of clients most threads
-wait for it, and each waiting thread wakes up every "switch interval" (5 ms in Python) to ask
-for it. With thousands of threads those wake-ups alone fill the processor, so the server
-program sets a longer interval, :data:`SERVER_SWITCH_INTERVAL`. The cost: a thread that keeps
-computing may now hold the GIL for up to 100 ms before it must let another run. The server's
-threads hand the GIL over at every read and write anyway, so they never get near that.
 """
 
 from __future__ import annotations
@@ -41,7 +34,6 @@ from .base import (
     DELIVERY_MODES,
     DRAIN_TIMEOUT,
     LINE_END_TIMEOUT,
-    NEWLINE,
     RECV_SIZE,
     SEND_BUFFER,
     Outbox,
@@ -53,16 +45,11 @@ from .base import (
 )
 from .session import READ_ON, Phase, Reaction, Session, Then
 
-__all__ = ["ChatServer", "DELIVERY_MODES", "SERVER_SWITCH_INTERVAL"]
+__all__ = ["ChatServer", "DELIVERY_MODES"]
 
 log = logging.getLogger("chatlab.server")
 
 QUIET_RECV_SIZE = 256  # wait with a small buffer while a client is quiet: every waiting thread holds one
-# How long a thread may run Python before the interpreter makes it hand over the GIL (Python's
-# default is 5 ms). A thread waiting for the GIL wakes up that often to ask for it: with
-# thousands of client threads those wake-ups alone fill the processor. The server program
-# (``python -m chatlab.server --model threads``) asks for 100 ms.
-SERVER_SWITCH_INTERVAL = 0.1
 CHAT = Phase.CHAT  # a module-level name: quicker to look up on every read
 
 
@@ -83,13 +70,11 @@ class _Transport:
         shutdown(self.record.sock)  # its own thread wakes up, cleans up and tells the others
 
     def registered(self, name: str) -> None:
-        """Called in the client's own thread once it has a name: no more name timeout, and its
-        threads are renamed after it."""
-        # Wait for its lines as long as it likes: UNTIMED where a no-wait sender shares the socket.
+        """Called in the client's own thread once it has a name: no more name timeout (it
+        waits as long as it likes; UNTIMED where a no-wait sender shares the socket), and the
+        thread is renamed after it (a writer thread started later is named after it too)."""
         self.record.sock.settimeout(None if self.plain_blocking else UNTIMED)
-        for thread, role in ((self.record.thread, "client"), (self.record.writer, "writer")):
-            if thread is not None:
-                thread.name = f"chatlab-{role}-{name}"
+        threading.current_thread().name = f"chatlab-client-{name}"
 
     def close(self) -> None:
         """Release what this transport holds besides the socket (the socket's owner closes it)."""
@@ -126,29 +111,19 @@ class _QueuedTransport(_Transport):
         record.bytes_out += sent
         if sent == len(data):
             return True
-        self.outbox.mid_line = sent > 0 and data[sent - 1] != NEWLINE
-        if not self.outbox.put(data[sent:]):  # too far behind: dropped, after the end of its line
-            self.outbox.finish_line(data[sent:])
-            if len(self.outbox):
-                record.writer = self.server._start_writer(self)
-            return False
-        record.writer = self.server._start_writer(self)
-        if record.writer is None:
-            self.outbox.close()  # no more partial lines: the room drops this client now
-            return False
-        return True
+        kept = self.outbox.put_after(data, sent)  # False: too far behind, dropped after this line
+        if len(self.outbox):
+            record.writer = self.server._start_writer(self)
+            if record.writer is None:  # no writer, no partial line either: the room drops it now
+                self.outbox.close()
+                return False
+        return kept
 
     def abort(self) -> None:
         """Dropped as too slow: its own thread wakes up, cleans up and tells the others. A
         writer thread sending the end of a line is left to finish it (for LINE_END_TIMEOUT at
         most: the client's thread waits that long for it, then shuts the socket)."""
-        if self.record.writer is None:
-            shutdown(self.record.sock)
-            return
-        try:
-            self.record.sock.shutdown(socket.SHUT_RD)  # wakes recv(); sending goes on
-        except OSError:
-            pass
+        shutdown(self.record.sock, socket.SHUT_RDWR if self.record.writer is None else socket.SHUT_RD)
 
     def close(self) -> None:
         self.nowait.close()
@@ -157,12 +132,10 @@ class _QueuedTransport(_Transport):
 class _DirectTransport(_Transport):
     """Direct delivery, as in the report: the sender's thread writes into the socket itself.
 
-    It never sends without waiting, so once its client has a name the socket is a plain
-    blocking one on every system (``plain_blocking``), not one with a timeout as
-    :class:`~chatlab.portable.NoWaitSender` needs on Windows. With a timeout, Python waits in
-    ``poll()`` before every ``send()``, and TCP calls a socket writable only while a third of
-    its send buffer is free: a ``sendall()`` to a client that stopped reading stopped with the
-    buffer two thirds full, and went on for a moment whenever the system grew the buffer.
+    Once its client has a name the socket is a plain blocking one on every system, not one with
+    a timeout (which NoWaitSender needs on Windows): with a timeout, Python waits in ``poll()``
+    before every ``send()``, and TCP calls a socket writable only while a third of its buffer is
+    free, so a ``sendall()`` to a client that stopped reading stopped two thirds full.
     """
 
     __slots__ = ()
@@ -206,11 +179,7 @@ class ChatServer(ServerBase):
 
     def _run(self, listener: socket.socket) -> None:
         self._halting.clear()
-        self._accept_thread = threading.Thread(
-            target=self._accept_loop, args=(listener,), name="chatlab-accept", daemon=True
-        )
-        self._track(self._accept_thread)
-        self._accept_thread.start()
+        self._accept_thread = self._spawn("chatlab-accept", self._accept_loop, listener)
 
     def _halt(self, listener: socket.socket, timeout: float) -> None:
         self._halting.set()
@@ -254,42 +223,27 @@ class ChatServer(ServerBase):
         """Give a new connection a session, admit it to the room and start its thread."""
         queued = self.delivery == "queue"
         session = Session(self, sock, address, send_buffer=SEND_BUFFER if queued else None)
-        record = session.record
-        transport: _Transport = (_QueuedTransport if queued else _DirectTransport)(self, record)
+        transport: _Transport = (_QueuedTransport if queued else _DirectTransport)(self, session.record)
         session.attach(transport)
-        record.thread = threading.Thread(
-            target=self._serve, args=(session,), daemon=True, name=f"chatlab-client-{record.label}"
-        )
         if not session.open():
             transport.close()
             refuse_full(sock, session.refusal)
             return
         sock.settimeout(self._door_timeout(session))  # a connection that never registers ends
-        self._track(record.thread)
         try:
-            record.thread.start()
+            self._spawn(f"chatlab-client-{session.record.label}", self._serve, session)
         except BaseException:
-            self._untrack(record.thread)
-            session.leave("server error")
-            transport.close()
-            sock.close()
-            session.departed()
+            session.reason = "server error"
+            self._close(session)
             raise
 
     def _start_writer(self, transport: _QueuedTransport) -> threading.Thread | None:
         """Start a writer thread for a client that fell behind (its ``send_lock`` is held)."""
-        record = transport.record
-        writer = threading.Thread(
-            target=self._write_loop, args=(transport,), daemon=True, name=f"chatlab-writer-{record.label}"
-        )
-        self._track(writer)
         try:
-            writer.start()
+            return self._spawn(f"chatlab-writer-{transport.record.label}", self._write_loop, transport)
         except RuntimeError as exc:  # "can't start new thread": treat it as too slow
-            self._untrack(writer)
-            log.warning("%s: no writer thread: %s", record.label, exc)
+            log.warning("%s: no writer thread: %s", transport.record.label, exc)
             return None
-        return writer
 
     # --- a client's threads ---------------------------------------------------------------------
 
@@ -302,6 +256,7 @@ class ChatServer(ServerBase):
         or, when the session asks for a pause (flood control), on ``_halting`` for that long.
         """
         sock = session.record.sock
+        session.record.thread = threading.current_thread()  # before it can register: renamed then
         try:
             size = QUIET_RECV_SIZE
             while data := sock.recv(size):
@@ -333,54 +288,27 @@ class ChatServer(ServerBase):
             if self._halting.wait(reaction.at - time.monotonic()):
                 return False  # the server is stopping
             reaction = session.resume(time.monotonic())
-        if reaction.then is Then.CLOSE and reaction.at is not None:  # turned away: not yet
-            self._linger(session.record.sock, reaction.at)
         return reaction.then is Then.READ
 
-    def _linger(self, sock: socket.socket, until: float) -> None:
-        """Keep a turned-away connection open until ``until``, throwing away what it sends.
-
-        Only this client's thread waits; stop() ends the wait at once (recv returns b"")."""
-        while (left := until - time.monotonic()) > 0:
-            sock.settimeout(left)
-            try:
-                if not sock.recv(RECV_SIZE):
-                    return  # it hung up
-            except OSError:  # the wait is over (TimeoutError), or the connection is
-                return
-
     def _write_loop(self, transport: _QueuedTransport) -> None:
-        """A writer thread: send what waits in the outbox until it is empty, then end. Once
-        the client is dropped as too slow, only the end of the line it is in goes out."""
-        record, outbox = transport.record, transport.outbox
+        """A writer thread: send what waits in the outbox, waiting for the client (the one
+        place that does), until it is empty, then end. Once the client is dropped as too slow,
+        only the end of the line it is in goes out."""
+        record, outbox, sent = transport.record, transport.outbox, 0
         while True:
             with record.send_lock:
-                if record.too_slow:
-                    outbox.finish_line()
-                data = outbox.take()
+                data = outbox.next_chunk(sent, record.too_slow)
                 if not data:
                     record.writer = None  # caught up: senders write to the socket again
                     return
             try:
-                self._send_lines(record, outbox, data)
+                sent = record.sock.send(data)  # waits until the kernel takes some
             except OSError:
                 with record.send_lock:
                     outbox.close()
                 shutdown(record.sock)  # let the client's own thread notice and clean up
                 return
-
-    def _send_lines(self, record: ClientRecord, outbox: Outbox, data: bytes) -> None:
-        """Send ``data``, waiting for the client (the one place that does); if it is dropped
-        meanwhile, stop at the end of the line it is in."""
-        view, position = memoryview(data), 0
-        while position < len(data):
-            sent = record.sock.send(view[position:])  # waits until the kernel takes some
-            position += sent
             record.bytes_out += sent
-            outbox.mid_line = data[position - 1] != NEWLINE
-            if record.too_slow:
-                end = data.find(b"\n", position) + 1 if outbox.mid_line else position
-                view, data = view[:end], data[:end]
 
     def _close(self, session: Session) -> None:
         record, transport, writer = session.record, session.transport, None
