@@ -36,6 +36,7 @@ import pytest
 SPREAD = (
     "tests/test_windows_standin.py",  # five suites under the Windows stand-in, 0.5-1.5 min each
     "tests/test_lessons_rerun.py",  # each lesson run twice in one kernel
+    "tests/test_grade.py",  # each test grades its own servers (about 4.5 min in all)
     "tests/test_labs.py",
     "tests/test_exercises.py",
     "tests/test_faults.py",
@@ -44,8 +45,7 @@ SPREAD = (
 DEALT = {"tests/browser/test_lessons_in_browser.py": 3}
 QUEUED_FIRST = (
     "tests/browser/test_lessons_in_browser.py",
-    *SPREAD[:2],
-    "tests/test_grade.py",  # one worker grades the corpus of student servers (about 3 min)
+    *SPREAD[:3],
     "tests/browser/test_site.py",  # builds the website first (up to 1.5 min on a busy machine)
 )
 
