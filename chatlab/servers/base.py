@@ -107,22 +107,21 @@ class Outbox:
             sent = sock.send(self._data)
         except BlockingIOError:
             return 0
-        self._forget(sent)
+        if sent:  # (inline: this is every selectors write's path)
+            self.mid_line = self._data[sent - 1] != NEWLINE
+            del self._data[:sent]
         return sent
 
     def next_chunk(self, sent: int, dropped: bool) -> bytes:
         """For a thread that waits in ``send()``: forget the ``sent`` bytes its last send took,
         and say what to send next (b"": nothing). Once the client is ``dropped``, only the end
         of the line it is in is left."""
-        self._forget(sent)
-        if dropped:
-            self.finish_line()
-        return bytes(self._data[:SEND_CHUNK])
-
-    def _forget(self, sent: int) -> None:
         if sent:
             self.mid_line = self._data[sent - 1] != NEWLINE
             del self._data[:sent]
+        if dropped:
+            self.finish_line()
+        return bytes(self._data[:SEND_CHUNK])
 
     def finish_line(self) -> None:
         """The client is dropped: keep only the end of the line it has been sent part of
