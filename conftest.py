@@ -1,6 +1,6 @@
-"""How `make test` shares the suite among pytest-xdist workers (``pytest -n 6``).
+"""How `make test` shares the suite among pytest-xdist workers (``pytest -n 8``).
 
-Most of the suite's time is spent waiting (servers, kernels, a browser), not computing, so six
+Much of the suite's time is spent waiting (servers, kernels, a browser), not computing, so eight
 workers on two cores finish in well under half the time of one. Which tests go together:
 
 - By default a file's tests stay together, in order, in one worker, as they run without xdist:
