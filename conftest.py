@@ -1,6 +1,6 @@
-"""How `make test` shares the suite among pytest-xdist workers (``pytest -n 8``).
+"""How `make test` shares the suite among pytest-xdist workers (``pytest -n 6``).
 
-Much of the suite's time is spent waiting (servers, kernels, a browser), not computing, so eight
+Much of the suite's time is spent waiting (servers, kernels, a browser), not computing, so six
 workers on two cores finish in well under half the time of one. Which tests go together:
 
 - By default a file's tests stay together, in order, in one worker, as they run without xdist:
