@@ -8,10 +8,12 @@ of every model.
 
 from __future__ import annotations
 
+import os
 import re
 import select
 import subprocess
 import sys
+import time
 import unicodedata
 
 import pytest
@@ -261,6 +263,15 @@ def test_the_server_program_reserves_names_with_reserve():
         listens = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", listening)
         assert listens, f"the server said {listening!r}"
         port = int(listens[1])
+        # Its log up to "press Ctrl-C to stop": the main thread logs the reserved names after
+        # "listening on", and a SIGTERM before then would end it first (seen under load).
+        # (os.read, not readline: a buffered read could take lines select() then never sees.)
+        started, deadline = "", time.monotonic() + 30
+        while "press Ctrl-C to stop" not in started:
+            ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(proc.stderr.fileno(), 4096).decode() if ready else ""
+            assert chunk, f"the server's log ended or stalled after {started!r}"
+            started += chunk
         for name in ["teacher", "TA"]:
             with peer_from(("127.0.0.1", port), OTHER_LOOPBACK) as student:
                 student.expect(GREETING)
@@ -270,7 +281,8 @@ def test_the_server_program_reserves_names_with_reserve():
             teacher.register("teacher")
     finally:
         proc.terminate()
-        _, log = proc.communicate(timeout=10)
+        _, rest = proc.communicate(timeout=10)
+    log = started + rest
     assert "reserved for a client on this computer: teacher, ta" in log
     assert "name 'teacher' is reserved" in log
 
