@@ -113,24 +113,39 @@ def jupyterlab(
         server.stop()
 
 
+@pytest.fixture(scope="module")  # ended before other tests: Playwright runs an event loop
+def lab_page(chromium: Any, jupyterlab: JupyterLabServer) -> Iterator[Any]:
+    """One page for the notebooks opened by ``open_notebook``: JupyterLab loads once in it."""
+    page = chromium.new_page()
+    yield page
+    page.close()
+
+
 @pytest.fixture
-def open_notebook(chromium: Any, jupyterlab: JupyterLabServer) -> Iterator[Any]:
-    """``open_notebook(name)`` opens a notebook in a new page; page and kernel end after the test."""
+def open_notebook(lab_page: Any, jupyterlab: JupyterLabServer) -> Iterator[Any]:
+    """``open_notebook(name)`` shows a notebook in JupyterLab, alone; after the test it is
+    closed and its kernel shut down."""
     opened: list[NotebookPage] = []
 
     def open_(name: str) -> NotebookPage:
-        notebook = NotebookPage(chromium.new_page(), jupyterlab, name).open()
+        notebook = NotebookPage(lab_page, jupyterlab, name).open()
         opened.append(notebook)
         return notebook
 
     yield open_
     for notebook in opened:
-        notebook.page.close()
-        jupyterlab.shutdown_kernels(notebook.name)
+        notebook.close()
+
+
+@pytest.fixture
+def chat_lesson(lesson_5_running: NotebookPage) -> NotebookPage:
+    """Lesson 5's page, in front (a page behind another one runs its timers seldom)."""
+    lesson_5_running.page.bring_to_front()
+    return lesson_5_running
 
 
 @pytest.fixture(scope="module")  # ended before other tests: Playwright runs an event loop
-def chat_lesson(chromium: Any, jupyterlab: JupyterLabServer) -> Iterator[NotebookPage]:
+def lesson_5_running(chromium: Any, jupyterlab: JupyterLabServer) -> Iterator[NotebookPage]:
     """Lesson 5 open and run down to (not including) its cell tagged ``cleanup``.
 
     Shared by the tests that run every lesson and the widget tests, which use its live chat

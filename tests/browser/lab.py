@@ -7,6 +7,11 @@ waits (always with a time limit) until the kernel is idle and every expected cel
 
 Every selector is scoped to the notebook panel on show, because JupyterLab can restore other
 tabs next to the one we open.
+
+Loading JupyterLab costs Chromium about 4.5 s of CPU, opening a notebook in a loaded JupyterLab
+about 2 s: a page that already shows JupyterLab opens the next notebook with JupyterLab's own
+``docmanager:open`` command (the server exposes the app as ``window.jupyterapp``, as
+JupyterLab's own browser tests do), after closing the notebook before it.
 """
 
 from __future__ import annotations
@@ -78,6 +83,19 @@ _KERNEL_JS = """
     indicator: indicator ? indicator.getAttribute('data-status') : null,
     statusbar: items.some(text => / \\| Idle$/.test(text) && !text.startsWith('No Kernel')),
   };
+}
+"""
+
+# Evaluated in a page that shows JupyterLab: close every document (without asking to save it;
+# its kernel stays until the REST API shuts it down) and open ``path`` in its place. False if
+# the page shows no usable JupyterLab (not loaded yet, or a dialog is up): load it then.
+_OPEN_JS = """
+async (path) => {
+  const app = window.jupyterapp;
+  if (!app || document.querySelector('.jp-Dialog')) return false;
+  for (const widget of [...app.shell.widgets('main')]) widget.dispose();
+  if (path !== null) await app.commands.execute('docmanager:open', {path});
+  return true;
 }
 """
 
@@ -183,6 +201,7 @@ class JupyterLabServer:
             f"--port={self.port}",
             "--ServerApp.port_retries=0",
             "--IdentityProvider.token=",
+            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: see _OPEN_JS
             f"--ServerApp.root_dir={self.root_dir}",
         ]
         if os.name == "posix":
@@ -285,8 +304,13 @@ class NotebookPage:
         self.run_state: dict[str, Any] | None = None  # the state() after the first run
 
     def open(self, timeout: float = 60.0) -> NotebookPage:
-        """Load JupyterLab with only this notebook open and wait for its kernel to be idle."""
-        self.page.goto(f"{self.server.url}/lab/tree/{self.name}?reset", timeout=timeout * 1000)
+        """Show only this notebook in JupyterLab and wait for its kernel to be idle.
+
+        Opened in the JupyterLab the page shows, if it does (see _OPEN_JS), else in a fresh one.
+        """
+        self.page.bring_to_front()  # a page behind another one runs its timers seldom
+        if not self.page.url.startswith(self.server.url) or not self.page.evaluate(_OPEN_JS, self.name):
+            self.page.goto(f"{self.server.url}/lab/tree/{self.name}?reset", timeout=timeout * 1000)
         self.panel.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=timeout * 1000)
         self.wait_for_kernel(timeout)
         # Cells are attached to the page a few at a time.
@@ -318,6 +342,13 @@ class NotebookPage:
                     return
             self.page.wait_for_timeout(200)
         raise TimeoutError(f"{self.name}: the kernel was not ready within {timeout} s")
+
+    def close(self) -> None:
+        """Close the notebook, leaving the page with JupyterLab for the next one; then shut its
+        kernel down."""
+        if self.page.url.startswith(self.server.url):
+            self.page.evaluate(_OPEN_JS, None)
+        self.server.shutdown_kernels(self.name)
 
     def cell(self, index: int) -> Any:
         return self.panel.locator(".jp-Notebook .jp-Cell").nth(index)

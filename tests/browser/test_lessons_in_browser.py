@@ -9,8 +9,10 @@
 4. the dashboard's Stop button stops the server;
 5. lesson 5's cleanup cell then leaves no chatlab thread.
 
-Tests 2-5 share lesson 5's page and kernel (the ``chat_lesson`` fixture) and must run in this
-order, which is the file's order. Screenshots land in tests/browser/screenshots/.
+Lesson 5 (1, down to its cleanup cell) and tests 2-5 share lesson 5's page and kernel (the
+``chat_lesson`` fixture) and must run in this order, which is the file's order: the root
+conftest.py keeps the tests that are not parametrized together, in one worker. Screenshots land
+in tests/browser/screenshots/.
 """
 
 from __future__ import annotations
@@ -70,27 +72,33 @@ def test_harness_sees_a_failing_cell(open_notebook):
     assert [cell["prompt"] for cell in state["cells"]] == ["[1]:", "[2]:", "[ ]:"]
 
 
-@pytest.mark.parametrize("name", lesson_names() + lab_names())
-def test_lesson_runs_without_errors(name, open_notebook, stored_lessons, request):
-    if name.startswith("05_"):
-        # Run down to the cleanup cell only: the widget tests below use the live chat.
-        notebook: NotebookPage = request.getfixturevalue("chat_lesson")
-        state = notebook.run_state
-    else:
-        notebook = open_notebook(name)
-        notebook.run_all()
-        state = notebook.wait_until_ran(code_cells_to_run(notebook.notebook))
+@pytest.mark.parametrize("name", [n for n in lesson_names() + lab_names() if not n.startswith("05_")])
+def test_lesson_runs_without_errors(name, open_notebook, stored_lessons):
+    notebook = open_notebook(name)
+    notebook.run_all()
+    state = notebook.wait_until_ran(code_cells_to_run(notebook.notebook))
+    check_ran_as_stored(notebook, state, stored_lessons[name])
+
+
+def test_widget_lesson_runs_without_errors(chat_lesson, stored_lessons):
+    """Lesson 5 down to its cleanup cell: the widget tests below use the live chat."""
+    state = chat_lesson.run_state
+    assert state is not None
+    check_ran_as_stored(chat_lesson, state, stored_lessons[chat_lesson.name])
+    assert not ran(state["cells"][chat_lesson.cleanup_cell]["prompt"]), "cleanup ran too early"
+
+
+def check_ran_as_stored(notebook: NotebookPage, state, stored) -> None:
+    """Every cell ran without an error, and shows the figures and widgets the stored one does."""
+    name = notebook.name
     notebook.screenshot(f"lesson_{name.removesuffix('.ipynb').replace('/', '_')}")
     assert not error_report(state), f"{name} shows errors:\n" + "\n".join(error_report(state))
     expected = code_cells_to_run(notebook.notebook, notebook.cleanup_cell)
     not_run = [i for i in expected if not ran(state["cells"][i]["prompt"])]
     assert not not_run, f"{name}: cells {not_run} did not run"
-    if notebook.cleanup_cell is not None:
-        assert not ran(state["cells"][notebook.cleanup_cell]["prompt"]), "cleanup ran too early"
     broken = [(cell["index"], cell["broken"]) for cell in state["cells"] if cell["broken"]]
     assert not broken, f"{name}: widgets that did not render: {broken}"
     # Figures and widgets show up as often as in the stored notebook (once each).
-    stored = stored_lessons[name]
     shown_differently = [
         (i, "stored", rich_outputs(stored.cells[i]), "shown", rich_shown(state["cells"][i]))
         for i in expected
