@@ -158,7 +158,8 @@ class ChatTCPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, backlog: int) -> None:
+        self.request_queue_size = backlog  # what listen() is given (socketserver's default: 5)
         super().__init__(("127.0.0.1", port), ChatHandler)
         self.room = Room()
 
@@ -166,7 +167,8 @@ class ChatTCPServer(socketserver.ThreadingTCPServer):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=5050)
-    port = parser.parse_args().port
-    with ChatTCPServer(port) as server:
+    parser.add_argument("--backlog", type=int, default=socketserver.TCPServer.request_queue_size)
+    options = parser.parse_args()
+    with ChatTCPServer(options.port, options.backlog) as server:
         print(f"listening on 127.0.0.1:{server.server_address[1]}", flush=True)
         server.serve_forever()
