@@ -6,10 +6,12 @@ that no chatlab thread outlives the test that started it (``no_kit_thread_left``
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from traitlets.config import Config
 from transcript import Peer, Program, wait_until
 
 from chatlab.client import ChatClient
@@ -135,3 +137,19 @@ def run() -> Iterator[Callable[..., Program]]:
     yield start
     for program in programs:
         program.kill()
+
+
+@pytest.fixture
+def kernel_config() -> Iterator[Config]:
+    """Settings for an nbclient ``NotebookClient``: on POSIX its kernel talks over Unix sockets,
+    not five TCP ports another test's connection can take first (the root conftest.py does the
+    same for nbval's kernels). The sockets live in a folder with a short path: a Unix socket's
+    path must stay under 104 bytes (macOS)."""
+    config = Config()
+    if os.name != "posix":
+        yield config
+        return
+    with tempfile.TemporaryDirectory(prefix="chatlab-kernel-", dir="/tmp") as folder:
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = os.path.join(folder, "k")
+        yield config

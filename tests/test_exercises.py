@@ -3,9 +3,9 @@
 In each lesson the cells a student edits are tagged ``exercise`` and the cells that check them
 ``check``; the solutions sit in closed ``<details>`` blocks, one ```python block per exercise, in
 the same order. Here each lesson runs once, top to bottom, with every exercise cell replaced by
-its solution: every check cell must then say "✔". The stored notebook (checked by strict nbval)
-shows the same check cells saying "✘ not yet", so a check that cannot pass, or that passes the
-untouched stub, fails one of the two.
+its solution (tests/test_lessons_rerun.py, in its second run): every check cell must then say
+"✔". The stored notebook (checked by strict nbval) shows the same check cells saying "✘ not
+yet", so a check that cannot pass, or that passes the untouched stub, fails one of the two.
 
 A check cell never holds the answer (issue 19, part 5): it does not spell out a one-line answer,
 and for lessons 4 to 9 each exercise is also given a wrong answer, which its check must refuse;
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from lesson_parts import solutions, tagged, text_of
 from nbclient import NotebookClient
 
 from chatlab.client import ChatClient
@@ -38,28 +39,6 @@ from chatlab.servers.base import SEND_BUFFER
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-DETAILS = re.compile(r"<details\b[^>]*>(.*?)</details>", re.S)
-PYTHON_BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.S | re.M)
-
-
-def tagged(notebook: nbformat.NotebookNode, tag: str) -> list[int]:
-    """Indexes of the cells that carry `tag`, in order."""
-    return [i for i, cell in enumerate(notebook.cells) if tag in cell.metadata.get("tags", [])]
-
-
-def solutions(notebook: nbformat.NotebookNode) -> list[str]:
-    """The ```python blocks inside the lesson's <details> blocks, dedented, in order."""
-    blocks = []
-    for cell in notebook.cells:
-        if cell.cell_type == "markdown":
-            for details in DETAILS.findall(cell.source):
-                for indent, body in PYTHON_BLOCK.findall(details):
-                    blocks.append(textwrap.dedent(indent + body).strip())
-    return blocks
-
-
-def text_of(cell: nbformat.NotebookNode) -> str:
-    return "".join(output.get("text", "") for output in cell.outputs if output.output_type == "stream")
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=[path.stem for path in LESSONS])
@@ -116,29 +95,6 @@ def test_the_stored_lesson_hides_its_solutions(path: Path) -> None:
     assert "kit_threads()" in notebook.cells[-1].source
 
 
-@pytest.mark.parametrize("path", LESSONS, ids=[path.stem for path in LESSONS])
-def test_the_solutions_pass_the_checks(path: Path) -> None:
-    notebook = nbformat.read(path, as_version=4)
-    for index, solution in zip(tagged(notebook, "exercise"), solutions(notebook), strict=True):
-        notebook.cells[index].source = solution
-    client = NotebookClient(
-        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
-    )
-    with client.setup_kernel():
-        for index, cell in enumerate(notebook.cells):
-            if cell.cell_type == "code":
-                client.execute_cell(cell, index)  # raises CellExecutionError if a cell fails
-        probe = nbformat.v4.new_code_cell("import chatlab; print(chatlab.kit_threads())")
-        notebook.cells.append(probe)
-        client.execute_cell(probe, len(notebook.cells) - 1)
-    for index in tagged(notebook, "check"):
-        assert text_of(notebook.cells[index]).startswith("✔"), (
-            notebook.cells[index].source[:80],
-            text_of(notebook.cells[index]),
-        )
-    assert text_of(probe) == "[]\n"
-
-
 # One wrong answer per exercise, in order; each lesson's checks must all refuse them. Lesson 6's
 # value answers are probes: lists that note what they are compared with.
 PROBE = textwrap.dedent("""
@@ -190,14 +146,18 @@ WRONG_ANSWERS = {
 
 
 @pytest.mark.parametrize("lesson", list(WRONG_ANSWERS))
-def test_a_wrong_answer_fails_its_check(lesson: str) -> None:
+def test_a_wrong_answer_fails_its_check(lesson: str, kernel_config) -> None:
     notebook = nbformat.read(NOTEBOOKS / f"{lesson}.ipynb", as_version=4)
     exercises = tagged(notebook, "exercise")
     assert len(exercises) == len(WRONG_ANSWERS[lesson])
     for index, wrong in zip(exercises, WRONG_ANSWERS[lesson], strict=True):
         notebook.cells[index].source = wrong
     client = NotebookClient(
-        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+        notebook,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+        config=kernel_config,
     )
     values = [block.split(" = ", 1)[1] for block in solutions(notebook) if re.fullmatch(r"\w+ = .+", block)]
     with client.setup_kernel():

@@ -540,7 +540,7 @@ NO_REDIS = {
 
 
 @pytest.mark.parametrize("case", NO_REDIS)
-def test_lesson_13_runs_to_the_end_without_redis_and_says_what_to_do(case: str) -> None:
+def test_lesson_13_runs_to_the_end_without_redis_and_says_what_to_do(case: str, kernel_config) -> None:
     """Issue 17: without a Redis server, without the redis client, or with MY_REDIS pointing at
     nothing, the first Redis cell says what to do, the cells that need Redis say they skipped,
     the pictures still show, and nothing raises. Then what_to_install() with the platform faked."""
@@ -558,7 +558,11 @@ def test_lesson_13_runs_to_the_end_without_redis_and_says_what_to_do(case: str) 
     )
     notebook.cells.append(probe)
     client = NotebookClient(
-        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+        notebook,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+        config=kernel_config,
     )
     with client.setup_kernel():
         for index, cell in enumerate(notebook.cells):
