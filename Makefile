@@ -46,11 +46,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Six workers (pytest-xdist) even on two cores: much of the suite waits for servers, kernels and
-# a browser. On the 2-core CI machine, once the workers queued the slowest files first (they had
-# not: a worker has no -n) and the grading corpus was spread, a fresh clone's pytest took
-# 6:52-7:16 with 6 workers and 6:01-6:34 with 8; but at 8 the load brought out a new timing race
-# in nearly every run (each fixed since), so CI keeps 6. The root conftest.py says which tests
-# share a worker. TEST_WORKERS=0 runs in one process.
+# a browser. The root conftest.py says which tests share a worker and queues the slowest first.
+# On the 2-core CI machine a fresh clone's pytest takes about 5:50 (11.5 min when issue 20 was
+# filed); eight workers brought out new timing races, so six.
+# TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 6
 test: lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
