@@ -478,24 +478,33 @@ def stress_connect(run: Run) -> tuple[socket.socket, BinaryIO, bytes]:
     """A connection and its first line, for one of many clients connecting at once.
 
     A full listen backlog (socketserver's is 5, many servers say ``listen(1)``) drops a SYN, or
-    the ACK that ends the handshake; the kernels try again 1, 3 and 7 s later. That is not
-    what this check is about: a SYN that gets no answer within 1 s is sent again at once, on a
-    new socket, and a handshake may take BACKLOG_WAIT seconds in all to end in a greeting.
+    the ACK that ends the handshake; the kernels try again 1, 3, 7 and 15 s later. That is not
+    what this check is about: a try that brings no greeting within 1 s (then 2 s, then 4 s) is
+    given up and made again on a new socket, for up to BACKLOG_WAIT seconds in all (the last
+    try waits for the rest of that time).
     """
     give_up = time.monotonic() + max(run.timeout, BACKLOG_WAIT)
+    patience = 1.0
     while True:
+        now = time.monotonic()
+        last_try = give_up - now <= 2 * patience
+        try_ends = give_up if last_try else now + patience
+        sock = None
         try:
-            sock = socket.create_connection(run.address, timeout=1.0)
-        except TimeoutError:
-            if time.monotonic() < give_up:
-                continue
-            raise
-        sock.settimeout(max(give_up - time.monotonic(), run.timeout))
-        reader = sock.makefile("rb")
-        try:
+            sock = socket.create_connection(run.address, timeout=try_ends - now)
+            sock.settimeout(max(0.001, try_ends - time.monotonic()))
+            reader = sock.makefile("rb")
             greeting = reader.readline()
+        except TimeoutError:
+            if sock is not None:
+                sock.close()
+            if last_try:
+                raise
+            patience *= 2
+            continue
         except OSError:
-            sock.close()
+            if sock is not None:
+                sock.close()
             raise
         sock.settimeout(run.timeout)  # let in: from now on the server answers in time
         return sock, reader, greeting

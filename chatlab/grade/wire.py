@@ -34,7 +34,7 @@ SHOWN_CHARS = 70  # a longer line is shortened in the transcript
 LONGEST_REPLY = 1 << 20  # bytes without a line end the grader reads before it calls them a line
 FULL_WAIT = 5.0  # seconds to wait for a server that says it is full to make room
 # Seconds one of many clients connecting at once may take to be let in (see stress_connect).
-BACKLOG_WAIT = 10.0
+BACKLOG_WAIT = 15.0
 CLOSE_WAIT = 1.0  # after a clean close (FIN), seconds to wait for the server to close too
 SETTLE = 0.003  # lines arriving this close together count as arriving at once
 
