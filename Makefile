@@ -47,8 +47,8 @@ lint: $(STAMP)
 
 # Six workers (pytest-xdist) even on two cores: much of the suite waits for servers, kernels and
 # a browser. The root conftest.py says which tests share a worker and queues the slowest first.
-# On the 2-core CI machine a fresh clone's pytest takes about 5:50 (11.5 min when issue 20 was
-# filed); eight workers brought out new timing races, so six.
+# On the 2-core CI machine a fresh clone's pytest took 5:04-5:30 in six runs (11.5 min when
+# issue 20 was filed); eight workers brought out new timing races, so six.
 # TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 6
 test: lint
