@@ -2,10 +2,10 @@
 
 In each lesson the cells a student edits are tagged ``exercise`` and the cells that check them
 ``check``; the solutions sit in closed ``<details>`` blocks, one ```python block per exercise, in
-the same order. Here each lesson runs once, top to bottom, with every exercise cell replaced by
-its solution (tests/test_lessons_rerun.py, in its second run): every check cell must then say
-"✔". The stored notebook (checked by strict nbval) shows the same check cells saying "✘ not
-yet", so a check that cannot pass, or that passes the untouched stub, fails one of the two.
+the same order. tests/test_lessons_rerun.py runs each lesson a second time with every exercise
+cell replaced by its solution: every check cell must then say "✔". The stored notebook (checked
+by strict nbval) shows the same check cells saying "✘ not yet", so a check that cannot pass, or
+that passes the untouched stub, fails one of the two.
 
 A check cell never holds the answer (issue 19, part 5): it does not spell out a one-line answer,
 and for lessons 4 to 9 each exercise is also given a wrong answer, which its check must refuse;
@@ -30,8 +30,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from lesson_parts import solutions, tagged, text_of
-from nbclient import NotebookClient
+from lesson_parts import notebook_client, solutions, tagged, text_of
 
 from chatlab.client import ChatClient
 from chatlab.servers.base import SEND_BUFFER
@@ -152,13 +151,7 @@ def test_a_wrong_answer_fails_its_check(lesson: str, kernel_config) -> None:
     assert len(exercises) == len(WRONG_ANSWERS[lesson])
     for index, wrong in zip(exercises, WRONG_ANSWERS[lesson], strict=True):
         notebook.cells[index].source = wrong
-    client = NotebookClient(
-        notebook,
-        timeout=120,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOKS)}},
-        config=kernel_config,
-    )
+    client = notebook_client(notebook, NOTEBOOKS, kernel_config)
     values = [block.split(" = ", 1)[1] for block in solutions(notebook) if re.fullmatch(r"\w+ = .+", block)]
     with client.setup_kernel():
         for index, cell in enumerate(notebook.cells):

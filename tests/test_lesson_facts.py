@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import trustme
-from nbclient import NotebookClient
+from lesson_parts import notebook_client
 
 from chatlab import ChatClient, ChatServer
 from chatlab.redis_server import RedisServer
@@ -557,13 +557,7 @@ def test_lesson_13_runs_to_the_end_without_redis_and_says_what_to_do(case: str, 
         "sys.platform = real"
     )
     notebook.cells.append(probe)
-    client = NotebookClient(
-        notebook,
-        timeout=120,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOKS)}},
-        config=kernel_config,
-    )
+    client = notebook_client(notebook, NOTEBOOKS, kernel_config)
     with client.setup_kernel():
         for index, cell in enumerate(notebook.cells):
             if cell.cell_type == "code":

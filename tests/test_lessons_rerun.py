@@ -14,8 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from lesson_parts import solutions, tagged, text_of
-from nbclient import NotebookClient
+from lesson_parts import notebook_client, solutions, tagged, text_of
 from traitlets.config import Config
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -26,21 +25,19 @@ LABS = sorted(NOTEBOOKS.glob("labs/lab[0-9]_*.ipynb"))  # they also stop every "
 @pytest.mark.parametrize("path", LESSONS + LABS, ids=[path.stem for path in LESSONS + LABS])
 def test_a_lesson_runs_twice_in_one_kernel(path: Path, kernel_config: Config) -> None:
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        notebook,
-        timeout=120,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(path.parent)}},
-        config=kernel_config,
-    )
+    client = notebook_client(notebook, path.parent, kernel_config)
     code_cells = [(index, cell) for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
+
+    def run_every_code_cell() -> None:
+        for index, cell in code_cells:
+            client.execute_cell(cell, index)  # raises CellExecutionError if the cell fails
+
     with client.setup_kernel():
-        for run in ("as stored", "solved"):
-            if run == "solved":  # (a lab has no exercise cells: its student writes a file)
-                for index, solution in zip(tagged(notebook, "exercise"), solutions(notebook), strict=True):
-                    notebook.cells[index].source = solution
-            for index, cell in code_cells:
-                client.execute_cell(cell, index)  # raises CellExecutionError if the cell fails
+        run_every_code_cell()  # as stored
+        # (a lab has no exercise cells: its student writes a file)
+        for index, solution in zip(tagged(notebook, "exercise"), solutions(notebook), strict=True):
+            notebook.cells[index].source = solution
+        run_every_code_cell()  # solved
         probe = nbformat.v4.new_code_cell(
             "import chatlab, threading; print(chatlab.kit_threads()"
             " + sorted(t.name for t in threading.enumerate() if t.name.startswith('lab-')))"

@@ -495,17 +495,13 @@ def stress_connect(run: Run) -> tuple[socket.socket, BinaryIO, bytes]:
             sock.settimeout(max(0.001, try_ends - time.monotonic()))
             reader = sock.makefile("rb")
             greeting = reader.readline()
-        except TimeoutError:
+        except OSError as exc:
             if sock is not None:
                 sock.close()
-            if last_try:
+            if last_try or not isinstance(exc, TimeoutError):
                 raise
             patience *= 2
             continue
-        except OSError:
-            if sock is not None:
-                sock.close()
-            raise
         sock.settimeout(run.timeout)  # let in: from now on the server answers in time
         return sock, reader, greeting
 
